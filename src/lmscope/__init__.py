@@ -1,0 +1,17 @@
+"""lmscope: see, cache, edit and patch every activation of a real language model."""
+
+from lmscope import utils
+from lmscope.cache import ActivationCache
+from lmscope.config import HookedTransformerConfig
+from lmscope.hooks import HookedRootModule, HookPoint
+from lmscope.model import HookedTransformer
+
+__all__ = [
+    "ActivationCache",
+    "HookPoint",
+    "HookedRootModule",
+    "HookedTransformer",
+    "HookedTransformerConfig",
+    "utils",
+]
+__version__ = "0.1.0"

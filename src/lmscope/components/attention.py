@@ -1,0 +1,210 @@
+"""Multi-head attention (MHA, GQA and MQA) with every TransformerLens hook.
+
+Storage is fused for speed: `qkv_weight` [(n_heads + 2 n_kv) d_head, d_model] in nn.Linear layout, so
+q, k and v come from one matmul. `W_Q` [head, d_model, d_head], `W_K`, `W_V`, `W_O`
+[head, d_head, d_model] and the biases are views of that storage: editing a view edits the model.
+
+Two paths give the same numbers: a fast one through `scaled_dot_product_attention`, taken whenever
+nobody hooks `hook_attn_scores` or `hook_pattern` (caching them counts as hooking), and an explicit
+one that materialises scores and pattern for the hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from lmscope.components.rotary import apply_rotary
+from lmscope.config import HookedTransformerConfig
+from lmscope.hooks import HookPoint
+
+
+@dataclass
+class AttentionMask:
+    """Which keys each query may see, built once per forward and shared by all layers.
+
+    `mask` is None for a plain causal square (the fast `is_causal` path); otherwise a boolean
+    [batch, 1, q_pos, k_pos] (True = attend). Rows with no visible key (left padding) are opened
+    fully so neither path produces NaN; those positions are padding and carry no meaning.
+    """
+
+    mask: Bool[Tensor, "batch 1 q k"] | None
+
+    @classmethod
+    def build(
+        cls,
+        key_valid: Bool[Tensor, "batch k"] | None,
+        q_len: int,
+        k_len: int,
+        device: torch.device,
+    ) -> AttentionMask:
+        if key_valid is None and q_len == k_len:
+            return cls(None)
+        offset = k_len - q_len
+        q_idx = torch.arange(q_len, device=device)[:, None] + offset
+        causal = torch.arange(k_len, device=device)[None, :] <= q_idx  # [q, k]
+        mask = causal[None, None]
+        if key_valid is not None:
+            mask = mask & key_valid[:, None, None, :].bool()
+            mask = mask | ~mask.any(-1, keepdim=True)
+        return cls(mask)
+
+    def dense(self, q_len: int, k_len: int, device: torch.device) -> Bool[Tensor, "batch 1 q k"]:
+        """The boolean mask, materialising the causal square if it was left implicit."""
+        if self.mask is not None:
+            return self.mask
+        return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with TransformerLens hooks and layout."""
+
+    def __init__(self, cfg: HookedTransformerConfig, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        nh, nkv, dh, dm = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+        self.sizes = (nh * dh, nkv * dh, nkv * dh)
+        self.qkv_weight = nn.Parameter(torch.empty(sum(self.sizes), dm, dtype=cfg.dtype))
+        self.qkv_bias = nn.Parameter(torch.zeros(sum(self.sizes), dtype=cfg.dtype))
+        self.o_weight = nn.Parameter(torch.empty(dm, nh * dh, dtype=cfg.dtype))
+        self.b_O = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype))
+
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], with use_attn_result
+        if cfg.positional_embedding_type == "rotary":
+            self.hook_rot_k = HookPoint()
+            self.hook_rot_q = HookPoint()
+
+    # -- weight views (TransformerLens layout) -------------------------------------------------
+    def _split_weight(self, i: int, n: int) -> Float[Tensor, "n d_model d_head"]:
+        start = sum(self.sizes[:i])
+        w = self.qkv_weight[start : start + self.sizes[i]]
+        return w.view(n, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
+
+    def _split_bias(self, i: int, n: int) -> Float[Tensor, "n d_head"]:
+        start = sum(self.sizes[:i])
+        return self.qkv_bias[start : start + self.sizes[i]].view(n, self.cfg.d_head)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
+        return self._split_weight(0, self.cfg.n_heads)
+
+    @property
+    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return self._split_weight(1, self.cfg.n_key_value_heads)
+
+    @property
+    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return self._split_weight(2, self.cfg.n_key_value_heads)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "head d_head"]:
+        return self._split_bias(0, self.cfg.n_heads)
+
+    @property
+    def b_K(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._split_bias(1, self.cfg.n_key_value_heads)
+
+    @property
+    def b_V(self) -> Float[Tensor, "kv_head d_head"]:
+        return self._split_bias(2, self.cfg.n_key_value_heads)
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
+        cfg = self.cfg
+        return self.o_weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(
+        self,
+        query_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
+        key_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos kv_head d_model"],
+        value_input: Float[Tensor, "batch pos d_model"]
+        | Float[Tensor, "batch pos kv_head d_model"],
+        mask: AttentionMask,
+        rotary: tuple[Tensor, Tensor] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
+        b, p = query_input.shape[:2]
+        if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
+            qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
+            q, k, v = qkv.split(self.sizes, dim=-1)
+            q = q.view(b, p, cfg.n_heads, cfg.d_head)
+            k = k.view(b, p, cfg.n_key_value_heads, cfg.d_head)
+            v = v.view(b, p, cfg.n_key_value_heads, cfg.d_head)
+        else:  # per-head inputs (use_split_qkv_input / use_attn_in)
+            q = self._project(query_input, self.W_Q, self.b_Q)
+            k = self._project(key_input, self.W_K, self.b_K)
+            v = self._project(value_input, self.W_V, self.b_V)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+
+        if rotary is not None:
+            cos, sin = rotary
+            q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_adjacent_pairs))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_adjacent_pairs))
+
+        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+            z = self._explicit_attention(q, k, v, mask)
+        else:
+            z = self._fast_attention(q, k, v, mask)
+        z = self.hook_z(z)
+
+        if cfg.use_attn_result:
+            result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
+            return result.sum(dim=2) + self.b_O
+        return F.linear(z.reshape(b, p, cfg.n_heads * cfg.d_head), self.o_weight, self.b_O)
+
+    @staticmethod
+    def _project(
+        x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
+        W: Float[Tensor, "head d_model d_head"],
+        bias: Float[Tensor, "head d_head"],
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        if x.ndim == 3:
+            return einops.einsum(x, W, "b p dm, h dm dh -> b p h dh") + bias
+        return einops.einsum(x, W, "b p h dm, h dm dh -> b p h dh") + bias
+
+    def _expand_kv(
+        self, t: Float[Tensor, "batch kv_head pos d_head"]
+    ) -> Float[Tensor, "batch head pos d_head"]:
+        g = self.cfg.n_groups
+        return t if g == 1 else t.repeat_interleave(g, dim=1)
+
+    def _fast_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        z = F.scaled_dot_product_attention(
+            q,
+            self._expand_kv(k),
+            self._expand_kv(v),
+            attn_mask=mask.mask,
+            is_causal=mask.mask is None,
+            scale=1.0 / self.cfg.attn_scale if self.cfg.use_attn_scale else 1.0,
+        )
+        return z.transpose(1, 2)
+
+    def _explicit_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        q = q.transpose(1, 2)
+        k = self._expand_kv(k.transpose(1, 2))
+        v = self._expand_kv(v.transpose(1, 2))
+        scores = q @ k.transpose(-1, -2)
+        if self.cfg.use_attn_scale:
+            scores = scores / self.cfg.attn_scale
+        allowed = mask.dense(q.shape[-2], k.shape[-2], q.device)
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        return (pattern @ v).transpose(1, 2)

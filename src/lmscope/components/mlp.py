@@ -1,0 +1,100 @@
+"""Feed-forward layers: plain (`W_in`, act, `W_out`) and gated (`act(x W_gate) * (x W_in)`).
+
+Weights are stored in nn.Linear layout, the gated pair fused as one [2 d_mlp, d_model] matrix so
+one matmul computes both; `W_in`, `W_gate`, `W_out` [d_mlp, d_model] and biases are views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from lmscope.components.norm import LayerNorm
+from lmscope.config import HookedTransformerConfig
+from lmscope.hooks import HookPoint
+
+
+def _gelu_fast(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def _gelu_new(x: Tensor) -> Tensor:
+    return (
+        0.5 * x * (1.0 + torch.tanh((2.0 / torch.pi) ** 0.5 * (x + 0.044715 * torch.pow(x, 3.0))))
+    )
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_new,
+    "gelu_fast": _gelu_fast,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "solu_ln": lambda x: x * torch.softmax(x, dim=-1),
+}
+
+
+class MLP(nn.Module):
+    """`hook_pre` = x W_in + b_in; `hook_post` = act(pre); out = post W_out + b_out.
+
+    Gated (`cfg.gated_mlp`): `hook_pre` = x W_gate + b_gate, `hook_pre_linear` = x W_in + b_in,
+    `hook_post` = act(pre) * pre_linear. (TransformerLens adds `b_in` after the product; we add
+    it where the bias of the up projection belongs, which keeps `fold_ln` exact for gated LN models.)
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.gated = cfg.gated_mlp
+        d_mlp, dm = cfg.d_mlp, cfg.d_model
+        n_in = 2 * d_mlp if self.gated else d_mlp
+        self.in_weight = nn.Parameter(torch.empty(n_in, dm, dtype=cfg.dtype))
+        self.in_bias = nn.Parameter(torch.zeros(n_in, dtype=cfg.dtype))
+        self.out_weight = nn.Parameter(torch.empty(dm, d_mlp, dtype=cfg.dtype))
+        self.b_out = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype))
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        if self.gated:
+            self.hook_pre_linear = HookPoint()
+        self.hook_post = HookPoint()
+        if cfg.act_fn == "solu_ln":
+            self.hook_mid = HookPoint()
+            self.ln = LayerNorm(cfg, d_mlp)
+
+    # -- weight views --------------------------------------------------------------------------
+    @property
+    def W_gate(self) -> Float[Tensor, "d_model d_mlp"] | None:
+        return self.in_weight[: self.cfg.d_mlp].T if self.gated else None
+
+    @property
+    def b_gate(self) -> Float[Tensor, " d_mlp"] | None:
+        return self.in_bias[: self.cfg.d_mlp] if self.gated else None
+
+    @property
+    def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.in_weight[-self.cfg.d_mlp :].T
+
+    @property
+    def b_in(self) -> Float[Tensor, " d_mlp"]:
+        return self.in_bias[-self.cfg.d_mlp :]
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        return self.out_weight.T
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        h = F.linear(x, self.in_weight, self.in_bias)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(up))
+        else:
+            post = self.act(self.hook_pre(h))
+            if self.cfg.act_fn == "solu_ln":
+                post = self.ln(self.hook_mid(post))
+            post = self.hook_post(post)
+        return F.linear(post, self.out_weight, self.b_out)

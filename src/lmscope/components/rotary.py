@@ -1,0 +1,80 @@
+"""Rotary position embeddings (RoPE): frequency tables and their application to q and k.
+
+The model computes `cos, sin` once per forward from each sequence's position ids (so left padding
+and KV-cache offsets are just other position ids) and every attention layer reuses them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from lmscope.config import HookedTransformerConfig
+
+
+def rope_inv_freq(
+    cfg: HookedTransformerConfig, base: float | None = None
+) -> Float[Tensor, " half_rot"]:
+    """Inverse frequencies for `cfg.rotary_dim`, with the config's rope scaling applied."""
+    base = cfg.rotary_base if base is None else base
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+class Rotary(nn.Module):
+    """Holds the inverse frequencies; `forward(positions)` gives the (cos, sin) tables."""
+
+    def __init__(self, cfg: HookedTransformerConfig, base: float | None = None) -> None:
+        super().__init__()
+        self.adjacent_pairs = cfg.rotary_adjacent_pairs
+        self.register_buffer("inv_freq", rope_inv_freq(cfg, base), persistent=False)
+
+    def forward(self, positions: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [batch, pos, rot/2]
+        if self.adjacent_pairs:
+            emb = freqs.repeat_interleave(2, dim=-1)
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(
+    x: Float[Tensor, "batch pos head d_head"],
+    cos: Float[Tensor, "batch pos rot"],
+    sin: Float[Tensor, "batch pos rot"],
+    adjacent_pairs: bool = False,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Rotate the first `rot` dims of each head; the rest pass through (partial rotary).
+
+    `adjacent_pairs=False` pairs dim i with i + rot/2 (GPT-NeoX, Llama); True pairs 2i with 2i+1
+    (GPT-J).
+    """
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    if adjacent_pairs:
+        pairs = x_rot.unflatten(-1, (-1, 2))
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    else:
+        half = rot // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos[:, :, None] + rotated * sin[:, :, None]
+    return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)

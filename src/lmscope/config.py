@@ -1,0 +1,158 @@
+"""HookedTransformerConfig: every number and switch that shapes a model, validated in one place.
+
+Field names follow TransformerLens so configs and notebooks port unchanged. Derived fields
+(`d_head`, `d_mlp`, `n_key_value_heads`, `rotary_dim`, ...) are filled in `__post_init__` and
+nowhere else.
+
+Example:
+    >>> cfg = HookedTransformerConfig(d_model=64, n_layers=2, n_heads=4, d_vocab=100, n_ctx=32,
+    ...                               act_fn="gelu_new", normalization_type="LN")
+    >>> cfg.d_head, cfg.d_mlp
+    (16, 256)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+ACT_FNS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "solu_ln")
+NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
+POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary")
+ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class HookedTransformerConfig:
+    """Shape and behaviour of a HookedTransformer (TransformerLens field names)."""
+
+    d_model: int
+    n_layers: int
+    n_ctx: int
+    d_vocab: int
+    n_heads: int = -1
+    d_head: int = -1
+    d_mlp: int | None = None
+    act_fn: str | None = "gelu_new"
+    normalization_type: str | None = "LN"
+    eps: float = 1e-5
+    d_vocab_out: int = -1
+    model_name: str = "custom"
+    original_architecture: str | None = None
+    tokenizer_name: str | None = None
+    # attention
+    n_key_value_heads: int | None = None
+    attn_only: bool = False
+    use_attn_scale: bool = True
+    attn_scale: float = -1.0
+    positional_embedding_type: str = "standard"
+    rotary_dim: int | None = None
+    rotary_base: float = 10000.0
+    rotary_adjacent_pairs: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    ungroup_grouped_query_attention: bool = False
+    # block layout
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    tie_word_embeddings: bool = False
+    final_rms: bool = False
+    # hook flags (TransformerLens names); toggled on a model with set_use_*
+    use_attn_result: bool = False
+    use_split_qkv_input: bool = False
+    use_hook_mlp_in: bool = False
+    use_attn_in: bool = False
+    # tokenizer behaviour
+    default_prepend_bos: bool = True
+    default_padding_side: str = "right"
+    # numerics and init
+    dtype: torch.dtype = torch.float32
+    device: str | None = None
+    seed: int | None = None
+    init_weights: bool = True
+    initializer_range: float = -1.0
+    # set by weight processing
+    from_checkpoint: bool = False
+    processing: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_heads == -1 and self.d_head == -1:
+            raise ValueError("set n_heads (and optionally d_head) in HookedTransformerConfig")
+        if self.n_heads == -1:
+            self.n_heads = self.d_model // self.d_head
+        if self.d_head == -1:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        if self.d_mlp is None and not self.attn_only:
+            self.d_mlp = 4 * self.d_model
+        if self.n_key_value_heads is None:
+            self.n_key_value_heads = self.n_heads
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_key_value_heads={self.n_key_value_heads}"
+            )
+        if self.d_vocab_out == -1:
+            self.d_vocab_out = self.d_vocab
+        if self.attn_scale == -1.0:
+            self.attn_scale = self.d_head**0.5
+        if self.rotary_dim is None:
+            self.rotary_dim = self.d_head
+        if self.initializer_range == -1.0:
+            self.initializer_range = 0.8 / self.d_model**0.5
+        if isinstance(self.dtype, str):
+            self.dtype = getattr(torch, self.dtype)
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.attn_only and self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn {self.act_fn!r} is not supported; choose one of {ACT_FNS}")
+        if self.normalization_type not in NORMALIZATION_TYPES:
+            raise ValueError(
+                f"normalization_type {self.normalization_type!r} is not supported; choose one of {NORMALIZATION_TYPES}"
+            )
+        if self.positional_embedding_type not in POSITIONAL_EMBEDDING_TYPES:
+            raise ValueError(
+                f"positional_embedding_type {self.positional_embedding_type!r} is not supported; "
+                f"choose one of {POSITIONAL_EMBEDDING_TYPES}"
+            )
+        if self.positional_embedding_type == "rotary":
+            if self.rotary_dim > self.d_head or self.rotary_dim % 2:
+                raise ValueError(
+                    f"rotary_dim={self.rotary_dim} must be even and <= d_head={self.d_head}"
+                )
+            kind = (self.rope_scaling or {}).get("rope_type", "default")
+            if kind not in ROPE_SCALING_TYPES:
+                raise ValueError(
+                    f"rope scaling {kind!r} is not supported; choose one of {ROPE_SCALING_TYPES}"
+                )
+        if self.default_padding_side not in ("left", "right"):
+            raise ValueError("default_padding_side must be 'left' or 'right'")
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def n_groups(self) -> int:
+        """Query heads per key/value head (1 without GQA)."""
+        return self.n_heads // self.n_key_value_heads
+
+    @property
+    def n_params(self) -> int:
+        """Parameters in the blocks (attention and MLP weights), as TransformerLens counts them."""
+        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_key_value_heads)
+        mlp = 0 if self.attn_only else self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        return self.n_layers * (attn + mlp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HookedTransformerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown HookedTransformerConfig fields: {unknown}")
+        return cls(**d)

@@ -1,0 +1,219 @@
+"""Loading: name or path -> checkpoint -> family adapter -> HookedTransformer, streaming tensors.
+
+`from_pretrained` accepts a short alias (`gpt2`, `pythia-70m`, `smollm2-135m`), a Hugging Face repo
+id (fetched through huggingface_hub's cache; offline it uses what is cached), a local directory
+written by `save_pretrained`, or a `.gguf` file. Any checkpoint whose `architectures` entry a family
+supports loads; there is no closed list of official names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
+from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
+from lmscope.loading.families import family_for, supported_architectures
+from lmscope.loading.gguf import read_gguf
+from lmscope.model import HookedTransformer
+from lmscope.processing import process_weights
+
+__all__ = [
+    "MODEL_ALIASES",
+    "from_pretrained",
+    "load_weights",
+    "open_checkpoint",
+    "supported_architectures",
+]
+
+# Short names -> Hugging Face repo ids. Embedded models (EMBEDDED_MODELS) resolve to local files.
+MODEL_ALIASES: dict[str, str] = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+    **{
+        f"pythia-{s}": f"EleutherAI/pythia-{s}"
+        for s in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    },
+    **{
+        f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped"
+        for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    },
+    "smollm2-135m-base": "HuggingFaceTB/SmolLM2-135M",
+    "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
+    "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B",
+    "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+}
+_WEIGHT_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer*",
+    "*.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "generation_config.json",
+]
+
+
+def _known_names() -> list[str]:
+    return sorted(set(MODEL_ALIASES) | set(EMBEDDED_MODELS))
+
+
+def _from_hub(repo_id: str, revision: str | None, trust_remote_code: bool) -> DirectoryCheckpoint:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        try:  # offline, or the hub is unreachable: use the cache if it has the snapshot
+            path = snapshot_download(
+                repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True
+            )
+        except Exception:
+            raise OSError(
+                f"could not fetch {repo_id!r} from the Hugging Face hub and it is not in the local cache "
+                f"({err.__class__.__name__}: {err}). Connect to the internet once, or pass a local directory."
+            ) from None
+    if not any(Path(path).glob("*.safetensors")):
+        path = snapshot_download(
+            repo_id, revision=revision, allow_patterns=[*_WEIGHT_PATTERNS, "pytorch_model*.bin"]
+        )
+    return DirectoryCheckpoint(path, trust_remote_code=trust_remote_code)
+
+
+def open_checkpoint(
+    name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False
+) -> Checkpoint:
+    """Find the checkpoint behind an alias, local path, .gguf file or hub id."""
+    name = str(name_or_path)
+    if name.lower() in EMBEDDED_MODELS:
+        return read_gguf(embedded_model_path(name.lower()))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return read_gguf(path)
+    if path.is_dir():
+        return DirectoryCheckpoint(path, trust_remote_code=trust_remote_code)
+    if name.lower() in MODEL_ALIASES:
+        return _from_hub(MODEL_ALIASES[name.lower()], revision, trust_remote_code)
+    if name.count("/") == 1 and not path.exists() and not name.startswith((".", "/", "~")):
+        return _from_hub(name, revision, trust_remote_code)
+    close = difflib.get_close_matches(name.lower(), _known_names(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown model {name!r}: not an alias, a local directory, a .gguf file or a hub id (org/name).{hint} "
+        "`lmscope.loading.MODEL_ALIASES` lists the aliases."
+    )
+
+
+@torch.no_grad()
+def load_weights(
+    model: HookedTransformer, weight_map: dict[str, Any], checkpoint: Checkpoint
+) -> None:
+    """Copy each mapped checkpoint tensor, transformed, into the model's view of that weight.
+
+    Every weight matrix must be mapped; biases and norm weights left out keep their defaults
+    (zeros and ones), which is what a checkpoint without them means.
+    """
+    views = model.named_weights()
+    unknown = sorted(set(weight_map) - set(views))
+    if unknown:
+        raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
+    for name, view in views.items():
+        source = weight_map.get(name)
+        if source is None:
+            if ".W_" in name or name.endswith(("W_E", "W_pos")):
+                raise KeyError(
+                    f"the family adapter does not map {name}; every weight matrix needs a source"
+                )
+            continue
+        if isinstance(source, str):
+            tensor = checkpoint.get(source)
+        else:
+            transform, *names = source
+            tensor = transform(*(checkpoint.get(n) for n in names))
+        if tensor.shape != view.shape:
+            raise ValueError(
+                f"{name}: the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(view.shape)}"
+            )
+        view.copy_(tensor)
+
+
+def _tokenizer_prepends_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("hello")["input_ids"]
+    return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
+
+
+def from_pretrained(
+    model_name: str | os.PathLike,
+    *,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    tokenizer: Any = None,
+    default_prepend_bos: bool | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **config_overrides: Any,
+) -> HookedTransformer:
+    """Load a checkpoint into a HookedTransformer.
+
+    Weights stream tensor by tensor into a model built without initialisation, so peak memory is
+    about one model. Processing (fold_ln, centring, value-bias folding) runs in float32; the model
+    is cast to `dtype` afterwards. `default_prepend_bos` defaults to what the model's own HF
+    tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
+
+    Example:
+        >>> model = from_pretrained("smollm2-135m", device="cpu")
+    """
+    checkpoint = open_checkpoint(model_name, revision, trust_remote_code)
+    family = family_for(checkpoint.hf_config)
+    fields = family.config_from_hf(checkpoint.hf_config)
+    fields.update(
+        model_name=str(model_name),
+        original_architecture=(checkpoint.hf_config.get("architectures") or [family.name])[0],
+        init_weights=False,
+        from_checkpoint=True,
+        dtype=torch.float32,
+    )
+    fields.update(config_overrides)
+    cfg = HookedTransformerConfig(**fields)
+    model = HookedTransformer(cfg)
+    load_weights(model, family.weight_map(cfg, checkpoint.hf_config), checkpoint)
+    tok = tokenizer if tokenizer is not None else checkpoint.tokenizer()
+    if tok is not None:
+        prepend = (
+            _tokenizer_prepends_bos(tok) if default_prepend_bos is None else default_prepend_bos
+        )
+        model.set_tokenizer(tok, default_prepend_bos=prepend)
+    elif default_prepend_bos is not None:
+        cfg.default_prepend_bos = default_prepend_bos
+    process_weights(model, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype != torch.float32:
+        model.to(dtype)
+        cfg.dtype = dtype
+    if device is not None:
+        model.to(device)
+        cfg.device = str(device)
+    return model

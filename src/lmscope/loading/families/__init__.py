@@ -1,0 +1,105 @@
+"""Architecture families: each maps a Hugging Face checkpoint onto lmscope's layout.
+
+A family is data: `config_from_hf(hf_config) -> dict` of HookedTransformerConfig fields, and
+`weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
+or `(transform, name, ...)` whose transform turns those tensors into our layout. Transforms that
+several families share live here, once. Adding a family is one file plus one line in `FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from lmscope.config import HookedTransformerConfig
+
+Source = str | tuple  # "name" or (transform, "name", ...)
+WeightMap = dict[str, Source]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family: which HF `architectures` it reads and how."""
+
+    name: str
+    architectures: tuple[str, ...]
+    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
+    weight_map: Callable[[HookedTransformerConfig, dict[str, Any]], WeightMap]
+
+
+# -- shared transforms: HF nn.Linear [out, in] -> TransformerLens layouts ------------------------
+def heads_in(n_heads: int) -> Callable[[Tensor], Tensor]:
+    """[n_heads * d_head, d_model] -> [n_heads, d_model, d_head] (W_Q, W_K, W_V)."""
+    return lambda w: w.reshape(n_heads, -1, w.shape[-1]).transpose(1, 2)
+
+
+def heads_out(n_heads: int) -> Callable[[Tensor], Tensor]:
+    """[d_model, n_heads * d_head] -> [n_heads, d_head, d_model] (W_O)."""
+    return lambda w: w.reshape(w.shape[0], n_heads, -1).permute(1, 2, 0)
+
+
+def heads_bias(n_heads: int) -> Callable[[Tensor], Tensor]:
+    """[n_heads * d_head] -> [n_heads, d_head]."""
+    return lambda b: b.reshape(n_heads, -1)
+
+
+def transpose(w: Tensor) -> Tensor:
+    """nn.Linear [out, in] -> [in, out] (W_in, W_out, W_U)."""
+    return w.T
+
+
+# -- shared config readers ---------------------------------------------------------------------------
+def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
+    """rotary_base, rope_scaling and the rotary fraction from either transformers 5
+    `rope_parameters` or the older top-level keys (rope_theta, rope_scaling, rotary_pct, ...)."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    base = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+    fraction = params.get(
+        "partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0))
+    )
+    kind = params.get("rope_type") or legacy.get("rope_type") or legacy.get("type") or "default"
+    scaling = {
+        **legacy,
+        **{k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")},
+    }
+    scaling["rope_type"] = kind
+    return {
+        "rotary_base": float(base),
+        "rope_scaling": None if kind == "default" else scaling,
+        "fraction": fraction,
+    }
+
+
+def _families() -> list[Family]:
+    from lmscope.loading.families import gpt2, llama, neox
+
+    return [gpt2.FAMILY, neox.FAMILY, llama.FAMILY]
+
+
+def supported_architectures() -> list[str]:
+    """Every HF `architectures` entry lmscope can load."""
+    return sorted(arch for fam in _families() for arch in fam.architectures)
+
+
+def family_for(hf_config: dict[str, Any]) -> Family:
+    """The family that reads a checkpoint with this config.json (clear error if none)."""
+    archs = hf_config.get("architectures") or []
+    for fam in _families():
+        if any(arch in fam.architectures for arch in archs):
+            return fam
+    model_type = hf_config.get("model_type")
+    for fam in _families():
+        if model_type is not None and model_type == fam.name:
+            return fam
+    supported = supported_architectures()
+    close = [m for a in archs for m in difflib.get_close_matches(a, supported, n=3, cutoff=0.6)]
+    hint = f" Closest supported: {', '.join(close)}." if close else ""
+    raise ValueError(
+        f"architecture {archs or model_type!r} is not supported by lmscope.{hint} "
+        f"Supported architectures: {', '.join(supported)}"
+    )

@@ -1,0 +1,301 @@
+"""Read a GGUF checkpoint and present it as a Hugging Face checkpoint.
+
+:func:`read_gguf` memory-maps the file with :class:`gguf.GGUFReader` and returns a
+:class:`GGUFCheckpoint` exposing
+
+* ``hf_config``: a ``config.json``-style dict built from the GGUF metadata,
+* ``tensor_names()`` / ``get(name)``: the weights under their Hugging Face names, dequantised
+  to float32 one tensor at a time (nothing is dequantised up front),
+* ``tokenizer()``: the tokenizer rebuilt from the GGUF metadata.
+
+GGUF and HF names are related through the ``gguf`` package's own ``TensorNameMap``; the
+per-architecture knowledge that the library does not carry (HF module names, config keys,
+llama.cpp's conversion-time weight rewrites) lives in :data:`_ARCHITECTURES`, so another
+architecture is one table entry.
+
+The results agree exactly with ``transformers``' own GGUF loader
+(``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``) for the supported architectures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gguf
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["GGUFCheckpoint", "read_gguf", "supported_architectures"]
+
+
+# --------------------------------------------------------------------------- weight rewrites
+
+
+def _unpermute_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's rotary permute of Q/K rows (``convert_hf_to_gguf.LlamaModel.permute``).
+
+    llama.cpp stores each head's rows as ``reshape(n_head, 2, d/2).swapaxes(1, 2)`` of the HF
+    order (halves interleaved, for its "normal" rope); this is the inverse.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"cannot un-permute {rows} rows over {n_head} heads")
+    half = rows // n_head // 2
+    return weight.reshape(n_head, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _llama_fix(gguf_name: str, weight: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    """llama.cpp permutes Q rows over ``n_head`` and K rows over ``n_head_kv``."""
+    if ".attn_q." in gguf_name:
+        return _unpermute_rows(weight, config["num_attention_heads"])
+    if ".attn_k." in gguf_name:
+        return _unpermute_rows(weight, config["num_key_value_heads"])
+    return weight
+
+
+# --------------------------------------------------------------------------- architecture table
+
+_TensorFix = Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor]
+
+# GGUF key (after "<arch>.") -> HF config key, common to the llama-like decoders.
+_COMMON_CONFIG_KEYS: dict[str, str] = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.key_length": "head_dim",
+    "rope.freq_base": "rope_theta",
+    "vocab_size": "vocab_size",
+}
+
+# HF module names (no ".weight"/".bias") of a llama-style decoder.
+_LLAMA_GLOBAL_MODULES = ("model.embed_tokens", "model.norm", "lm_head")
+_LLAMA_BLOCK_MODULES = (
+    "model.layers.{bid}.input_layernorm",
+    "model.layers.{bid}.self_attn.q_proj",
+    "model.layers.{bid}.self_attn.k_proj",
+    "model.layers.{bid}.self_attn.v_proj",
+    "model.layers.{bid}.self_attn.o_proj",
+    "model.layers.{bid}.post_attention_layernorm",
+    "model.layers.{bid}.mlp.gate_proj",
+    "model.layers.{bid}.mlp.up_proj",
+    "model.layers.{bid}.mlp.down_proj",
+)
+
+
+@dataclass(frozen=True)
+class _ArchSpec:
+    """What the ``gguf`` library does not know about one ``general.architecture``."""
+
+    model_type: str
+    architectures: tuple[str, ...]
+    global_modules: tuple[str, ...] = _LLAMA_GLOBAL_MODULES
+    block_modules: tuple[str, ...] = _LLAMA_BLOCK_MODULES
+    config_keys: Mapping[str, str] = field(default_factory=lambda: dict(_COMMON_CONFIG_KEYS))
+    # Fallback for head_dim when "attention.key_length" is absent (llama.cpp's llama writes
+    # rope.dimension_count == head_dim; for other archs it may be a partial rotary size).
+    head_dim_from_rope_dims: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # HF config flag -> GGUF tensor whose presence sets it.
+    flags_from_tensors: Mapping[str, str] = field(default_factory=dict)
+    fix: _TensorFix | None = None
+
+
+_ARCHITECTURES: dict[str, _ArchSpec] = {
+    "llama": _ArchSpec(
+        model_type="llama",
+        architectures=("LlamaForCausalLM",),
+        head_dim_from_rope_dims=True,
+        defaults={"hidden_act": "silu"},
+        flags_from_tensors={"attention_bias": "blk.0.attn_q.bias", "mlp_bias": "blk.0.ffn_up.bias"},
+        fix=_llama_fix,
+    ),
+    # llama.cpp's Qwen2 conversion neither permutes Q/K nor rewrites norms.
+    "qwen2": _ArchSpec(
+        model_type="qwen2",
+        architectures=("Qwen2ForCausalLM",),
+        defaults={"hidden_act": "silu"},
+    ),
+}
+
+
+def supported_architectures() -> list[str]:
+    """GGUF ``general.architecture`` values that :func:`read_gguf` understands."""
+    return sorted(_ARCHITECTURES)
+
+
+# --------------------------------------------------------------------------- metadata helpers
+
+
+def _scalar(reader: gguf.GGUFReader, key: str) -> Any:
+    """A scalar metadata value, or ``None`` if the key is absent (arrays are not decoded)."""
+    fld = reader.fields.get(key)
+    if fld is None or not fld.types or fld.types[0] == gguf.GGUFValueType.ARRAY:
+        return None
+    return fld.contents()
+
+
+def _array_len(reader: gguf.GGUFReader, key: str) -> int | None:
+    fld = reader.fields.get(key)
+    if fld is None or not fld.types or fld.types[0] != gguf.GGUFValueType.ARRAY:
+        return None
+    return len(fld.data)
+
+
+def _build_config(
+    reader: gguf.GGUFReader, arch: str, spec: _ArchSpec, gguf_tensors: Mapping[str, Any]
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"architectures": list(spec.architectures), "model_type": spec.model_type}
+    cfg.update(spec.defaults)
+    for gguf_key, hf_key in spec.config_keys.items():
+        value = _scalar(reader, f"{arch}.{gguf_key}")
+        if value is not None:
+            cfg[hf_key] = value
+    if spec.head_dim_from_rope_dims and "head_dim" not in cfg:
+        rope_dims = _scalar(reader, f"{arch}.rope.dimension_count")
+        if rope_dims is not None:
+            cfg["head_dim"] = rope_dims
+    if "num_key_value_heads" not in cfg and "num_attention_heads" in cfg:
+        cfg["num_key_value_heads"] = cfg["num_attention_heads"]
+    if "vocab_size" not in cfg:
+        n_tokens = _array_len(reader, "tokenizer.ggml.tokens")
+        if n_tokens is not None:
+            cfg["vocab_size"] = n_tokens
+
+    rope_type = _scalar(reader, f"{arch}.rope.scaling.type")
+    if rope_type is not None and rope_type != "none":
+        scaling: dict[str, Any] = {"rope_type": rope_type}
+        for gguf_key, hf_key in (
+            ("factor", "factor"),
+            ("original_context_length", "original_max_position_embeddings"),
+            ("attn_factor", "attention_factor"),
+        ):
+            value = _scalar(reader, f"{arch}.rope.scaling.{gguf_key}")
+            if value is not None:
+                scaling[hf_key] = value
+        cfg["rope_scaling"] = scaling
+
+    for hf_key, tensor_name in spec.flags_from_tensors.items():
+        cfg[hf_key] = tensor_name in gguf_tensors
+    cfg["tie_word_embeddings"] = "output.weight" not in gguf_tensors
+    for gguf_key, hf_key in (("bos", "bos"), ("eos", "eos"), ("padding", "pad")):
+        token_id = _scalar(reader, f"tokenizer.ggml.{gguf_key}_token_id")
+        if token_id is not None:
+            cfg[f"{hf_key}_token_id"] = token_id
+    return cfg
+
+
+def _gguf_to_hf_names(
+    arch: str, spec: _ArchSpec, n_blocks: int, gguf_tensors: Mapping[str, Any]
+) -> tuple[dict[str, str], list[str]]:
+    """Map the file's GGUF tensor names to HF names via ``gguf.get_tensor_name_map``.
+
+    Returns ``(hf_name -> gguf_name, gguf tensors with no HF counterpart)``.
+    """
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    name_map = gguf.get_tensor_name_map(model_arch, n_blocks)
+    modules = list(spec.global_modules)
+    modules += [m.format(bid=b) for b in range(n_blocks) for m in spec.block_modules]
+    to_hf: dict[str, str] = {}
+    for hf_module in modules:
+        gguf_module = name_map.get_name(hf_module)
+        if gguf_module is None:
+            raise RuntimeError(f"gguf's TensorNameMap has no {arch!r} entry for {hf_module!r}")
+        for suffix in (".weight", ".bias"):
+            if gguf_module + suffix in gguf_tensors:
+                to_hf[gguf_module + suffix] = hf_module + suffix
+    hf_to_gguf = {to_hf[g]: g for g in gguf_tensors if g in to_hf}
+    unmapped = [g for g in gguf_tensors if g not in to_hf]
+    return hf_to_gguf, unmapped
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class GGUFCheckpoint:
+    """A memory-mapped GGUF file seen as a Hugging Face checkpoint.
+
+    Attributes:
+        path: the GGUF file.
+        architecture: GGUF ``general.architecture`` (e.g. ``"llama"``).
+        hf_config: an HF ``config.json``-style dict.
+        unmapped_tensors: GGUF tensors with no HF counterpart (e.g. llama3's ``rope_freqs``);
+            they are not served by :meth:`get`.
+    """
+
+    path: Path
+    architecture: str
+    hf_config: dict[str, Any]
+    unmapped_tensors: list[str]
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._reader = gguf.GGUFReader(self.path, "r")
+        arch = _scalar(self._reader, "general.architecture")
+        if arch not in _ARCHITECTURES:
+            raise ValueError(
+                f"{self.path.name}: GGUF architecture {arch!r} is not supported; "
+                f"supported: {', '.join(supported_architectures())}"
+            )
+        self.architecture = arch
+        self._spec = _ARCHITECTURES[arch]
+        self._tensors = {t.name: t for t in self._reader.tensors}
+        self.hf_config = _build_config(self._reader, arch, self._spec, self._tensors)
+        n_blocks = int(self.hf_config.get("num_hidden_layers", 0))
+        self._hf_to_gguf, self.unmapped_tensors = _gguf_to_hf_names(
+            arch, self._spec, n_blocks, self._tensors
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GGUFCheckpoint({str(self.path)!r}, architecture={self.architecture!r}, "
+            f"tensors={len(self._hf_to_gguf)})"
+        )
+
+    def tensor_names(self) -> list[str]:
+        """HF names of all tensors in the file, in file order."""
+        return list(self._hf_to_gguf)
+
+    def gguf_name(self, hf_name: str) -> str:
+        """The GGUF tensor name behind an HF name."""
+        try:
+            return self._hf_to_gguf[hf_name]
+        except KeyError:
+            tied = " (the model is tied: use the embedding)" if hf_name == "lm_head.weight" else ""
+            raise KeyError(
+                f"tensor {hf_name!r} is not in GGUF checkpoint {self.path.name}{tied}"
+            ) from None
+
+    def get(self, hf_name: str) -> torch.Tensor:
+        """Dequantise one tensor to float32, in HF layout (``nn.Linear`` weights are [out, in])."""
+        name = self.gguf_name(hf_name)
+        info = self._tensors[name]
+        array = gguf.quants.dequantize(info.data, info.tensor_type)
+        array = np.asarray(array, dtype=np.float32)
+        if not array.flags.writeable:  # F32 comes back as a read-only view of the memory map
+            array = array.copy()
+        tensor = torch.from_numpy(array)
+        if self._spec.fix is not None:
+            tensor = self._spec.fix(name, tensor, self.hf_config)
+        return tensor.contiguous()
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """A fresh HF tokenizer rebuilt from the GGUF metadata (takes a few seconds)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
+    """Open a GGUF file (metadata only; tensors are dequantised on demand by ``get``)."""
+    return GGUFCheckpoint(path)

@@ -1,0 +1,527 @@
+"""HookedTransformer: one config-driven decoder-only transformer with a hook on every activation.
+
+Example:
+    >>> from lmscope import HookedTransformer
+    >>> model = HookedTransformer.from_pretrained("smollm2-135m")
+    >>> logits, cache = model.run_with_cache("The capital of France is")
+    >>> cache["pattern", 3].shape          # [batch, head, q_pos, k_pos]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from lmscope.components.attention import AttentionMask
+from lmscope.components.block import TransformerBlock
+from lmscope.components.embed import Embed, PosEmbed, Unembed
+from lmscope.components.norm import make_norm
+from lmscope.components.rotary import Rotary
+from lmscope.config import HookedTransformerConfig
+from lmscope.hooks import HookedRootModule, HookPoint
+from lmscope.utils import lm_cross_entropy_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lmscope.cache import ActivationCache
+
+ModelInput = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
+ReturnType = Literal["logits", "loss", "both", None]
+
+# Hook points that only fire while a config flag is on, and the setter that turns it on.
+_FLAGGED_HOOKS = {
+    "attn.hook_result": "set_use_attn_result",
+    "hook_q_input": "set_use_split_qkv_input",
+    "hook_k_input": "set_use_split_qkv_input",
+    "hook_v_input": "set_use_split_qkv_input",
+    "hook_attn_in": "set_use_attn_in",
+    "hook_mlp_in": "set_use_hook_mlp_in",
+}
+_FLAG_OF_SETTER = {
+    "set_use_attn_result": "use_attn_result",
+    "set_use_split_qkv_input": "use_split_qkv_input",
+    "set_use_attn_in": "use_attn_in",
+    "set_use_hook_mlp_in": "use_hook_mlp_in",
+}
+
+
+class HookedTransformer(HookedRootModule):
+    """A decoder-only transformer whose every activation is a named HookPoint.
+
+    Build a random model from a config (`HookedTransformer(cfg)`) or load a checkpoint with
+    `HookedTransformer.from_pretrained(name_or_path)`.
+    """
+
+    def __init__(
+        self,
+        cfg: HookedTransformerConfig | dict[str, Any],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = HookedTransformerConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional_embedding_type == "standard":
+            self.pos_embed = PosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        else:
+            self.rotary = Rotary(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
+        norm = make_norm(cfg)
+        if norm is not None:
+            self.ln_final = norm
+        self.unembed = Unembed(cfg)
+        if cfg.init_weights:
+            self.init_weights()
+        if cfg.device is not None:
+            self.to(cfg.device)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+        self.setup()
+
+    # -- construction ----------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Random normal weights (std `cfg.initializer_range`), zero biases, unit norm weights."""
+        if self.cfg.seed is not None:
+            torch.manual_seed(self.cfg.seed)
+        for name, param in self.named_parameters():
+            if name.endswith(("weight", "W_E", "W_pos")):
+                nn.init.normal_(param, std=self.cfg.initializer_range)
+
+    @classmethod
+    def from_pretrained(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
+        """Load a checkpoint (alias, hub id, local directory or .gguf file) with weight processing.
+
+        Defaults follow TransformerLens: fold_ln, center_writing_weights, center_unembed and
+        fold_value_biases are on. See `lmscope.loading.from_pretrained` for every option.
+        """
+        from lmscope.loading import from_pretrained
+
+        return from_pretrained(model_name, **kwargs)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
+        """Load a checkpoint with its weights exactly as stored (no folding or centring)."""
+        from lmscope.loading import from_pretrained
+
+        kwargs.update(
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+        )
+        return from_pretrained(model_name, **kwargs)
+
+    def set_tokenizer(
+        self, tokenizer: PreTrainedTokenizerBase, default_prepend_bos: bool | None = None
+    ) -> None:
+        """Attach a Hugging Face tokenizer. Without a pad token, EOS (or BOS) pads."""
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        self.tokenizer = tokenizer
+        if default_prepend_bos is not None:
+            self.cfg.default_prepend_bos = default_prepend_bos
+
+    # -- hook flags --------------------------------------------------------------------------------
+    def set_use_attn_result(self, use: bool) -> None:
+        """Compute `attn.hook_result` [batch, pos, head, d_model], each head's output (memory heavy)."""
+        self.cfg.use_attn_result = use
+
+    def set_use_split_qkv_input(self, use: bool) -> None:
+        """Give each head its own copy of the residual: `hook_q_input`, `hook_k_input`, `hook_v_input`."""
+        self.cfg.use_split_qkv_input = use
+
+    def set_use_attn_in(self, use: bool) -> None:
+        """Give each head its own copy of the residual at `hook_attn_in`."""
+        self.cfg.use_attn_in = use
+
+    def set_use_hook_mlp_in(self, use: bool) -> None:
+        """Fire `hook_mlp_in`, the MLP's input before ln2."""
+        self.cfg.use_hook_mlp_in = use
+
+    def _disabled_reason(self, name: str) -> str | None:
+        for suffix, setter in _FLAGGED_HOOKS.items():
+            if name.endswith(suffix) and not getattr(self.cfg, _FLAG_OF_SETTER[setter]):
+                return f"hook {name!r} only fires after model.{setter}(True)"
+        return None
+
+    def _make_cache(self, cache: dict[str, Tensor]) -> ActivationCache:
+        from lmscope.cache import ActivationCache
+
+        return ActivationCache(cache, self)
+
+    # -- tokens --------------------------------------------------------------------------------------
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer: pass token ids, or call model.set_tokenizer(tok)"
+            )
+        return self.tokenizer
+
+    def _tokenize(
+        self,
+        text: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+        """Token ids and attention mask (None when nothing was padded) for text."""
+        tok = self._require_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("input is an empty list of strings; pass at least one string")
+        prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        padding_side = padding_side or self.cfg.default_padding_side
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        if prepend_bos:
+            if tok.bos_token_id is None:
+                raise ValueError(
+                    "prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False"
+                )
+            ids = [[tok.bos_token_id, *seq] for seq in ids]
+        length = max(len(seq) for seq in ids)
+        if length == 0:
+            raise ValueError("input is empty (0 tokens); pass some text or token ids")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        tokens = torch.full((len(ids), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            span = (
+                slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
+            )
+            tokens[i, span] = torch.tensor(seq, dtype=torch.long)
+            mask[i, span] = 1
+        device = self.W_E.device
+        return tokens.to(device), (None if bool(mask.all()) else mask.to(device))
+
+    def to_tokens(
+        self,
+        input: str | Sequence[str],
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        move_to_device: bool = True,
+        truncate: bool = False,
+    ) -> Int[Tensor, "batch pos"]:
+        """Text to token ids [batch, pos]; lists are padded on `padding_side`.
+
+        BOS is prepended once when `prepend_bos` (default: what this model's HF tokenizer does),
+        never twice: the tokenizer's own special tokens are turned off first.
+        """
+        tokens, _ = self._tokenize(input, prepend_bos, padding_side)
+        if truncate:
+            tokens = tokens[:, : self.cfg.n_ctx]
+        return tokens if move_to_device else tokens.cpu()
+
+    def to_string(self, tokens: Int[Tensor, "... pos"] | Sequence[int] | int) -> str | list[str]:
+        """Token ids back to text (a list of strings for a batch)."""
+        tok = self._require_tokenizer()
+        if isinstance(tokens, Tensor):
+            tokens = tokens.tolist()
+        if isinstance(tokens, int):
+            tokens = [tokens]
+        if tokens and isinstance(tokens[0], list):
+            return [tok.decode(seq, clean_up_tokenization_spaces=False) for seq in tokens]
+        return tok.decode(tokens, clean_up_tokenization_spaces=False)
+
+    def to_str_tokens(
+        self,
+        input: str | Int[Tensor, " pos"] | Int[Tensor, "1 pos"] | Sequence[int],
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> list[str]:
+        """Each token of `input` as its own string."""
+        tok = self._require_tokenizer()
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos, padding_side)[0].tolist()
+        else:
+            ids = input.flatten().tolist() if isinstance(input, Tensor) else list(input)
+        return [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (errors otherwise)."""
+        ids = self.to_tokens(string, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            pieces = self.to_str_tokens(ids)
+            raise ValueError(f"{string!r} is {ids.numel()} tokens {pieces}, not one")
+        return int(ids[0])
+
+    def get_token_position(
+        self,
+        single_token: str | int,
+        input: str | Int[Tensor, " pos"] | Int[Tensor, "1 pos"],
+        mode: Literal["first", "last"] = "first",
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> int:
+        """Position of `single_token` in `input` (its first or last occurrence)."""
+        tokens = (
+            self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else input
+        )
+        tokens = tokens.flatten()
+        token_id = (
+            self.to_single_token(single_token) if isinstance(single_token, str) else single_token
+        )
+        hits = (tokens == token_id).nonzero().flatten()
+        if hits.numel() == 0:
+            raise ValueError(f"token {single_token!r} does not occur in the input")
+        return int(hits[0] if mode == "first" else hits[-1])
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def _input_to_tokens(
+        self,
+        input: ModelInput,
+        prepend_bos: bool | None,
+        padding_side: str | None,
+        attention_mask: Tensor | None,
+    ) -> tuple[Int[Tensor, "batch pos"], Tensor | None]:
+        if isinstance(input, str) or (
+            isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))
+        ):
+            tokens, mask = self._tokenize(input, prepend_bos, padding_side)
+            return tokens, mask if attention_mask is None else attention_mask
+        tokens = torch.as_tensor(input, device=self.W_E.device)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(
+                f"token input must be integer ids of shape [batch, pos] or [pos], got {tuple(tokens.shape)} "
+                f"{tokens.dtype}; to feed a residual stream use start_at_layer"
+            )
+        if tokens.shape[1] == 0:
+            raise ValueError("input is empty (0 tokens); pass some text or token ids")
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.cfg.d_vocab:
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.d_vocab}); got ids from {low} to {high}"
+            )
+        return tokens, attention_mask
+
+    def forward(
+        self,
+        input: ModelInput | Float[Tensor, "batch pos d_model"],
+        return_type: ReturnType = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        tokens: Int[Tensor, "batch pos"] | None = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: text, list of texts (padded; padding is masked), token ids, or with
+                `start_at_layer` the residual stream [batch, pos, d_model] entering that layer.
+            return_type: "logits", "loss" (mean next-token loss), "both" (logits, loss) or None.
+            attention_mask: 1 for real tokens, 0 for padding; positions count only real tokens, so
+                left-padded rows give the same logits as unpadded ones.
+            start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the
+                residual stream entering that layer is returned. `tokens` gives the token ids for
+                the loss when starting from a residual.
+        """
+        if start_at_layer is None:
+            tokens, attention_mask = self._input_to_tokens(
+                input, prepend_bos, padding_side, attention_mask
+            )
+            batch, n_pos = tokens.shape
+        else:
+            resid = input
+            if (
+                not isinstance(resid, Tensor)
+                or resid.ndim != 3
+                or resid.shape[-1] != self.cfg.d_model
+            ):
+                raise ValueError(
+                    f"with start_at_layer, input is the residual stream [batch, pos, {self.cfg.d_model}]"
+                )
+            batch, n_pos = resid.shape[:2]
+        if n_pos > self.cfg.n_ctx:
+            raise ValueError(
+                f"input has {n_pos} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
+                "shorten it (model.to_tokens(text, truncate=True) cuts it to n_ctx)"
+            )
+        device = self.W_E.device
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
+
+        if start_at_layer is None:
+            resid = self.hook_embed(self.embed(tokens))
+            if self.cfg.positional_embedding_type == "standard":
+                resid = resid + self.hook_pos_embed(self.pos_embed(positions))
+        mask = AttentionMask.build(attention_mask, n_pos, n_pos, device)
+        rotary = self.rotary(positions) if self.cfg.positional_embedding_type == "rotary" else None
+
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            resid = block(resid, mask, rotary)
+        if stop_at_layer is not None:
+            return resid
+        if hasattr(self, "ln_final"):
+            resid = self.ln_final(resid)
+        logits = self.unembed(resid)
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        if tokens is None:
+            raise ValueError("a loss needs token ids: pass tokens=... with start_at_layer")
+        loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
+        if return_type == "loss":
+            return loss
+        if return_type == "both":
+            return logits, loss
+        raise ValueError(
+            f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}"
+        )
+
+    def loss_fn(
+        self,
+        logits: Float[Tensor, "batch pos d_vocab"],
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        per_token: bool = False,
+    ) -> Tensor:
+        """Next-token cross-entropy of `logits` on `tokens` (see utils.lm_cross_entropy_loss)."""
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+
+    # -- weights (TransformerLens names and layouts) -----------------------------------------------
+    def named_weights(self) -> dict[str, Tensor]:
+        """Every weight under its TransformerLens name, as a view of the stored parameters.
+
+        Writing into a view (`model.named_weights()["blocks.0.attn.W_Q"][3] = 0`) edits the model.
+        """
+        views: dict[str, Tensor] = {"embed.W_E": self.embed.W_E}
+        if hasattr(self, "pos_embed"):
+            views["pos_embed.W_pos"] = self.pos_embed.W_pos
+        for layer, block in enumerate(self.blocks):
+            prefix = f"blocks.{layer}."
+            norms = [("ln1", block.ln1)] + ([] if self.cfg.attn_only else [("ln2", block.ln2)])
+            for ln_name, ln in norms:
+                for pname in ("w", "b"):
+                    p = getattr(ln, pname, None)
+                    if p is not None:
+                        views[f"{prefix}{ln_name}.{pname}"] = p
+            attn = block.attn
+            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+                views[f"{prefix}attn.{name}"] = getattr(attn, name)
+            if not self.cfg.attn_only:
+                mlp = block.mlp
+                names = ["W_in", "b_in", "W_out", "b_out"]
+                if self.cfg.gated_mlp:
+                    names += ["W_gate", "b_gate"]
+                for name in names:
+                    views[f"{prefix}mlp.{name}"] = getattr(mlp, name)
+        if hasattr(self, "ln_final"):
+            for pname in ("w", "b"):
+                p = getattr(self.ln_final, pname, None)
+                if p is not None:
+                    views[f"ln_final.{pname}"] = p
+        views["unembed.W_U"] = self.unembed.W_U
+        views["unembed.b_U"] = self.unembed.b_U
+        return views
+
+    def _stack(self, get: Any) -> Tensor:
+        return torch.stack([get(block) for block in self.blocks], dim=0)
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        if not hasattr(self, "pos_embed"):
+            raise AttributeError("this model has rotary positions, so no W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        return self.unembed.b_U
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_layers head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_Q)
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_layers kv_head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_K)
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_layers kv_head d_model d_head"]:
+        return self._stack(lambda b: b.attn.W_V)
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_layers head d_head d_model"]:
+        return self._stack(lambda b: b.attn.W_O)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_layers head d_head"]:
+        return self._stack(lambda b: b.attn.b_Q)
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_layers kv_head d_head"]:
+        return self._stack(lambda b: b.attn.b_K)
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_layers kv_head d_head"]:
+        return self._stack(lambda b: b.attn.b_V)
+
+    @property
+    def b_O(self) -> Float[Tensor, "n_layers d_model"]:
+        return self._stack(lambda b: b.attn.b_O)
+
+    @property
+    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
+        return self._stack(lambda b: b.mlp.W_in)
+
+    @property
+    def W_gate(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
+        if not self.cfg.gated_mlp:
+            raise AttributeError("this model's MLP is not gated, so it has no W_gate")
+        return self._stack(lambda b: b.mlp.W_gate)
+
+    @property
+    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
+        return self._stack(lambda b: b.mlp.W_out)
+
+    @property
+    def b_in(self) -> Float[Tensor, "n_layers d_mlp"]:
+        return self._stack(lambda b: b.mlp.b_in)
+
+    @property
+    def b_out(self) -> Float[Tensor, "n_layers d_model"]:
+        return self._stack(lambda b: b.mlp.b_out)
+
+    def _expand_heads(self, w: Tensor) -> Tensor:
+        return w.repeat_interleave(self.cfg.n_groups, dim=1) if self.cfg.n_groups > 1 else w
+
+    @property
+    def QK(self) -> Float[Tensor, "n_layers head d_model d_model"]:
+        """Each head's bilinear form W_Q W_K^T (dense; keys expanded over query groups)."""
+        return self.W_Q @ self._expand_heads(self.W_K).transpose(-1, -2)
+
+    @property
+    def OV(self) -> Float[Tensor, "n_layers head d_model d_model"]:
+        """Each head's W_V W_O (dense; values expanded over query groups)."""
+        return self._expand_heads(self.W_V) @ self.W_O
+
+    def all_head_labels(self) -> list[str]:
+        """Labels "L{layer}H{head}" in layer-major order."""
+        return [
+            f"L{layer}H{head}"
+            for layer in range(self.cfg.n_layers)
+            for head in range(self.cfg.n_heads)
+        ]

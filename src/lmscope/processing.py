@@ -1,0 +1,139 @@
+"""Weight processing with TransformerLens semantics: the model computes the same log-probabilities,
+but its weights are easier to read.
+
+- `fold_ln`: move each norm's weight (and bias) into the layer that reads it; norms become
+  LNPre / RMSPre. For LayerNorm, reading weights are also centred (their input is centred).
+- `center_writing_weights`: remove the mean over d_model from everything that writes to the
+  residual stream (only meaningful, and only done, when every reader is a LayerNorm).
+- `center_unembed`: remove the mean over the vocabulary from W_U and b_U (softmax ignores it).
+- `fold_value_biases`: b_V contributes a constant through W_O (patterns sum to 1): fold it into b_O.
+
+Example:
+    >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")
+    >>> process_weights(model, fold_ln=True, center_writing_weights=True)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import einops
+import torch
+from torch import Tensor
+
+from lmscope.components.norm import LayerNormPre, RMSNormPre
+
+if TYPE_CHECKING:
+    from lmscope.model import HookedTransformer
+
+
+def _fold_into(norm_w: Tensor, norm_b: Tensor | None, W: Tensor, b: Tensor, center: bool) -> None:
+    """Fold `x * norm_w + norm_b` into the reader `x @ W + b` (W: [..., d_model, out])."""
+    if norm_b is not None:
+        b += einops.einsum(norm_b, W, "dm, ... dm out -> ... out")
+    W *= norm_w[:, None]
+    if center:
+        W -= W.mean(dim=-2, keepdim=True)
+
+
+@torch.no_grad()
+def fold_layer_norm(model: HookedTransformer) -> None:
+    """Fold every norm's weights into its readers; the norms become LNPre/RMSPre."""
+    cfg = model.cfg
+    if cfg.normalization_type not in ("LN", "RMS"):
+        return
+    is_ln = cfg.normalization_type == "LN"
+    for block in model.blocks:
+        ln1 = block.ln1
+        attn = block.attn
+        for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)):
+            _fold_into(ln1.w, getattr(ln1, "b", None), W, b, center=is_ln)
+        if not cfg.attn_only:
+            ln2, mlp = block.ln2, block.mlp
+            readers = [(mlp.W_in, mlp.b_in)] + ([(mlp.W_gate, mlp.b_gate)] if cfg.gated_mlp else [])
+            for W, b in readers:
+                _fold_into(ln2.w, getattr(ln2, "b", None), W, b, center=is_ln)
+    if hasattr(model, "ln_final"):
+        ln = model.ln_final
+        _fold_into(ln.w, getattr(ln, "b", None), model.unembed.W_U, model.unembed.b_U, center=is_ln)
+
+    pre = LayerNormPre if is_ln else RMSNormPre
+    for block in model.blocks:
+        block.ln1 = pre(cfg)
+        if not cfg.attn_only:
+            block.ln2 = pre(cfg)
+    if hasattr(model, "ln_final"):
+        model.ln_final = pre(cfg)
+    cfg.normalization_type = "LNPre" if is_ln else "RMSPre"
+    model.to(model.W_E.device)
+    model.setup()
+
+
+@torch.no_grad()
+def center_writing_weights(model: HookedTransformer) -> bool:
+    """Centre W_E, W_pos, W_O, b_O, W_out, b_out over d_model. Returns False (and does nothing)
+    when the model does not use LayerNorm, since only a centring norm makes this exact."""
+    if model.cfg.normalization_type not in ("LN", "LNPre"):
+        return False
+    writers = [model.embed.W_E]
+    if hasattr(model, "pos_embed"):
+        writers.append(model.pos_embed.W_pos)
+    for block in model.blocks:
+        writers += [block.attn.W_O, block.attn.b_O]
+        if not model.cfg.attn_only:
+            writers += [block.mlp.W_out, block.mlp.b_out]
+    for w in writers:
+        w -= w.mean(dim=-1, keepdim=True)
+    return True
+
+
+@torch.no_grad()
+def center_unembed(model: HookedTransformer) -> None:
+    """Subtract the mean over the vocabulary from W_U and b_U (log-probs unchanged)."""
+    W_U, b_U = model.unembed.W_U, model.unembed.b_U
+    W_U -= W_U.mean(dim=-1, keepdim=True)
+    b_U -= b_U.mean()
+
+
+@torch.no_grad()
+def fold_value_biases(model: HookedTransformer) -> None:
+    """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1)."""
+    groups = model.cfg.n_groups
+    for block in model.blocks:
+        attn = block.attn
+        b_V = attn.b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn.b_V
+        attn.b_O += einops.einsum(b_V, attn.W_O, "h dh, h dh dm -> dm")
+        attn.b_V.zero_()
+
+
+_center_writing_weights, _center_unembed, _fold_value_biases = (
+    center_writing_weights,
+    center_unembed,
+    fold_value_biases,
+)
+
+
+def process_weights(
+    model: HookedTransformer,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    fold_value_biases: bool = True,
+) -> HookedTransformer:
+    """Apply the TransformerLens weight processing steps in their order; records them in cfg."""
+    if model.cfg.processing.get("fold_ln") and fold_ln:
+        raise ValueError("this model's layer norms are already folded")
+    done = {}
+    if fold_ln:
+        fold_layer_norm(model)
+        done["fold_ln"] = True
+    if center_writing_weights:
+        done["center_writing_weights"] = _center_writing_weights(model)
+    if center_unembed:
+        _center_unembed(model)
+        done["center_unembed"] = True
+    if fold_value_biases:
+        _fold_value_biases(model)
+        done["fold_value_biases"] = True
+    model.cfg.processing.update(done)
+    return model
