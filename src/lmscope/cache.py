@@ -125,11 +125,7 @@ class ActivationCache:
             labels.append("final_post")
         resid = torch.stack(stack, dim=0)
         if pos_slice is not None:
-            resid = (
-                resid[..., pos_slice, :]
-                if isinstance(pos_slice, slice)
-                else resid[..., pos_slice : pos_slice + 1, :]
-            )
+            resid = resid[..., pos_slice, :]  # an int position drops the pos dimension
         if apply_ln:
             resid = self.apply_ln_to_stack(resid)
         return (resid, labels) if return_labels else resid
