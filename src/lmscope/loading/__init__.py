@@ -75,31 +75,44 @@ def _known_names() -> list[str]:
     return sorted(set(MODEL_ALIASES) | set(EMBEDDED_MODELS))
 
 
-def _from_hub(repo_id: str, revision: str | None, trust_remote_code: bool) -> DirectoryCheckpoint:
+def _from_hub(
+    repo_id: str, revision: str | None, trust_remote_code: bool, cache_dir: str | os.PathLike | None
+) -> DirectoryCheckpoint:
+    """Download (or find in the huggingface_hub cache) the files lmscope needs from a hub repo."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+
+    def fetch(patterns: list[str], local_only: bool) -> str:
+        return snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=patterns,
+            local_files_only=local_only,
+        )
 
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS)
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        try:  # offline, or the hub is unreachable: use the cache if it has the snapshot
-            path = snapshot_download(
-                repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True
-            )
+        path = fetch(_WEIGHT_PATTERNS, local_only=False)
+    except Exception as err:  # offline or unreachable: the cache may still have the snapshot
+        try:
+            path = fetch(_WEIGHT_PATTERNS, local_only=True)
         except Exception:
             raise OSError(
                 f"could not fetch {repo_id!r} from the Hugging Face hub and it is not in the local cache "
                 f"({err.__class__.__name__}: {err}). Connect to the internet once, or pass a local directory."
             ) from None
-    if not any(Path(path).glob("*.safetensors")):
-        path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[*_WEIGHT_PATTERNS, "pytorch_model*.bin"]
-        )
+    if not any(Path(path).glob("*.safetensors")):  # old repos ship only pytorch_model.bin
+        try:
+            path = fetch([*_WEIGHT_PATTERNS, "pytorch_model*.bin"], local_only=False)
+        except Exception:
+            path = fetch([*_WEIGHT_PATTERNS, "pytorch_model*.bin"], local_only=True)
     return DirectoryCheckpoint(path, trust_remote_code=trust_remote_code)
 
 
 def open_checkpoint(
-    name_or_path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Checkpoint:
     """Find the checkpoint behind an alias, local path, .gguf file or hub id."""
     name = str(name_or_path)
@@ -111,9 +124,9 @@ def open_checkpoint(
     if path.is_dir():
         return DirectoryCheckpoint(path, trust_remote_code=trust_remote_code)
     if name.lower() in MODEL_ALIASES:
-        return _from_hub(MODEL_ALIASES[name.lower()], revision, trust_remote_code)
+        return _from_hub(MODEL_ALIASES[name.lower()], revision, trust_remote_code, cache_dir)
     if name.count("/") == 1 and not path.exists() and not name.startswith((".", "/", "~")):
-        return _from_hub(name, revision, trust_remote_code)
+        return _from_hub(name, revision, trust_remote_code, cache_dir)
     close = difflib.get_close_matches(name.lower(), _known_names(), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(
@@ -173,6 +186,7 @@ def from_pretrained(
     default_prepend_bos: bool | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
     **config_overrides: Any,
 ) -> HookedTransformer:
     """Load a checkpoint into a HookedTransformer.
@@ -185,7 +199,7 @@ def from_pretrained(
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
     """
-    checkpoint = open_checkpoint(model_name, revision, trust_remote_code)
+    checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
     family = family_for(checkpoint.hf_config)
     fields = family.config_from_hf(checkpoint.hf_config)
     fields.update(
