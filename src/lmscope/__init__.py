@@ -3,11 +3,13 @@
 from lmscope import utils
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
+from lmscope.factored_matrix import FactoredMatrix
 from lmscope.hooks import HookedRootModule, HookPoint
 from lmscope.model import HookedTransformer
 
 __all__ = [
     "ActivationCache",
+    "FactoredMatrix",
     "HookPoint",
     "HookedRootModule",
     "HookedTransformer",

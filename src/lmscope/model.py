@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from lmscope.cache import ActivationCache
+    from lmscope.factored_matrix import FactoredMatrix
 
 ModelInput = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
 ReturnType = Literal["logits", "loss", "both", None]
@@ -101,11 +102,19 @@ class HookedTransformer(HookedRootModule):
         """Load a checkpoint (alias, hub id, local directory or .gguf file) with weight processing.
 
         Defaults follow TransformerLens: fold_ln, center_writing_weights, center_unembed and
-        fold_value_biases are on. See `lmscope.loading.from_pretrained` for every option.
+        fold_value_biases are on; `refactor_factored_attn_matrices=True` also puts each head's
+        QK and OV circuits in SVD form (`lmscope.processing`). See `lmscope.loading.from_pretrained`
+        for every other option.
         """
         from lmscope.loading import from_pretrained
 
-        return from_pretrained(model_name, **kwargs)
+        refactor = kwargs.pop("refactor_factored_attn_matrices", False)
+        model = from_pretrained(model_name, **kwargs)
+        if refactor:
+            from lmscope.processing import refactor_factored_attn_matrices
+
+            refactor_factored_attn_matrices(model)
+        return model
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
@@ -236,12 +245,21 @@ class HookedTransformer(HookedRootModule):
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
     ) -> list[str]:
-        """Each token of `input` as its own string."""
+        """Each token of `input` as its own string (a list of strings gives one list each)."""
         tok = self._require_tokenizer()
+        if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(text, prepend_bos, padding_side) for text in input]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos, padding_side)[0].tolist()
+        elif isinstance(input, Tensor):
+            if input.ndim > 2 or (input.ndim == 2 and input.shape[0] != 1):
+                raise ValueError(
+                    f"to_str_tokens takes one sequence: tokens of shape [pos] or [1, pos], got "
+                    f"{tuple(input.shape)}; call it per row for a batch"
+                )
+            ids = input.flatten().tolist()
         else:
-            ids = input.flatten().tolist() if isinstance(input, Tensor) else list(input)
+            ids = list(input)
         return [tok.decode([i], clean_up_tokenization_spaces=False) for i in ids]
 
     def to_single_token(self, string: str) -> int:
@@ -430,6 +448,17 @@ class HookedTransformer(HookedRootModule):
         views["unembed.b_U"] = self.unembed.b_U
         return views
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # A property that raised AttributeError (W_pos on a rotary model, W_gate on a plain
+            # MLP) lands here, and nn.Module would replace its message with a generic one.
+            prop = getattr(type(self), name, None)
+            if isinstance(prop, property) and prop.fget is not None:
+                prop.fget(self)
+            raise
+
     def _stack(self, get: Any) -> Tensor:
         return torch.stack([get(block) for block in self.blocks], dim=0)
 
@@ -509,14 +538,91 @@ class HookedTransformer(HookedRootModule):
         return w.repeat_interleave(self.cfg.n_groups, dim=1) if self.cfg.n_groups > 1 else w
 
     @property
-    def QK(self) -> Float[Tensor, "n_layers head d_model d_model"]:
-        """Each head's bilinear form W_Q W_K^T (dense; keys expanded over query groups)."""
-        return self.W_Q @ self._expand_heads(self.W_K).transpose(-1, -2)
+    def QK(self) -> FactoredMatrix:
+        """Each head's bilinear form W_Q W_K^T as a FactoredMatrix [n_layers, head, d_model,
+        d_model] (never formed densely; keys expanded over query groups; `.AB` for the dense one)."""
+        from lmscope.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self._expand_heads(self.W_K).transpose(-1, -2))
 
     @property
-    def OV(self) -> Float[Tensor, "n_layers head d_model d_model"]:
-        """Each head's W_V W_O (dense; values expanded over query groups)."""
-        return self._expand_heads(self.W_V) @ self.W_O
+    def OV(self) -> FactoredMatrix:
+        """Each head's W_V W_O as a FactoredMatrix [n_layers, head, d_model, d_model] (values
+        expanded over query groups; `.AB` for the dense one)."""
+        from lmscope.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self._expand_heads(self.W_V), self.W_O)
+
+    def all_composition_scores(
+        self, mode: Literal["Q", "K", "V"]
+    ) -> Float[Tensor, "n_layers head n_layers head"]:
+        """Composition scores of every earlier head's OV into every later head's Q, K or V input:
+        `|OV_1 M_2|_F / (|OV_1|_F |M_2|_F)` with M = QK (Q), QK^T (K) or OV (V). Entry
+        [l1, h1, l2, h2] is zero unless l1 < l2.
+
+        Example:
+            >>> scores = model.all_composition_scores("K")   # K-composition, e.g. induction heads
+        """
+        from lmscope.utils import composition_scores
+
+        left = self.OV
+        if mode == "Q":
+            right = self.QK
+        elif mode == "K":
+            right = self.QK.T
+        elif mode == "V":
+            right = self.OV
+        else:
+            raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
+        with torch.no_grad():
+            scores = composition_scores(left, right, broadcast_dims=True)
+        n = self.cfg.n_layers
+        earlier = torch.arange(n, device=scores.device)
+        mask = earlier[:, None, None, None] < earlier[None, None, :, None]
+        return torch.where(mask, scores, torch.zeros_like(scores))
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """Sum of the output biases written to the residual stream before `layer` (b_O, and b_out
+        with `include_mlp_biases`); with `mlp_input`, also b_O of `layer` (sequential blocks).
+
+        Example:
+            >>> model.accumulated_bias(model.cfg.n_layers)     # every bias in the residual stream
+        """
+        n = self.cfg.n_layers
+        if not 0 <= layer <= n:
+            raise ValueError(f"layer must lie in [0, {n}], got {layer}")
+        total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=self.W_E.device)
+        for block in self.blocks[:layer]:
+            total = total + block.attn.b_O
+            if include_mlp_biases and not self.cfg.attn_only:
+                total = total + block.mlp.b_out
+        if mlp_input:
+            if layer == n:
+                raise ValueError("mlp_input=True needs layer < n_layers")
+            if not self.cfg.parallel_attn_mlp:
+                total = total + self.blocks[layer].attn.b_O
+        return total
+
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Int[Tensor, ""] | Int[Tensor, "..."]
+    ) -> Float[Tensor, "... d_model"]:
+        """The unembedding direction(s) `W_U[:, token]` of one token (string or id) or a tensor of
+        ids (shape [..., d_model]).
+
+        Example:
+            >>> d = model.tokens_to_residual_directions(" Paris")     # [d_model]
+        """
+        if isinstance(tokens, str):
+            return self.W_U[:, self.to_single_token(tokens)]
+        if isinstance(tokens, int):
+            return self.W_U[:, tokens]
+        if isinstance(tokens, Tensor):
+            if tokens.numel() == 1 and tokens.ndim <= 1:
+                return self.W_U[:, int(tokens.item())]
+            return self.W_U[:, tokens.to(self.W_U.device)].movedim(0, -1)
+        raise TypeError(f"tokens must be a string, an int or a tensor of ids, got {type(tokens)}")
 
     def all_head_labels(self) -> list[str]:
         """Labels "L{layer}H{head}" in layer-major order."""

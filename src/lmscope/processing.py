@@ -7,6 +7,7 @@ but its weights are easier to read.
   residual stream (only meaningful, and only done, when every reader is a LayerNorm).
 - `center_unembed`: remove the mean over the vocabulary from W_U and b_U (softmax ignores it).
 - `fold_value_biases`: b_V contributes a constant through W_O (patterns sum to 1): fold it into b_O.
+- `refactor_factored_attn_matrices` (off by default): put each head's QK and OV in SVD form.
 
 Example:
     >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")
@@ -106,10 +107,60 @@ def fold_value_biases(model: HookedTransformer) -> None:
         attn.b_V.zero_()
 
 
-_center_writing_weights, _center_unembed, _fold_value_biases = (
+@torch.no_grad()
+def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
+    """Put each head's QK and OV circuits in SVD form, keeping every logit (TransformerLens's
+    `refactor_factored_attn_matrices`).
+
+    QK: with the biases appended as an extra input row, `[W_Q; b_Q] [W_K; b_K]^T = U S V^T` and the
+    new factors are `U sqrt(S)` and `V sqrt(S)`, so queries and keys live in the circuit's singular
+    basis. OV: `b_V W_O` is folded into `b_O` (patterns sum to one), `b_V = 0`, and
+    `W_V W_O = U S V^T` gives `W_V = U sqrt(S)`, `W_O = sqrt(S) V^T`.
+
+    Not possible (and refused) with rotary positions (the QK form depends on the positions) or
+    grouped-query attention (heads share W_K and W_V, so each head's basis cannot be chosen alone).
+
+    Example:
+        >>> model = HookedTransformer.from_pretrained("gpt2", refactor_factored_attn_matrices=True)
+    """
+    from lmscope.factored_matrix import FactoredMatrix
+
+    cfg = model.cfg
+    if cfg.positional_embedding_type == "rotary":
+        raise ValueError(
+            "refactor_factored_attn_matrices needs learned (not rotary) positions: with rotary "
+            "embeddings a head's QK form depends on the query and key positions"
+        )
+    if cfg.n_groups > 1:
+        raise ValueError(
+            "refactor_factored_attn_matrices cannot refactor grouped-query attention: query heads "
+            "share W_K and W_V, so no head's basis can be changed alone"
+        )
+    for block in model.blocks:
+        attn = block.attn
+        W_Q_eff = torch.cat([attn.W_Q, attn.b_Q[:, None, :]], dim=1)  # [head, d_model + 1, d_head]
+        W_K_eff = torch.cat([attn.W_K, attn.b_K[:, None, :]], dim=1)
+        Q_new, K_new_T = FactoredMatrix(W_Q_eff, W_K_eff.transpose(-1, -2)).make_even().pair
+        K_new = K_new_T.transpose(-1, -2)
+        attn.W_Q.copy_(Q_new[:, :-1])
+        attn.b_Q.copy_(Q_new[:, -1])
+        attn.W_K.copy_(K_new[:, :-1])
+        attn.b_K.copy_(K_new[:, -1])
+
+        attn.b_O += einops.einsum(attn.b_V, attn.W_O, "h dh, h dh dm -> dm")
+        attn.b_V.zero_()
+        U, S, V = FactoredMatrix(attn.W_V.clone(), attn.W_O.clone()).svd()
+        root = S.sqrt()[:, None, :]
+        attn.W_V.copy_(U * root)
+        attn.W_O.copy_((V * root).transpose(-1, -2))
+    cfg.processing["refactor_factored_attn_matrices"] = True
+
+
+_center_writing_weights, _center_unembed, _fold_value_biases, _refactor = (
     center_writing_weights,
     center_unembed,
     fold_value_biases,
+    refactor_factored_attn_matrices,
 )
 
 
@@ -119,6 +170,7 @@ def process_weights(
     center_writing_weights: bool = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
 ) -> HookedTransformer:
     """Apply the TransformerLens weight processing steps in their order; records them in cfg."""
     if model.cfg.processing.get("fold_ln") and fold_ln:
@@ -135,5 +187,7 @@ def process_weights(
     if fold_value_biases:
         _fold_value_biases(model)
         done["fold_value_biases"] = True
+    if refactor_factored_attn_matrices:
+        _refactor(model)
     model.cfg.processing.update(done)
     return model

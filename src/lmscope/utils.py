@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 _NAME_ALIASES = {
@@ -99,3 +100,292 @@ def get_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+# -- slicing ---------------------------------------------------------------------------------------
+SliceInput = int | tuple | slice | list | Tensor | np.ndarray | None
+
+
+class Slice:
+    """An index along one dimension, with TransformerLens's `Slice` semantics.
+
+    - `int`: selects one entry and drops the dimension (`Slice(-1)`: the last position);
+    - `tuple`: `slice(*tuple)` (`Slice((2, 5))` is `2:5`);
+    - `slice`: as is;
+    - list, array or tensor of ints: those entries, in that order (the dimension stays);
+    - `None`: everything (identity).
+
+    Example:
+        >>> Slice(-1).apply(torch.zeros(2, 7, 4), dim=1).shape
+        torch.Size([2, 4])
+        >>> Slice((1, 3)).indices(10)
+        array([1, 2])
+    """
+
+    def __init__(self, input_slice: SliceInput | Slice = None) -> None:
+        if isinstance(input_slice, Slice):
+            self.slice, self.mode = input_slice.slice, input_slice.mode
+            return
+        if isinstance(input_slice, Tensor) and input_slice.ndim == 0:
+            input_slice = int(input_slice)
+        if isinstance(input_slice, bool):
+            raise TypeError("Slice does not take a bool; pass an int, slice, tuple or index list")
+        if isinstance(input_slice, tuple):
+            self.slice: int | slice | np.ndarray = slice(*input_slice)
+            self.mode = "slice"
+        elif isinstance(input_slice, (int, np.integer)):
+            self.slice, self.mode = int(input_slice), "int"
+        elif isinstance(input_slice, slice):
+            self.slice, self.mode = input_slice, "slice"
+        elif isinstance(input_slice, (list, Tensor, np.ndarray)):
+            arr = to_numpy(input_slice)
+            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+                if arr.size == 0:
+                    arr = arr.astype(np.int64).reshape(0)
+                else:
+                    raise ValueError(
+                        f"an index list for Slice must be 1-D integers, got {arr.dtype} {arr.shape}"
+                    )
+            self.slice, self.mode = arr.astype(np.int64), "array"
+        elif input_slice is None:
+            self.slice, self.mode = slice(None), "identity"
+        else:
+            raise TypeError(f"cannot make a Slice from {type(input_slice).__name__}")
+
+    @classmethod
+    def unwrap(cls, slice_input: SliceInput | Slice) -> Slice:
+        """`slice_input` itself if it is a Slice, else `Slice(slice_input)`."""
+        return slice_input if isinstance(slice_input, Slice) else cls(slice_input)
+
+    def apply(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        """Index `tensor` along `dim` (an int Slice removes that dimension)."""
+        index: list = [slice(None)] * tensor.ndim
+        if self.mode == "array":
+            index[dim] = torch.as_tensor(self.slice, device=tensor.device)
+        else:
+            index[dim] = self.slice
+        return tensor[tuple(index)]
+
+    def indices(self, max_ctx: int | None = None) -> np.ndarray:
+        """The indices this Slice picks out of `range(max_ctx)` (an int needs no `max_ctx`)."""
+        if self.mode == "int":
+            return np.array([self.slice], dtype=np.int64)
+        if self.mode == "array":
+            return np.asarray(self.slice)
+        if max_ctx is None:
+            raise ValueError("max_ctx is needed to list the indices of a slice")
+        return np.arange(max_ctx, dtype=np.int64)[self.slice]
+
+    def __repr__(self) -> str:
+        return f"Slice({self.slice!r}, mode={self.mode!r})"
+
+
+# -- small tensor helpers --------------------------------------------------------------------------
+def get_corner(tensor: Any, n: int = 3) -> Tensor:
+    """The top-left `n x n x ...` corner of a tensor (or of a FactoredMatrix, without forming it).
+
+    Example:
+        >>> get_corner(torch.arange(16).reshape(4, 4), 2)
+        tensor([[0, 1],
+                [4, 5]])
+    """
+    if hasattr(tensor, "get_corner"):
+        return tensor.get_corner(n)
+    return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
+
+
+def lm_accuracy(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    per_token: bool = False,
+) -> Float[Tensor, ""] | Bool[Tensor, "batch pos_minus_1"]:
+    """Fraction of positions whose top prediction is the next token (or the per-token hits).
+
+    Example:
+        >>> acc = lm_accuracy(model(tokens), tokens)
+    """
+    correct = logits[:, :-1].argmax(dim=-1) == tokens[:, 1:]
+    if per_token:
+        return correct
+    return correct.sum() / correct.numel()
+
+
+def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Tensor:
+    """How much `left`'s output feeds `right`'s input: `|L R|_F / (|L|_F |R|_F)`.
+
+    Both are FactoredMatrix (or dense [..., d, d] tensors). With `broadcast_dims`, the leading dims
+    of left come first and those of right after them: left [L..] x right [R..] -> [L.., R..]. The
+    products are computed on the factors in chunks, so no [.., d_model, d_model] matrix is formed.
+
+    Example:
+        >>> composition_scores(model.OV[0, 3], model.QK[1, 5])      # Q-composition L0H3 -> L1H5
+    """
+    from lmscope.factored_matrix import FactoredMatrix
+
+    if isinstance(left, Tensor):
+        left = FactoredMatrix(left, torch.eye(left.shape[-1], dtype=left.dtype, device=left.device))
+    if isinstance(right, Tensor):
+        eye = torch.eye(right.shape[-2], dtype=right.dtype, device=right.device)
+        right = FactoredMatrix(eye, right)
+    if left.rdim != right.ldim:
+        raise ValueError(
+            f"left's output dim {left.rdim} does not match right's input dim {right.ldim}"
+        )
+    if broadcast_dims:
+        l_lead, r_lead = left.ndim - 2, right.ndim - 2
+        for i in range(l_lead):
+            right = right.unsqueeze(i)
+        for i in range(r_lead):
+            left = left.unsqueeze(l_lead + i)
+    lead = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
+    # Drop the orthogonal outer factors: |U S Vh^T X| = |S Vh^T X|, so only mdim-sized blocks remain.
+    new_left = left.collapse_l()  # [..., m_l, d]
+    new_right = right.collapse_r()  # [..., d, m_r]
+    l_norms = new_left.norm(dim=(-2, -1))
+    r_norms = new_right.norm(dim=(-2, -1))
+    new_left = new_left.broadcast_to(*lead, *new_left.shape[-2:]).reshape(-1, *new_left.shape[-2:])
+    new_right = new_right.broadcast_to(*lead, *new_right.shape[-2:]).reshape(
+        -1, *new_right.shape[-2:]
+    )
+    n = new_left.shape[0]
+    per_item = new_left.shape[-2] * new_right.shape[-1] + 1
+    chunk = max(1, (1 << 24) // per_item)
+    comp = torch.cat(
+        [
+            (new_left[i : i + chunk] @ new_right[i : i + chunk]).norm(dim=(-2, -1))
+            for i in range(0, n, chunk)
+        ]
+    ).reshape(lead)
+    return comp / l_norms / r_norms
+
+
+# -- prompts and datasets --------------------------------------------------------------------------
+def test_prompt(
+    prompt: str,
+    answer: str | list[str],
+    model: Any,
+    prepend_space_to_answer: bool = True,
+    print_details: bool = True,
+    prepend_bos: bool | None = None,
+    top_k: int = 10,
+) -> list[dict[str, Any]]:
+    """Check a model's prediction of `answer` after `prompt`: rank, logit and probability of each
+    answer token, and the top-k tokens at each step (printed when `print_details`).
+
+    Returns one dict per answer token: `{"token", "rank", "logit", "prob", "top_k"}` (TransformerLens
+    returns None; the values are handy in tests and notebooks).
+
+    Example:
+        >>> test_prompt("The capital of France is", "Paris", model)
+        Tokenized prompt: ['<|endoftext|>', 'The', ' capital', ' of', ' France', ' is']
+        ...
+    """
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    results: list[dict[str, Any]] = []
+    for ans in answers:
+        if prepend_space_to_answer and not ans.startswith(" "):
+            ans = " " + ans
+        prompt_tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
+        answer_tokens = model.to_tokens(ans, prepend_bos=False)
+        tokens = torch.cat([prompt_tokens, answer_tokens], dim=1)
+        n_prompt, n_answer = prompt_tokens.shape[1], answer_tokens.shape[1]
+        with torch.no_grad():
+            logits = model(tokens)[0]
+        probs = logits.softmax(-1)
+        if print_details:
+            print("Tokenized prompt:", model.to_str_tokens(prompt_tokens[0]))
+            print("Tokenized answer:", model.to_str_tokens(answer_tokens[0]))
+        ranks = []
+        for i in range(n_answer):
+            pos = n_prompt - 1 + i
+            tok = int(tokens[0, pos + 1])
+            rank = int((logits[pos] > logits[pos, tok]).sum())
+            top = probs[pos].topk(top_k)
+            entry = {
+                "token": model.to_string(tok),
+                "rank": rank,
+                "logit": float(logits[pos, tok]),
+                "prob": float(probs[pos, tok]),
+                "top_k": [
+                    (model.to_string(int(t)), float(logits[pos, t]), float(p))
+                    for p, t in zip(top.values, top.indices, strict=True)
+                ],
+            }
+            results.append(entry)
+            ranks.append((entry["token"], rank))
+            if print_details:
+                print(
+                    f"Performance on answer token:\nRank: {rank:<8} Logit: {entry['logit']:5.2f} "
+                    f"Prob: {entry['prob']:6.2%} Token: |{entry['token']}|"
+                )
+                for k, (s, lg, p) in enumerate(entry["top_k"]):
+                    print(f"Top {k}th token. Logit: {lg:5.2f} Prob: {p:6.2%} Token: |{s}|")
+        if print_details:
+            print("Ranks of the answer tokens:", ranks)
+    return results
+
+
+test_prompt.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def _concat_and_chunk(
+    texts: list[str], tokenizer: Any, max_length: int, add_bos_token: bool
+) -> Int[Tensor, "batch seq"]:
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    seq_len = max_length - 1 if add_bos_token else max_length
+    sep = tokenizer.eos_token or ""
+    full_text = sep.join(texts)
+    if not full_text:
+        return torch.zeros(0, max_length, dtype=torch.long)
+    # Tokenise in pieces (fast tokenizers are much quicker on many short strings than one long one).
+    n_chunks = 20
+    step = (len(full_text) - 1) // n_chunks + 1
+    chunks = [full_text[i * step : (i + 1) * step] for i in range(n_chunks)]
+    ids = tokenizer(chunks, add_special_tokens=False)["input_ids"]
+    flat = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in ids])
+    flat = flat[flat != tokenizer.pad_token_id]
+    n_rows = len(flat) // seq_len
+    tokens = torch.from_numpy(flat[: n_rows * seq_len].reshape(n_rows, seq_len).copy())
+    if add_bos_token:
+        bos = torch.full((n_rows, 1), tokenizer.bos_token_id, dtype=torch.long)
+        tokens = torch.cat([bos, tokens], dim=1)
+    return tokens
+
+
+def tokenize_and_concatenate(
+    dataset: Any,
+    tokenizer: Any,
+    streaming: bool = False,
+    max_length: int = 1024,
+    column_name: str = "text",
+    add_bos_token: bool = True,
+    num_proc: int = 10,
+) -> Any:
+    """Join texts with EOS, tokenise, and cut into rows of `max_length` tokens (BOS first).
+
+    `dataset` is a Hugging Face `datasets.Dataset` (returns one with a torch-formatted "tokens"
+    column, as TransformerLens), a dict with `column_name`, or a list of strings (returns a
+    [n_rows, max_length] tensor). The last partial row is dropped.
+
+    Example:
+        >>> tokens = tokenize_and_concatenate(["some text", "more text"], model.tokenizer, max_length=64)
+    """
+    if hasattr(dataset, "map") and hasattr(dataset, "column_names"):  # HF datasets
+        for key in list(dataset.column_names or []):
+            if key != column_name:
+                dataset = dataset.remove_columns(key)
+
+        def tokenize_function(examples: dict[str, list[str]]) -> dict[str, np.ndarray]:
+            tokens = _concat_and_chunk(examples[column_name], tokenizer, max_length, add_bos_token)
+            return {"tokens": tokens.numpy()}
+
+        kwargs = {} if streaming else {"num_proc": num_proc}
+        mapped = dataset.map(
+            tokenize_function, batched=True, remove_columns=[column_name], **kwargs
+        )
+        return mapped.with_format(type="torch")
+    if isinstance(dataset, dict):
+        dataset = dataset[column_name]
+    texts = [row[column_name] if isinstance(row, dict) else row for row in dataset]
+    return _concat_and_chunk(list(texts), tokenizer, max_length, add_bos_token)

@@ -23,6 +23,9 @@ from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
+# `enable_gqa` (torch >= 2.5) lets SDPA read each kv head for its query group without copying.
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 @dataclass
 class AttentionMask:
@@ -185,13 +188,23 @@ class Attention(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
     ) -> Float[Tensor, "batch pos head d_head"]:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        # Same numbers either way; the CPU kernel takes GQA with or without a mask, while CUDA
+        # kernels fall back to the slow math path for a masked GQA call, so expand there.
+        gqa = (
+            self.cfg.n_groups > 1
+            and _SDPA_HAS_GQA
+            and (mask.mask is None or q.device.type == "cpu")
+        )
+        if not gqa:
+            k, v = self._expand_kv(k), self._expand_kv(v)
         z = F.scaled_dot_product_attention(
             q,
-            self._expand_kv(k),
-            self._expand_kv(v),
+            k,
+            v,
             attn_mask=mask.mask,
             is_causal=mask.mask is None,
             scale=1.0 / self.cfg.attn_scale if self.cfg.use_attn_scale else 1.0,
+            **({"enable_gqa": True} if gqa else {}),
         )
         return z.transpose(1, 2)
 

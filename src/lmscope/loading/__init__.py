@@ -165,7 +165,12 @@ def load_weights(
             raise ValueError(
                 f"{name}: the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(view.shape)}"
             )
-        view.copy_(tensor)
+        if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
+            # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
+            # torch use its blocked transpose kernel, several times faster than a strided copy.
+            view.T.copy_(tensor.T)
+        else:
+            view.copy_(tensor)
 
 
 def _tokenizer_prepends_bos(tokenizer: Any) -> bool:

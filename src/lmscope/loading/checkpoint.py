@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+# A safetensors handle maps its whole file, and every page read stays in this process's RSS until
+# the handle goes. Reopening after this many bytes keeps ~one chunk of the file resident while
+# loading instead of all of it (peak RSS ~ model + chunk, not model + file); reopening is cheap.
+_REMAP_BYTES = 64 * 2**20
 
 
 class Checkpoint(Protocol):
@@ -50,6 +54,7 @@ class DirectoryCheckpoint:
         self.hf_config: dict[str, Any] = json.loads(config_file.read_text())
         self._files: dict[str, Path] = {}
         self._handles: dict[Path, Any] = {}
+        self._mapped_bytes: dict[Path, int] = {}
         safetensors = sorted(self.path.glob("*.safetensors"))
         bins = sorted(p for p in self.path.glob("*.bin") if p.name.startswith("pytorch_model"))
         if safetensors:
@@ -91,9 +96,12 @@ class DirectoryCheckpoint:
         file = self._files[key]
         if file.suffix == ".safetensors":
             handle = self._handles.get(file)
-            if handle is None:
+            if handle is None or self._mapped_bytes[file] > _REMAP_BYTES:
                 handle = self._handles[file] = safe_open(file, framework="pt")
-            return handle.get_tensor(key)
+                self._mapped_bytes[file] = 0
+            tensor = handle.get_tensor(key)
+            self._mapped_bytes[file] += tensor.nbytes
+            return tensor
         return self._handles[file][key]
 
     def tokenizer(self) -> PreTrainedTokenizerBase | None:

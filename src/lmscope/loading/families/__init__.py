@@ -94,7 +94,9 @@ def family_for(hf_config: dict[str, Any]) -> Family:
             return fam
     model_type = hf_config.get("model_type")
     for fam in _families():
-        if model_type is not None and model_type == fam.name:
+        # model_type only decides when the config names no architecture: a named head that no
+        # family reads (GPT2ForSequenceClassification, ...) must not load as a language model.
+        if not archs and model_type is not None and model_type == fam.name:
             return fam
     supported = supported_architectures()
     close = [m for a in archs for m in difflib.get_close_matches(a, supported, n=3, cutoff=0.6)]

@@ -38,7 +38,8 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
         positional_embedding_type="rotary",
-        rotary_dim=int(d_head * rope["fraction"]),
+        # transformers' Llama/Mistral rotate the whole head whatever partial_rotary_factor says
+        rotary_dim=d_head,
         rotary_base=rope["rotary_base"],
         rope_scaling=rope["rope_scaling"],
         gated_mlp=True,

@@ -56,11 +56,14 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
         for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
             m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
             m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
+        attention_bias = hf.get("attention_bias", True)  # GPTNeoXConfig(attention_bias=False)
         for i, name in enumerate("QKV"):
             m[f"{b}attn.W_{name}"] = (qkv_weight(i), f"{h}attention.query_key_value.weight")
-            m[f"{b}attn.b_{name}"] = (qkv_bias(i), f"{h}attention.query_key_value.bias")
+            if attention_bias:
+                m[f"{b}attn.b_{name}"] = (qkv_bias(i), f"{h}attention.query_key_value.bias")
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attention.dense.weight")
-        m[f"{b}attn.b_O"] = f"{h}attention.dense.bias"
+        if attention_bias:
+            m[f"{b}attn.b_O"] = f"{h}attention.dense.bias"
         m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.dense_h_to_4h.weight")
         m[f"{b}mlp.b_in"] = f"{h}mlp.dense_h_to_4h.bias"
         m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.dense_4h_to_h.weight")

@@ -1,0 +1,283 @@
+"""Shared fixtures: tiny random Hugging Face models, built offline once per session.
+
+Each family fixture returns `TinyModel(path, hf_model)`: a directory written by `save_pretrained`
+(what `HookedTransformer.from_pretrained(path)` reads) and the same weights as an eager-attention
+transformers model, the oracle. Weights are redrawn at a larger scale than HF's initialiser (and
+biases and norm weights are made non-trivial) so attention patterns are peaked and every bias and
+norm weight actually matters: a mapping bug cannot hide behind zeros and ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+D_MODEL = 64
+N_LAYERS = 2
+N_HEADS = 4
+D_VOCAB = 128
+N_CTX = 64
+SEED = 0
+
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Hello world! Hello there, general Kenobi.",
+    "Interpretability research looks inside neural networks to see how they compute.",
+    "1 2 3 4 5 6 7 8 9 10 11 12",
+]
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A checkpoint directory and the transformers model holding the same weights."""
+
+    path: Path
+    hf_model: PreTrainedModel
+    name: str
+
+
+@torch.no_grad()
+def _randomise(model: PreTrainedModel, std: float = 0.12) -> None:
+    """Redraw every parameter: matrices N(0, std), biases N(0, 0.1), norm weights 1 + N(0, 0.2)."""
+    for name, param in model.named_parameters():
+        if param.ndim >= 2:
+            param.normal_(0.0, std)
+        elif name.endswith("weight"):  # 1-D weights are norm weights
+            param.copy_(1.0 + 0.2 * torch.randn_like(param))
+        else:
+            param.normal_(0.0, 0.1)
+
+
+def build_tiny(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    model_cls: type[PreTrainedModel],
+    config: Any,
+) -> TinyModel:
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = model_cls(config)
+    _randomise(model)
+    model.eval()
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path)
+    return TinyModel(path, model, name)
+
+
+def gpt2_config(vocab_size: int = D_VOCAB) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=N_CTX,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+    )
+
+
+def neox_config(parallel: bool, **kwargs: Any) -> GPTNeoXConfig:
+    return GPTNeoXConfig(
+        **kwargs,
+        vocab_size=D_VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        intermediate_size=4 * D_MODEL,
+        max_position_embeddings=N_CTX,
+        use_parallel_residual=parallel,
+        rope_parameters={
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "rope_type": "default",
+        },
+        attn_implementation="eager",
+    )
+
+
+def llama_config(**kwargs: Any) -> LlamaConfig:
+    base = dict(
+        vocab_size=D_VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=3 * D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=N_HEADS,
+        max_position_embeddings=N_CTX,
+        attn_implementation="eager",
+    )
+    base.update(kwargs)
+    return LlamaConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny(tmp_path_factory, "gpt2", GPT2LMHeadModel, gpt2_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_neox(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Pythia-style: parallel attention + MLP, partial rotary (half of d_head)."""
+    return build_tiny(tmp_path_factory, "neox", GPTNeoXForCausalLM, neox_config(parallel=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_neox_sequential(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny(
+        tmp_path_factory, "neox_sequential", GPTNeoXForCausalLM, neox_config(parallel=False)
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_neox_no_attn_bias(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """GPT-NeoX with attention_bias=False: no query_key_value or dense biases in the checkpoint."""
+    config = neox_config(parallel=True, attention_bias=False)
+    return build_tiny(tmp_path_factory, "neox_no_attn_bias", GPTNeoXForCausalLM, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """GQA (2 key/value heads for 4 query heads), untied embeddings, no biases."""
+    config = llama_config(num_key_value_heads=2, tie_word_embeddings=False)
+    return build_tiny(tmp_path_factory, "llama", LlamaForCausalLM, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tied_bias(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Tied embeddings with attention and MLP biases (and GQA, so b_K/b_V are per kv head)."""
+    config = llama_config(
+        num_key_value_heads=2, tie_word_embeddings=True, attention_bias=True, mlp_bias=True
+    )
+    return build_tiny(tmp_path_factory, "llama_tied_bias", LlamaForCausalLM, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    config = MistralConfig(
+        vocab_size=D_VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=3 * D_MODEL,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        num_key_value_heads=1,
+        max_position_embeddings=N_CTX,
+        sliding_window=None,
+        attn_implementation="eager",
+    )
+    return build_tiny(tmp_path_factory, "mistral", MistralForCausalLM, config)
+
+
+FAMILY_FIXTURES = [
+    "tiny_gpt2",
+    "tiny_neox",
+    "tiny_neox_sequential",
+    "tiny_llama",
+    "tiny_llama_tied_bias",
+    "tiny_mistral",
+]
+
+
+@pytest.fixture(params=FAMILY_FIXTURES)
+def tiny_model(request: pytest.FixtureRequest) -> TinyModel:
+    """Each tiny family in turn (parametrised)."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def tokens() -> torch.Tensor:
+    """A fixed [2, 12] batch of token ids (no padding)."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, D_VOCAB, (2, 12), generator=gen)
+
+
+# -- a real (trained, byte-level BPE) tokenizer -------------------------------------------------
+def train_tokenizer(add_bos: bool) -> PreTrainedTokenizerFast:
+    """A GPT-2 style byte-level BPE trained offline on TRAINING_TEXT.
+
+    With `add_bos` its post-processor prepends `<|endoftext|>` (like Llama tokenizers prepend
+    `<s>`); without it, like GPT-2, the tokenizer adds nothing.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    bos_id = tok.token_to_id("<|endoftext|>")
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A",
+            pair="<|endoftext|> $A <|endoftext|> $B",
+            special_tokens=[("<|endoftext|>", bos_id)],
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer_no_bos() -> PreTrainedTokenizerFast:
+    return train_tokenizer(add_bos=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_bos() -> PreTrainedTokenizerFast:
+    return train_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_tok(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer_no_bos: PreTrainedTokenizerFast
+) -> TinyModel:
+    """A tiny GPT-2 whose directory also holds a trained GPT-2 style tokenizer (no BOS added)."""
+    model = build_tiny(
+        tmp_path_factory, "gpt2_tok", GPT2LMHeadModel, gpt2_config(len(tokenizer_no_bos))
+    )
+    tokenizer_no_bos.save_pretrained(model.path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_tok_bos(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_gpt2_tok: TinyModel,
+    tokenizer_bos: PreTrainedTokenizerFast,
+) -> TinyModel:
+    """The same weights as `tiny_gpt2_tok`, with a tokenizer whose post-processor adds BOS."""
+    path = tmp_path_factory.mktemp("gpt2_tok_bos")
+    for file in tiny_gpt2_tok.path.iterdir():
+        if file.name in ("config.json", "generation_config.json") or file.suffix == ".safetensors":
+            shutil.copy(file, path / file.name)
+    tokenizer_bos.save_pretrained(path)
+    return TinyModel(path, tiny_gpt2_tok.hf_model, "gpt2_tok_bos")

@@ -1,0 +1,186 @@
+"""Text <-> tokens with a real (trained byte-level BPE) tokenizer: BOS, padding, round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TinyModel
+
+from lmscope import HookedTransformer
+
+TEXTS = ["Hello world! Hello there", "The cat", "Mary went to the store and the park"]
+
+
+@pytest.fixture
+def model(tiny_gpt2_tok: TinyModel) -> HookedTransformer:
+    """Its tokenizer adds no special tokens (like GPT-2's)."""
+    return HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
+
+
+@pytest.fixture
+def model_bos(tiny_gpt2_tok_bos: TinyModel) -> HookedTransformer:
+    """Its tokenizer's post-processor prepends BOS (like Llama's)."""
+    return HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok_bos.path)
+
+
+def _plain_ids(model: HookedTransformer, text: str) -> list[int]:
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# -- BOS ------------------------------------------------------------------------------------------
+def test_default_prepend_bos_follows_the_tokenizer(
+    model: HookedTransformer, model_bos: HookedTransformer
+) -> None:
+    text = TEXTS[0]
+    assert model.cfg.default_prepend_bos is False
+    assert model_bos.cfg.default_prepend_bos is True
+    assert model.to_tokens(text)[0].tolist() == model.tokenizer(text)["input_ids"]
+    own = model_bos.tokenizer(text)["input_ids"]
+    assert own[0] == model_bos.tokenizer.bos_token_id and own[1] != own[0]
+    assert model_bos.to_tokens(text)[0].tolist() == own
+
+
+@pytest.mark.parametrize("which", ["model", "model_bos"])
+def test_prepend_bos_adds_exactly_one_bos(request: pytest.FixtureRequest, which: str) -> None:
+    m: HookedTransformer = request.getfixturevalue(which)
+    bos = m.tokenizer.bos_token_id
+    for text in TEXTS:
+        plain = _plain_ids(m, text)
+        assert bos not in plain
+        assert m.to_tokens(text, prepend_bos=True)[0].tolist() == [bos, *plain]
+        assert m.to_tokens(text, prepend_bos=False)[0].tolist() == plain
+
+
+def test_bos_changes_the_forward_pass_consistently(model_bos: HookedTransformer) -> None:
+    text = TEXTS[1]
+    with torch.no_grad():
+        from_text = model_bos(text)
+        from_tokens = model_bos(model_bos.to_tokens(text))
+        without_bos = model_bos(text, prepend_bos=False)
+    assert torch.equal(from_text, from_tokens)
+    assert from_text.shape[1] == without_bos.shape[1] + 1
+
+
+# -- padding --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_lists_are_padded_right_by_default_and_left_on_request(
+    model: HookedTransformer, prepend_bos: bool
+) -> None:
+    pad = model.tokenizer.pad_token_id
+    assert pad == model.tokenizer.eos_token_id  # set_tokenizer's fallback pad token
+    singles = [model.to_tokens(t, prepend_bos=prepend_bos)[0].tolist() for t in TEXTS]
+    length = max(len(s) for s in singles)
+    right = model.to_tokens(TEXTS, prepend_bos=prepend_bos)
+    left = model.to_tokens(TEXTS, prepend_bos=prepend_bos, padding_side="left")
+    assert right.shape == left.shape == (len(TEXTS), length)
+    for i, ids in enumerate(singles):
+        n_pad = length - len(ids)
+        assert right[i].tolist() == ids + [pad] * n_pad
+        assert left[i].tolist() == [pad] * n_pad + ids
+
+
+def test_padding_matches_the_hf_tokenizer(model: HookedTransformer) -> None:
+    for side in ("right", "left"):
+        model.tokenizer.padding_side = side
+        expected = model.tokenizer(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+        assert torch.equal(model.to_tokens(TEXTS, padding_side=side), expected)
+    model.tokenizer.padding_side = "right"
+
+
+@pytest.mark.parametrize("padding_side", [None, "left"])
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_forward_on_a_list_matches_each_string_alone(
+    model: HookedTransformer, padding_side: str | None, prepend_bos: bool
+) -> None:
+    with torch.no_grad():
+        batched = model(TEXTS, padding_side=padding_side, prepend_bos=prepend_bos)
+        length = batched.shape[1]
+        for i, text in enumerate(TEXTS):
+            alone = model(text, prepend_bos=prepend_bos)[0]
+            n = alone.shape[0]
+            real = slice(length - n, length) if padding_side == "left" else slice(0, n)
+            torch.testing.assert_close(batched[i, real], alone, atol=1e-5, rtol=0)
+
+
+def test_loss_on_a_padded_list_ignores_padding(model: HookedTransformer) -> None:
+    with torch.no_grad():
+        per_token = model(TEXTS, return_type="loss", loss_per_token=True, padding_side="left")
+        for i, text in enumerate(TEXTS):
+            alone = model(text, return_type="loss", loss_per_token=True)[0]
+            torch.testing.assert_close(
+                per_token[i, per_token.shape[1] - alone.shape[0] :], alone, atol=1e-5, rtol=0
+            )
+            assert torch.all(per_token[i, : per_token.shape[1] - alone.shape[0]] == 0)
+
+
+def test_padding_side_default_comes_from_the_config(model: HookedTransformer) -> None:
+    model.cfg.default_padding_side = "left"
+    pad = model.tokenizer.pad_token_id
+    tokens = model.to_tokens(["The cat", TEXTS[0]])
+    assert tokens[0, 0] == pad and tokens[0, -1] != pad
+
+
+# -- strings ------------------------------------------------------------------------------------
+def test_to_str_tokens(model: HookedTransformer, model_bos: HookedTransformer) -> None:
+    text = TEXTS[2]
+    pieces = model.to_str_tokens(text)
+    assert "".join(pieces) == text
+    assert len(pieces) == len(_plain_ids(model, text))
+    assert " the" in pieces
+    assert model_bos.to_str_tokens(text) == ["<|endoftext|>", *pieces]
+    tokens = model.to_tokens(text)
+    assert model.to_str_tokens(tokens) == pieces
+    assert model.to_str_tokens(tokens[0]) == pieces
+    assert model.to_str_tokens(tokens[0].tolist()) == pieces
+    # a list of strings gives one list per string (unpadded), as in TransformerLens
+    assert model.to_str_tokens(TEXTS) == [model.to_str_tokens(t) for t in TEXTS]
+    with pytest.raises(ValueError, match=r"to_str_tokens takes one sequence.*got \(3, \d+\)"):
+        model.to_str_tokens(model.to_tokens(TEXTS))
+
+
+def test_to_string_round_trip(model: HookedTransformer) -> None:
+    for text in TEXTS:
+        tokens = model.to_tokens(text, prepend_bos=False)
+        assert model.to_string(tokens[0]) == text
+        assert model.to_string(tokens[0].tolist()) == text
+    assert model.to_string(model.to_tokens(TEXTS[:1], prepend_bos=False)) == TEXTS[:1]
+    batch = model.to_tokens(["The cat", "The"], prepend_bos=False)
+    assert model.to_string(batch) == ["The cat", "The" + "<|endoftext|>" * (batch.shape[1] - 1)]
+    the = model.to_single_token("The")
+    assert model.to_string(the) == "The"
+
+
+def test_to_single_token(model: HookedTransformer) -> None:
+    assert model.to_single_token(" the") == _plain_ids(model, " the")[0]
+    assert model.to_single_token("Hello") == _plain_ids(model, "Hello")[0]
+    with pytest.raises(
+        ValueError, match=r"'Interpretability research' is \d+ tokens \['In', 't', .*\], not one"
+    ):
+        model.to_single_token("Interpretability research")
+
+
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_get_token_position(model: HookedTransformer, prepend_bos: bool) -> None:
+    text = TEXTS[2]  # " the" occurs twice
+    pieces = model.to_str_tokens(text, prepend_bos=prepend_bos)
+    hits = [i for i, p in enumerate(pieces) if p == " the"]
+    assert len(hits) == 2
+    first = model.get_token_position(" the", text, prepend_bos=prepend_bos)
+    last = model.get_token_position(" the", text, mode="last", prepend_bos=prepend_bos)
+    assert (first, last) == (hits[0], hits[1])
+    tokens = model.to_tokens(text, prepend_bos=prepend_bos)
+    the_id = model.to_single_token(" the")
+    assert model.get_token_position(the_id, tokens, mode="last") == hits[1]
+    assert model.get_token_position(" the", tokens[0]) == hits[0]
+    with pytest.raises(ValueError, match="does not occur in the input"):
+        model.get_token_position("Hello", text)
+
+
+def test_truncate_to_n_ctx(model: HookedTransformer) -> None:
+    long_text = " ".join(TEXTS * 10)
+    full = model.to_tokens(long_text)
+    assert full.shape[1] > model.cfg.n_ctx
+    truncated = model.to_tokens(long_text, truncate=True)
+    assert torch.equal(truncated, full[:, : model.cfg.n_ctx])
+    with pytest.raises(ValueError, match="n_ctx=64"):
+        model(long_text)
