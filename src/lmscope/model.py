@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from lmscope.cache import ActivationCache
     from lmscope.factored_matrix import FactoredMatrix
+    from lmscope.generation import KVCache
 
 ModelInput = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
 ReturnType = Literal["logits", "loss", "both", None]
@@ -332,6 +333,7 @@ class HookedTransformer(HookedRootModule):
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
+        past_kv_cache: KVCache | None = None,
     ) -> Any:
         """Run the model.
 
@@ -344,6 +346,8 @@ class HookedTransformer(HookedRootModule):
             start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the
                 residual stream entering that layer is returned. `tokens` gives the token ids for
                 the loss when starting from a residual.
+            past_kv_cache: a `KVCache`: attend to the positions it holds and append these (see
+                `lmscope.generation.KVCache`); `attention_mask` then covers the new tokens only.
         """
         if start_at_layer is None:
             tokens, attention_mask = self._input_to_tokens(
@@ -361,15 +365,30 @@ class HookedTransformer(HookedRootModule):
                     f"with start_at_layer, input is the residual stream [batch, pos, {self.cfg.d_model}]"
                 )
             batch, n_pos = resid.shape[:2]
-        if n_pos > self.cfg.n_ctx:
+        device = self.W_E.device
+        start = 0
+        key_mask = attention_mask  # which keys are real; with a KV cache, the cached ones too
+        if past_kv_cache is not None:
+            start = past_kv_cache.length
+            past_kv_cache.reserve(batch, start + n_pos)
+            new_mask = (
+                attention_mask
+                if attention_mask is not None
+                else torch.ones(batch, n_pos, dtype=torch.long)
+            )
+            past_kv_cache.mask[:, start : start + n_pos] = new_mask.to(device)
+            key_mask = past_kv_cache.mask[:, : start + n_pos]
+        total = start + n_pos
+        if total > self.cfg.n_ctx:
             raise ValueError(
-                f"input has {n_pos} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
+                f"input has {total} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
                 "shorten it (model.to_tokens(text, truncate=True) cuts it to n_ctx)"
             )
-        device = self.W_E.device
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device)
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        if key_mask is not None:
+            key_mask = key_mask.to(device)
+            positions = (key_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+            if bool(key_mask.all()):
+                key_mask = None
         else:
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
 
@@ -377,11 +396,15 @@ class HookedTransformer(HookedRootModule):
             resid = self.hook_embed(self.embed(tokens))
             if self.cfg.positional_embedding_type == "standard":
                 resid = resid + self.hook_pos_embed(self.pos_embed(positions))
-        mask = AttentionMask.build(attention_mask, n_pos, n_pos, device)
+        mask = AttentionMask.build(key_mask, n_pos, total, device)
         rotary = self.rotary(positions) if self.cfg.positional_embedding_type == "rotary" else None
 
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            resid = block(resid, mask, rotary)
+        first = 0 if start_at_layer is None else start_at_layer % self.cfg.n_layers
+        for layer, block in enumerate(self.blocks[start_at_layer:stop_at_layer], start=first):
+            entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
+            resid = block(resid, mask, rotary, entry, start)
+        if past_kv_cache is not None and not past_kv_cache.frozen:
+            past_kv_cache.length = total
         if stop_at_layer is not None:
             return resid
         if hasattr(self, "ln_final"):
@@ -401,6 +424,22 @@ class HookedTransformer(HookedRootModule):
         raise ValueError(
             f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}"
         )
+
+    def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
+        """Continue `input` by up to `max_new_tokens` tokens; see `lmscope.generation.generate`.
+
+        Example:
+            >>> model.generate("The capital of France is", max_new_tokens=3, do_sample=False)
+        """
+        from lmscope.generation import generate
+
+        return generate(self, input, max_new_tokens, **kwargs)
+
+    def generate_stream(self, input: Any, max_new_tokens: int = 10, **kwargs: Any) -> Any:
+        """Yield new tokens as they are generated; see `lmscope.generation.generate_stream`."""
+        from lmscope.generation import generate_stream
+
+        return generate_stream(self, input, max_new_tokens, **kwargs)
 
     def loss_fn(
         self,

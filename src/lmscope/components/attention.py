@@ -12,6 +12,7 @@ one that materialises scores and pattern for the hooks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import einops
 import torch
@@ -23,6 +24,9 @@ from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
+if TYPE_CHECKING:
+    from lmscope.generation import KVCacheEntry
+
 # `enable_gqa` (torch >= 2.5) lets SDPA read each kv head for its query group without copying.
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -31,12 +35,15 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 class AttentionMask:
     """Which keys each query may see, built once per forward and shared by all layers.
 
-    `mask` is None for a plain causal square (the fast `is_causal` path); otherwise a boolean
-    [batch, 1, q_pos, k_pos] (True = attend). Rows with no visible key (left padding) are opened
-    fully so neither path produces NaN; those positions are padding and carry no meaning.
+    `mask` is None when no padding is involved: then `is_causal` says whether the queries are a
+    causal square (SDPA's `is_causal` path) or a single new query that sees every key (a KV-cache
+    step). Otherwise it is a boolean [batch, 1, q_pos, k_pos] (True = attend); queries are the
+    last q_pos of the k_pos positions. Rows with no visible key (left padding) are opened fully
+    so neither path produces NaN; those positions are padding and carry no meaning.
     """
 
     mask: Bool[Tensor, "batch 1 q k"] | None
+    is_causal: bool = True
 
     @classmethod
     def build(
@@ -47,7 +54,9 @@ class AttentionMask:
         device: torch.device,
     ) -> AttentionMask:
         if key_valid is None and q_len == k_len:
-            return cls(None)
+            return cls(None, is_causal=True)
+        if key_valid is None and q_len == 1:
+            return cls(None, is_causal=False)
         offset = k_len - q_len
         q_idx = torch.arange(q_len, device=device)[:, None] + offset
         causal = torch.arange(k_len, device=device)[None, :] <= q_idx  # [q, k]
@@ -61,7 +70,8 @@ class AttentionMask:
         """The boolean mask, materialising the causal square if it was left implicit."""
         if self.mask is not None:
             return self.mask
-        return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
+        square = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+        return (square.tril() if self.is_causal else square)[None, None]
 
 
 class Attention(nn.Module):
@@ -137,7 +147,11 @@ class Attention(nn.Module):
         | Float[Tensor, "batch pos kv_head d_model"],
         mask: AttentionMask,
         rotary: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCacheEntry | None = None,
+        cache_start: int = 0,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """Attention over the inputs (and, with `kv_cache`, over the cached positions before
+        `cache_start`, to which this call's keys and values are appended)."""
         cfg = self.cfg
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
@@ -157,11 +171,15 @@ class Attention(nn.Module):
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_adjacent_pairs))
             k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_adjacent_pairs))
 
+        # [batch, head, pos, d_head] from here on
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v, cache_start)
         if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
             z = self._explicit_attention(q, k, v, mask)
         else:
             z = self._fast_attention(q, k, v, mask)
-        z = self.hook_z(z)
+        z = self.hook_z(z.transpose(1, 2))
 
         if cfg.use_attn_result:
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
@@ -173,7 +191,7 @@ class Attention(nn.Module):
         x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
         W: Float[Tensor, "head d_model d_head"],
         bias: Float[Tensor, "head d_head"],
-    ) -> Float[Tensor, "batch pos head d_head"]:
+    ) -> Float[Tensor, "batch head pos d_head"]:
         if x.ndim == 3:
             return einops.einsum(x, W, "b p dm, h dm dh -> b p h dh") + bias
         return einops.einsum(x, W, "b p h dm, h dm dh -> b p h dh") + bias
@@ -186,8 +204,7 @@ class Attention(nn.Module):
 
     def _fast_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
-    ) -> Float[Tensor, "batch pos head d_head"]:
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ) -> Float[Tensor, "batch head pos d_head"]:
         # Same numbers either way; the CPU kernel takes GQA with or without a mask, while CUDA
         # kernels fall back to the slow math path for a masked GQA call, so expand there.
         gqa = (
@@ -202,22 +219,20 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask.mask,
-            is_causal=mask.mask is None,
+            is_causal=mask.mask is None and mask.is_causal,
             scale=1.0 / self.cfg.attn_scale if self.cfg.use_attn_scale else 1.0,
             **({"enable_gqa": True} if gqa else {}),
         )
-        return z.transpose(1, 2)
+        return z
 
     def _explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
-    ) -> Float[Tensor, "batch pos head d_head"]:
-        q = q.transpose(1, 2)
-        k = self._expand_kv(k.transpose(1, 2))
-        v = self._expand_kv(v.transpose(1, 2))
+    ) -> Float[Tensor, "batch head pos d_head"]:
+        k, v = self._expand_kv(k), self._expand_kv(v)
         scores = q @ k.transpose(-1, -2)
         if self.cfg.use_attn_scale:
             scores = scores / self.cfg.attn_scale
         allowed = mask.dense(q.shape[-2], k.shape[-2], q.device)
         scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        return (pattern @ v).transpose(1, 2)
+        return pattern @ v

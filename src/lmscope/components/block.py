@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import einops
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -11,6 +13,9 @@ from lmscope.components.mlp import MLP
 from lmscope.components.norm import make_norm
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
+
+if TYPE_CHECKING:
+    from lmscope.generation import KVCacheEntry
 
 
 class _Identity(nn.Module):
@@ -51,15 +56,19 @@ class TransformerBlock(nn.Module):
         resid_pre: Float[Tensor, "batch pos d_model"],
         mask: AttentionMask,
         rotary: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCacheEntry | None = None,
+        cache_start: int = 0,
     ) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
         if cfg.use_attn_in or cfg.use_split_qkv_input:
             q_in, k_in, v_in = self._per_head_inputs(resid_pre)
-            attn_out = self.attn(self.ln1(q_in), self.ln1(k_in), self.ln1(v_in), mask, rotary)
+            attn_out = self.attn(
+                self.ln1(q_in), self.ln1(k_in), self.ln1(v_in), mask, rotary, kv_cache, cache_start
+            )
         else:
             x = self.ln1(resid_pre)
-            attn_out = self.attn(x, x, x, mask, rotary)
+            attn_out = self.attn(x, x, x, mask, rotary, kv_cache, cache_start)
         attn_out = self.hook_attn_out(attn_out)
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
