@@ -21,7 +21,9 @@ import torch
 
 ACT_FNS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "solu_ln")
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
-POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary")
+POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
+NORM_PLACEMENTS = ("pre", "pre_and_post", "post")
+ATTN_TYPES = ("global", "local")
 ROPE_SCALING_TYPES = ("default", "linear", "llama3")
 
 
@@ -54,11 +56,30 @@ class HookedTransformerConfig:
     rotary_adjacent_pairs: bool = False
     rope_scaling: dict[str, Any] | None = None
     ungroup_grouped_query_attention: bool = False
+    window_size: int | None = None  # sliding-window width of "local" attention layers
+    attn_types: list[str] | None = (
+        None  # per layer "global" | "local" (default: local iff window_size)
+    )
+    rotary_base_local: float | None = None  # local layers' rotary base, unscaled (Gemma 3)
+    attn_scores_soft_cap: float = -1.0  # cap * tanh(scores / cap) before masking (Gemma 2)
+    output_logits_soft_cap: float = -1.0
+    use_qk_norm: bool = False  # RMSNorm on q and k after projection, before rotary
+    qk_norm_per_head: bool = True  # over each head's d_head (Qwen3, Gemma 3) or all heads (OLMo 2)
+    clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo)
     # block layout
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
     tie_word_embeddings: bool = False
     final_rms: bool = False
+    norm_placement: str = "pre"  # "pre", "pre_and_post" (Gemma 2/3) or "post" (OLMo 2)
+    post_embedding_ln: bool = False  # LayerNorm right after the embedding (BLOOM)
+    # mixture of experts (d_mlp is each expert's size)
+    num_experts: int | None = None
+    experts_per_token: int | None = None
+    norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
+    shared_expert_d_mlp: int | None = (
+        None  # an always-on shared expert with a sigmoid gate (Qwen2-MoE)
+    )
     # hook flags (TransformerLens names); toggled on a model with set_use_*
     use_attn_result: bool = False
     use_split_qkv_input: bool = False
@@ -130,6 +151,21 @@ class HookedTransformerConfig:
                 raise ValueError(
                     f"rope scaling {kind!r} is not supported; choose one of {ROPE_SCALING_TYPES}"
                 )
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(
+                f"norm_placement {self.norm_placement!r} is not one of {NORM_PLACEMENTS}"
+            )
+        if self.attn_types is not None:
+            if len(self.attn_types) != self.n_layers or set(self.attn_types) - set(ATTN_TYPES):
+                raise ValueError(
+                    f"attn_types needs one of {ATTN_TYPES} per layer ({self.n_layers} layers)"
+                )
+            if "local" in self.attn_types and not self.window_size:
+                raise ValueError("local attention layers need window_size")
+        if self.num_experts is not None and not (
+            1 <= (self.experts_per_token or 0) <= self.num_experts
+        ):
+            raise ValueError("a mixture of experts needs 1 <= experts_per_token <= num_experts")
         if self.default_padding_side not in ("left", "right"):
             raise ValueError("default_padding_side must be 'left' or 'right'")
 
@@ -138,6 +174,13 @@ class HookedTransformerConfig:
     def n_groups(self) -> int:
         """Query heads per key/value head (1 without GQA)."""
         return self.n_heads // self.n_key_value_heads
+
+    @property
+    def layer_types(self) -> list[str]:
+        """Each layer's attention type: "global", or "local" (sliding window of `window_size`)."""
+        if self.attn_types is not None:
+            return list(self.attn_types)
+        return ["local" if self.window_size else "global"] * self.n_layers
 
     @property
     def n_params(self) -> int:

@@ -38,7 +38,8 @@ class KVCacheEntry:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        shape = (batch, cfg.n_key_value_heads, capacity, cfg.d_head)
+        n_heads = cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads
+        shape = (batch, n_heads, capacity, cfg.d_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 

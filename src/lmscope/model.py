@@ -16,10 +16,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lmscope.components.attention import AttentionMask
+from lmscope.components.attention import AttentionMask, alibi_bias
 from lmscope.components.block import TransformerBlock
 from lmscope.components.embed import Embed, PosEmbed, Unembed
-from lmscope.components.norm import make_norm
+from lmscope.components.norm import LayerNorm, RMSNorm, make_norm
 from lmscope.components.rotary import Rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookedRootModule, HookPoint
@@ -73,8 +73,12 @@ class HookedTransformer(HookedRootModule):
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        else:
+        elif cfg.positional_embedding_type == "rotary":
             self.rotary = Rotary(cfg)
+            if cfg.rotary_base_local is not None:  # local layers: their own base, no scaling
+                self.rotary_local = Rotary(cfg, base=cfg.rotary_base_local, scaling=False)
+        if cfg.post_embedding_ln:
+            self.ln_embed = LayerNorm(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         norm = make_norm(cfg)
         if norm is not None:
@@ -396,13 +400,15 @@ class HookedTransformer(HookedRootModule):
             resid = self.hook_embed(self.embed(tokens))
             if self.cfg.positional_embedding_type == "standard":
                 resid = resid + self.hook_pos_embed(self.pos_embed(positions))
-        mask = AttentionMask.build(key_mask, n_pos, total, device)
-        rotary = self.rotary(positions) if self.cfg.positional_embedding_type == "rotary" else None
+            if self.cfg.post_embedding_ln:
+                resid = self.ln_embed(resid)
+        masks, rotaries = self._layer_inputs(key_mask, positions, n_pos, total, device)
 
         first = 0 if start_at_layer is None else start_at_layer % self.cfg.n_layers
         for layer, block in enumerate(self.blocks[start_at_layer:stop_at_layer], start=first):
             entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
-            resid = block(resid, mask, rotary, entry, start)
+            kind = block.attn_type
+            resid = block(resid, masks[kind], rotaries.get(kind), entry, start)
         if past_kv_cache is not None and not past_kv_cache.frozen:
             past_kv_cache.length = total
         if stop_at_layer is not None:
@@ -410,6 +416,9 @@ class HookedTransformer(HookedRootModule):
         if hasattr(self, "ln_final"):
             resid = self.ln_final(resid)
         logits = self.unembed(resid)
+        cap = self.cfg.output_logits_soft_cap
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -441,6 +450,33 @@ class HookedTransformer(HookedRootModule):
 
         return generate_stream(self, input, max_new_tokens, **kwargs)
 
+    def _layer_inputs(
+        self,
+        key_mask: Tensor | None,
+        positions: Tensor,
+        n_pos: int,
+        total: int,
+        device: torch.device,
+    ) -> tuple[dict[str, AttentionMask], dict[str, tuple[Tensor, Tensor]]]:
+        """The attention mask and rotary tables of each attention type, built once per forward."""
+        cfg = self.cfg
+        bias = None
+        if cfg.positional_embedding_type == "alibi":
+            key_pos = (
+                (key_mask.cumsum(-1) - 1).clamp(min=0)
+                if key_mask is not None
+                else torch.arange(total, device=device)[None]
+            )
+            bias = alibi_bias(cfg.n_heads, key_pos, n_pos)
+        masks, rotaries = {}, {}
+        for kind in set(cfg.layer_types):
+            window = cfg.window_size if kind == "local" else None
+            masks[kind] = AttentionMask.build(key_mask, n_pos, total, device, window, bias)
+            if cfg.positional_embedding_type == "rotary":
+                local = kind == "local" and hasattr(self, "rotary_local")
+                rotaries[kind] = (self.rotary_local if local else self.rotary)(positions)
+        return masks, rotaries
+
     def loss_fn(
         self,
         logits: Float[Tensor, "batch pos d_vocab"],
@@ -460,29 +496,18 @@ class HookedTransformer(HookedRootModule):
         views: dict[str, Tensor] = {"embed.W_E": self.embed.W_E}
         if hasattr(self, "pos_embed"):
             views["pos_embed.W_pos"] = self.pos_embed.W_pos
+        norms = {name: m for name, m in self.named_modules() if isinstance(m, (LayerNorm, RMSNorm))}
         for layer, block in enumerate(self.blocks):
             prefix = f"blocks.{layer}."
-            norms = [("ln1", block.ln1)] + ([] if self.cfg.attn_only else [("ln2", block.ln2)])
-            for ln_name, ln in norms:
-                for pname in ("w", "b"):
-                    p = getattr(ln, pname, None)
-                    if p is not None:
-                        views[f"{prefix}{ln_name}.{pname}"] = p
-            attn = block.attn
             for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
-                views[f"{prefix}attn.{name}"] = getattr(attn, name)
+                views[f"{prefix}attn.{name}"] = getattr(block.attn, name)
             if not self.cfg.attn_only:
-                mlp = block.mlp
-                names = ["W_in", "b_in", "W_out", "b_out"]
-                if self.cfg.gated_mlp:
-                    names += ["W_gate", "b_gate"]
-                for name in names:
-                    views[f"{prefix}mlp.{name}"] = getattr(mlp, name)
-        if hasattr(self, "ln_final"):
+                views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
+        for name, norm in norms.items():
             for pname in ("w", "b"):
-                p = getattr(self.ln_final, pname, None)
-                if p is not None:
-                    views[f"ln_final.{pname}"] = p
+                param = getattr(norm, pname, None)
+                if param is not None:
+                    views[f"{name}.{pname}"] = param
         views["unembed.W_U"] = self.unembed.W_U
         views["unembed.b_U"] = self.unembed.b_U
         return views

@@ -22,15 +22,19 @@ import einops
 import torch
 from torch import Tensor
 
-from lmscope.components.norm import LayerNormPre, RMSNormPre
+from lmscope.components.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 if TYPE_CHECKING:
     from lmscope.model import HookedTransformer
 
 
-def _fold_into(norm_w: Tensor, norm_b: Tensor | None, W: Tensor, b: Tensor, center: bool) -> None:
+def _fold_into(
+    norm_w: Tensor, norm_b: Tensor | None, W: Tensor, b: Tensor | None, center: bool
+) -> None:
     """Fold `x * norm_w + norm_b` into the reader `x @ W + b` (W: [..., d_model, out])."""
     if norm_b is not None:
+        if b is None:
+            raise ValueError("cannot fold a norm bias into a reader without a bias (an MoE router)")
         b += einops.einsum(norm_b, W, "dm, ... dm out -> ... out")
     W *= norm_w[:, None]
     if center:
@@ -44,27 +48,25 @@ def fold_layer_norm(model: HookedTransformer) -> None:
     if cfg.normalization_type not in ("LN", "RMS"):
         return
     is_ln = cfg.normalization_type == "LN"
-    for block in model.blocks:
-        ln1 = block.ln1
-        attn = block.attn
-        for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)):
-            _fold_into(ln1.w, getattr(ln1, "b", None), W, b, center=is_ln)
-        if not cfg.attn_only:
-            ln2, mlp = block.ln2, block.mlp
-            readers = [(mlp.W_in, mlp.b_in)] + ([(mlp.W_gate, mlp.b_gate)] if cfg.gated_mlp else [])
-            for W, b in readers:
-                _fold_into(ln2.w, getattr(ln2, "b", None), W, b, center=is_ln)
-    if hasattr(model, "ln_final"):
-        ln = model.ln_final
-        _fold_into(ln.w, getattr(ln, "b", None), model.unembed.W_U, model.unembed.b_U, center=is_ln)
-
     pre = LayerNormPre if is_ln else RMSNormPre
+
+    def fold(
+        owner: torch.nn.Module, name: str, readers: list[tuple[Tensor, Tensor | None]]
+    ) -> None:
+        norm = getattr(owner, name)
+        if not isinstance(norm, (LayerNorm, RMSNorm)) or norm.w is None:
+            return  # no norm here (post-norm-only blocks), or already weightless
+        for W, b in readers:
+            _fold_into(norm.w, getattr(norm, "b", None), W, b, center=is_ln)
+        setattr(owner, name, pre(cfg))
+
     for block in model.blocks:
-        block.ln1 = pre(cfg)
+        attn = block.attn
+        fold(block, "ln1", [(attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)])
         if not cfg.attn_only:
-            block.ln2 = pre(cfg)
+            fold(block, "ln2", block.mlp.input_weights())
     if hasattr(model, "ln_final"):
-        model.ln_final = pre(cfg)
+        fold(model, "ln_final", [(model.unembed.W_U, model.unembed.b_U)])
     cfg.normalization_type = "LNPre" if is_ln else "RMSPre"
     model.to(model.W_E.device)
     model.setup()
@@ -74,7 +76,7 @@ def fold_layer_norm(model: HookedTransformer) -> None:
 def center_writing_weights(model: HookedTransformer) -> bool:
     """Centre W_E, W_pos, W_O, b_O, W_out, b_out over d_model. Returns False (and does nothing)
     when the model does not use LayerNorm, since only a centring norm makes this exact."""
-    if model.cfg.normalization_type not in ("LN", "LNPre"):
+    if model.cfg.normalization_type not in ("LN", "LNPre") or model.cfg.norm_placement != "pre":
         return False
     writers = [model.embed.W_E]
     if hasattr(model, "pos_embed"):
@@ -89,11 +91,15 @@ def center_writing_weights(model: HookedTransformer) -> bool:
 
 
 @torch.no_grad()
-def center_unembed(model: HookedTransformer) -> None:
-    """Subtract the mean over the vocabulary from W_U and b_U (log-probs unchanged)."""
+def center_unembed(model: HookedTransformer) -> bool:
+    """Subtract the mean over the vocabulary from W_U and b_U (log-probs unchanged). Returns False
+    (and does nothing) under an output soft-cap, whose tanh would not ignore the shift."""
+    if model.cfg.output_logits_soft_cap > 0:
+        return False
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
     W_U -= W_U.mean(dim=-1, keepdim=True)
     b_U -= b_U.mean()
+    return True
 
 
 @torch.no_grad()
@@ -182,8 +188,7 @@ def process_weights(
     if center_writing_weights:
         done["center_writing_weights"] = _center_writing_weights(model)
     if center_unembed:
-        _center_unembed(model)
-        done["center_unembed"] = True
+        done["center_unembed"] = _center_unembed(model)
     if fold_value_biases:
         _fold_value_biases(model)
         done["fold_value_biases"] = True

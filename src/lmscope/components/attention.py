@@ -11,6 +11,7 @@ one that materialises scores and pattern for the hooks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from lmscope.components.norm import RMSNorm
 from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -33,17 +35,20 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 
 @dataclass
 class AttentionMask:
-    """Which keys each query may see, built once per forward and shared by all layers.
+    """Which keys each query may see (and any additive bias), built once per forward per layer
+    type and shared by the layers of that type.
 
-    `mask` is None when no padding is involved: then `is_causal` says whether the queries are a
-    causal square (SDPA's `is_causal` path) or a single new query that sees every key (a KV-cache
-    step). Otherwise it is a boolean [batch, 1, q_pos, k_pos] (True = attend); queries are the
-    last q_pos of the k_pos positions. Rows with no visible key (left padding) are opened fully
-    so neither path produces NaN; those positions are padding and carry no meaning.
+    `mask` is None when nothing beyond causality applies: then `is_causal` says whether the
+    queries are a causal square (SDPA's `is_causal` path) or a single new query that sees every
+    key (a KV-cache step). Otherwise it is a boolean [batch, 1, q_pos, k_pos] (True = attend);
+    queries are the last q_pos of the k_pos positions. Rows with no visible key (left padding)
+    are opened fully so neither path produces NaN; those positions are padding and mean nothing.
+    `bias` is an additive [batch, head, q_pos, k_pos] term on the scores (ALiBi).
     """
 
     mask: Bool[Tensor, "batch 1 q k"] | None
     is_causal: bool = True
+    bias: Float[Tensor, "batch head q k"] | None = None
 
     @classmethod
     def build(
@@ -52,26 +57,59 @@ class AttentionMask:
         q_len: int,
         k_len: int,
         device: torch.device,
+        window: int | None = None,
+        bias: Tensor | None = None,
     ) -> AttentionMask:
-        if key_valid is None and q_len == k_len:
-            return cls(None, is_causal=True)
-        if key_valid is None and q_len == 1:
-            return cls(None, is_causal=False)
-        offset = k_len - q_len
-        q_idx = torch.arange(q_len, device=device)[:, None] + offset
-        causal = torch.arange(k_len, device=device)[None, :] <= q_idx  # [q, k]
-        mask = causal[None, None]
+        """Causal mask, with padding (`key_valid`) and a sliding window (key i - window < j <= i)."""
+        windowed = window is not None and k_len > window
+        if key_valid is None and not windowed:
+            if q_len == k_len:
+                return cls(None, True, bias)
+            if q_len == 1:
+                return cls(None, False, bias)
+        q_idx = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        k_idx = torch.arange(k_len, device=device)[None, :]
+        allowed = k_idx <= q_idx
+        if windowed:
+            allowed = allowed & (k_idx > q_idx - window)
+        mask = allowed[None, None]
         if key_valid is not None:
             mask = mask & key_valid[:, None, None, :].bool()
             mask = mask | ~mask.any(-1, keepdim=True)
-        return cls(mask)
+        return cls(mask, False, bias)
 
     def dense(self, q_len: int, k_len: int, device: torch.device) -> Bool[Tensor, "batch 1 q k"]:
-        """The boolean mask, materialising the causal square if it was left implicit."""
+        """The boolean mask, materialising an implicit one."""
         if self.mask is not None:
             return self.mask
         square = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
         return (square.tril() if self.is_causal else square)[None, None]
+
+    def sdpa_mask(self, q_len: int, k_len: int, device: torch.device) -> Tensor | None:
+        """What SDPA's `attn_mask` takes: None (implicit), a boolean mask, or a float bias."""
+        if self.bias is None:
+            return self.mask
+        allowed = self.dense(q_len, k_len, device)
+        return self.bias.masked_fill(~allowed, float("-inf"))
+
+
+def alibi_bias(
+    n_heads: int, key_positions: Float[Tensor, "batch k"], q_len: int
+) -> Float[Tensor, "batch head q k"]:
+    """ALiBi: head h adds slope_h * key_position to every score (BLOOM's form; a per-row constant
+    away from slope_h * (k - q), which softmax ignores)."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = base ** torch.arange(1, closest + 1, dtype=torch.float32)
+    if closest != n_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        n_extra = n_heads - closest
+        slopes = torch.cat(
+            [slopes, extra_base ** torch.arange(1, 1 + 2 * n_extra, 2, dtype=torch.float32)]
+        )
+    slopes = slopes.to(key_positions.device)
+    bias = slopes[None, :, None] * key_positions[:, None, :].float()  # [batch, head, k]
+    return bias[:, :, None, :].expand(-1, -1, q_len, -1)
 
 
 class Attention(nn.Module):
@@ -98,6 +136,9 @@ class Attention(nn.Module):
         if cfg.positional_embedding_type == "rotary":
             self.hook_rot_k = HookPoint()
             self.hook_rot_q = HookPoint()
+        if cfg.use_qk_norm:  # hooks attn.q_norm.hook_scale / hook_normalized, likewise k_norm
+            self.q_norm = RMSNorm(cfg, dh if cfg.qk_norm_per_head else nh * dh)
+            self.k_norm = RMSNorm(cfg, dh if cfg.qk_norm_per_head else nkv * dh)
 
     # -- weight views (TransformerLens layout) -------------------------------------------------
     def _split_weight(self, i: int, n: int) -> Float[Tensor, "n d_model d_head"]:
@@ -156,6 +197,8 @@ class Attention(nn.Module):
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
             qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
+            if cfg.clip_qkv is not None:
+                qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
             q, k, v = qkv.split(self.sizes, dim=-1)
             q = q.view(b, p, cfg.n_heads, cfg.d_head)
             k = k.view(b, p, cfg.n_key_value_heads, cfg.d_head)
@@ -164,6 +207,12 @@ class Attention(nn.Module):
             q = self._project(query_input, self.W_Q, self.b_Q)
             k = self._project(key_input, self.W_K, self.b_K)
             v = self._project(value_input, self.W_V, self.b_V)
+            if cfg.clip_qkv is not None:
+                q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+        if cfg.use_qk_norm:
+            q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
+        if cfg.ungroup_grouped_query_attention and cfg.n_groups > 1:
+            k, v = (t.repeat_interleave(cfg.n_groups, dim=2) for t in (k, v))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
         if rotary is not None:
@@ -175,7 +224,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+        explicit = self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+        if explicit or cfg.attn_scores_soft_cap > 0:
             z = self._explicit_attention(q, k, v, mask)
         else:
             z = self._fast_attention(q, k, v, mask)
@@ -196,10 +246,15 @@ class Attention(nn.Module):
             return einops.einsum(x, W, "b p dm, h dm dh -> b p h dh") + bias
         return einops.einsum(x, W, "b p h dm, h dm dh -> b p h dh") + bias
 
+    def _qk_norm(self, x: Float[Tensor, "batch pos head d_head"], norm: nn.Module) -> Tensor:
+        if self.cfg.qk_norm_per_head:
+            return norm(x)
+        return norm(x.flatten(-2)).view_as(x)
+
     def _expand_kv(
         self, t: Float[Tensor, "batch kv_head pos d_head"]
     ) -> Float[Tensor, "batch head pos d_head"]:
-        g = self.cfg.n_groups
+        g = self.cfg.n_heads // t.shape[1]
         return t if g == 1 else t.repeat_interleave(g, dim=1)
 
     def _fast_attention(
@@ -207,10 +262,11 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch head pos d_head"]:
         # Same numbers either way; the CPU kernel takes GQA with or without a mask, while CUDA
         # kernels fall back to the slow math path for a masked GQA call, so expand there.
+        attn_mask = mask.sdpa_mask(q.shape[-2], k.shape[-2], q.device)
         gqa = (
-            self.cfg.n_groups > 1
+            k.shape[1] != q.shape[1]
             and _SDPA_HAS_GQA
-            and (mask.mask is None or q.device.type == "cpu")
+            and (attn_mask is None or q.device.type == "cpu")
         )
         if not gqa:
             k, v = self._expand_kv(k), self._expand_kv(v)
@@ -218,8 +274,8 @@ class Attention(nn.Module):
             q,
             k,
             v,
-            attn_mask=mask.mask,
-            is_causal=mask.mask is None and mask.is_causal,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and mask.is_causal,
             scale=1.0 / self.cfg.attn_scale if self.cfg.use_attn_scale else 1.0,
             **({"enable_gqa": True} if gqa else {}),
         )
@@ -232,6 +288,11 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-1, -2)
         if self.cfg.use_attn_scale:
             scores = scores / self.cfg.attn_scale
+        cap = self.cfg.attn_scores_soft_cap
+        if cap > 0:
+            scores = cap * torch.tanh(scores / cap)
+        if mask.bias is not None:
+            scores = scores + mask.bias
         allowed = mask.dense(q.shape[-2], k.shape[-2], q.device)
         scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from lmscope.components.attention import Attention, AttentionMask
 from lmscope.components.mlp import MLP
+from lmscope.components.moe import MoE
 from lmscope.components.norm import make_norm
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
     from lmscope.generation import KVCacheEntry
 
 
-class _Identity(nn.Module):
+class Identity(nn.Module):
+    """Stands in for a norm the architecture does not have."""
+
     def forward(self, x: Tensor) -> Tensor:
         return x
 
@@ -26,16 +29,23 @@ class _Identity(nn.Module):
 class TransformerBlock(nn.Module):
     """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
 
-    With `parallel_attn_mlp` both read resid_pre and resid_post = resid_pre + attn_out + mlp_out
-    (no resid_mid). With `attn_only` there is no MLP.
+    Switches on the same block: `parallel_attn_mlp` (both read resid_pre; no resid_mid),
+    `attn_only` (no MLP), `norm_placement` "pre_and_post" (ln1_post / ln2_post normalise each
+    output before it joins the residual, Gemma 2/3) or "post" (only those, OLMo 2), and
+    `num_experts` (the MLP is a mixture of experts). `attn_type` is "global" or "local".
     """
 
     def __init__(self, cfg: HookedTransformerConfig, layer_idx: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
-        self.ln1 = make_norm(cfg) or _Identity()
+        self.attn_type = cfg.layer_types[layer_idx]
+        pre = cfg.norm_placement in ("pre", "pre_and_post")
+        post = cfg.norm_placement in ("post", "pre_and_post")
+        self.ln1 = (make_norm(cfg) if pre else None) or Identity()
         self.attn = Attention(cfg, layer_idx)
+        if post:
+            self.ln1_post = make_norm(cfg) or Identity()
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, head, d_model], with use_attn_in
         self.hook_q_input = HookPoint()  # [batch, pos, head, d_model], with use_split_qkv_input
@@ -43,8 +53,10 @@ class TransformerBlock(nn.Module):
         self.hook_v_input = HookPoint()  # [batch, pos, kv_head, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
-            self.ln2 = make_norm(cfg) or _Identity()
-            self.mlp = MLP(cfg)
+            self.ln2 = (make_norm(cfg) if pre else None) or Identity()
+            self.mlp = MoE(cfg) if cfg.num_experts else MLP(cfg)
+            if post:
+                self.ln2_post = make_norm(cfg) or Identity()
             self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], with use_hook_mlp_in
             self.hook_mlp_out = HookPoint()
             if not cfg.parallel_attn_mlp:
@@ -69,17 +81,23 @@ class TransformerBlock(nn.Module):
         else:
             x = self.ln1(resid_pre)
             attn_out = self.attn(x, x, x, mask, rotary, kv_cache, cache_start)
+        if hasattr(self, "ln1_post"):
+            attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(attn_out)
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         if cfg.parallel_attn_mlp:
             mlp_in = self.hook_mlp_in(resid_pre.clone()) if cfg.use_hook_mlp_in else resid_pre
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+            mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
+        mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _mlp(self, mlp_in: Tensor) -> Tensor:
+        out = self.mlp(self.ln2(mlp_in))
+        return self.ln2_post(out) if hasattr(self, "ln2_post") else out
 
     def _per_head_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Copies of the residual per head, so a hook can edit one head's input alone."""

@@ -47,11 +47,12 @@ class MLP(nn.Module):
     it where the bias of the up projection belongs, which keeps `fold_ln` exact for gated LN models.)
     """
 
-    def __init__(self, cfg: HookedTransformerConfig) -> None:
+    def __init__(self, cfg: HookedTransformerConfig, d_mlp: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.gated = cfg.gated_mlp
-        d_mlp, dm = cfg.d_mlp, cfg.d_model
+        self.d_mlp = d_mlp = d_mlp or cfg.d_mlp
+        dm = cfg.d_model
         n_in = 2 * d_mlp if self.gated else d_mlp
         self.in_weight = nn.Parameter(torch.empty(n_in, dm, dtype=cfg.dtype))
         self.in_bias = nn.Parameter(torch.zeros(n_in, dtype=cfg.dtype))
@@ -69,19 +70,19 @@ class MLP(nn.Module):
     # -- weight views --------------------------------------------------------------------------
     @property
     def W_gate(self) -> Float[Tensor, "d_model d_mlp"] | None:
-        return self.in_weight[: self.cfg.d_mlp].T if self.gated else None
+        return self.in_weight[: self.d_mlp].T if self.gated else None
 
     @property
     def b_gate(self) -> Float[Tensor, " d_mlp"] | None:
-        return self.in_bias[: self.cfg.d_mlp] if self.gated else None
+        return self.in_bias[: self.d_mlp] if self.gated else None
 
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
-        return self.in_weight[-self.cfg.d_mlp :].T
+        return self.in_weight[-self.d_mlp :].T
 
     @property
     def b_in(self) -> Float[Tensor, " d_mlp"]:
-        return self.in_bias[-self.cfg.d_mlp :]
+        return self.in_bias[-self.d_mlp :]
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
@@ -98,3 +99,13 @@ class MLP(nn.Module):
                 post = self.ln(self.hook_mid(post))
             post = self.hook_post(post)
         return F.linear(post, self.out_weight, self.b_out)
+
+    def weights(self) -> dict[str, Tensor]:
+        """This layer's weights under their TransformerLens names (views)."""
+        names = ["W_in", "b_in", "W_out", "b_out"] + (["W_gate", "b_gate"] if self.gated else [])
+        return {name: getattr(self, name) for name in names}
+
+    def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
+        """(W, b) pairs that read this layer's (normalised) input, for weight processing."""
+        pairs = [(self.W_in, self.b_in)]
+        return pairs + [(self.W_gate, self.b_gate)] if self.gated else pairs

@@ -16,13 +16,13 @@ from lmscope.config import HookedTransformerConfig
 
 
 def rope_inv_freq(
-    cfg: HookedTransformerConfig, base: float | None = None
+    cfg: HookedTransformerConfig, base: float | None = None, scaling: bool = True
 ) -> Float[Tensor, " half_rot"]:
-    """Inverse frequencies for `cfg.rotary_dim`, with the config's rope scaling applied."""
+    """Inverse frequencies for `cfg.rotary_dim`, with the config's rope scaling (if `scaling`)."""
     base = cfg.rotary_base if base is None else base
     dim = cfg.rotary_dim
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    scaling = cfg.rope_scaling or {}
+    scaling = (cfg.rope_scaling or {}) if scaling else {}
     kind = scaling.get("rope_type", "default")
     if kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
@@ -43,10 +43,12 @@ def rope_inv_freq(
 class Rotary(nn.Module):
     """Holds the inverse frequencies; `forward(positions)` gives the (cos, sin) tables."""
 
-    def __init__(self, cfg: HookedTransformerConfig, base: float | None = None) -> None:
+    def __init__(
+        self, cfg: HookedTransformerConfig, base: float | None = None, scaling: bool = True
+    ) -> None:
         super().__init__()
         self.adjacent_pairs = cfg.rotary_adjacent_pairs
-        self.register_buffer("inv_freq", rope_inv_freq(cfg, base), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg, base, scaling), persistent=False)
 
     def forward(self, positions: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor]:
         freqs = positions[..., None].float() * self.inv_freq  # [batch, pos, rot/2]

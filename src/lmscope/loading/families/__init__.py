@@ -3,12 +3,16 @@
 A family is data: `config_from_hf(hf_config) -> dict` of HookedTransformerConfig fields, and
 `weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
 or `(transform, name, ...)` whose transform turns those tensors into our layout. Transforms that
-several families share live here, once. Adding a family is one file plus one line in `FAMILIES`.
+several families share live here, once. Adding a family is one file in this package that defines
+`FAMILY = Family(...)` (or `FAMILIES = [...]`); it is discovered automatically.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,10 +79,14 @@ def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def _families() -> list[Family]:
-    from lmscope.loading.families import gpt2, llama, neox
-
-    return [gpt2.FAMILY, neox.FAMILY, llama.FAMILY]
+    """Every module in this package that defines `FAMILY` (or `FAMILIES`), found at first use."""
+    found: list[Family] = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += getattr(module, "FAMILIES", [getattr(module, "FAMILY", None)])
+    return [fam for fam in found if fam is not None]
 
 
 def supported_architectures() -> list[str]:

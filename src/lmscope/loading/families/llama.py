@@ -21,10 +21,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
     rope = rope_settings(hf)
     n_ctx = hf["max_position_embeddings"]
-    window = hf.get("sliding_window")
-    if window is not None and hf.get("use_sliding_window", True) and window < n_ctx:
-        # Sliding-window attention is not modelled yet: refuse inputs it would change.
-        n_ctx = window
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     return dict(
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -34,6 +31,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
         n_ctx=n_ctx,
+        window_size=window if window is not None and window < n_ctx else None,
         act_fn=hf.get("hidden_act", "silu"),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),

@@ -1,0 +1,453 @@
+"""Activation patching with TransformerLens's names: run the corrupted input, replace one activation
+by its value from the clean run, and measure a metric of the output, for every index of a grid.
+
+`generic_activation_patch` does the work; the `get_act_patch_*` partials fix the activation, the
+setter and the index axes, and return a tensor indexed like those axes ([layer, pos],
+[layer, head], [layer, pos, head], ...).
+
+Speed (numbers are identical to TransformerLens's one-forward-per-index loop): every patched run
+starts at the patched layer from the cached corrupted residual stream (earlier layers are not
+recomputed), and several indices of the same layer share one forward pass, each in its own slice of
+the batch (`patches_per_forward`).
+
+Grouped-query attention: `k` and `v` exist per key/value head, so their `head` axis counts
+`n_key_value_heads` (patching kv head g changes the keys/values read by query heads
+g*n_groups ... (g+1)*n_groups - 1). In the `*_every` stacks, which need one head axis, the k/v
+results are repeated over each group so entry [l, h] is "patch the k/v that query head h reads".
+
+Example:
+    >>> _, clean_cache = model.run_with_cache(clean_tokens)
+    >>> def metric(logits):                       # logit difference at the last position
+    ...     return (logits[:, -1, io] - logits[:, -1, s]).mean()
+    >>> grid = get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric)  # [layer, pos]
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lmscope.utils import get_act_name
+
+if TYPE_CHECKING:
+    from lmscope.cache import ActivationCache
+    from lmscope.model import HookedTransformer
+
+AxisNames = Literal["layer", "pos", "head_index", "head", "src_pos", "dest_pos"]
+MetricFn = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
+PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor | None]
+
+_KV_ACTIVATIONS = ("k", "v", "rot_k", "k_input", "v_input")
+
+
+def make_df_from_ranges(column_max_ranges: Sequence[int], column_names: Sequence[str]) -> Any:
+    """A pandas DataFrame of every index combination (last column fastest), as TransformerLens.
+
+    Needs pandas; `index_grid` gives the same rows as a tensor without it.
+
+    Example:
+        >>> make_df_from_ranges([2, 3], ["layer", "pos"])      # 6 rows
+    """
+    import pandas as pd
+
+    return pd.DataFrame(index_grid(column_max_ranges).tolist(), columns=list(column_names))
+
+
+def index_grid(column_max_ranges: Sequence[int]) -> Int[Tensor, "rows columns"]:
+    """Every combination of `range(m)` for each m, last column fastest, as a [rows, columns] tensor.
+
+    Example:
+        >>> index_grid([2, 2]).tolist()
+        [[0, 0], [0, 1], [1, 0], [1, 1]]
+    """
+    rows = list(itertools.product(*[range(m) for m in column_max_ranges]))
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column_max_ranges))
+
+
+def _axis_ranges(
+    model: HookedTransformer, n_pos: int, activation_name: str, names: Sequence[str]
+) -> list[int]:
+    cfg = model.cfg
+    n_heads = cfg.n_key_value_heads if activation_name in _KV_ACTIVATIONS else cfg.n_heads
+    sizes = {
+        "layer": cfg.n_layers,
+        "pos": n_pos,
+        "src_pos": n_pos,
+        "dest_pos": n_pos,
+        "head_index": n_heads,
+        "head": n_heads,
+    }
+    unknown = [n for n in names if n not in sizes]
+    if unknown:
+        raise ValueError(f"unknown index axis names {unknown}; choose from {sorted(sizes)}")
+    return [sizes[n] for n in names]
+
+
+def _rows_of(index_df: Any) -> tuple[list[tuple[int, ...]], list[str] | None]:
+    """Index rows from a DataFrame, a [rows, k] tensor or a sequence of sequences."""
+    if hasattr(index_df, "itertuples") and hasattr(index_df, "columns"):
+        rows = [tuple(int(v) for v in row) for row in index_df.itertuples(index=False)]
+        return rows, [str(c) for c in index_df.columns]
+    if isinstance(index_df, Tensor):
+        return [tuple(int(v) for v in row) for row in index_df.reshape(len(index_df), -1)], None
+    return [tuple(int(v) for v in row) for row in index_df], None
+
+
+def _to_tokens(model: HookedTransformer, tokens: Any) -> Int[Tensor, "batch pos"]:
+    if isinstance(tokens, (str, list)):
+        tokens = model.to_tokens(tokens)
+    tokens = torch.as_tensor(tokens, device=model.W_E.device)
+    return tokens[None] if tokens.ndim == 1 else tokens
+
+
+@torch.no_grad()
+def generic_activation_patch(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    patch_setter: PatchSetter,
+    activation_name: str,
+    index_axis_names: Sequence[AxisNames] | None = None,
+    index_df: Any = None,
+    return_index_df: bool = False,
+    patches_per_forward: int | None = None,
+    use_start_at_layer: bool = True,
+) -> Float[Tensor, "..."] | tuple[Float[Tensor, " rows"], Any]:
+    """Patch `activation_name` from `clean_cache` into the corrupted run at each index and return
+    `patching_metric(patched_logits)` for each.
+
+    Args:
+        patch_setter: `fn(corrupted_activation, index, clean_activation)` that writes the clean
+            values into the corrupted activation (in place; it may also return a new tensor).
+            `index` is one row of the grid, e.g. (layer, pos).
+        index_axis_names: e.g. ("layer", "pos"); the result has one dim per name. The first axis
+            must be "layer" (it picks the hook's layer).
+        index_df: instead of a full grid, explicit rows (a pandas DataFrame whose first column is
+            the layer, a [rows, k] tensor or a list of tuples); the result is then flat [rows].
+        patches_per_forward: how many indices share one forward pass (default: as many as fit a
+            batch of about 32 sequences). The results do not depend on it.
+        use_start_at_layer: start each patched run at the patched layer from the cached
+            corrupted residual stream (default; exact).
+
+    Example:
+        >>> grid = generic_activation_patch(model, corrupted, clean_cache, metric,
+        ...                                 layer_pos_patch_setter, "resid_pre", ("layer", "pos"))
+    """
+    corrupted_tokens = _to_tokens(model, corrupted_tokens)
+    batch, n_pos = corrupted_tokens.shape
+    if index_df is None:
+        if index_axis_names is None:
+            raise ValueError("pass index_axis_names (e.g. ('layer', 'pos')) or index_df")
+        if index_axis_names[0] != "layer":
+            raise ValueError(f"the first index axis must be 'layer', got {index_axis_names}")
+        ranges = _axis_ranges(model, n_pos, activation_name, index_axis_names)
+        rows = [tuple(r) for r in index_grid(ranges).tolist()]
+        flat = False
+    else:
+        rows, _ = _rows_of(index_df)
+        ranges, flat = [len(rows)], True
+
+    per_forward = patches_per_forward or max(1, 32 // batch)
+    results = torch.zeros(len(rows), dtype=torch.promote_types(model.cfg.dtype, torch.float32))
+    by_layer: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_layer.setdefault(row[0], []).append(i)
+
+    starts: dict[int, Tensor] = {}
+    if use_start_at_layer:
+        names = [f"blocks.{layer}.hook_resid_pre" for layer in by_layer]
+        _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=names)
+        starts = {layer: corrupted_cache[f"blocks.{layer}.hook_resid_pre"] for layer in by_layer}
+
+    for layer, members in by_layer.items():
+        hook_name = get_act_name(activation_name, layer)
+        clean_activation = clean_cache[hook_name]
+        for start in range(0, len(members), per_forward):
+            chunk = members[start : start + per_forward]
+
+            def hook(
+                activation: Tensor,
+                hook: Any,
+                chunk: list[int] = chunk,
+                clean_activation: Tensor = clean_activation,
+            ) -> Tensor:
+                for j, row_id in enumerate(chunk):
+                    view = activation[j * batch : (j + 1) * batch]
+                    out = patch_setter(view, rows[row_id], clean_activation)
+                    if out is not None and out is not view:
+                        view.copy_(out)
+                return activation
+
+            with model.hooks(fwd_hooks=[(hook_name, hook)]):
+                if use_start_at_layer:
+                    resid = starts[layer].repeat(len(chunk), 1, 1)
+                    logits = model(resid, start_at_layer=layer)
+                else:
+                    logits = model(corrupted_tokens.repeat(len(chunk), 1))
+            for j, row_id in enumerate(chunk):
+                value = patching_metric(logits[j * batch : (j + 1) * batch])
+                results[row_id] = float(value)
+    if flat:
+        return (results, index_df) if return_index_df else results
+    out = results.reshape(ranges)
+    return (out, index_df) if return_index_df else out
+
+
+# -- patch setters (TransformerLens names) --------------------------------------------------------
+def layer_pos_patch_setter(
+    corrupted_activation: Float[Tensor, "batch pos ..."],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch pos ..."],
+) -> Tensor:
+    """Patch one position of a [batch, pos, ...] activation; index = (layer, pos)."""
+    _, pos = index
+    corrupted_activation[:, pos, ...] = clean_activation[:, pos, ...]
+    return corrupted_activation
+
+
+def layer_pos_head_vector_patch_setter(
+    corrupted_activation: Float[Tensor, "batch pos head d"],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch pos head d"],
+) -> Tensor:
+    """Patch one head at one position of a [batch, pos, head, d] activation; index =
+    (layer, pos, head)."""
+    _, pos, head = index
+    corrupted_activation[:, pos, head] = clean_activation[:, pos, head]
+    return corrupted_activation
+
+
+def layer_head_vector_patch_setter(
+    corrupted_activation: Float[Tensor, "batch pos head d"],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch pos head d"],
+) -> Tensor:
+    """Patch one head at every position of a [batch, pos, head, d] activation; index =
+    (layer, head)."""
+    _, head = index
+    corrupted_activation[:, :, head] = clean_activation[:, :, head]
+    return corrupted_activation
+
+
+def layer_head_pattern_patch_setter(
+    corrupted_activation: Float[Tensor, "batch head dest src"],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch head dest src"],
+) -> Tensor:
+    """Patch one head's whole attention pattern; index = (layer, head)."""
+    _, head = index
+    corrupted_activation[:, head] = clean_activation[:, head]
+    return corrupted_activation
+
+
+def layer_head_pos_pattern_patch_setter(
+    corrupted_activation: Float[Tensor, "batch head dest src"],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch head dest src"],
+) -> Tensor:
+    """Patch one head's attention row for one destination; index = (layer, head, dest_pos)."""
+    _, head, dest = index
+    corrupted_activation[:, head, dest] = clean_activation[:, head, dest]
+    return corrupted_activation
+
+
+def layer_head_dest_src_pos_pattern_patch_setter(
+    corrupted_activation: Float[Tensor, "batch head dest src"],
+    index: Sequence[int],
+    clean_activation: Float[Tensor, "batch head dest src"],
+) -> Tensor:
+    """Patch one attention weight; index = (layer, head, dest_pos, src_pos)."""
+    _, head, dest, src = index
+    corrupted_activation[:, head, dest, src] = clean_activation[:, head, dest, src]
+    return corrupted_activation
+
+
+# -- the standard patches ---------------------------------------------------------------------------
+def _partial(
+    setter: PatchSetter, activation: str, axes: tuple[str, ...], doc: str
+) -> Callable[..., Tensor]:
+    fn = partial(
+        generic_activation_patch,
+        patch_setter=setter,
+        activation_name=activation,
+        index_axis_names=axes,
+    )
+    fn.__doc__ = (
+        f"{doc}\n\n"
+        "Signature: (model, corrupted_tokens, clean_cache, patching_metric) -> tensor indexed "
+        f"{list(axes)} (see `generic_activation_patch` for the keyword options)."
+    )
+    return fn
+
+
+get_act_patch_resid_pre = _partial(
+    layer_pos_patch_setter, "resid_pre", ("layer", "pos"), "Patch resid_pre: [layer, pos]."
+)
+get_act_patch_resid_mid = _partial(
+    layer_pos_patch_setter, "resid_mid", ("layer", "pos"), "Patch resid_mid: [layer, pos]."
+)
+get_act_patch_attn_out = _partial(
+    layer_pos_patch_setter, "attn_out", ("layer", "pos"), "Patch attn_out: [layer, pos]."
+)
+get_act_patch_mlp_out = _partial(
+    layer_pos_patch_setter, "mlp_out", ("layer", "pos"), "Patch mlp_out: [layer, pos]."
+)
+get_act_patch_attn_head_out_by_pos = _partial(
+    layer_pos_head_vector_patch_setter,
+    "z",
+    ("layer", "pos", "head"),
+    "Patch each head's output (hook_z) at each position: [layer, pos, head].",
+)
+get_act_patch_attn_head_q_by_pos = _partial(
+    layer_pos_head_vector_patch_setter,
+    "q",
+    ("layer", "pos", "head"),
+    "Patch each head's query at each position: [layer, pos, head].",
+)
+get_act_patch_attn_head_k_by_pos = _partial(
+    layer_pos_head_vector_patch_setter,
+    "k",
+    ("layer", "pos", "head"),
+    "Patch each key/value head's key at each position: [layer, pos, kv_head].",
+)
+get_act_patch_attn_head_v_by_pos = _partial(
+    layer_pos_head_vector_patch_setter,
+    "v",
+    ("layer", "pos", "head"),
+    "Patch each key/value head's value at each position: [layer, pos, kv_head].",
+)
+get_act_patch_attn_head_pattern_by_pos = _partial(
+    layer_head_pos_pattern_patch_setter,
+    "pattern",
+    ("layer", "head_index", "dest_pos"),
+    "Patch each head's attention row for each destination: [layer, head, dest_pos].",
+)
+get_act_patch_attn_head_pattern_dest_src_pos = _partial(
+    layer_head_dest_src_pos_pattern_patch_setter,
+    "pattern",
+    ("layer", "head_index", "dest_pos", "src_pos"),
+    "Patch each single attention weight: [layer, head, dest_pos, src_pos].",
+)
+get_act_patch_attn_head_out_all_pos = _partial(
+    layer_head_vector_patch_setter,
+    "z",
+    ("layer", "head"),
+    "Patch each head's output (hook_z) at all positions: [layer, head].",
+)
+get_act_patch_attn_head_q_all_pos = _partial(
+    layer_head_vector_patch_setter,
+    "q",
+    ("layer", "head"),
+    "Patch each head's queries at all positions: [layer, head].",
+)
+get_act_patch_attn_head_k_all_pos = _partial(
+    layer_head_vector_patch_setter,
+    "k",
+    ("layer", "head"),
+    "Patch each key/value head's keys at all positions: [layer, kv_head].",
+)
+get_act_patch_attn_head_v_all_pos = _partial(
+    layer_head_vector_patch_setter,
+    "v",
+    ("layer", "head"),
+    "Patch each key/value head's values at all positions: [layer, kv_head].",
+)
+get_act_patch_attn_head_pattern_all_pos = _partial(
+    layer_head_pattern_patch_setter,
+    "pattern",
+    ("layer", "head_index"),
+    "Patch each head's whole attention pattern: [layer, head].",
+)
+
+
+def _expand_kv(model: HookedTransformer, t: Tensor, head_dim: int) -> Tensor:
+    """Repeat a kv-head axis over each query group (no-op without GQA)."""
+    g = model.cfg.n_groups
+    return t if g == 1 else t.repeat_interleave(g, dim=head_dim)
+
+
+def get_act_patch_block_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    **kwargs: Any,
+) -> Float[Tensor, "3 layer pos"]:
+    """resid_pre, attn_out and mlp_out patched at each [layer, pos], stacked: [3, layer, pos].
+
+    Example:
+        >>> every = get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric)
+    """
+    return torch.stack(
+        [
+            get_act_patch_resid_pre(
+                model, corrupted_tokens, clean_cache, patching_metric, **kwargs
+            ),
+            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric, **kwargs),
+            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric, **kwargs),
+        ],
+        dim=0,
+    )
+
+
+def get_act_patch_attn_head_all_pos_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    **kwargs: Any,
+) -> Float[Tensor, "5 layer head"]:
+    """Each head's output, query, key, value and pattern patched at all positions:
+    [5, layer, head] (GQA: k/v repeated over each group, see the module docstring).
+
+    Example:
+        >>> every = get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric)
+    """
+    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    k = get_act_patch_attn_head_k_all_pos(*args, **kwargs)
+    v = get_act_patch_attn_head_v_all_pos(*args, **kwargs)
+    return torch.stack(
+        [
+            get_act_patch_attn_head_out_all_pos(*args, **kwargs),
+            get_act_patch_attn_head_q_all_pos(*args, **kwargs),
+            _expand_kv(model, k, 1),
+            _expand_kv(model, v, 1),
+            get_act_patch_attn_head_pattern_all_pos(*args, **kwargs),
+        ],
+        dim=0,
+    )
+
+
+def get_act_patch_attn_head_by_pos_every(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    **kwargs: Any,
+) -> Float[Tensor, "5 layer pos head"]:
+    """Each head's output, query, key, value and pattern row patched at each position:
+    [5, layer, pos, head] (pattern by destination position; GQA: k/v repeated over each group).
+
+    Example:
+        >>> every = get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric)
+    """
+    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    pattern = get_act_patch_attn_head_pattern_by_pos(*args, **kwargs)
+    return torch.stack(
+        [
+            get_act_patch_attn_head_out_by_pos(*args, **kwargs),
+            get_act_patch_attn_head_q_by_pos(*args, **kwargs),
+            _expand_kv(model, get_act_patch_attn_head_k_by_pos(*args, **kwargs), 2),
+            _expand_kv(model, get_act_patch_attn_head_v_by_pos(*args, **kwargs), 2),
+            einops.rearrange(pattern, "layer head pos -> layer pos head"),
+        ],
+        dim=0,
+    )
