@@ -60,6 +60,10 @@ class ActivationCache:
     Keys are full hook names; `cache["pattern", 3]`, `cache["resid_post", -1]`, `cache["k6"]`,
     `cache["scale", 2, "ln1"]` use `utils.get_act_name` shorthand (negative layers count from the
     end).
+
+    Example:
+        >>> _, cache = model.run_with_cache("Hello world")
+        >>> cache["resid_pre", 0].shape                    # [batch, pos, d_model]
     """
 
     def __init__(
@@ -71,10 +75,12 @@ class ActivationCache:
 
     @property
     def has_embed(self) -> bool:
+        """Whether `hook_embed` was cached (`cache.has_embed`)."""
         return "hook_embed" in self.cache_dict
 
     @property
     def has_pos_embed(self) -> bool:
+        """Whether `hook_pos_embed` was cached (False for rotary models)."""
         return "hook_pos_embed" in self.cache_dict
 
     # -- dict behaviour ------------------------------------------------------------------------
@@ -118,22 +124,38 @@ class ActivationCache:
         return iter(self.cache_dict)
 
     def keys(self) -> KeysView[str]:
-        """The full hook names in this cache."""
+        """The full hook names in this cache.
+
+        Example:
+            >>> [k for k in cache.keys() if k.endswith("hook_pattern")]
+        """
         return self.cache_dict.keys()
 
     def values(self) -> ValuesView[Tensor]:
-        """The cached activations."""
+        """The cached activations.
+
+        Example:
+            >>> sum(v.numel() for v in cache.values())
+        """
         return self.cache_dict.values()
 
     def items(self) -> ItemsView[str, Tensor]:
-        """(hook name, activation) pairs."""
+        """(hook name, activation) pairs.
+
+        Example:
+            >>> {k: v.shape for k, v in cache.items()}
+        """
         return self.cache_dict.items()
 
     def __repr__(self) -> str:
         return f"ActivationCache with {len(self)} activations: {list(self.cache_dict)[:8]}..."
 
     def to(self, device: str | torch.device, move_model: bool = False) -> ActivationCache:
-        """Move every activation (and with `move_model`, the model) to `device`; returns self."""
+        """Move every activation (and with `move_model`, the model) to `device`; returns self.
+
+        Example:
+            >>> cache = cache.to("cpu")
+        """
         self.cache_dict = {k: v.to(device) for k, v in self.cache_dict.items()}
         if move_model:
             self.model.to(device)
@@ -143,12 +165,20 @@ class ActivationCache:
         """Turn autograd on or off globally (`torch.set_grad_enabled(mode)`), as TransformerLens.
 
         This is global torch state; `torch.no_grad()` / `torch.inference_mode()` are the local way.
+
+        Example:
+            >>> cache.toggle_autodiff(False)                     # like torch.set_grad_enabled(False)
         """
         logger.warning("Changed the global state, set autodiff to %s", mode)
         torch.set_grad_enabled(mode)
 
     def remove_batch_dim(self) -> ActivationCache:
-        """Drop a batch dimension of size 1 from every activation (in place; returns self)."""
+        """Drop a batch dimension of size 1 from every activation (in place; returns self).
+
+        Example:
+            >>> _, cache = model.run_with_cache("Hello")
+            >>> cache.remove_batch_dim()["resid_pre", 0].shape   # [pos, d_model]
+        """
         if not self.has_batch_dim:
             logger.warning("Tried removing the batch dimension after it was already removed")
             return self
@@ -211,8 +241,49 @@ class ActivationCache:
             return "ln_final"
         return f"blocks.{layer}.ln{2 if mlp_input else 1}"
 
+    def _target_norm(self, layer: int, mlp_input: bool) -> nn.Module | None:
+        """The norm that reads the residual entering `layer` (None where nothing normalises it:
+        no normalisation, post-norm-only blocks, post-LN `post_residual` blocks)."""
+        from lmscope.components.norm import LayerNorm, RMSNorm
+
+        cfg = self.model.cfg
+        if cfg.normalization_type is None or cfg.norm_placement == "post_residual":
+            return None
+        try:
+            norm = self.model.get_submodule(self._norm_path(layer, mlp_input))
+        except AttributeError:
+            return None
+        return norm if isinstance(norm, (LayerNorm, RMSNorm)) else None
+
     def _has_norm(self) -> bool:
         return self.model.cfg.normalization_type in ("LN", "LNPre", "RMS", "RMSPre")
+
+    def _require_sum(self, what: str, per_component: bool = False) -> None:
+        """Refuse decompositions that would not add up to the residual stream."""
+        cfg = self.model.cfg
+        if cfg.norm_placement == "post_residual":
+            raise ValueError(
+                f"{what}: with norm_placement='post_residual' every block re-normalises the "
+                "residual stream, so it is not a sum of the outputs written into it"
+            )
+        if per_component and cfg.norm_placement in ("pre_and_post", "post"):
+            raise ValueError(
+                f"{what}: with norm_placement={cfg.norm_placement!r} each attention and MLP output "
+                "passes through a norm (ln1_post / ln2_post) before it joins the residual, so head "
+                "and neuron outputs do not add up to it; decompose_resid (attn_out, mlp_out) does"
+            )
+
+    def _embed_parts(self, pos_slice: Slice) -> list[tuple[str, Tensor]]:
+        """The embedding components of the residual: embed (+ pos_embed), or with a LayerNorm right
+        after the embedding (BLOOM) the normalised sum, labelled "embed"."""
+        if self.model.cfg.post_embedding_ln:
+            return [("embed", pos_slice.apply(self["blocks.0.hook_resid_pre"], dim=-2))]
+        parts = []
+        if self.has_embed:
+            parts.append(("embed", pos_slice.apply(self["hook_embed"], dim=-2)))
+        if self.has_pos_embed:
+            parts.append(("pos_embed", pos_slice.apply(self["hook_pos_embed"], dim=-2)))
+        return parts
 
     def _is_centering(self) -> bool:
         return self.model.cfg.normalization_type in ("LN", "LNPre")
@@ -313,18 +384,16 @@ class ActivationCache:
         pos_slice = Slice.unwrap(pos_slice)
         layer = self._layer(layer)
         self._check_mlp_input(layer, mlp_input)
+        self._require_sum("decompose_resid")
         if mode not in ("all", "mlp", "attn"):
             raise ValueError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}")
         incl_attn = mode != "mlp"
         incl_mlp = mode != "attn" and not self.model.cfg.attn_only
         parts, labels = [], []
         if incl_embeds:
-            if self.has_embed:
-                parts.append(self["hook_embed"])
-                labels.append("embed")
-            if self.has_pos_embed:
-                parts.append(self["hook_pos_embed"])
-                labels.append("pos_embed")
+            for label, part in self._embed_parts(Slice(None)):
+                parts.append(part)
+                labels.append(label)
         for i in range(layer):
             if incl_attn:
                 parts.append(self[f"blocks.{i}.hook_attn_out"])
@@ -387,6 +456,7 @@ class ActivationCache:
         """
         pos_slice = Slice.unwrap(pos_slice)
         layer = self._layer(layer)
+        self._require_sum("stack_head_results", per_component=True)
         self.compute_head_results()
         n_heads = self.model.cfg.n_heads
         labels = [f"L{i}H{h}" for i in range(layer) for h in range(n_heads)]
@@ -436,6 +506,11 @@ class ActivationCache:
             >>> cache.get_neuron_results(0, neuron_slice=[3, 7], pos_slice=-1).shape  # [batch, 2, d_model]
         """
         neuron_slice, pos_slice = Slice.unwrap(neuron_slice), Slice.unwrap(pos_slice)
+        if self.model.cfg.num_experts:
+            raise ValueError(
+                "neuron results need one MLP per layer; this model's MLPs are mixtures of experts "
+                "(each expert sees only its routed tokens): use mlp_out, or the experts' own hooks"
+            )
         if layer < 0:
             layer += self.model.cfg.n_layers
         post = pos_slice.apply(self[f"blocks.{layer}.mlp.hook_post"], dim=-2)
@@ -477,6 +552,7 @@ class ActivationCache:
         self._check_mlp_input(layer, mlp_input)
         if self.model.cfg.attn_only:
             raise ValueError("this model is attention-only: it has no neurons")
+        self._require_sum("stack_neuron_results", per_component=True)
         neuron_ids = neuron_slice.indices(self.model.cfg.d_mlp)
         labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neuron_ids]
         p, squeeze = self._projection(project_output_onto, apply_ln)
@@ -525,7 +601,7 @@ class ActivationCache:
         batch_slice: Slice | None = None,
     ) -> Tensor:
         """Divide by the cached scale; centre first (LayerNorm) unless the stack is projected."""
-        if not self._has_norm():
+        if self._target_norm(layer, mlp_input) is None:
             return stack
         if centred and self._is_centering():
             stack = stack - stack.mean(dim=-1, keepdim=True)
@@ -560,15 +636,15 @@ class ActivationCache:
             >>> parts = cache.decompose_resid(pos_slice=-1)
             >>> normed = cache.apply_ln_to_stack(parts, pos_slice=-1)   # sums to ln_final's output
         """
-        if not self._has_norm():
-            return residual_stack
         pos_slice, batch_slice = Slice.unwrap(pos_slice), Slice.unwrap(batch_slice)
         layer = self._layer(layer)
         self._check_mlp_input(layer, mlp_input)
+        norm = self._target_norm(layer, mlp_input)
+        if norm is None:  # nothing normalises the residual there
+            return residual_stack
         if has_batch_dim:
             residual_stack = batch_slice.apply(residual_stack, dim=1)
         if recompute_ln:
-            norm = self.model.get_submodule(self._norm_path(layer, mlp_input))
             with _hooks_silenced(norm):
                 return norm(residual_stack)
         return self._apply_cached_ln(
@@ -599,6 +675,12 @@ class ActivationCache:
         pos_slice = Slice.unwrap(pos_slice)
         layer = self._layer(layer)
         self._check_mlp_input(layer, mlp_input)
+        self._require_sum("get_full_resid_decomposition", per_component=True)
+        if expand_neurons and self.model.cfg.num_experts:
+            raise ValueError(
+                "expand_neurons=True needs one MLP per layer, but this model's MLPs are mixtures "
+                "of experts: pass expand_neurons=False"
+            )
         p, squeeze = self._projection(project_output_onto, apply_ln)
 
         def project(t: Tensor) -> Tensor:
@@ -621,12 +703,9 @@ class ActivationCache:
                 parts.append(project(mlps))
                 labels += mlp_labels
         ref = pos_slice.apply(self["blocks.0.hook_resid_pre"], dim=-2)
-        if self.has_embed:
-            parts.append(project(pos_slice.apply(self["hook_embed"], dim=-2))[None])
-            labels.append("embed")
-        if self.has_pos_embed:
-            parts.append(project(pos_slice.apply(self["hook_pos_embed"], dim=-2))[None])
-            labels.append("pos_embed")
+        for label, part in self._embed_parts(pos_slice):
+            parts.append(project(part)[None])
+            labels.append(label)
         bias = self.model.accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons)
         bias = project(bias.detach().to(dtype=ref.dtype, device=ref.device))
         parts.append(bias.expand(1, *ref.shape[:-1], bias.shape[-1]))
@@ -653,8 +732,9 @@ class ActivationCache:
 
         On a fold_ln model the attributions of a full decomposition sum to the logit (difference)
         minus `b_U`. Without fold_ln, the final norm's weight is folded into the direction here, so
-        RMSNorm models stay exact too (TransformerLens ignores it). `tokens` is a string, an id, a
-        [batch] tensor (one answer per prompt, shared over positions) or [batch, pos].
+        RMSNorm models stay exact too (TransformerLens ignores it). With an output logit soft-cap
+        they add up to the logits before the cap. `tokens` is a string, an id, a [batch] tensor
+        (one answer per prompt, shared over positions) or [batch, pos].
 
         Example:
             >>> heads = cache.stack_head_results(pos_slice=-1)

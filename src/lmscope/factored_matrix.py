@@ -35,7 +35,7 @@ class FactoredMatrix:
 
     Example:
         >>> M = FactoredMatrix(torch.randn(64, 8), torch.randn(8, 64))
-        >>> M.shape, M.mdim, torch.allclose(M @ torch.ones(64), M.AB @ torch.ones(64), atol=1e-4)
+        >>> M.shape, M.mdim, torch.allclose(M @ torch.ones(64), M.AB @ torch.ones(64), rtol=1e-4)
         (torch.Size([64, 64]), 8, True)
     """
 
@@ -116,30 +116,49 @@ class FactoredMatrix:
     # -- views -----------------------------------------------------------------------------------
     @property
     def AB(self) -> Float[Tensor, "*leading ldim rdim"]:
-        """The full matrix (this forms it: ldim x rdim per leading index)."""
+        """The full matrix (this forms it: ldim x rdim per leading index).
+
+        Example:
+            >>> FactoredMatrix(torch.ones(3, 1), torch.ones(1, 2)).AB.shape
+            torch.Size([3, 2])
+        """
         return self.A @ self.B
 
     @property
     def BA(self) -> Float[Tensor, "*leading mdim mdim"]:
-        """`B @ A` (square matrices only): shares AB's non-zero eigenvalues."""
+        """`B @ A` (square matrices only): shares AB's non-zero eigenvalues.
+
+        Example:
+            >>> FactoredMatrix(torch.ones(3, 1), torch.ones(1, 3)).BA
+            tensor([[3.]])
+        """
         if self.ldim != self.rdim:
             raise ValueError(f"BA needs a square matrix, this one is {self.ldim} x {self.rdim}")
         return self.B @ self.A
 
     @property
     def T(self) -> FactoredMatrix:
-        """The transpose, still factored: `B^T A^T`."""
+        """The transpose, still factored: `B^T A^T`.
+
+        Example:
+            >>> model.QK.T                                      # keys-by-queries form
+        """
         return FactoredMatrix(self.B.transpose(-2, -1), self.A.transpose(-2, -1))
 
     @property
     def pair(
         self,
     ) -> tuple[Float[Tensor, "*leading ldim mdim"], Float[Tensor, "*leading mdim rdim"]]:
-        """The factors `(A, B)`."""
+        """The factors `(A, B)`.
+
+        Example:
+            >>> A, B = model.OV[0, 0].pair                     # W_V and W_O of L0H0
+        """
         return self.A, self.B
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions, leading ones included (`model.OV.ndim == 4`)."""
         return len(self.shape)
 
     def __len__(self) -> int:
@@ -175,7 +194,11 @@ class FactoredMatrix:
         return FactoredMatrix(A, B)
 
     def unsqueeze(self, k: int) -> FactoredMatrix:
-        """Insert a leading dimension of size 1 at position `k` (k <= number of leading dims)."""
+        """Insert a leading dimension of size 1 at position `k` (k <= number of leading dims).
+
+        Example:
+            >>> model.OV[0].unsqueeze(0).shape                 # [1, n_heads, d_model, d_model]
+        """
         n_lead = self.ndim - 2
         if k < 0:
             k += self.ndim + 1
@@ -186,7 +209,11 @@ class FactoredMatrix:
         return FactoredMatrix(self.A.unsqueeze(k), self.B.unsqueeze(k))
 
     def to(self, *args: Any, **kwargs: Any) -> FactoredMatrix:
-        """Move or cast both factors (arguments as `Tensor.to`)."""
+        """Move or cast both factors (arguments as `Tensor.to`).
+
+        Example:
+            >>> model.OV.to(torch.float64)
+        """
         return FactoredMatrix(self.A.to(*args, **kwargs), self.B.to(*args, **kwargs))
 
     # -- spectral ----------------------------------------------------------------------------------
@@ -202,6 +229,11 @@ class FactoredMatrix:
 
         k = min(ldim, mdim, rdim). Computed from QR factors of A and B^T and the SVD of a small
         k x k core, so it costs O((ldim + rdim) mdim²). Cached on the object.
+
+        Example:
+            >>> U, S, Vh = model.OV[2, 1].svd()
+            >>> torch.allclose(U @ S.diag() @ Vh.T, model.OV[2, 1].AB, atol=1e-5)
+            True
         """
         if self._svd is None:
             Qa, Ra = torch.linalg.qr(self.A)  # A = Qa Ra
@@ -216,49 +248,85 @@ class FactoredMatrix:
 
     @property
     def U(self) -> Float[Tensor, "*leading ldim k"]:
-        """Left singular vectors (columns)."""
+        """Left singular vectors (columns).
+
+        Example:
+            >>> model.OV[2, 1].U.shape                         # [d_model, d_head]
+        """
         return self.svd()[0]
 
     @property
     def S(self) -> Float[Tensor, "*leading k"]:
-        """Singular values, descending."""
+        """Singular values, descending.
+
+        Example:
+            >>> model.OV[2, 1].S[:3]
+        """
         return self.svd()[1]
 
     @property
     def Vh(self) -> Float[Tensor, "*leading rdim k"]:
-        """Right singular vectors as columns (TransformerLens's name; `AB = U diag(S) Vh^T`)."""
+        """Right singular vectors as columns (TransformerLens's name; `AB = U diag(S) Vh^T`).
+
+        Example:
+            >>> model.OV[2, 1].Vh.shape                        # [d_model, d_head]
+        """
         return self.svd()[2]
 
     @property
     def eigenvalues(self) -> Complex[Tensor, "*leading mdim"]:
         """Eigenvalues of the (square) matrix: those of the small `BA`, which has the same non-zero
-        eigenvalues as `AB` (if BA v = k v then AB (Av) = k Av)."""
+        eigenvalues as `AB` (if BA v = k v then AB (Av) = k Av).
+
+        Example:
+            >>> model.OV[0, 3].eigenvalues.real.sum()          # > 0 for a copying head
+        """
         BA = self.BA
         if BA.dtype in (torch.float16, torch.bfloat16):
             BA = BA.float()
         return torch.linalg.eigvals(BA)
 
     def norm(self) -> Float[Tensor, "*leading"]:
-        """Frobenius norm: sqrt of the sum of squared singular values."""
+        """Frobenius norm: sqrt of the sum of squared singular values.
+
+        Example:
+            >>> model.OV.norm().shape                          # [n_layers, n_heads]
+        """
         return self.S.pow(2).sum(-1).sqrt()
 
     def collapse_l(self) -> Float[Tensor, "*leading k rdim"]:
         """`diag(S) Vh^T`: the matrix with its left orthogonal factor U removed (same norms, and
-        same norms of products with anything on the right)."""
+        same norms of products with anything on the right).
+
+        Example:
+            >>> model.OV[1, 0].collapse_l().shape              # [d_head, d_model]
+        """
         return self.S[..., :, None] * self.Vh.transpose(-2, -1)
 
     def collapse_r(self) -> Float[Tensor, "*leading ldim k"]:
-        """`U diag(S)`: the matrix with its right orthogonal factor removed."""
+        """`U diag(S)`: the matrix with its right orthogonal factor removed.
+
+        Example:
+            >>> model.OV[1, 0].collapse_r().shape              # [d_model, d_head]
+        """
         return self.U * self.S[..., None, :]
 
     def make_even(self) -> FactoredMatrix:
         """The same matrix as `(U sqrt(S)) (sqrt(S) Vh^T)`: both factors carry half the spectrum and
-        have orthogonal columns / rows."""
+        have orthogonal columns / rows.
+
+        Example:
+            >>> even = model.QK[0, 2].make_even()             # same AB, balanced factors
+        """
         root = self.S.sqrt()
         return FactoredMatrix(
             self.U * root[..., None, :], root[..., :, None] * self.Vh.transpose(-2, -1)
         )
 
     def get_corner(self, k: int = 3) -> Tensor:
-        """The top-left k x k block (of each leading index up to k), from k rows and columns only."""
+        """The top-left k x k block (of each leading index up to k), from k rows and columns only.
+
+        Example:
+            >>> model.OV[0, 0].get_corner(2)                   # AB[:2, :2] from 2 rows and columns
+        """
         return _dense_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)

@@ -154,11 +154,21 @@ class Slice:
 
     @classmethod
     def unwrap(cls, slice_input: SliceInput | Slice) -> Slice:
-        """`slice_input` itself if it is a Slice, else `Slice(slice_input)`."""
+        """`slice_input` itself if it is a Slice, else `Slice(slice_input)`.
+
+        Example:
+            >>> Slice.unwrap(-1).mode
+            'int'
+        """
         return slice_input if isinstance(slice_input, Slice) else cls(slice_input)
 
     def apply(self, tensor: Tensor, dim: int = 0) -> Tensor:
-        """Index `tensor` along `dim` (an int Slice removes that dimension)."""
+        """Index `tensor` along `dim` (an int Slice removes that dimension).
+
+        Example:
+            >>> Slice([0, 2]).apply(torch.arange(4))
+            tensor([0, 2])
+        """
         index: list = [slice(None)] * tensor.ndim
         if self.mode == "array":
             index[dim] = torch.as_tensor(self.slice, device=tensor.device)
@@ -167,7 +177,12 @@ class Slice:
         return tensor[tuple(index)]
 
     def indices(self, max_ctx: int | None = None) -> np.ndarray:
-        """The indices this Slice picks out of `range(max_ctx)` (an int needs no `max_ctx`)."""
+        """The indices this Slice picks out of `range(max_ctx)` (an int needs no `max_ctx`).
+
+        Example:
+            >>> Slice(slice(1, None, 2)).indices(6)
+            array([1, 3, 5])
+        """
         if self.mode == "int":
             return np.array([self.slice], dtype=np.int64)
         if self.mode == "array":
@@ -331,8 +346,6 @@ test_prompt.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 def _concat_and_chunk(
     texts: list[str], tokenizer: Any, max_length: int, add_bos_token: bool
 ) -> Int[Tensor, "batch seq"]:
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "<PAD>"})
     seq_len = max_length - 1 if add_bos_token else max_length
     sep = tokenizer.eos_token or ""
     full_text = sep.join(texts)
@@ -344,7 +357,6 @@ def _concat_and_chunk(
     chunks = [full_text[i * step : (i + 1) * step] for i in range(n_chunks)]
     ids = tokenizer(chunks, add_special_tokens=False)["input_ids"]
     flat = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in ids])
-    flat = flat[flat != tokenizer.pad_token_id]
     n_rows = len(flat) // seq_len
     tokens = torch.from_numpy(flat[: n_rows * seq_len].reshape(n_rows, seq_len).copy())
     if add_bos_token:

@@ -33,14 +33,15 @@ SANITY_TEXT = (
 
 @torch.no_grad()
 def sanity_check(model: HookedTransformer) -> Float[Tensor, ""]:
-    """Mean next-token loss on a fixed English paragraph: a rough check that a model loaded well
-    (a trained model scores well under 5; above 7 something is wrong).
+    """Mean next-token loss on a fixed English paragraph (cut to the context): a rough check that
+    a model loaded well (a trained model scores well under 5; above 7 something is wrong).
 
     Example:
         >>> float(sanity_check(model)) < 5
         True
     """
-    return model(SANITY_TEXT, return_type="loss")
+    tokens = model.to_tokens(SANITY_TEXT, truncate=True)
+    return model(tokens, return_type="loss")
 
 
 @torch.no_grad()
@@ -85,13 +86,15 @@ def induction_loss(
 
 class IOIDataset(Dataset):
     """Indirect-object-identification prompts: "When Mary and John went to the store, John gave a
-    drink to" -> " Mary" (IO, the indirect object) rather than " John" (S, the subject).
+    drink to Mary": the model should prefer " Mary" (IO, the indirect object) to " John" (S, the
+    subject) as the last word.
 
-    `[A]` in a template is the IO name, `[B]` the subject (mentioned twice), `[LOCATION]` /
-    `[OBJECT]` fill from `nouns`. Samples are drawn from a seeded generator (TransformerLens reseeds
-    inside every draw, so all its samples are the same prompt). `symmetric=True` adds each prompt
-    with the names swapped. Items are `{"prompt": ids, "IO": ids, "S": ids}`; `samples` holds the
-    texts as `{"text", "IO", "S"}`.
+    As in TransformerLens, each text ends with the answer: `[A]` in a template is the IO name
+    (twice, the last at the end), `[B]` the subject (twice), `[LOCATION]` / `[OBJECT]` fill from
+    `nouns`. Samples come from one seeded generator (TransformerLens reseeds inside every draw, so
+    all its samples are the same prompt). `symmetric=True` adds each prompt with the names swapped.
+    Items are `{"prompt": ids (with the answer), "IO": ids, "S": ids}`; `samples` holds the texts
+    as `{"text", "IO", "S"}`.
 
     Example:
         >>> data = IOIDataset(model.tokenizer, num_samples=8, seed=0)
@@ -139,7 +142,11 @@ class IOIDataset(Dataset):
         }
 
     def get_sample(self, symmetric: bool = False) -> list[dict[str, str]]:
-        """One random prompt (two with `symmetric`): `{"text", "IO", "S"}` with " "-prefixed names."""
+        """One random prompt (two with `symmetric`): `{"text", "IO", "S"}` with " "-prefixed names.
+
+        Example:
+            >>> IOIDataset(tokenizer, num_samples=0).get_sample()[0]["IO"]
+        """
         template = self._rng.choice(self.templates)
         for kind, options in self.nouns.items():
             template = template.replace(f"[{kind}]", self._rng.choice(options))
@@ -160,23 +167,37 @@ class IOIDataset(Dataset):
     @staticmethod
     def get_default_names() -> list[str]:
         """Common first names (one token each, with a leading space, in GPT-2 and Llama-style
-        tokenizers)."""
+        tokenizers).
+
+        Example:
+            >>> IOIDataset.get_default_names()[:2]
+            ['John', 'Mary']
+        """
         return ["John", "Mary", "Tom", "James", "Paul", "Mark", "Sarah", "Anna", "Lisa", "David"]
 
     @staticmethod
     def get_default_templates() -> list[str]:
-        """Templates in both orders: IO first ([A] and [B] ...) and subject first ([B] and [A] ...)."""
+        """Templates in both orders: IO first ([A] and [B] ...) and subject first ([B] and [A] ...).
+
+        Example:
+            >>> IOIDataset.get_default_templates()[0]
+        """
         return [
-            "When [A] and [B] went to the [LOCATION], [B] gave the [OBJECT] to",
-            "When [B] and [A] went to the [LOCATION], [B] gave the [OBJECT] to",
-            "[A] and [B] went to the [LOCATION] to buy [OBJECT]. [B] handed the [OBJECT] to",
-            "Then, [B] and [A] went to the [LOCATION]. [B] gave the [OBJECT] to",
-            "After [A] and [B] arrived at the [LOCATION], [B] passed the [OBJECT] to",
+            "When [A] and [B] went to the [LOCATION], [B] gave the [OBJECT] to [A]",
+            "When [B] and [A] went to the [LOCATION], [B] gave the [OBJECT] to [A]",
+            "[A] and [B] went to the [LOCATION] to buy [OBJECT]. [B] handed the [OBJECT] to [A]",
+            "Then, [B] and [A] went to the [LOCATION]. [B] gave the [OBJECT] to [A]",
+            "After [A] and [B] arrived at the [LOCATION], [B] passed the [OBJECT] to [A]",
         ]
 
     @staticmethod
     def get_default_nouns() -> dict[str, list[str]]:
-        """Fillers for [LOCATION] and [OBJECT]."""
+        """Fillers for [LOCATION] and [OBJECT].
+
+        Example:
+            >>> sorted(IOIDataset.get_default_nouns())
+            ['LOCATION', 'OBJECT']
+        """
         return {
             "LOCATION": ["store", "market", "park", "school", "office"],
             "OBJECT": ["milk", "book", "ball", "bread", "bag"],
@@ -193,9 +214,13 @@ def ioi_eval(
     symmetric: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Mean logit difference logit(IO) - logit(S) at the prompt's end, and the share of prompts
-    where IO wins. Names that share leading tokens are compared at their first differing token,
-    with the shared tokens appended to the prompt (TransformerLens reads a wrong position then).
+    """Mean logit difference logit(IO) - logit(S) where the answer starts, and the share of prompts
+    where IO wins (TransformerLens's `ioi_eval`). Each prompt ends with its IO tokens; names that
+    share leading tokens are compared at their first differing token.
+
+    Differences from TransformerLens: padding is masked (TransformerLens pads with id 0 unmasked,
+    harmless on the right), and a prompt whose last tokens are not the separately tokenised IO
+    raises an error instead of reading a wrong position.
 
     Example:
         >>> ioi_eval(model, num_samples=100)
@@ -212,31 +237,36 @@ def ioi_eval(
             prepend_bos=model.cfg.default_prepend_bos,
             seed=seed,
         )
-    items = []
+    items = []  # (prompt ids, position whose logits predict the answer, io id, s id)
     for i in range(len(dataset)):
         item = dataset[i]
-        io, s = item["IO"], item["S"]
+        prompt, io, s = item["prompt"], item["IO"], item["S"]
+        prefix_length = len(prompt) - len(io)
+        if not torch.equal(prompt[prefix_length:], io):
+            raise ValueError(
+                f"sample {i} does not end with its IO tokens {io.tolist()} (got "
+                f"{prompt[prefix_length:].tolist()}): the name tokenises differently in context"
+            )
         n = min(len(io), len(s))
         differ = (io[:n] != s[:n]).nonzero()
         if len(differ) == 0:
             raise ValueError(f"IO and S tokenise identically in sample {i}")
         start = int(differ[0])
-        items.append((torch.cat([item["prompt"], io[:start]]), int(io[start]), int(s[start])))
+        items.append((prompt, prefix_length + start - 1, int(io[start]), int(s[start])))
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     total_diff, correct = 0.0, 0
     device = model.W_E.device
     for b in range(0, len(items), batch_size):
         chunk = items[b : b + batch_size]
-        length = max(len(p) for p, _, _ in chunk)
+        length = max(len(p) for p, *_ in chunk)
         tokens = torch.full((len(chunk), length), pad, dtype=torch.long)
         mask = torch.zeros_like(tokens)
-        for j, (p, _, _) in enumerate(chunk):
+        for j, (p, *_) in enumerate(chunk):
             tokens[j, : len(p)] = p
             mask[j, : len(p)] = 1
         logits = model(tokens.to(device), attention_mask=mask.to(device))
-        for j, (p, io_id, s_id) in enumerate(chunk):
-            last = logits[j, len(p) - 1]
-            diff = float(last[io_id] - last[s_id])
+        for j, (_, position, io_id, s_id) in enumerate(chunk):
+            diff = float(logits[j, position, io_id] - logits[j, position, s_id])
             total_diff += diff
             correct += diff > 0
     return {"Logit Difference": total_diff / len(items), "Accuracy": correct / len(items)}

@@ -86,7 +86,12 @@ _BUILDERS = {
 
 
 def get_supported_heads() -> tuple[str, ...]:
-    """Names of the built-in detection patterns."""
+    """Names of the built-in detection patterns.
+
+    Example:
+        >>> get_supported_heads()
+        ('previous_token_head', 'duplicate_token_head', 'induction_head')
+    """
     return HEAD_NAMES
 
 

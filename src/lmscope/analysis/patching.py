@@ -207,7 +207,11 @@ def layer_pos_patch_setter(
     index: Sequence[int],
     clean_activation: Float[Tensor, "batch pos ..."],
 ) -> Tensor:
-    """Patch one position of a [batch, pos, ...] activation; index = (layer, pos)."""
+    """Patch one position of a [batch, pos, ...] activation; index = (layer, pos).
+
+    Example:
+        >>> layer_pos_patch_setter(corrupted_resid, (3, 5), clean_resid)  # position 5
+    """
     _, pos = index
     corrupted_activation[:, pos, ...] = clean_activation[:, pos, ...]
     return corrupted_activation
@@ -219,7 +223,11 @@ def layer_pos_head_vector_patch_setter(
     clean_activation: Float[Tensor, "batch pos head d"],
 ) -> Tensor:
     """Patch one head at one position of a [batch, pos, head, d] activation; index =
-    (layer, pos, head)."""
+    (layer, pos, head).
+
+    Example:
+        >>> layer_pos_head_vector_patch_setter(corrupted_z, (3, 5, 2), clean_z)
+    """
     _, pos, head = index
     corrupted_activation[:, pos, head] = clean_activation[:, pos, head]
     return corrupted_activation
@@ -231,7 +239,11 @@ def layer_head_vector_patch_setter(
     clean_activation: Float[Tensor, "batch pos head d"],
 ) -> Tensor:
     """Patch one head at every position of a [batch, pos, head, d] activation; index =
-    (layer, head)."""
+    (layer, head).
+
+    Example:
+        >>> layer_head_vector_patch_setter(corrupted_z, (3, 2), clean_z)  # head 2
+    """
     _, head = index
     corrupted_activation[:, :, head] = clean_activation[:, :, head]
     return corrupted_activation
@@ -242,7 +254,11 @@ def layer_head_pattern_patch_setter(
     index: Sequence[int],
     clean_activation: Float[Tensor, "batch head dest src"],
 ) -> Tensor:
-    """Patch one head's whole attention pattern; index = (layer, head)."""
+    """Patch one head's whole attention pattern; index = (layer, head).
+
+    Example:
+        >>> layer_head_pattern_patch_setter(corrupted_pattern, (3, 2), clean_pattern)
+    """
     _, head = index
     corrupted_activation[:, head] = clean_activation[:, head]
     return corrupted_activation
@@ -253,7 +269,11 @@ def layer_head_pos_pattern_patch_setter(
     index: Sequence[int],
     clean_activation: Float[Tensor, "batch head dest src"],
 ) -> Tensor:
-    """Patch one head's attention row for one destination; index = (layer, head, dest_pos)."""
+    """Patch one head's attention row for one destination; index = (layer, head, dest_pos).
+
+    Example:
+        >>> layer_head_pos_pattern_patch_setter(corrupted_pattern, (3, 2, 7), clean_pattern)
+    """
     _, head, dest = index
     corrupted_activation[:, head, dest] = clean_activation[:, head, dest]
     return corrupted_activation
@@ -264,7 +284,11 @@ def layer_head_dest_src_pos_pattern_patch_setter(
     index: Sequence[int],
     clean_activation: Float[Tensor, "batch head dest src"],
 ) -> Tensor:
-    """Patch one attention weight; index = (layer, head, dest_pos, src_pos)."""
+    """Patch one attention weight; index = (layer, head, dest_pos, src_pos).
+
+    Example:
+        >>> layer_head_dest_src_pos_pattern_patch_setter(corrupted, (3, 2, 7, 4), clean)
+    """
     _, head, dest, src = index
     corrupted_activation[:, head, dest, src] = clean_activation[:, head, dest, src]
     return corrupted_activation
