@@ -22,7 +22,7 @@ import torch
 ACT_FNS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "solu_ln")
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
-NORM_PLACEMENTS = ("pre", "pre_and_post", "post")
+NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
 ATTN_TYPES = ("global", "local")
 ROPE_SCALING_TYPES = ("default", "linear", "llama3")
 
@@ -65,13 +65,14 @@ class HookedTransformerConfig:
     output_logits_soft_cap: float = -1.0
     use_qk_norm: bool = False  # RMSNorm on q and k after projection, before rotary
     qk_norm_per_head: bool = True  # over each head's d_head (Qwen3, Gemma 3) or all heads (OLMo 2)
-    clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo)
+    clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
     # block layout
     gated_mlp: bool = False
     parallel_attn_mlp: bool = False
     tie_word_embeddings: bool = False
     final_rms: bool = False
     norm_placement: str = "pre"  # "pre", "pre_and_post" (Gemma 2/3) or "post" (OLMo 2)
+    # or "post_residual": each norm follows its residual add, no final norm (OPT-350m, post-LN)
     post_embedding_ln: bool = False  # LayerNorm right after the embedding (BLOOM)
     # mixture of experts (d_mlp is each expert's size)
     num_experts: int | None = None
@@ -154,6 +155,10 @@ class HookedTransformerConfig:
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ValueError(
                 f"norm_placement {self.norm_placement!r} is not one of {NORM_PLACEMENTS}"
+            )
+        if self.norm_placement == "post_residual" and (self.parallel_attn_mlp or self.attn_only):
+            raise ValueError(
+                "norm_placement 'post_residual' needs sequential attention + MLP blocks"
             )
         if self.attn_types is not None:
             if len(self.attn_types) != self.n_layers or set(self.attn_types) - set(ATTN_TYPES):

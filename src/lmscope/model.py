@@ -80,7 +80,7 @@ class HookedTransformer(HookedRootModule):
         if cfg.post_embedding_ln:
             self.ln_embed = LayerNorm(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
-        norm = make_norm(cfg)
+        norm = make_norm(cfg) if cfg.norm_placement != "post_residual" else None
         if norm is not None:
             self.ln_final = norm
         self.unembed = Unembed(cfg)
@@ -523,6 +523,16 @@ class HookedTransformer(HookedRootModule):
                 prop.fget(self)
             raise
 
+    def _mlp_stack(self, name: str) -> Tensor:
+        if self.cfg.attn_only:
+            raise AttributeError(f"this model is attention-only, so it has no {name}")
+        if self.cfg.num_experts:
+            raise AttributeError(
+                f"this model's MLPs are mixtures of experts, so there is no single {name}: use "
+                f"model.blocks[layer].mlp.experts[e].{name} (and mlp.W_gate for the router)"
+            )
+        return self._stack(lambda b: getattr(b.mlp, name))
+
     def _stack(self, get: Any) -> Tensor:
         return torch.stack([get(block) for block in self.blocks], dim=0)
 
@@ -578,25 +588,25 @@ class HookedTransformer(HookedRootModule):
 
     @property
     def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
-        return self._stack(lambda b: b.mlp.W_in)
+        return self._mlp_stack("W_in")
 
     @property
     def W_gate(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
         if not self.cfg.gated_mlp:
             raise AttributeError("this model's MLP is not gated, so it has no W_gate")
-        return self._stack(lambda b: b.mlp.W_gate)
+        return self._mlp_stack("W_gate")
 
     @property
     def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
-        return self._stack(lambda b: b.mlp.W_out)
+        return self._mlp_stack("W_out")
 
     @property
     def b_in(self) -> Float[Tensor, "n_layers d_mlp"]:
-        return self._stack(lambda b: b.mlp.b_in)
+        return self._mlp_stack("b_in")
 
     @property
     def b_out(self) -> Float[Tensor, "n_layers d_model"]:
-        return self._stack(lambda b: b.mlp.b_out)
+        return self._mlp_stack("b_out")
 
     def _expand_heads(self, w: Tensor) -> Tensor:
         return w.repeat_interleave(self.cfg.n_groups, dim=1) if self.cfg.n_groups > 1 else w
@@ -661,6 +671,12 @@ class HookedTransformer(HookedRootModule):
         for block in self.blocks[:layer]:
             total = total + block.attn.b_O
             if include_mlp_biases and not self.cfg.attn_only:
+                if self.cfg.num_experts:  # routed experts' biases depend on the input
+                    if any(bool(e.b_out.any()) for e in block.mlp.experts):
+                        raise ValueError(
+                            "MoE experts with output biases add an input-dependent bias"
+                        )
+                    continue
                 total = total + block.mlp.b_out
         if mlp_input:
             if layer == n:

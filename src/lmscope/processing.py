@@ -42,11 +42,14 @@ def _fold_into(
 
 
 @torch.no_grad()
-def fold_layer_norm(model: HookedTransformer) -> None:
-    """Fold every norm's weights into its readers; the norms become LNPre/RMSPre."""
+def fold_layer_norm(model: HookedTransformer) -> bool:
+    """Fold every norm's weights into its readers; the norms become LNPre/RMSPre. Returns False
+    (and does nothing) for `norm_placement="post_residual"`, whose norms write the residual."""
     cfg = model.cfg
+    if cfg.norm_placement == "post_residual":
+        return False
     if cfg.normalization_type not in ("LN", "RMS"):
-        return
+        return True
     is_ln = cfg.normalization_type == "LN"
     pre = LayerNormPre if is_ln else RMSNormPre
 
@@ -70,6 +73,7 @@ def fold_layer_norm(model: HookedTransformer) -> None:
     cfg.normalization_type = "LNPre" if is_ln else "RMSPre"
     model.to(model.W_E.device)
     model.setup()
+    return True
 
 
 @torch.no_grad()
@@ -103,14 +107,18 @@ def center_unembed(model: HookedTransformer) -> bool:
 
 
 @torch.no_grad()
-def fold_value_biases(model: HookedTransformer) -> None:
-    """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1)."""
+def fold_value_biases(model: HookedTransformer) -> bool:
+    """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1).
+    Returns False (and does nothing) under `clip_qkv`, which clamps v after its bias."""
+    if model.cfg.clip_qkv is not None:
+        return False
     groups = model.cfg.n_groups
     for block in model.blocks:
         attn = block.attn
         b_V = attn.b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn.b_V
         attn.b_O += einops.einsum(b_V, attn.W_O, "h dh, h dh dm -> dm")
         attn.b_V.zero_()
+    return True
 
 
 @torch.no_grad()
@@ -123,8 +131,9 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
     basis. OV: `b_V W_O` is folded into `b_O` (patterns sum to one), `b_V = 0`, and
     `W_V W_O = U S V^T` gives `W_V = U sqrt(S)`, `W_O = sqrt(S) V^T`.
 
-    Not possible (and refused) with rotary positions (the QK form depends on the positions) or
-    grouped-query attention (heads share W_K and W_V, so each head's basis cannot be chosen alone).
+    Not possible (and refused) with rotary positions (the QK form depends on the positions),
+    grouped-query attention (heads share W_K and W_V, so each head's basis cannot be chosen alone),
+    q/k norms or clip_qkv (they act in the basis the refactoring changes).
 
     Example:
         >>> model = HookedTransformer.from_pretrained("gpt2", refactor_factored_attn_matrices=True)
@@ -141,6 +150,11 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
         raise ValueError(
             "refactor_factored_attn_matrices cannot refactor grouped-query attention: query heads "
             "share W_K and W_V, so no head's basis can be changed alone"
+        )
+    if cfg.use_qk_norm or cfg.clip_qkv is not None:
+        raise ValueError(
+            "refactor_factored_attn_matrices cannot refactor a model with q/k norms or clip_qkv: "
+            "they act on q, k (and v) in the basis the refactoring would change"
         )
     for block in model.blocks:
         attn = block.attn
@@ -183,15 +197,13 @@ def process_weights(
         raise ValueError("this model's layer norms are already folded")
     done = {}
     if fold_ln:
-        fold_layer_norm(model)
-        done["fold_ln"] = True
+        done["fold_ln"] = fold_layer_norm(model)
     if center_writing_weights:
         done["center_writing_weights"] = _center_writing_weights(model)
     if center_unembed:
         done["center_unembed"] = _center_unembed(model)
     if fold_value_biases:
-        _fold_value_biases(model)
-        done["fold_value_biases"] = True
+        done["fold_value_biases"] = _fold_value_biases(model)
     if refactor_factored_attn_matrices:
         _refactor(model)
     model.cfg.processing.update(done)

@@ -12,7 +12,7 @@ one that materialises scores and pattern for the hooks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import einops
@@ -49,6 +49,7 @@ class AttentionMask:
     mask: Bool[Tensor, "batch 1 q k"] | None
     is_causal: bool = True
     bias: Float[Tensor, "batch head q k"] | None = None
+    _sdpa: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -85,12 +86,23 @@ class AttentionMask:
         square = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
         return (square.tril() if self.is_causal else square)[None, None]
 
-    def sdpa_mask(self, q_len: int, k_len: int, device: torch.device) -> Tensor | None:
-        """What SDPA's `attn_mask` takes: None (implicit), a boolean mask, or a float bias."""
-        if self.bias is None:
-            return self.mask
-        allowed = self.dense(q_len, k_len, device)
-        return self.bias.masked_fill(~allowed, float("-inf"))
+    def sdpa_mask(
+        self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> Tensor | None:
+        """What SDPA's `attn_mask` takes: None (implicit), or an additive float mask (0 / -inf,
+        plus any bias) made once and reused by every layer (SDPA would convert a boolean mask
+        in each call)."""
+        if self.bias is None and self.mask is None:
+            return None
+        key = (q_len, k_len, dtype)
+        if key not in self._sdpa:
+            allowed = self.dense(q_len, k_len, device)
+            if self.bias is None:
+                base = torch.zeros(allowed.shape, dtype=dtype, device=device)
+            else:
+                base = self.bias
+            self._sdpa[key] = base.masked_fill(~allowed, float("-inf"))
+        return self._sdpa[key]
 
 
 def alibi_bias(
@@ -197,7 +209,7 @@ class Attention(nn.Module):
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
             qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
-            if cfg.clip_qkv is not None:
+            if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
             q, k, v = qkv.split(self.sizes, dim=-1)
             q = q.view(b, p, cfg.n_heads, cfg.d_head)
@@ -207,10 +219,12 @@ class Attention(nn.Module):
             q = self._project(query_input, self.W_Q, self.b_Q)
             k = self._project(key_input, self.W_K, self.b_K)
             v = self._project(value_input, self.W_V, self.b_V)
-            if cfg.clip_qkv is not None:
+            if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         if cfg.use_qk_norm:
             q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
+            if cfg.clip_qkv is not None:  # with a q/k norm the clamp follows it (OLMoE)
+                q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         if cfg.ungroup_grouped_query_attention and cfg.n_groups > 1:
             k, v = (t.repeat_interleave(cfg.n_groups, dim=2) for t in (k, v))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -262,7 +276,7 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch head pos d_head"]:
         # Same numbers either way; the CPU kernel takes GQA with or without a mask, while CUDA
         # kernels fall back to the slow math path for a masked GQA call, so expand there.
-        attn_mask = mask.sdpa_mask(q.shape[-2], k.shape[-2], q.device)
+        attn_mask = mask.sdpa_mask(q.shape[-2], k.shape[-2], q.device, q.dtype)
         gqa = (
             k.shape[1] != q.shape[1]
             and _SDPA_HAS_GQA

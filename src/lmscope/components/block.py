@@ -31,7 +31,8 @@ class TransformerBlock(nn.Module):
 
     Switches on the same block: `parallel_attn_mlp` (both read resid_pre; no resid_mid),
     `attn_only` (no MLP), `norm_placement` "pre_and_post" (ln1_post / ln2_post normalise each
-    output before it joins the residual, Gemma 2/3) or "post" (only those, OLMo 2), and
+    output before it joins the residual, Gemma 2/3) or "post" (only those, OLMo 2) or
+    "post_residual" (ln1 / ln2 normalise the residual after each add, OPT-350m), and
     `num_experts` (the MLP is a mixture of experts). `attn_type` is "global" or "local".
     """
 
@@ -40,7 +41,7 @@ class TransformerBlock(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
         self.attn_type = cfg.layer_types[layer_idx]
-        pre = cfg.norm_placement in ("pre", "pre_and_post")
+        pre = cfg.norm_placement in ("pre", "pre_and_post", "post_residual")
         post = cfg.norm_placement in ("post", "pre_and_post")
         self.ln1 = (make_norm(cfg) if pre else None) or Identity()
         self.attn = Attention(cfg, layer_idx)
@@ -73,6 +74,8 @@ class TransformerBlock(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
+        if cfg.norm_placement == "post_residual":
+            return self._forward_post_residual(resid_pre, mask, rotary, kv_cache, cache_start)
         if cfg.use_attn_in or cfg.use_split_qkv_input:
             q_in, k_in, v_in = self._per_head_inputs(resid_pre)
             attn_out = self.attn(
@@ -94,6 +97,29 @@ class TransformerBlock(nn.Module):
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
         mlp_out = self.hook_mlp_out(self._mlp(mlp_in))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _forward_post_residual(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        mask: AttentionMask,
+        rotary: tuple[Tensor, Tensor] | None,
+        kv_cache: KVCacheEntry | None,
+        cache_start: int,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Post-LN (OPT-350m): attention and MLP read the residual itself and each norm follows
+        its residual add, so resid_mid = ln1(resid_pre + attn_out) and resid_post =
+        ln2(resid_mid + mlp_out); the norms' hooks fire on those sums."""
+        cfg = self.cfg
+        if cfg.use_attn_in or cfg.use_split_qkv_input:
+            q_in, k_in, v_in = self._per_head_inputs(resid_pre)
+        else:
+            q_in = k_in = v_in = resid_pre
+        attn_out = self.attn(q_in, k_in, v_in, mask, rotary, kv_cache, cache_start)
+        attn_out = self.hook_attn_out(attn_out)
+        resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
+        return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
 
     def _mlp(self, mlp_in: Tensor) -> Tensor:
         out = self.mlp(self.ln2(mlp_in))

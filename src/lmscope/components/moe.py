@@ -77,7 +77,7 @@ class MoE(nn.Module):
             token, slot = (flat_i == e).nonzero(as_tuple=True)
             if token.numel() == 0:
                 continue
-            y = expert(flat_x[token][None])[0] * flat_w[token, slot, None]
+            y = expert(flat_x[token]) * flat_w[token, slot, None]
             out.index_add_(0, token, y)
         out = out.view_as(x)
         if cfg.shared_expert_d_mlp:

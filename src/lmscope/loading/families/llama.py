@@ -1,7 +1,17 @@
-"""Llama 1/2/3 (and SmolLM2, TinyLlama, Mistral): RMSNorm, rotary, GQA, gated SiLU MLP."""
+"""Llama 1/2/3/3.1/3.2 (and SmolLM2, TinyLlama) and Mistral: RMSNorm, rotary, GQA, gated SiLU MLP.
+
+Rope scaling "default", "linear" and "llama3" (Llama 3.1/3.2), optional attention and MLP biases
+(`attention_bias` also gives o_proj a bias, `mlp_bias` all three MLP projections), an explicit
+`head_dim`, and Mistral's sliding window on every layer.
+
+The helpers here (`llama_like_config`, `llama_like_weight_map`, `sliding_window_fields`) are
+shared by the other Llama-shaped families (Qwen2/Qwen3 in `qwen.py`, the MoE families in `moe.py`),
+which differ only in data: which projections have biases, q/k norms, window rules, experts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
@@ -16,12 +26,29 @@ from lmscope.loading.families import (
 )
 
 
-def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+def sliding_window_fields(
+    window: int | None, local_layers: Sequence[bool], n_ctx: int
+) -> dict[str, Any]:
+    """`window_size` and `attn_types` for a sliding `window` on the layers flagged in
+    `local_layers`. A window at least as long as the context changes nothing and is dropped."""
+    if not window or window >= n_ctx or not any(local_layers):
+        return {"window_size": None, "attn_types": None}
+    types = None if all(local_layers) else ["local" if x else "global" for x in local_layers]
+    return {"window_size": int(window), "attn_types": types}
+
+
+def llama_like_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """Config fields every Llama-shaped family shares (no sliding window, no MoE, no q/k norm)."""
     n_heads = hf["num_attention_heads"]
     d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
     rope = rope_settings(hf)
-    n_ctx = hf["max_position_embeddings"]
-    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    scaling = rope["rope_scaling"]
+    if scaling is not None and scaling["rope_type"] == "llama3":
+        # as transformers: the pretraining context, else the top-level key, else the model's context
+        scaling.setdefault(
+            "original_max_position_embeddings",
+            hf.get("original_max_position_embeddings", hf["max_position_embeddings"]),
+        )
     return dict(
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -30,23 +57,40 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        n_ctx=n_ctx,
-        window_size=window if window is not None and window < n_ctx else None,
+        n_ctx=hf["max_position_embeddings"],
         act_fn=hf.get("hidden_act", "silu"),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
         positional_embedding_type="rotary",
-        # transformers' Llama/Mistral rotate the whole head whatever partial_rotary_factor says
+        # transformers' Llama-shaped models rotate the whole head whatever partial_rotary_factor says
         rotary_dim=d_head,
         rotary_base=rope["rotary_base"],
-        rope_scaling=rope["rope_scaling"],
+        rope_scaling=scaling,
         gated_mlp=True,
         final_rms=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
     )
 
 
-def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """Llama and Mistral: Mistral's `sliding_window` (if any) applies to every layer."""
+    fields = llama_like_config(hf)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    fields.update(sliding_window_fields(window, [True] * fields["n_layers"], fields["n_ctx"]))
+    return fields
+
+
+def llama_like_weight_map(
+    cfg: HookedTransformerConfig,
+    *,
+    qkv_bias: bool = False,
+    o_bias: bool = False,
+    mlp_bias: bool = False,
+    qk_norm: bool = False,
+    dense_mlp: bool = True,
+) -> WeightMap:
+    """Embeddings, norms and attention of a `model.layers.{l}.self_attn` checkpoint, plus (with
+    `dense_mlp`) its gate/up/down MLP. MoE families add their experts on top."""
     nh, nkv = cfg.n_heads, cfg.n_key_value_heads
     m: WeightMap = {
         "embed.W_E": "model.embed_tokens.weight",
@@ -58,25 +102,44 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     }
     for layer in range(cfg.n_layers):
         h, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        a = f"{h}self_attn."
         m[f"{b}ln1.w"] = f"{h}input_layernorm.weight"
         m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
-        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{h}self_attn.q_proj.weight")
-        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{h}self_attn.k_proj.weight")
-        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{h}self_attn.v_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
-        m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.up_proj.weight")
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
-        if hf.get("attention_bias"):
-            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{h}self_attn.q_proj.bias")
-            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{h}self_attn.k_proj.bias")
-            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{h}self_attn.v_proj.bias")
-            m[f"{b}attn.b_O"] = f"{h}self_attn.o_proj.bias"
-        if hf.get("mlp_bias"):
-            m[f"{b}mlp.b_gate"] = f"{h}mlp.gate_proj.bias"
-            m[f"{b}mlp.b_in"] = f"{h}mlp.up_proj.bias"
-            m[f"{b}mlp.b_out"] = f"{h}mlp.down_proj.bias"
+        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{a}q_proj.weight")
+        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{a}k_proj.weight")
+        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{a}v_proj.weight")
+        m[f"{b}attn.W_O"] = (heads_out(nh), f"{a}o_proj.weight")
+        if qkv_bias:
+            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{a}q_proj.bias")
+            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{a}k_proj.bias")
+            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{a}v_proj.bias")
+        if o_bias:
+            m[f"{b}attn.b_O"] = f"{a}o_proj.bias"
+        if qk_norm:
+            m[f"{b}attn.q_norm.w"] = f"{a}q_norm.weight"
+            m[f"{b}attn.k_norm.w"] = f"{a}k_norm.weight"
+        if dense_mlp:
+            m.update(gated_mlp_map(f"{b}mlp.", f"{h}mlp.", mlp_bias))
     return m
+
+
+def gated_mlp_map(ours: str, theirs: str, bias: bool = False) -> WeightMap:
+    """One gated MLP stored as `gate_proj` / `up_proj` / `down_proj` under `theirs`."""
+    m: WeightMap = {
+        f"{ours}W_gate": (transpose, f"{theirs}gate_proj.weight"),
+        f"{ours}W_in": (transpose, f"{theirs}up_proj.weight"),
+        f"{ours}W_out": (transpose, f"{theirs}down_proj.weight"),
+    }
+    if bias:
+        m[f"{ours}b_gate"] = f"{theirs}gate_proj.bias"
+        m[f"{ours}b_in"] = f"{theirs}up_proj.bias"
+        m[f"{ours}b_out"] = f"{theirs}down_proj.bias"
+    return m
+
+
+def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    bias = bool(hf.get("attention_bias"))
+    return llama_like_weight_map(cfg, qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias")))
 
 
 FAMILY = Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), config_from_hf, weight_map)

@@ -1,0 +1,83 @@
+"""CodeGen: a GPT-J-like parallel block (one shared `ln_1`), partial rotary on adjacent pairs, and
+one fused `qkv_proj` in its model-parallel layout: the output rows form `mp_num = 4` chunks, each
+holding [q | v | k] (in that order) for a quarter of the model width."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.families import Family, WeightMap, heads_in, heads_out, transpose
+
+MP_NUM = 4  # fixed in transformers' CodeGenAttention
+_CHUNK = {"Q": 0, "V": 1, "K": 2}  # order inside each model-parallel chunk
+
+
+def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    d_model, n_heads = hf["n_embd"], hf["n_head"]
+    if d_model % MP_NUM:
+        raise ValueError(f"CodeGen's fused qkv_proj needs n_embd divisible by {MP_NUM}")
+    d_head = d_model // n_heads
+    return dict(
+        d_model=d_model,
+        n_layers=hf["n_layer"],
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=hf.get("n_inner") or 4 * d_model,
+        d_vocab=hf["vocab_size"],
+        n_ctx=hf["n_positions"],
+        act_fn=hf.get("activation_function", "gelu_new"),
+        normalization_type="LN",
+        eps=hf.get("layer_norm_epsilon", 1e-5),
+        positional_embedding_type="rotary",
+        rotary_dim=hf.get("rotary_dim") or d_head,
+        rotary_base=10000.0,
+        rotary_adjacent_pairs=True,
+        parallel_attn_mlp=True,
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+def qkv_part(which: str, n_heads: int) -> Callable[[Tensor], Tensor]:
+    """qkv_proj.weight [3 d_model, d_model] -> W_Q / W_K / W_V [n_heads, d_model, d_head]."""
+    i = _CHUNK[which]
+
+    def split(w: Tensor) -> Tensor:
+        d_model = w.shape[-1]
+        part = w.reshape(MP_NUM, 3, d_model // MP_NUM, d_model)[:, i].reshape(d_model, d_model)
+        return heads_in(n_heads)(part)
+
+    return split
+
+
+def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    nh = cfg.n_heads
+    m: WeightMap = {
+        "embed.W_E": "transformer.wte.weight",
+        "ln_final.w": "transformer.ln_f.weight",
+        "ln_final.b": "transformer.ln_f.bias",
+        "unembed.W_U": (
+            transpose,
+            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
+        ),
+        "unembed.b_U": "lm_head.bias",
+    }
+    for layer in range(cfg.n_layers):
+        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
+        for ours in ("ln1", "ln2"):  # one shared LayerNorm, as in GPT-J
+            m[f"{b}{ours}.w"] = f"{h}ln_1.weight"
+            m[f"{b}{ours}.b"] = f"{h}ln_1.bias"
+        for name in "QKV":
+            m[f"{b}attn.W_{name}"] = (qkv_part(name, nh), f"{h}attn.qkv_proj.weight")
+        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.out_proj.weight")
+        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc_in.weight")
+        m[f"{b}mlp.b_in"] = f"{h}mlp.fc_in.bias"
+        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.fc_out.weight")
+        m[f"{b}mlp.b_out"] = f"{h}mlp.fc_out.bias"
+    return m
+
+
+FAMILY = Family("codegen", ("CodeGenForCausalLM",), config_from_hf, weight_map)

@@ -1,0 +1,213 @@
+"""Gemma 1, 2 and 3 (text): (1 + w) RMSNorm, sqrt(d_model)-scaled embeddings, gated GELU-tanh MLP,
+a head size independent of d_model / n_heads, MQA/GQA; Gemma 2 adds attention and final-logit
+soft-caps, pre+post norms around attention and MLP and alternating sliding-window/global layers;
+Gemma 3 adds per-head q/k RMSNorm, a separate rotary base for its sliding layers and rope scaling
+on its global layers.
+
+Two constants are folded into the weights at load, so the model is a plain pre-norm transformer:
+- the embedding scale: `W_E = embed_tokens.weight * sqrt(d_model)` (so `hook_embed` is the scaled
+  embedding, HF's `hidden_states[0]`); a tied `W_U` is the unscaled matrix;
+- Gemma's norm `x_hat * (1 + w)`: every norm weight (and the q/k norm weights) is stored as `1 + w`.
+Both are computed in float32 from the stored tensor, as transformers does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.families import (
+    Family,
+    WeightMap,
+    heads_bias,
+    heads_in,
+    heads_out,
+    rope_settings,
+    transpose,
+)
+
+_ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def plus_one(w: Tensor) -> Tensor:
+    """Gemma's norm weight `w` (applied as `1 + w`) as an ordinary multiplicative weight."""
+    return w.float() + 1.0
+
+
+def scaled_embedding(scale: float) -> Callable[[Tensor], Tensor]:
+    """`embed_tokens.weight * scale` in float32 (Gemma multiplies each embedding by sqrt(d_model))."""
+    import torch
+
+    factor = torch.tensor(scale, dtype=torch.float32)
+    return lambda w: w.float() * factor
+
+
+def _act_fn(hf: dict[str, Any], version: int) -> str:
+    if version == 1:
+        # GemmaConfig reads `hidden_act` and, like transformers, maps the legacy "gelu" of the
+        # official releases to the tanh approximation it always meant.
+        act = hf.get("hidden_act") or "gelu_pytorch_tanh"
+        return "gelu_pytorch_tanh" if act == "gelu" else act
+    return hf.get("hidden_activation") or "gelu_pytorch_tanh"
+
+
+def _layer_types(hf: dict[str, Any], version: int) -> list[str]:
+    n = hf["num_hidden_layers"]
+    types = hf.get("layer_types")
+    if types is None:  # config.json written before layer_types existed: transformers' default
+        pattern = 2
+        if version == 3:
+            pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    unknown = sorted(set(types) - set(_ATTN_TYPES))
+    if unknown:
+        raise NotImplementedError(f"Gemma layer types {unknown} are not supported by lmscope")
+    return [_ATTN_TYPES[t] for t in types]
+
+
+def _gemma3_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """Global and local rotary settings of Gemma 3 from transformers 5's per-layer-type
+    `rope_parameters`, or from the older `rope_theta` / `rope_local_base_freq` / `rope_scaling`."""
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        full = dict(params.get("full_attention") or {})
+        local = dict(params.get("sliding_attention") or {})
+    else:
+        full = {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", 1_000_000.0)}
+        local = {"rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
+    for p in (full, local):
+        p.setdefault("rope_type", p.pop("type", "default"))
+    full.setdefault("rope_theta", 1_000_000.0)
+    local.setdefault("rope_theta", 10_000.0)
+    if local["rope_type"] != "default":
+        raise NotImplementedError(
+            f"Gemma 3 rope scaling {local['rope_type']!r} on the sliding-window layers is not "
+            "supported by lmscope (only the global layers' rotary may be scaled)"
+        )
+    rope = rope_settings({"rope_parameters": full})
+    return {
+        "rotary_base": rope["rotary_base"],
+        "rope_scaling": rope["rope_scaling"],
+        "rotary_base_local": float(local["rope_theta"]),
+    }
+
+
+def _opt(hf: dict[str, Any], key: str, default: Any) -> Any:
+    """`hf[key]`, or transformers' default when config.json leaves the key out (None stays None)."""
+    return hf[key] if key in hf else default
+
+
+def _config(hf: dict[str, Any], version: int) -> dict[str, Any]:
+    if hf.get("use_bidirectional_attention"):
+        raise NotImplementedError(
+            "Gemma with use_bidirectional_attention=True (an encoder, e.g. EmbeddingGemma) is not "
+            "supported by lmscope, which runs causal decoders only"
+        )
+    n_heads = hf["num_attention_heads"]
+    d_head = _opt(hf, "head_dim", 256) or hf["hidden_size"] // n_heads
+    fields: dict[str, Any] = dict(
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        d_head=d_head,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf["intermediate_size"],
+        d_vocab=hf["vocab_size"],
+        n_ctx=hf["max_position_embeddings"],
+        act_fn=_act_fn(hf, version),
+        normalization_type="RMS",
+        eps=hf.get("rms_norm_eps", 1e-6),
+        positional_embedding_type="rotary",
+        rotary_dim=d_head,
+        gated_mlp=True,
+        final_rms=True,
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+    )
+    if version == 1:
+        rope = rope_settings(hf)
+        fields.update(rotary_base=rope["rotary_base"], rope_scaling=rope["rope_scaling"])
+        return fields
+    types = _layer_types(hf, version)
+    window = _opt(hf, "sliding_window", 4096)
+    if "local" in types and not window:
+        types = ["global"] * len(types)  # no window: the "sliding" layers see everything
+    fields.update(
+        attn_types=types,
+        window_size=window if "local" in types else None,
+        attn_scale=float(_opt(hf, "query_pre_attn_scalar", 256)) ** 0.5,
+        norm_placement="pre_and_post",
+        output_logits_soft_cap=float(
+            _opt(hf, "final_logit_softcapping", 30.0 if version == 2 else None) or -1.0
+        ),
+    )
+    if version == 2:
+        rope = rope_settings(hf)
+        fields.update(
+            rotary_base=rope["rotary_base"],
+            rope_scaling=rope["rope_scaling"],
+            attn_scores_soft_cap=float(_opt(hf, "attn_logit_softcapping", 50.0) or -1.0),
+        )
+    else:
+        # Gemma 3 configs may carry attn_logit_softcapping, but transformers' Gemma 3 attention
+        # never applies it; neither does lmscope.
+        fields.update(_gemma3_rope(hf), use_qk_norm=True, qk_norm_per_head=True)
+    return fields
+
+
+def gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return _config(hf, 1)
+
+
+def gemma2_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return _config(hf, 2)
+
+
+def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return _config(hf, 3)
+
+
+def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
+    post = cfg.norm_placement == "pre_and_post"  # Gemma 2 and 3
+    embed = "model.embed_tokens.weight"
+    m: WeightMap = {
+        "embed.W_E": (scaled_embedding(math.sqrt(cfg.d_model)), embed),
+        "ln_final.w": (plus_one, "model.norm.weight"),
+        "unembed.W_U": (transpose, embed if cfg.tie_word_embeddings else "lm_head.weight"),
+    }
+    for layer in range(cfg.n_layers):
+        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        m[f"{b}ln1.w"] = (plus_one, f"{h}input_layernorm.weight")
+        if post:
+            m[f"{b}ln1_post.w"] = (plus_one, f"{h}post_attention_layernorm.weight")
+            m[f"{b}ln2.w"] = (plus_one, f"{h}pre_feedforward_layernorm.weight")
+            m[f"{b}ln2_post.w"] = (plus_one, f"{h}post_feedforward_layernorm.weight")
+        else:
+            m[f"{b}ln2.w"] = (plus_one, f"{h}post_attention_layernorm.weight")
+        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{h}self_attn.q_proj.weight")
+        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{h}self_attn.k_proj.weight")
+        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{h}self_attn.v_proj.weight")
+        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
+        if hf.get("attention_bias"):
+            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{h}self_attn.q_proj.bias")
+            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{h}self_attn.k_proj.bias")
+            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{h}self_attn.v_proj.bias")
+            m[f"{b}attn.b_O"] = f"{h}self_attn.o_proj.bias"
+        if cfg.use_qk_norm:
+            m[f"{b}attn.q_norm.w"] = (plus_one, f"{h}self_attn.q_norm.weight")
+            m[f"{b}attn.k_norm.w"] = (plus_one, f"{h}self_attn.k_norm.weight")
+        m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate_proj.weight")
+        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.up_proj.weight")
+        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+    return m
+
+
+FAMILIES = [
+    Family("gemma", ("GemmaForCausalLM",), gemma_config, weight_map),
+    Family("gemma2", ("Gemma2ForCausalLM",), gemma2_config, weight_map),
+    Family("gemma3_text", ("Gemma3ForCausalLM",), gemma3_config, weight_map),
+]

@@ -1,0 +1,136 @@
+"""Mixture-of-experts Llama-shaped decoders: Mixtral, Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B) and
+Qwen3-MoE. Attention is as in `llama.py` / `qwen.py`; the MLP is `components.moe.MoE`.
+
+- Router: softmax over `num_experts` in float32, top `experts_per_token`, renormalised to sum to
+  one when `norm_topk_prob` (Mixtral always; the Qwen MoEs per their config, default False).
+- Qwen2-MoE adds an always-on shared expert scaled by `sigmoid(x @ W_shared_expert_gate)`.
+- Checkpoints: `save_pretrained` (transformers 5) writes the hub's per-expert layout, so that is
+  what is mapped: Mixtral `block_sparse_moe.experts.{e}.w1/w3/w2` (gate/up/down) and
+  `block_sparse_moe.gate`, Qwen `mlp.experts.{e}.gate_proj/up_proj/down_proj` and `mlp.gate`.
+- Qwen2/Qwen3-MoE layers made dense by `decoder_sparse_step` / `mlp_only_layers` are not supported
+  (every released checkpoint has experts in every layer): loading such a config raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.families import Family, WeightMap, transpose
+from lmscope.loading.families.llama import (
+    gated_mlp_map,
+    llama_like_config,
+    llama_like_weight_map,
+    sliding_window_fields,
+)
+
+
+def _num_experts(hf: dict[str, Any]) -> int:
+    # Qwen3-MoE's config.json names it num_local_experts (transformers' attribute_map alias)
+    return int(hf.get("num_experts") or hf.get("num_local_experts") or 0)
+
+
+def _check_every_layer_sparse(hf: dict[str, Any]) -> None:
+    n_layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1) or 1
+    dense = [
+        layer
+        for layer in range(n_layers)
+        if layer in (hf.get("mlp_only_layers") or [])
+        or _num_experts(hf) <= 0
+        or (layer + 1) % step != 0
+    ]
+    if dense:
+        raise NotImplementedError(
+            f"{hf.get('architectures', [hf.get('model_type')])[0]}: layers {dense} have a dense MLP "
+            f"(decoder_sparse_step={step}, mlp_only_layers={hf.get('mlp_only_layers')}); lmscope "
+            "supports MoE checkpoints whose every layer has experts"
+        )
+
+
+def mixtral_config(hf: dict[str, Any]) -> dict[str, Any]:
+    fields = llama_like_config(hf)
+    window = hf.get("sliding_window")  # Mixtral: on every layer when set
+    fields.update(sliding_window_fields(window, [True] * fields["n_layers"], fields["n_ctx"]))
+    fields.update(
+        num_experts=hf["num_local_experts"],
+        experts_per_token=hf.get("num_experts_per_tok", 2),
+        norm_topk_prob=True,
+    )
+    return fields
+
+
+def mixtral_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    m = llama_like_weight_map(cfg, dense_mlp=False)
+    for layer in range(cfg.n_layers):
+        h, b = f"model.layers.{layer}.block_sparse_moe.", f"blocks.{layer}.mlp."
+        m[f"{b}W_gate"] = (transpose, f"{h}gate.weight")
+        for e in range(cfg.num_experts):
+            x, ours = f"{h}experts.{e}.", f"{b}experts.{e}."
+            m[f"{ours}W_gate"] = (transpose, f"{x}w1.weight")
+            m[f"{ours}W_in"] = (transpose, f"{x}w3.weight")
+            m[f"{ours}W_out"] = (transpose, f"{x}w2.weight")
+    return m
+
+
+def _qwen_moe_config(hf: dict[str, Any], local: list[bool]) -> dict[str, Any]:
+    _check_every_layer_sparse(hf)
+    fields = llama_like_config(hf)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
+    fields.update(sliding_window_fields(window, local, fields["n_ctx"]))
+    fields.update(
+        d_mlp=hf["moe_intermediate_size"],
+        num_experts=_num_experts(hf),
+        experts_per_token=hf["num_experts_per_tok"],
+        norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+    )
+    return fields
+
+
+def qwen2_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    n_layers = hf["num_hidden_layers"]
+    if hf.get("layer_types"):
+        local = [t == "sliding_attention" for t in hf["layer_types"]]
+    else:  # transformers' Qwen2-MoE rule: even layers below max_window_layers
+        first = hf.get("max_window_layers", 28)
+        local = [layer % 2 == 0 and layer < first for layer in range(n_layers)]
+    fields = _qwen_moe_config(hf, local)
+    shared = hf.get("shared_expert_intermediate_size")
+    if shared:
+        fields["shared_expert_d_mlp"] = shared
+    return fields
+
+
+def qwen3_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
+    fields = _qwen_moe_config(hf, [True] * hf["num_hidden_layers"])  # every layer when enabled
+    fields.update(use_qk_norm=True, qk_norm_per_head=True)
+    return fields
+
+
+def _qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
+    for layer in range(cfg.n_layers):
+        h, b = f"model.layers.{layer}.mlp.", f"blocks.{layer}.mlp."
+        m[f"{b}W_gate"] = (transpose, f"{h}gate.weight")
+        for e in range(cfg.num_experts):
+            m.update(gated_mlp_map(f"{b}experts.{e}.", f"{h}experts.{e}."))
+        if cfg.shared_expert_d_mlp:
+            m.update(gated_mlp_map(f"{b}shared_expert.", f"{h}shared_expert."))
+            m[f"{b}W_shared_expert_gate"] = (transpose, f"{h}shared_expert_gate.weight")
+    return m
+
+
+def qwen2_moe_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    m = llama_like_weight_map(cfg, qkv_bias=bool(hf.get("qkv_bias", True)), dense_mlp=False)
+    return _qwen_experts(m, cfg)
+
+
+def qwen3_moe_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    bias = bool(hf.get("attention_bias", False))
+    m = llama_like_weight_map(cfg, qkv_bias=bias, o_bias=bias, qk_norm=True, dense_mlp=False)
+    return _qwen_experts(m, cfg)
+
+
+FAMILIES = [
+    Family("mixtral", ("MixtralForCausalLM",), mixtral_config, mixtral_weight_map),
+    Family("qwen2_moe", ("Qwen2MoeForCausalLM",), qwen2_moe_config, qwen2_moe_weight_map),
+    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), qwen3_moe_config, qwen3_moe_weight_map),
+]

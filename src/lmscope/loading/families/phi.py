@@ -1,0 +1,158 @@
+"""Phi-1/1.5/2 and Phi-3 (Phi-3.5, Phi-4-mini).
+
+Phi-1/1.5/2 (`PhiForCausalLM`): parallel attention + MLP that share one LayerNorm
+(`input_layernorm`, loaded as both `ln1` and `ln2`), partial rotary, dense q/k/v/dense with biases,
+GELU MLP with biases, a final LayerNorm and an `lm_head` with a bias (`b_U`).
+
+Phi-3 (`Phi3ForCausalLM`): a Llama-like sequential RMSNorm block whose q, k and v come fused in
+`qkv_proj` ([q | k | v] along the output rows) and whose gated MLP comes fused in `gate_up_proj`
+([gate | up]); optional partial rotary and sliding window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.families import (
+    Family,
+    WeightMap,
+    heads_bias,
+    heads_in,
+    heads_out,
+    rope_settings,
+    transpose,
+)
+
+
+def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
+    n_heads = hf["num_attention_heads"]
+    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    rope = rope_settings(hf)
+    fraction = (hf.get("rope_parameters") or {}).get(
+        "partial_rotary_factor", hf.get("partial_rotary_factor", default_fraction)
+    )
+    return dict(
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        d_head=d_head,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf["intermediate_size"],
+        d_vocab=hf["vocab_size"],
+        n_ctx=hf["max_position_embeddings"],
+        positional_embedding_type="rotary",
+        rotary_dim=int(d_head * fraction),
+        rotary_base=rope["rotary_base"],
+        rope_scaling=rope["rope_scaling"],
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+# -- Phi-1 / 1.5 / 2 ------------------------------------------------------------------------------
+def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
+    if hf.get("qk_layernorm"):
+        raise NotImplementedError(
+            "Phi with qk_layernorm=True (a LayerNorm with bias on each head's queries and keys) is "
+            "not supported by lmscope: its q/k norm is RMSNorm only. No released Phi-1/1.5/2 "
+            "checkpoint sets it."
+        )
+    fields = _common(hf, default_fraction=0.5)  # PhiConfig's default partial_rotary_factor
+    fields.update(
+        act_fn=hf.get("hidden_act", "gelu_new"),
+        normalization_type="LN",
+        eps=hf.get("layer_norm_eps", 1e-5),
+        parallel_attn_mlp=True,
+    )
+    return fields
+
+
+def phi_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
+    m: WeightMap = {
+        "embed.W_E": "model.embed_tokens.weight",
+        "ln_final.w": "model.final_layernorm.weight",
+        "ln_final.b": "model.final_layernorm.bias",
+        "unembed.W_U": (
+            transpose,
+            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
+        ),
+        "unembed.b_U": "lm_head.bias",
+    }
+    for layer in range(cfg.n_layers):
+        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        for ln in ("ln1", "ln2"):  # one LayerNorm feeds both attention and MLP
+            m[f"{b}{ln}.w"] = f"{h}input_layernorm.weight"
+            m[f"{b}{ln}.b"] = f"{h}input_layernorm.bias"
+        for name, proj, n in (("Q", "q_proj", nh), ("K", "k_proj", nkv), ("V", "v_proj", nkv)):
+            m[f"{b}attn.W_{name}"] = (heads_in(n), f"{h}self_attn.{proj}.weight")
+            m[f"{b}attn.b_{name}"] = (heads_bias(n), f"{h}self_attn.{proj}.bias")
+        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.dense.weight")
+        m[f"{b}attn.b_O"] = f"{h}self_attn.dense.bias"
+        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc1.weight")
+        m[f"{b}mlp.b_in"] = f"{h}mlp.fc1.bias"
+        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.fc2.weight")
+        m[f"{b}mlp.b_out"] = f"{h}mlp.fc2.bias"
+    return m
+
+
+# -- Phi-3 ------------------------------------------------------------------------------------------
+def phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind != "default":
+        raise NotImplementedError(
+            f"Phi-3 rope scaling {kind!r} (LongRoPE, the 128k-context checkpoints) is not supported "
+            "by lmscope; the 4k-context checkpoints (no rope scaling) load"
+        )
+    fields = _common(hf, default_fraction=1.0)
+    window = hf.get("sliding_window")
+    fields.update(
+        act_fn=hf.get("hidden_act", "silu"),
+        normalization_type="RMS",
+        eps=hf.get("rms_norm_eps", 1e-5),
+        gated_mlp=True,
+        final_rms=True,
+        window_size=window if window is not None and window < fields["n_ctx"] else None,
+    )
+    return fields
+
+
+def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    nh, nkv, dh, d_mlp = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp
+    q_end, k_end = nh * dh, (nh + nkv) * dh
+
+    def qkv_part(start: int, stop: int, n: int) -> Callable[[Tensor], Tensor]:
+        return lambda w: heads_in(n)(w[start:stop])
+
+    m: WeightMap = {
+        "embed.W_E": "model.embed_tokens.weight",
+        "ln_final.w": "model.norm.weight",
+        "unembed.W_U": (
+            transpose,
+            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
+        ),
+    }
+    for layer in range(cfg.n_layers):
+        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
+        qkv = f"{h}self_attn.qkv_proj.weight"
+        m[f"{b}ln1.w"] = f"{h}input_layernorm.weight"
+        m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
+        m[f"{b}attn.W_Q"] = (qkv_part(0, q_end, nh), qkv)
+        m[f"{b}attn.W_K"] = (qkv_part(q_end, k_end, nkv), qkv)
+        m[f"{b}attn.W_V"] = (qkv_part(k_end, k_end + nkv * dh, nkv), qkv)
+        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
+        gate_up = f"{h}mlp.gate_up_proj.weight"
+        m[f"{b}mlp.W_gate"] = (lambda w: w[:d_mlp].T, gate_up)
+        m[f"{b}mlp.W_in"] = (lambda w: w[d_mlp:].T, gate_up)
+        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+    return m
+
+
+FAMILIES = [
+    Family("phi", ("PhiForCausalLM",), phi_config, phi_weight_map),
+    Family("phi3", ("Phi3ForCausalLM",), phi3_config, phi3_weight_map),
+]

@@ -1,0 +1,700 @@
+"""Gemma 1/2/3, Phi-1/2, Phi-3, OLMo 1/2, OLMoE and StableLM against transformers (eager attention).
+
+Each tiny random checkpoint switches on every feature its family has: biases, GQA/MQA, partial
+rotary, a sliding window shorter than the test sequence, soft-caps, pre+post and post norms, q/k
+norms, clip_qkv, a mixture of experts routing each token to two experts. See
+docs/families/norm_variants.md for what maps where.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import transformers as tr
+from conftest import D_MODEL, D_VOCAB, N_CTX, N_HEADS, SEED, TinyModel, _randomise
+
+from lmscope import HookedTransformer
+from lmscope.generation import KVCache
+from lmscope.loading.families import family_for
+
+LOGIT_ATOL = 1e-5
+LOGPROB_ATOL = 1e-4
+
+_BASE = dict(
+    vocab_size=D_VOCAB,
+    hidden_size=D_MODEL,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=N_HEADS,
+    max_position_embeddings=N_CTX,
+)
+# token ids of the special tokens, inside the tiny vocabulary
+_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_SLIDING = ["sliding_attention", "full_attention"]
+
+
+def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
+    return {
+        # MQA, head_dim 24 != d_model / n_heads, attention biases, tied embeddings
+        "gemma": (
+            tr.GemmaForCausalLM,
+            lambda: tr.GemmaConfig(
+                **_BASE, **_IDS, num_key_value_heads=1, head_dim=24, attention_bias=True
+            ),
+        ),
+        # GQA, both soft-caps small enough to bite, window 4 < 12 tokens, query_pre_attn_scalar
+        "gemma2": (
+            tr.Gemma2ForCausalLM,
+            lambda: tr.Gemma2Config(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=24,
+                attention_bias=True,
+                query_pre_attn_scalar=20,
+                sliding_window=4,
+                layer_types=_SLIDING,
+                attn_logit_softcapping=2.0,
+                final_logit_softcapping=3.0,
+                tie_word_embeddings=False,
+            ),
+        ),
+        # q/k norms, local rotary base, linear rope scaling on the global layer, final soft-cap
+        "gemma3": (
+            tr.Gemma3ForCausalLM,
+            lambda: tr.Gemma3TextConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=24,
+                attention_bias=True,
+                query_pre_attn_scalar=20,
+                sliding_window=4,
+                layer_types=_SLIDING,
+                final_logit_softcapping=3.0,
+                rope_parameters={
+                    "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                },
+            ),
+        ),
+        "phi": (
+            tr.PhiForCausalLM,
+            lambda: tr.PhiConfig(**_BASE, **_IDS, num_key_value_heads=2, partial_rotary_factor=0.5),
+        ),
+        "phi3": (
+            tr.Phi3ForCausalLM,
+            lambda: tr.Phi3Config(
+                **_BASE, **_IDS, num_key_value_heads=2, partial_rotary_factor=0.5, sliding_window=5
+            ),
+        ),
+        "olmo": (
+            tr.OlmoForCausalLM,
+            lambda: tr.OlmoConfig(
+                **_BASE, **_IDS, num_key_value_heads=2, attention_bias=True, clip_qkv=1.0
+            ),
+        ),
+        "olmo2": (
+            tr.Olmo2ForCausalLM,
+            lambda: tr.Olmo2Config(**_BASE, **_IDS, num_key_value_heads=2, attention_bias=True),
+        ),
+        # OLMoE's own setting norm_topk_prob=False, with clip_qkv (applied after the q/k norm)
+        "olmoe": (
+            tr.OlmoeForCausalLM,
+            lambda: tr.OlmoeConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                num_key_value_heads=2,
+                attention_bias=True,
+                clip_qkv=1.0,
+                num_experts=4,
+                num_experts_per_tok=2,
+                norm_topk_prob=False,
+            ),
+        ),
+        "olmoe_norm_topk": (
+            tr.OlmoeForCausalLM,
+            lambda: tr.OlmoeConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                num_key_value_heads=2,
+                num_experts=4,
+                num_experts_per_tok=2,
+                norm_topk_prob=True,
+            ),
+        ),
+        "stablelm": (
+            tr.StableLmForCausalLM,
+            lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
+        ),
+        "stablelm_parallel": (
+            tr.StableLmForCausalLM,
+            lambda: tr.StableLmConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                use_qkv_bias=True,
+                use_parallel_residual=True,
+                tie_word_embeddings=True,
+            ),
+        ),
+    }
+
+
+SPECS = _specs()
+NAMES = list(SPECS)
+
+
+def _build_tiny(
+    tmp_path_factory: pytest.TempPathFactory, name: str, model_cls: type, config: Any
+) -> TinyModel:
+    """conftest's build_tiny, plus two family adjustments:
+    - MoE: transformers' eager per-expert loop (its reference path), not grouped_mm;
+    - Gemma: its norms compute `x_hat * (1 + w)`, so the stored weights are drawn around 0
+      (N(0, 0.2)), giving the same non-trivial gains 1 + N(0, 0.2) as every other family's norms
+      (around 1 they would double every sublayer's output).
+    """
+    config._attn_implementation = "eager"
+    if getattr(config, "num_experts", None):
+        config._experts_implementation = "eager"
+    torch.manual_seed(SEED)
+    model = model_cls(config)
+    _randomise(model)
+    if config.model_type.startswith("gemma"):
+        with torch.no_grad():
+            for pname, param in model.named_parameters():
+                if param.ndim == 1 and "norm" in pname:
+                    param.sub_(1.0)
+    model.eval()
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path)
+    return TinyModel(path, model, name)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyModel]:
+    """Builds (once per module) the tiny checkpoint of a family variant."""
+    built: dict[str, TinyModel] = {}
+
+    def get(name: str) -> TinyModel:
+        if name not in built:
+            model_cls, make_config = SPECS[name]
+            built[name] = _build_tiny(tmp_path_factory, f"nv_{name}", model_cls, make_config())
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(params=NAMES)
+def tiny(request: pytest.FixtureRequest, build: Callable[[str], TinyModel]) -> TinyModel:
+    return build(request.param)
+
+
+@pytest.fixture
+def model(tiny: TinyModel) -> HookedTransformer:
+    return HookedTransformer.from_pretrained_no_processing(tiny.path)
+
+
+def _final_norm(hf: torch.nn.Module) -> torch.nn.Module:
+    base = hf.model
+    return base.final_layernorm if hasattr(base, "final_layernorm") else base.norm
+
+
+def _padded(seqs: list[torch.Tensor], pad_id: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded batch and its attention mask."""
+    length = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, length - len(s) :] = s
+        mask[i, length - len(s) :] = 1
+    return tokens, mask
+
+
+def _ragged_seqs() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    return [torch.randint(3, D_VOCAB, (n,), generator=gen) for n in (5, 11, 8)]
+
+
+# -- agreement with transformers --------------------------------------------------------------------
+@torch.no_grad()
+def test_logits_match_hf(tiny: TinyModel, model: HookedTransformer, tokens) -> None:
+    expected = tiny.hf_model(tokens).logits
+    got = model(tokens)
+    assert got.shape == (2, 12, D_VOCAB)
+    torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_residual_stream_matches_hf_hidden_states(
+    tiny: TinyModel, model: HookedTransformer, tokens
+) -> None:
+    hf = tiny.hf_model
+    captured = {}
+    handle = _final_norm(hf).register_forward_hook(
+        lambda mod, args, out: captured.update(norm_in=args[0])
+    )
+    try:
+        hidden = hf(tokens, output_hidden_states=True).hidden_states
+    finally:
+        handle.remove()
+    n = model.cfg.n_layers
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: "resid" in name)
+    for layer in range(n):
+        torch.testing.assert_close(
+            cache["resid_pre", layer], hidden[layer], atol=LOGIT_ATOL, rtol=0
+        )
+    torch.testing.assert_close(
+        cache["resid_post", n - 1], captured["norm_in"], atol=LOGIT_ATOL, rtol=0
+    )
+
+
+@torch.no_grad()
+def test_loss_matches_hf(tiny: TinyModel, model: HookedTransformer, tokens) -> None:
+    expected = tiny.hf_model(tokens, labels=tokens).loss
+    torch.testing.assert_close(model(tokens, return_type="loss"), expected, atol=LOGIT_ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_processed_model_log_probs_match_hf(tiny: TinyModel, tokens) -> None:
+    processed = HookedTransformer.from_pretrained(tiny.path)
+    cfg = processed.cfg
+    assert cfg.processing["fold_ln"] is True
+    # centring the unembedding would shift the logits inside the soft-cap's tanh
+    assert cfg.processing["center_unembed"] is (cfg.output_logits_soft_cap <= 0)
+    # clip_qkv clamps v after its bias, so b_V stays where it is
+    assert cfg.processing["fold_value_biases"] is (cfg.clip_qkv is None)
+    for block in processed.blocks:  # pre-norms fold; post-norms keep their weights
+        for name in ("ln1", "ln2"):
+            assert getattr(getattr(block, name), "w", None) is None
+        for name in ("ln1_post", "ln2_post"):
+            if hasattr(block, name):
+                assert getattr(block, name).w is not None
+    expected = tiny.hf_model(tokens).logits.log_softmax(-1)
+    got = processed(tokens).log_softmax(-1)
+    torch.testing.assert_close(got, expected, atol=LOGPROB_ATOL, rtol=0)
+
+
+# -- padding --------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_left_padded_batch_matches_each_sequence_alone(model: HookedTransformer) -> None:
+    seqs = _ragged_seqs()
+    tokens, mask = _padded(seqs)
+    batched = model(tokens, attention_mask=mask)
+    assert torch.isfinite(batched).all()
+    for i, seq in enumerate(seqs):
+        alone = model(seq[None])[0]
+        torch.testing.assert_close(batched[i, -len(seq) :], alone, atol=LOGIT_ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_left_padded_batch_matches_hf(tiny: TinyModel, model: HookedTransformer) -> None:
+    tokens, mask = _padded(_ragged_seqs())
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    expected = tiny.hf_model(tokens, attention_mask=mask, position_ids=positions).logits
+    got = model(tokens, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=LOGIT_ATOL, rtol=0)
+
+
+# -- attention paths --------------------------------------------------------------------------------
+@pytest.mark.parametrize("padded", [False, True])
+@torch.no_grad()
+def test_explicit_attention_path_matches_sdpa(
+    model: HookedTransformer, tokens, padded: bool
+) -> None:
+    kwargs = {}
+    if padded:
+        tokens, kwargs["attention_mask"] = _padded(_ragged_seqs())
+    fast = model(tokens, **kwargs)
+    seen = []
+    explicit = model.run_with_hooks(
+        tokens,
+        fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: seen.append(hook.name))],
+        **kwargs,
+    )
+    assert len(seen) == model.cfg.n_layers
+    torch.testing.assert_close(explicit, fast, atol=LOGIT_ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_sliding_window_layers_see_only_their_window(model: HookedTransformer, tokens) -> None:
+    cfg = model.cfg
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    q = torch.arange(12)[:, None]
+    k = torch.arange(12)[None, :]
+    for layer, kind in enumerate(cfg.layer_types):
+        pattern = cache["pattern", layer]
+        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, cfg.n_heads, 12))
+        hidden = k > q
+        if kind == "local":
+            assert cfg.window_size < 12
+            hidden = hidden | (k <= q - cfg.window_size)
+        assert torch.all(pattern[..., hidden] == 0)
+        assert torch.all(pattern[..., ~hidden] > 0)
+
+
+# -- residual stream ---------------------------------------------------------------------------------
+@torch.no_grad()
+def test_residual_stream_decomposes_exactly(model: HookedTransformer, tokens) -> None:
+    _, cache = model.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers):
+        pre, post = cache["resid_pre", layer], cache["resid_post", layer]
+        attn_out, mlp_out = cache["attn_out", layer], cache["mlp_out", layer]
+        if model.cfg.parallel_attn_mlp:
+            assert f"blocks.{layer}.hook_resid_mid" not in model.hook_dict
+            assert torch.equal(pre + attn_out + mlp_out, post)
+        else:
+            mid = cache["resid_mid", layer]
+            assert torch.equal(pre + attn_out, mid)
+            assert torch.equal(mid + mlp_out, post)
+
+
+# -- family extras ----------------------------------------------------------------------------------
+def _shapes(model: HookedTransformer, tokens: torch.Tensor, names: list[str]) -> dict[str, list]:
+    seen: dict[str, list] = {}
+
+    def record(x: torch.Tensor, hook: Any) -> None:
+        seen.setdefault(hook.name, []).append(tuple(x.shape))
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(n, record) for n in names])
+    return seen
+
+
+def test_family_hooks_fire_with_documented_shapes(model: HookedTransformer, tokens) -> None:
+    cfg = model.cfg
+    b, p, dm, h, kv, dh = 2, 12, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+    expected: dict[str, tuple] = {}
+    for layer in range(cfg.n_layers):
+        x = f"blocks.{layer}."
+        if cfg.norm_placement != "post":
+            expected[f"{x}ln1.hook_scale"] = (b, p, 1)
+            expected[f"{x}ln2.hook_normalized"] = (b, p, dm)
+        else:
+            assert f"{x}ln1.hook_scale" not in model.hook_dict  # no pre-norm to hook
+        if cfg.norm_placement != "pre":
+            for ln in ("ln1_post", "ln2_post"):
+                expected[f"{x}{ln}.hook_scale"] = (b, p, 1)
+                expected[f"{x}{ln}.hook_normalized"] = (b, p, dm)
+        if cfg.use_qk_norm:
+            if cfg.qk_norm_per_head:
+                expected[f"{x}attn.q_norm.hook_scale"] = (b, p, h, 1)
+                expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h, dh)
+                expected[f"{x}attn.k_norm.hook_scale"] = (b, p, kv, 1)
+                expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv, dh)
+            else:
+                expected[f"{x}attn.q_norm.hook_scale"] = (b, p, 1)
+                expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h * dh)
+                expected[f"{x}attn.k_norm.hook_scale"] = (b, p, 1)
+                expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv * dh)
+        if cfg.num_experts:
+            k, e = cfg.experts_per_token, cfg.num_experts
+            expected[f"{x}mlp.hook_router_logits"] = (b, p, e)
+            expected[f"{x}mlp.hook_expert_weights"] = (b, p, k)
+            expected[f"{x}mlp.hook_expert_indices"] = (b, p, k)
+    seen = _shapes(model, tokens, list(expected))
+    assert {name: shapes for name, shapes in seen.items()} == {
+        name: [shape] for name, shape in expected.items()
+    }
+
+
+@torch.no_grad()
+def test_post_norms_normalise_each_sublayer_output(model: HookedTransformer, tokens) -> None:
+    if model.cfg.norm_placement == "pre":
+        pytest.skip("no post-norms")
+    _, cache = model.run_with_cache(tokens)
+    for layer, block in enumerate(model.blocks):
+        for ln, out in (("ln1_post", "attn_out"), ("ln2_post", "mlp_out")):
+            normalized = cache[f"blocks.{layer}.{ln}.hook_normalized"]
+            torch.testing.assert_close(
+                normalized * getattr(block, ln).w, cache[out, layer], atol=1e-6, rtol=0
+            )
+            scale = cache[f"blocks.{layer}.{ln}.hook_scale"][..., 0]  # sqrt(mean(x^2) + eps)
+            torch.testing.assert_close(
+                normalized.pow(2).mean(-1), 1 - model.cfg.eps / scale**2, atol=1e-5, rtol=0
+            )
+
+
+def test_mixture_of_experts_routing_hooks(model: HookedTransformer, tokens) -> None:
+    cfg = model.cfg
+    if not cfg.num_experts:
+        pytest.skip("not a mixture of experts")
+    _, cache = model.run_with_cache(tokens)
+    weights = cache["blocks.0.mlp.hook_expert_weights"]
+    indices = cache["blocks.0.mlp.hook_expert_indices"]
+    probs = cache["blocks.0.mlp.hook_router_logits"].softmax(-1)
+    assert torch.all(weights.sum(-1) <= 1 + 1e-6)
+    if cfg.norm_topk_prob:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 12))
+    else:
+        torch.testing.assert_close(weights, probs.gather(-1, indices))
+    # each expert's hooks see exactly the tokens routed to it
+    routed = 0
+    for e in range(cfg.num_experts):
+        n_routed = int((indices == e).sum())
+        if n_routed:
+            assert cache[f"blocks.0.mlp.experts.{e}.hook_post"].shape == (n_routed, cfg.d_mlp)
+        routed += n_routed
+    assert routed == 2 * 12 * cfg.experts_per_token
+    # the routing weights are live: zeroing them switches the layer's experts off
+    seen = []
+    with torch.no_grad():
+        model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                ("blocks.0.mlp.hook_expert_weights", lambda w, hook: torch.zeros_like(w)),
+                ("blocks.0.hook_mlp_out", lambda x, hook: seen.append(x.clone())),
+            ],
+        )
+    assert torch.all(seen[0] == 0)
+    assert cache["mlp_out", 0].abs().max() > 0
+
+
+# -- generation and the KV cache --------------------------------------------------------------------
+@torch.no_grad()
+def test_greedy_generation_matches_hf(tiny: TinyModel, model: HookedTransformer) -> None:
+    tokens, mask = _padded(_ragged_seqs())
+    ours = model.generate(
+        tokens,
+        max_new_tokens=6,
+        do_sample=False,
+        stop_at_eos=False,
+        verbose=False,
+        attention_mask=mask,
+    )
+    theirs = tiny.hf_model.generate(
+        tokens,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert theirs.shape == (3, 11 + 6)
+    assert torch.equal(ours, theirs)
+    single = _ragged_seqs()[1][None]
+    ours_single = model.generate(
+        single, max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False
+    )
+    theirs_single = tiny.hf_model.generate(
+        single,
+        attention_mask=torch.ones_like(single),
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert torch.equal(ours_single, theirs_single)
+
+
+@torch.no_grad()
+def test_kv_cached_forward_matches_uncached(model: HookedTransformer, tokens) -> None:
+    cache = KVCache.init_cache(model.cfg, "cpu", batch_size=2)
+    pieces = [model(tokens[:, :7], past_kv_cache=cache)]
+    pieces += [model(tokens[:, i : i + 1], past_kv_cache=cache) for i in range(7, 12)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), model(tokens), atol=LOGIT_ATOL, rtol=0)
+
+
+# -- grouped-query attention -------------------------------------------------------------------------
+@torch.no_grad()
+def test_gqa_keys_and_values_have_kv_head_shape(
+    tiny: TinyModel, model: HookedTransformer, tokens
+) -> None:
+    cfg = model.cfg
+    assert cfg.n_key_value_heads < cfg.n_heads  # every variant here has GQA or MQA
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_k", "hook_v")))
+    assert cache["k", 0].shape == (2, 12, cfg.n_key_value_heads, cfg.d_head)
+    assert cache["v", 1].shape == (2, 12, cfg.n_key_value_heads, cfg.d_head)
+
+    ungrouped = HookedTransformer.from_pretrained_no_processing(
+        tiny.path, ungroup_grouped_query_attention=True
+    )
+    logits, ucache = ungrouped.run_with_cache(
+        tokens, names_filter=lambda n: n.endswith(("hook_k", "hook_v"))
+    )
+    assert ucache["k", 0].shape == (2, 12, cfg.n_heads, cfg.d_head)
+    torch.testing.assert_close(
+        ucache["k", 0], cache["k", 0].repeat_interleave(cfg.n_groups, dim=2), atol=0, rtol=0
+    )
+    torch.testing.assert_close(logits, model(tokens), atol=LOGIT_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("ungroup", [False, True])
+@pytest.mark.parametrize("which", ["k", "v"])
+@torch.no_grad()
+def test_patching_one_kv_head(tiny: TinyModel, tokens, ungroup: bool, which: str) -> None:
+    model = HookedTransformer.from_pretrained_no_processing(
+        tiny.path, ungroup_grouped_query_attention=ungroup
+    )
+    clean = model(tokens)
+    _, source = model.run_with_cache(tokens.flip(-1), names_filter=f"blocks.0.attn.hook_{which}")
+
+    def patch(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x[:, :, 0] = source[hook.name][:, :, 0]
+        return x
+
+    patched = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.0.attn.hook_{which}", patch)])
+    assert torch.isfinite(patched).all()
+    assert (patched - clean).abs().max() > 1e-4
+    # patching a head with its own activation changes nothing
+    same = model.run_with_hooks(
+        tokens, fwd_hooks=[(f"blocks.0.attn.hook_{which}", lambda x, hook: x.clone())]
+    )
+    torch.testing.assert_close(same, clean, atol=0, rtol=0)
+
+
+# -- family specifics ---------------------------------------------------------------------------------
+def test_gemma_folds_embedding_scale_and_unit_offset_at_load(build) -> None:
+    tiny = build("gemma3")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    hf = tiny.hf_model
+    embed = hf.model.embed_tokens.weight
+    torch.testing.assert_close(model.W_E, embed * torch.tensor(math.sqrt(D_MODEL)), atol=0, rtol=0)
+    torch.testing.assert_close(model.W_U, embed.T, atol=0, rtol=0)  # tied: the unscaled matrix
+    layer = hf.model.layers[0]
+    block = model.blocks[0]
+    torch.testing.assert_close(block.ln1.w, 1 + layer.input_layernorm.weight, atol=0, rtol=0)
+    torch.testing.assert_close(
+        block.ln1_post.w, 1 + layer.post_attention_layernorm.weight, atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        block.attn.q_norm.w, 1 + layer.self_attn.q_norm.weight, atol=0, rtol=0
+    )
+    cfg = model.cfg
+    assert (cfg.d_head, cfg.attn_scale) == (24, math.sqrt(20))
+    assert cfg.attn_types == ["local", "global"] and cfg.window_size == 4
+    assert (cfg.rotary_base, cfg.rotary_base_local) == (1000.0, 100.0)
+    assert cfg.rope_scaling["rope_type"] == "linear" and cfg.rope_scaling["factor"] == 2.0
+    assert cfg.attn_scores_soft_cap < 0 and cfg.output_logits_soft_cap == 3.0
+
+
+def test_config_reflects_each_family(build) -> None:
+    cfgs = {
+        name: HookedTransformer.from_pretrained_no_processing(build(name).path).cfg
+        for name in NAMES
+    }
+    assert cfgs["gemma"].n_key_value_heads == 1 and cfgs["gemma"].act_fn == "gelu_pytorch_tanh"
+    assert cfgs["gemma2"].attn_scores_soft_cap == 2.0
+    assert cfgs["gemma2"].output_logits_soft_cap == 3.0
+    assert cfgs["gemma2"].norm_placement == "pre_and_post"
+    assert cfgs["phi"].parallel_attn_mlp and cfgs["phi"].rotary_dim == 8
+    assert cfgs["phi3"].rotary_dim == 8 and cfgs["phi3"].window_size == 5
+    assert cfgs["olmo"].normalization_type == "LNPre" and cfgs["olmo"].clip_qkv == 1.0
+    assert cfgs["olmo2"].norm_placement == "post" and not cfgs["olmo2"].qk_norm_per_head
+    assert cfgs["olmoe"].num_experts == 4 and not cfgs["olmoe"].norm_topk_prob
+    assert cfgs["olmoe_norm_topk"].norm_topk_prob
+    assert cfgs["stablelm"].rotary_dim == 4 and not cfgs["stablelm"].parallel_attn_mlp
+    assert cfgs["stablelm_parallel"].parallel_attn_mlp
+
+
+def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:
+    for name in ("phi", "stablelm_parallel"):
+        model = HookedTransformer.from_pretrained_no_processing(build(name).path)
+        for block in model.blocks:
+            assert torch.equal(block.ln1.w, block.ln2.w) and torch.equal(block.ln1.b, block.ln2.b)
+
+
+@torch.no_grad()
+def test_olmo_layer_norm_has_no_weights(build, tokens) -> None:
+    model = HookedTransformer.from_pretrained_no_processing(build("olmo").path)
+    assert not any(".ln" in name for name in model.named_weights())
+    _, cache = model.run_with_cache(tokens)
+    resid = cache["resid_pre", 1]
+    centred = resid - resid.mean(-1, keepdim=True)
+    torch.testing.assert_close(
+        cache["blocks.1.ln1.hook_normalized"],
+        centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt(),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+@torch.no_grad()
+def test_clip_qkv_clamps_queries_keys_and_values(build, tokens) -> None:
+    for name in ("olmo", "olmoe"):
+        model = HookedTransformer.from_pretrained_no_processing(build(name).path)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_q"))
+        q = cache["q", 0]
+        assert q.abs().max() == 1.0  # the clamp is active at the test scale
+
+
+# -- configs lmscope reads (and refuses) ----------------------------------------------------------
+def _hf_dict(config: Any) -> dict[str, Any]:
+    return config.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: tr.PhiConfig(**_BASE, qk_layernorm=True), "qk_layernorm"),
+        (lambda: tr.StableLmConfig(**_BASE, qk_layernorm=True), "qk_layernorm"),
+        (
+            lambda: tr.Phi3Config(
+                **_BASE,
+                rope_parameters={
+                    "rope_type": "longrope",
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                    "rope_theta": 10000.0,
+                },
+                original_max_position_embeddings=32,
+            ),
+            "longrope",
+        ),
+        (
+            lambda: tr.Gemma3TextConfig(**_BASE, use_bidirectional_attention=True),
+            "bidirectional",
+        ),
+        (
+            lambda: tr.Gemma3TextConfig(
+                **_BASE,
+                rope_parameters={
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                },
+            ),
+            "sliding-window layers",
+        ),
+    ],
+)
+def test_unsupported_features_are_refused_clearly(make: Callable[[], Any], match: str) -> None:
+    hf = _hf_dict(make())
+    with pytest.raises(NotImplementedError, match=match):
+        family_for(hf).config_from_hf(hf)
+
+
+def test_legacy_gemma_configs() -> None:
+    """config.json files written before transformers 5 (as on the hub)."""
+    gemma1 = {
+        **_BASE,
+        "architectures": ["GemmaForCausalLM"],
+        "head_dim": 16,
+        "num_key_value_heads": 1,
+        "hidden_act": "gelu",  # the official releases' legacy value: the tanh approximation
+        "rope_theta": 10000.0,
+    }
+    assert family_for(gemma1).config_from_hf(gemma1)["act_fn"] == "gelu_pytorch_tanh"
+    gemma3 = {
+        **_BASE,
+        "num_hidden_layers": 6,
+        "architectures": ["Gemma3ForCausalLM"],
+        "head_dim": 16,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "sliding_window": 512,
+        "sliding_window_pattern": 6,
+        "query_pre_attn_scalar": 256,
+    }
+    fields = family_for(gemma3).config_from_hf(gemma3)
+    assert fields["attn_types"] == ["local"] * 5 + ["global"]
+    assert fields["rotary_base"] == 1e6 and fields["rotary_base_local"] == 1e4
+    assert fields["rope_scaling"]["factor"] == 8.0 and fields["attn_scale"] == 16.0
+    gemma2 = {**_BASE, "architectures": ["Gemma2ForCausalLM"], "sliding_window": 4096}
+    fields = family_for(gemma2).config_from_hf(gemma2)
+    assert fields["attn_types"] == ["local", "global"]
