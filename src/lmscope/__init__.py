@@ -5,6 +5,7 @@ from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
 from lmscope.factored_matrix import FactoredMatrix
 from lmscope.hooks import HookedRootModule, HookPoint
+from lmscope.loading.registry import list_models
 from lmscope.model import HookedTransformer
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",
+    "list_models",
     "utils",
 ]
 __version__ = "0.1.0"

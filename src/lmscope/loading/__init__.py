@@ -20,6 +20,7 @@ from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.gguf import read_gguf
+from lmscope.loading.registry import MODEL_ALIASES
 from lmscope.model import HookedTransformer
 from lmscope.processing import process_weights
 
@@ -31,33 +32,6 @@ __all__ = [
     "supported_architectures",
 ]
 
-# Short names -> Hugging Face repo ids. Embedded models (EMBEDDED_MODELS) resolve to local files.
-MODEL_ALIASES: dict[str, str] = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-    **{
-        f"pythia-{s}": f"EleutherAI/pythia-{s}"
-        for s in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-    },
-    **{
-        f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped"
-        for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-    },
-    "smollm2-135m-base": "HuggingFaceTB/SmolLM2-135M",
-    "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
-    "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B",
-    "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
-    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
-    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
-    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
-    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
-    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
-    "mistral-7b": "mistralai/Mistral-7B-v0.1",
-}
 _WEIGHT_PATTERNS = [
     "config.json",
     "*.safetensors",

@@ -60,6 +60,29 @@ def _llama_fix(gguf_name: str, weight: torch.Tensor, config: Mapping[str, Any]) 
     return weight
 
 
+def _gemma_fix(gguf_name: str, weight: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    """llama.cpp stores Gemma's RMSNorm weights as ``1 + w`` (HF keeps ``w`` and adds the 1 in
+    the norm); transformers subtracts 1 again from every ``*norm.weight``, and so do we."""
+    if gguf_name.endswith("norm.weight"):
+        return weight - 1
+    return weight
+
+
+def _gemma3_config(cfg: dict[str, Any]) -> None:
+    """What a Gemma 3 GGUF leaves out, filled in as transformers' Gemma3TextConfig defaults do.
+
+    llama.cpp writes neither the layer pattern nor the local rotary base nor
+    ``query_pre_attn_scalar``; transformers takes its config defaults for them (every sixth layer
+    global, local rotary base 10 000, scalar 256), which are the values of the released 270M and
+    1B checkpoints. Keys follow the hub's config.json (``rope_theta``, ``rope_local_base_freq``).
+    """
+    pattern = cfg["sliding_window_pattern"]
+    cfg["layer_types"] = [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+        for i in range(int(cfg["num_hidden_layers"]))
+    ]
+
+
 # --------------------------------------------------------------------------- architecture table
 
 _TensorFix = Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor]
@@ -109,6 +132,8 @@ class _ArchSpec:
     # HF config flag -> GGUF tensor whose presence sets it.
     flags_from_tensors: Mapping[str, str] = field(default_factory=dict)
     fix: _TensorFix | None = None
+    # Last step of the config: fills keys derived from others (e.g. Gemma 3's layer_types).
+    finish_config: Callable[[dict[str, Any]], None] | None = None
 
 
 _ARCHITECTURES: dict[str, _ArchSpec] = {
@@ -125,6 +150,39 @@ _ARCHITECTURES: dict[str, _ArchSpec] = {
         model_type="qwen2",
         architectures=("Qwen2ForCausalLM",),
         defaults={"hidden_act": "silu"},
+    ),
+    # Gemma 3 text (270M, 1B, and the text tower of the larger ones): q/k norms, pre+post norms
+    # around attention and MLP, norms stored as 1 + w.
+    "gemma3": _ArchSpec(
+        model_type="gemma3_text",
+        architectures=("Gemma3ForCausalLM",),
+        block_modules=(
+            "model.layers.{bid}.input_layernorm",
+            "model.layers.{bid}.self_attn.q_proj",
+            "model.layers.{bid}.self_attn.k_proj",
+            "model.layers.{bid}.self_attn.v_proj",
+            "model.layers.{bid}.self_attn.o_proj",
+            "model.layers.{bid}.self_attn.q_norm",
+            "model.layers.{bid}.self_attn.k_norm",
+            "model.layers.{bid}.post_attention_layernorm",
+            "model.layers.{bid}.pre_feedforward_layernorm",
+            "model.layers.{bid}.post_feedforward_layernorm",
+            "model.layers.{bid}.mlp.gate_proj",
+            "model.layers.{bid}.mlp.up_proj",
+            "model.layers.{bid}.mlp.down_proj",
+        ),
+        config_keys={**_COMMON_CONFIG_KEYS, "attention.sliding_window": "sliding_window"},
+        defaults={
+            "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": 256,
+            "rope_local_base_freq": 10000.0,
+            "sliding_window_pattern": 6,
+            "attn_logit_softcapping": None,
+            "final_logit_softcapping": None,
+            "attention_bias": False,
+        },
+        fix=_gemma_fix,
+        finish_config=_gemma3_config,
     ),
 }
 
@@ -192,6 +250,8 @@ def _build_config(
         token_id = _scalar(reader, f"tokenizer.ggml.{gguf_key}_token_id")
         if token_id is not None:
             cfg[f"{hf_key}_token_id"] = token_id
+    if spec.finish_config is not None:
+        spec.finish_config(cfg)
     return cfg
 
 
