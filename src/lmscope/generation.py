@@ -150,7 +150,8 @@ def apply_freq_penalty(
 
 
 def top_k_filter(logits: Float[Tensor, "batch d_vocab"], k: int) -> Float[Tensor, "batch d_vocab"]:
-    """Keep the k largest logits of each row; the rest become -inf."""
+    """Keep the k largest logits of each row; the rest become -inf. Logits tied with the k-th
+    largest are all kept (as in transformers' `TopKLogitsWarper`)."""
     kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -158,12 +159,35 @@ def top_k_filter(logits: Float[Tensor, "batch d_vocab"], k: int) -> Float[Tensor
 def top_p_filter(
     logits: Float[Tensor, "batch d_vocab"], p: float
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Keep the smallest set of most likely tokens whose probability reaches p (nucleus sampling)."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    drop_sorted = (probs.cumsum(-1) - probs) >= p  # the tokens before already reach p
+    """Keep the smallest set of most likely tokens whose probability reaches p (nucleus sampling).
+
+    A token is kept when the tokens more likely than it hold less than p, so the token that
+    crosses p is kept too (with p = 0.7 and probabilities 0.4, 0.25, 0.2, ... three are kept).
+    The most likely token is always kept; ties are ordered by token id; p >= 1 keeps every token.
+    """
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+    probs = sorted_logits.float().softmax(-1)
+    before = torch.cat([torch.zeros_like(probs[..., :1]), probs.cumsum(-1)[..., :-1]], dim=-1)
+    drop_sorted = before >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def _check_sampling(
+    do_sample: bool, top_k: int | None, top_p: float | None, temperature: float
+) -> None:
+    if not do_sample:
+        return
+    if temperature <= 0:
+        raise ValueError(
+            f"temperature must be > 0 when sampling, got {temperature}; pass do_sample=False for greedy"
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def sample_logits(
@@ -177,41 +201,40 @@ def sample_logits(
     generator: torch.Generator | None = None,
     token_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> Int[Tensor, " batch"]:
-    """One token per row: greedy when `do_sample=False`, else the frequency penalty, temperature,
-    top-k and top-p are applied in that order and a token is drawn.
+    """One token per row. The frequency penalty (counts over `tokens`, padding excluded by
+    `token_mask`) comes first; then greedy takes the argmax, while sampling divides by the
+    temperature, keeps the top-k, then the top-p of what remains, and draws from the softmax
+    (with `generator` if given, else torch's global generator).
 
     Example:
         >>> sample_logits(torch.tensor([[0.0, 5.0, 1.0]]), do_sample=False)
         tensor([1])
     """
+    _check_sampling(do_sample, top_k, top_p, temperature)
     if freq_penalty and tokens is not None:
         logits = apply_freq_penalty(logits, tokens, freq_penalty, token_mask)
     if not do_sample:
         return logits.argmax(dim=-1)
-    if temperature <= 0:
-        raise ValueError(
-            f"temperature must be > 0 when sampling, got {temperature}; pass do_sample=False for greedy"
-        )
     logits = logits / temperature
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         logits = top_p_filter(logits, top_p)
     return torch.multinomial(logits.float().softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
 # -- generation -----------------------------------------------------------------------------------
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+
+
 def _eos_ids(model: HookedTransformer, eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """The EOS ids to stop at: `eos_token_id` (an int or a list), else the tokenizer's, else none."""
     if eos_token_id is None:
         tok = model.tokenizer
         if tok is None or tok.eos_token_id is None:
             return []
         eos_token_id = tok.eos_token_id
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
     for i in ids:
         if not 0 <= i < model.cfg.d_vocab:
             raise ValueError(f"eos_token_id {i} is outside the vocabulary [0, {model.cfg.d_vocab})")
@@ -230,9 +253,12 @@ class _LiveCapture:
         self.fwd_hooks = [(name, self._hook) for name, _ in fwd]
 
     def _hook(self, tensor: Tensor, hook: Any) -> None:
+        # A copy: a later hook may edit the activation in place.
         self.steps.setdefault(hook.name, []).append(tensor.detach().clone())
 
     def assemble(self) -> ActivationCache:
+        """The cache over all positions; called outside inference mode, so its tensors are normal
+        tensors (new ones, built from the inference-mode parts)."""
         cache: dict[str, Tensor] = {}
         for name, parts in self.steps.items():
             if name.endswith(self._SQUARE):  # [batch, head, q, k] with k growing each step
@@ -245,8 +271,8 @@ class _LiveCapture:
                     full[..., row : row + q, :k] = part
                     row += q
                 cache[name] = full
-            else:
-                cache[name] = torch.cat(parts, dim=1)
+            else:  # [batch, pos, ...]
+                cache[name] = parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.model._make_cache(cache)
 
 
@@ -268,7 +294,14 @@ def _prompt(
         tokens, mask = model._tokenize(input, prepend_bos, padding_side or "left")
     else:
         tokens, mask = model._input_to_tokens(input, None, None, attention_mask)
-    mask = torch.ones_like(tokens) if mask is None else mask.to(tokens.device).long()
+    if mask is None:
+        mask = torch.ones_like(tokens)
+    else:
+        mask = mask.to(tokens.device).long()
+        if mask.shape != tokens.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(mask.shape)}, but the tokens {tuple(tokens.shape)}"
+            )
     if bool((mask[:, -1] == 0).any()):
         raise ValueError(
             "generation needs left padding (every row's last position real); pass padding_side='left'"
@@ -276,13 +309,60 @@ def _prompt(
     return tokens, mask
 
 
+def _validate(
+    model: HookedTransformer,
+    prompt_len: int,
+    max_new_tokens: int,
+    do_sample: bool,
+    top_k: int | None,
+    top_p: float | None,
+    temperature: float,
+    stop_at_eos: bool,
+    eos_token_id: int | Sequence[int] | None,
+) -> list[int]:
+    """Check the arguments before any work; returns the EOS ids to stop at."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if prompt_len + max_new_tokens > model.cfg.n_ctx:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+            f"n_ctx={model.cfg.n_ctx}"
+        )
+    _check_sampling(do_sample, top_k, top_p, temperature)
+    eos_ids = _eos_ids(model, eos_token_id) if stop_at_eos or eos_token_id is not None else []
+    return eos_ids if stop_at_eos else []
+
+
+def _tail_hook_points(model: HookedTransformer) -> list[Any]:
+    """The hook points after the last block (final norm, unembed)."""
+    return [
+        hp for name, hp in model.hook_dict.items() if name.startswith(("ln_final.", "unembed."))
+    ]
+
+
+def _last_logits(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None,
+    kv: KVCache | None,
+    tail: list[Any],
+) -> Float[Tensor, "batch d_vocab"]:
+    """The logits of the last position. With several positions and no hook after the last block,
+    the final norm and unembed run on the last position only (as transformers' `logits_to_keep`):
+    a prompt's logits over the whole vocabulary are never materialised."""
+    if tokens.shape[1] > 1 and not any(hp.has_hooks() for hp in tail):
+        n = model.cfg.n_layers
+        resid = model(tokens, attention_mask=attention_mask, past_kv_cache=kv, stop_at_layer=n)
+        return model(resid[:, -1:], start_at_layer=n)[:, -1]
+    return model(tokens, attention_mask=attention_mask, past_kv_cache=kv)[:, -1]
+
+
 def _steps(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     mask: Int[Tensor, "batch pos"],
     max_new_tokens: int,
-    stop_at_eos: bool,
-    eos_token_id: int | Sequence[int] | None,
+    eos_ids: list[int],
     do_sample: bool,
     top_k: int | None,
     top_p: float | None,
@@ -292,69 +372,119 @@ def _steps(
     seed: int | None,
     capture: _LiveCapture | None = None,
 ) -> Iterator[Int[Tensor, " batch"]]:
-    """The generation loop: yields each step's new token per sequence."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise ValueError(
-            f"temperature must be > 0 when sampling, got {temperature}; pass do_sample=False for greedy"
-        )
+    """The generation loop: yields each step's new token per sequence.
+
+    It enters no context itself (inference mode, hooks): the caller wraps each `next()`, so
+    nothing leaks to the caller's code between steps of a stream.
+    """
     batch, prompt_len = tokens.shape
-    if prompt_len + max_new_tokens > model.cfg.n_ctx:
-        raise ValueError(
-            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
-            f"n_ctx={model.cfg.n_ctx}"
-        )
-    eos_ids = _eos_ids(model, eos_token_id) if stop_at_eos else []
-    eos = torch.tensor(eos_ids, device=tokens.device, dtype=torch.long)
+    device = tokens.device
+    total = prompt_len + max_new_tokens
+    out = tokens.new_empty(batch, total)  # prompt and new tokens, filled in place
+    out[:, :prompt_len] = tokens
+    padded = not bool(mask.all())
+    full_mask = mask.new_ones(batch, total) if padded else None
+    if full_mask is not None:
+        full_mask[:, :prompt_len] = mask
+    eos = torch.tensor(eos_ids, device=device, dtype=torch.long) if eos_ids else None
     pad_id = eos_ids[0] if eos_ids else 0
-    generator = (
-        torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
-    )
+    finished = torch.zeros(batch, dtype=torch.bool, device=device) if eos_ids else None
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     kv = None
     if use_past_kv_cache:
-        kv = KVCache(
-            model.cfg, batch, prompt_len + max_new_tokens + 1, tokens.device, model.W_E.dtype
-        )
-    finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-    step_input, step_mask = tokens, mask
-    with torch.no_grad(), model.hooks(fwd_hooks=capture.fwd_hooks if capture is not None else []):
-        for _ in range(max_new_tokens):
-            if kv is not None:
-                logits = model(step_input, attention_mask=step_mask, past_kv_cache=kv)
-            else:
-                if capture is not None:
-                    capture.steps.clear()  # without a KV cache each step re-runs everything
-                logits = model(tokens, attention_mask=None if bool(mask.all()) else mask)
-            next_tokens = sample_logits(
-                logits[:, -1],
-                do_sample,
-                top_k,
-                top_p,
-                temperature,
-                freq_penalty,
-                tokens,
-                generator,
-                mask,
-            )
-            if eos_ids:
-                next_tokens = torch.where(
-                    finished, torch.full_like(next_tokens, pad_id), next_tokens
-                )
-                finished |= torch.isin(next_tokens, eos)
-            step_input, step_mask = next_tokens[:, None], torch.ones_like(next_tokens[:, None])
-            tokens = torch.cat([tokens, step_input], dim=1)
-            mask = torch.cat([mask, step_mask], dim=1)
-            yield next_tokens
-            if eos_ids and bool(finished.all()):
-                break
-        if capture is not None and max_new_tokens > 0:
-            # Run the last token too, so the capture covers every position of the output.
-            if kv is not None:
-                model(step_input, attention_mask=step_mask, past_kv_cache=kv, return_type=None)
-            else:
-                capture.steps.clear()
-                model(tokens, attention_mask=None if bool(mask.all()) else mask, return_type=None)
+        kv = KVCache(model.cfg, batch, max(total, 1), device, model.W_E.dtype)
+    pending, pending_mask = tokens, mask if padded else None  # not yet fed through the KV cache
+    tail = _tail_hook_points(model)
+    length = prompt_len
+    for _ in range(max_new_tokens):
+        seen = full_mask[:, :length] if full_mask is not None else None
+        if kv is not None:
+            logits = _last_logits(model, pending, pending_mask, kv, tail)
+        else:
+            if capture is not None:
+                capture.steps.clear()  # without a KV cache each step re-runs everything
+            logits = _last_logits(model, out[:, :length], seen, None, tail)
+        next_tokens = sample_logits(
+            logits, do_sample, top_k, top_p, temperature, freq_penalty,
+            out[:, :length], generator, seen,
+        )  # fmt: skip
+        if finished is not None:
+            next_tokens = next_tokens.masked_fill(finished, pad_id)
+            finished |= torch.isin(next_tokens, eos)
+        out[:, length] = next_tokens
+        pending, pending_mask = out[:, length : length + 1], None
+        length += 1
+        yield next_tokens
+        if finished is not None and bool(finished.all()):
+            break
+    if capture is not None:
+        # Run the last token too (or the prompt, with no new tokens), so the capture covers
+        # every position of the output.
+        if kv is not None:
+            model(pending, attention_mask=pending_mask, past_kv_cache=kv, return_type=None)
+        else:
+            capture.steps.clear()
+            seen = full_mask[:, :length] if full_mask is not None else None
+            model(out[:, :length], attention_mask=seen, return_type=None)
+
+
+class _TextPieces:
+    """Turns each step's tokens into each row's new text, decoding incrementally: a piece is the
+    growth of the decoded continuation (so multi-byte characters and word-initial spaces come out
+    right), empty while a character is incomplete and after the row's EOS."""
+
+    def __init__(
+        self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], eos_ids: list[int]
+    ) -> None:
+        self.tok = model._require_tokenizer()
+        # Each row starts from its last prompt token, so the first piece keeps a leading space
+        # that a tokenizer drops at the start of a text (sentencepiece).
+        self.ids = [[int(t)] for t in tokens[:, -1].tolist()]
+        self.sent = [len(self._decode(ids)) for ids in self.ids]
+        self.done = [False] * len(self.ids)
+        self.eos = set(eos_ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, clean_up_tokenization_spaces=False)
+
+    def _piece(self, i: int, final: bool) -> str:
+        text = self._decode(self.ids[i])
+        if text.endswith("\ufffd") and not final:
+            return ""  # an incomplete UTF-8 character: wait for its other bytes
+        piece, self.sent[i] = text[self.sent[i] :], len(text)
+        return piece
+
+    def step(self, new: Int[Tensor, " batch"]) -> list[str]:
+        pieces = []
+        for i, t in enumerate(new.tolist()):
+            if self.done[i]:
+                pieces.append("")
+                continue
+            self.ids[i].append(t)
+            self.done[i] = t in self.eos
+            pieces.append(self._piece(i, final=self.done[i]))
+        return pieces
+
+    def flush(self) -> list[str]:
+        return [self._piece(i, final=True) for i in range(len(self.ids))]
+
+
+def _stream(
+    model: HookedTransformer,
+    steps: Iterator[Int[Tensor, " batch"]],
+    fwd_hooks: HookList,
+    pieces: _TextPieces | None,
+) -> Iterator[Int[Tensor, " batch"] | list[str]]:
+    while True:
+        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+            new = next(steps, None)
+        if new is None:
+            break
+        yield new.clone() if pieces is None else pieces.step(new)  # clone: a normal tensor
+    if pieces is not None:
+        rest = pieces.flush()
+        if any(rest):
+            yield rest
 
 
 def generate_stream(
@@ -374,21 +504,36 @@ def generate_stream(
     seed: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     return_type: Literal["tokens", "str"] = "tokens",
+    fwd_hooks: HookList = (),
 ) -> Iterator[Int[Tensor, " batch"] | list[str]]:
     """Yield new tokens as they are generated: a [batch] tensor per step, or with
-    `return_type="str"` each sequence's new text piece (see `generate` for the other arguments).
+    `return_type="str"` a list with each sequence's new text piece (see `generate` for the other
+    arguments). The arguments are checked when it is called, not at the first step.
+
+    Text pieces are decoded incrementally: joined, a row's pieces are the decoded continuation.
+    A piece is "" while a multi-byte character is incomplete and after the row's EOS; if the
+    last step leaves a character incomplete, one more list follows with the rest.
+
+    Inference mode is on and `fwd_hooks` attached only while a step runs, so the caller's code
+    between steps runs as usual; the yielded tensors are normal tensors.
 
     Example:
         >>> for piece in model.generate_stream("Once upon a time", 20, return_type="str"):
         ...     print(piece[0], end="", flush=True)
     """
+    if return_type not in ("tokens", "str"):
+        raise ValueError(f"return_type must be 'tokens' or 'str', got {return_type!r}")
     tokens, mask = _prompt(model, input, prepend_bos, padding_side, attention_mask)
-    steps = _steps(
-        model, tokens, mask, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p,
-        temperature, freq_penalty, use_past_kv_cache, seed,
+    eos_ids = _validate(
+        model, tokens.shape[1], max_new_tokens, do_sample, top_k, top_p, temperature,
+        stop_at_eos, eos_token_id,
     )  # fmt: skip
-    for new in steps:
-        yield [model.to_string([int(t)]) for t in new] if return_type == "str" else new
+    pieces = _TextPieces(model, tokens, eos_ids) if return_type == "str" else None
+    steps = _steps(
+        model, tokens, mask, max_new_tokens, eos_ids, do_sample, top_k, top_p, temperature,
+        freq_penalty, use_past_kv_cache, seed,
+    )  # fmt: skip
+    return _stream(model, steps, fwd_hooks, pieces)
 
 
 def generate(
@@ -411,14 +556,34 @@ def generate(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     return_cache: bool = False,
     names_filter: str | Sequence[str] | Callable[[str], bool] | None = None,
+    fwd_hooks: HookList = (),
 ) -> Any:
     """Continue `input` by up to `max_new_tokens` tokens (TransformerLens semantics).
 
-    Hooks attached with `model.hooks(...)` apply at every step. With `return_cache=True` it returns
-    `(output, cache)`: an ActivationCache over the whole output sequence, recorded live from the
-    generation steps (filtered by `names_filter`) and equal to `run_with_cache` on the output.
-    Lists of strings are left-padded and their padding is masked at every step. Sequences that
-    reach EOS are padded with EOS until all have finished (`stop_at_eos`).
+    Args:
+        input: a string, a list of strings (left-padded; the padding is masked at every step),
+            or token ids [batch, pos] / [pos] with an optional left-padded `attention_mask`.
+        stop_at_eos: stop once every sequence has produced an EOS (`eos_token_id`, an int or a
+            list, default the tokenizer's); finished sequences are padded with the first EOS id.
+        do_sample: False for greedy decoding; else sample with `temperature`, `top_k`, `top_p`
+            and `freq_penalty` (see `sample_logits`), reproducibly with `seed` (a private
+            generator: torch's global random state is neither used nor changed).
+        use_past_kv_cache: reuse keys and values (a preallocated `KVCache`) instead of re-running
+            the whole sequence each step; both give the same tokens.
+        return_type: "tokens", "str" (the text; each sequence cut after its first EOS, padding
+            dropped) or "input" (a string or list of strings for text input, else tokens).
+        verbose: show a tqdm progress bar.
+        return_cache: also return an ActivationCache over the whole output sequence, recorded
+            live from the generation steps (filtered by `names_filter`); it equals
+            `run_with_cache` on the output (for padded batches, at the real positions).
+        fwd_hooks: (name or filter, hook) pairs applied at every step, as in `run_with_hooks`;
+            hooks attached with `model.hooks(...)` around the call apply too. The steps run
+            under `torch.inference_mode()` (as in TransformerLens): a hook that keeps an
+            activation keeps an inference tensor (`.clone()` it outside to use it with autograd).
+            The returned tokens and cache are normal tensors.
+
+    Returns:
+        The output, or `(output, cache)` with `return_cache=True`.
 
     Example:
         >>> model.generate("The capital of France is", max_new_tokens=3, do_sample=False)
@@ -429,27 +594,32 @@ def generate(
     if isinstance(input, str) and input == "":
         prepend_bos = True  # an empty prompt starts from BOS
     tokens, mask = _prompt(model, input, prepend_bos, padding_side, attention_mask)
+    prompt_len = tokens.shape[1]
+    eos_ids = _validate(
+        model, prompt_len, max_new_tokens, do_sample, top_k, top_p, temperature, stop_at_eos,
+        eos_token_id,
+    )  # fmt: skip
     capture = _LiveCapture(model, names_filter) if return_cache else None
     steps = _steps(
-        model, tokens, mask, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p,
-        temperature, freq_penalty, use_past_kv_cache, seed, capture,
+        model, tokens, mask, max_new_tokens, eos_ids, do_sample, top_k, top_p, temperature,
+        freq_penalty, use_past_kv_cache, seed, capture,
     )  # fmt: skip
-    new = list(tqdm(steps, total=max_new_tokens, disable=not verbose, desc="generating"))
+    hooks = [*fwd_hooks, *(capture.fwd_hooks if capture is not None else [])]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        new = list(tqdm(steps, total=max_new_tokens, disable=not verbose, desc="generating"))
+    # From here on outside inference mode, so what is returned are normal tensors.
     out = torch.cat([tokens, torch.stack(new, dim=1)], dim=1) if new else tokens
     if return_type == "input":
         return_type = "str" if _is_text(input) else "tokens"
     if return_type == "tokens":
         result: Any = out
     else:
-        keep = torch.cat([mask, torch.ones_like(out[:, tokens.shape[1] :])], dim=1).bool()
-        if stop_at_eos and new:  # drop the padding after each row's first EOS
-            eos_ids = _eos_ids(model, eos_token_id)
-            generated = out[:, tokens.shape[1] :]
-            is_eos = torch.isin(
-                generated, torch.tensor(eos_ids, dtype=torch.long, device=out.device)
-            )
-            after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-            keep[:, tokens.shape[1] :] &= ~after_eos
+        keep = torch.cat([mask, torch.ones_like(out[:, prompt_len:])], dim=1).bool()
+        if eos_ids and new:  # drop the padding after each row's first EOS
+            generated = out[:, prompt_len:]
+            is_eos = torch.isin(generated, torch.tensor(eos_ids, device=out.device))
+            after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+            keep[:, prompt_len:] &= ~after_eos
         texts = [model.to_string(row[k]) for row, k in zip(out, keep, strict=True)]
         result = texts[0] if isinstance(input, str) else texts
     return (result, capture.assemble()) if capture is not None else result
