@@ -10,35 +10,17 @@ from typing import Any
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_in, heads_out, transpose
+from lmscope.loading.families import Family, WeightMap, gptj, heads_in, heads_out, transpose
 
 MP_NUM = 4  # fixed in transformers' CodeGenAttention
 _CHUNK = {"Q": 0, "V": 1, "K": 2}  # order inside each model-parallel chunk
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
-    d_model, n_heads = hf["n_embd"], hf["n_head"]
-    if d_model % MP_NUM:
+    """GPT-J's configuration; CodeGen only adds the constraint of its fused qkv layout."""
+    if hf["n_embd"] % MP_NUM:
         raise ValueError(f"CodeGen's fused qkv_proj needs n_embd divisible by {MP_NUM}")
-    d_head = d_model // n_heads
-    return dict(
-        d_model=d_model,
-        n_layers=hf["n_layer"],
-        n_heads=n_heads,
-        d_head=d_head,
-        d_mlp=hf.get("n_inner") or 4 * d_model,
-        d_vocab=hf["vocab_size"],
-        n_ctx=hf["n_positions"],
-        act_fn=hf.get("activation_function", "gelu_new"),
-        normalization_type="LN",
-        eps=hf.get("layer_norm_epsilon", 1e-5),
-        positional_embedding_type="rotary",
-        rotary_dim=hf.get("rotary_dim") or d_head,
-        rotary_base=10000.0,
-        rotary_adjacent_pairs=True,
-        parallel_attn_mlp=True,
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-    )
+    return gptj.config_from_hf(hf)
 
 
 def qkv_part(which: str, n_heads: int) -> Callable[[Tensor], Tensor]:
