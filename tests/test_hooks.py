@@ -363,7 +363,7 @@ def test_cache_incl_bwd_stores_true_gradients(llama: HookedTransformer, tokens) 
         torch.testing.assert_close(cache[name], stored[name].detach(), atol=0, rtol=0)
         assert not cache[name].requires_grad
     # run_with_cache backpropagated into the parameters
-    assert llama.blocks[0].attn.qkv_weight.grad is not None
+    assert llama.blocks[0].attn.q_weight.grad is not None
 
 
 def test_incl_bwd_needs_a_scalar_output(llama: HookedTransformer, tokens) -> None:

@@ -184,3 +184,20 @@ def test_truncate_to_n_ctx(model: HookedTransformer) -> None:
     assert torch.equal(truncated, full[:, : model.cfg.n_ctx])
     with pytest.raises(ValueError, match="n_ctx=64"):
         model(long_text)
+
+
+def test_tokenizer_loads_on_first_use(tiny_gpt2_tok_bos: TinyModel) -> None:
+    """Loading leaves the tokenizer for later; the first read of it, or of the config's
+    default_prepend_bos, loads it, and a deepcopy of the config settles the value."""
+    import copy
+
+    model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok_bos.path)
+    assert model._tokenizer is None
+    cfg = copy.deepcopy(model.cfg)
+    assert cfg.default_prepend_bos is True and model._tokenizer is not None
+    fresh = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok_bos.path)
+    assert fresh.to_str_tokens("ab")[0] == fresh.tokenizer.bos_token
+    forced = HookedTransformer.from_pretrained_no_processing(
+        tiny_gpt2_tok_bos.path, default_prepend_bos=False
+    )
+    assert forced.cfg.default_prepend_bos is False and forced._tokenizer is None

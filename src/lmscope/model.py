@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -52,6 +53,12 @@ _FLAG_OF_SETTER = {
 }
 
 
+def _prepends_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts BOS first on its own (the model's default for `prepend_bos`)."""
+    ids = tokenizer("hello")["input_ids"]
+    return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
+
+
 class HookedTransformer(HookedRootModule):
     """A decoder-only transformer whose every activation is a named HookPoint.
 
@@ -88,7 +95,9 @@ class HookedTransformer(HookedRootModule):
             self.init_weights()
         if cfg.device is not None:
             self.to(cfg.device)
-        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_loader: tuple[Callable[[], PreTrainedTokenizerBase], bool | None] | None
+        self._tokenizer_loader = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         self.setup()
@@ -140,9 +149,48 @@ class HookedTransformer(HookedRootModule):
         """Attach a Hugging Face tokenizer. Without a pad token, EOS (or BOS) pads."""
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
-        self.tokenizer = tokenizer
+        self._tokenizer, self._tokenizer_loader = tokenizer, None
         if default_prepend_bos is not None:
             self.cfg.default_prepend_bos = default_prepend_bos
+
+    def set_tokenizer_loader(
+        self,
+        load: Callable[[], PreTrainedTokenizerBase],
+        default_prepend_bos: bool | None = None,
+    ) -> None:
+        """Attach a tokenizer that `load()` builds on first use of `model.tokenizer`.
+
+        Reading a tokenizer is the slowest part of loading a small model (~0.2 s for SmolLM2,
+        seconds from a GGUF file), and scripts that pass token ids never need it. Unless
+        `default_prepend_bos` is given, reading `cfg.default_prepend_bos` loads it too: the
+        value is what the tokenizer does.
+        """
+        self._tokenizer, self._tokenizer_loader = None, (load, default_prepend_bos)
+        if default_prepend_bos is not None:
+            self.cfg.default_prepend_bos = default_prepend_bos
+        else:
+            model = weakref.ref(self)
+            default = self.cfg.default_prepend_bos
+
+            def resolve() -> bool:
+                alive = model()
+                tokenizer = alive.tokenizer if alive is not None else None
+                return _prepends_bos(tokenizer) if tokenizer is not None else default
+
+            self.cfg.defer_default_prepend_bos(resolve)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The Hugging Face tokenizer (None if the model has none); see `set_tokenizer_loader`."""
+        if self._tokenizer is None and self._tokenizer_loader is not None:
+            load, prepend = self._tokenizer_loader
+            tokenizer = load()
+            self.set_tokenizer(tokenizer, _prepends_bos(tokenizer) if prepend is None else prepend)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        self._tokenizer, self._tokenizer_loader = tokenizer, None
 
     # -- hook flags --------------------------------------------------------------------------------
     def set_use_attn_result(self, use: bool) -> None:

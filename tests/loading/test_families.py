@@ -291,8 +291,9 @@ def test_weight_views_share_storage_with_parameters(model: HookedTransformer) ->
     block = model.blocks[0]
     for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V"):
         assert getattr(block.attn, name)._base is not None, name
-    for name in ("W_in", "W_out", "b_in"):
+    for name in ("W_in", "W_out"):
         assert getattr(block.mlp, name)._base is not None, name
+    assert block.mlp.b_in is block.mlp.in_bias  # a parameter itself: nn.Linear layout
     torch.testing.assert_close(model.W_Q[0], block.attn.W_Q, atol=0, rtol=0)
 
 

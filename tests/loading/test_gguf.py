@@ -147,7 +147,7 @@ def test_tokenizer_round_trip_and_matches_transformers(
 ) -> None:
     from transformers import AutoTokenizer
 
-    tok = ckpt.tokenizer()
+    tok = ckpt.tokenizer_loader()()
     ref = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
     ids = tok(PROMPT)["input_ids"]
     assert ids == ref(PROMPT)["input_ids"]

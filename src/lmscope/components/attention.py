@@ -1,8 +1,10 @@
 """Multi-head attention (MHA, GQA and MQA) with every TransformerLens hook.
 
-Storage is fused for speed: `qkv_weight` [(n_heads + 2 n_kv) d_head, d_model] in nn.Linear layout, so
-q, k and v come from one matmul. `W_Q` [head, d_model, d_head], `W_K`, `W_V`, `W_O`
-[head, d_head, d_model] and the biases are views of that storage: editing a view edits the model.
+Storage is the checkpoints' own nn.Linear layout: `q_weight` [n_heads d_head, d_model], `k_weight`
+and `v_weight` [n_kv d_head, d_model], `o_weight` [d_model, n_heads d_head], so loading adopts a
+checkpoint's tensors without copying them (a fused q/k/v matmul measured no faster on CPU).
+`W_Q` [head, d_model, d_head], `W_K`, `W_V`, `W_O` [head, d_head, d_model] and the biases are
+views of that storage: editing a view edits the model.
 
 Two paths give the same numbers: a fast one through `scaled_dot_product_attention`, taken whenever
 nobody hooks `hook_attn_scores` or `hook_pattern` (caching them counts as hooking), and an explicit
@@ -132,9 +134,12 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
         nh, nkv, dh, dm = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
-        self.sizes = (nh * dh, nkv * dh, nkv * dh)
-        self.qkv_weight = nn.Parameter(torch.empty(sum(self.sizes), dm, dtype=cfg.dtype))
-        self.qkv_bias = nn.Parameter(torch.zeros(sum(self.sizes), dtype=cfg.dtype))
+        self.q_weight = nn.Parameter(torch.empty(nh * dh, dm, dtype=cfg.dtype))
+        self.k_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype))
+        self.v_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype))
+        self.q_bias = nn.Parameter(torch.zeros(nh * dh, dtype=cfg.dtype))
+        self.k_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype))
+        self.v_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype))
         self.o_weight = nn.Parameter(torch.empty(dm, nh * dh, dtype=cfg.dtype))
         self.b_O = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype))
 
@@ -153,38 +158,32 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg, dh if cfg.qk_norm_per_head else nkv * dh)
 
     # -- weight views (TransformerLens layout) -------------------------------------------------
-    def _split_weight(self, i: int, n: int) -> Float[Tensor, "n d_model d_head"]:
-        start = sum(self.sizes[:i])
-        w = self.qkv_weight[start : start + self.sizes[i]]
-        return w.view(n, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
-
-    def _split_bias(self, i: int, n: int) -> Float[Tensor, "n d_head"]:
-        start = sum(self.sizes[:i])
-        return self.qkv_bias[start : start + self.sizes[i]].view(n, self.cfg.d_head)
+    def _heads(self, w: Tensor) -> Float[Tensor, "n d_model d_head"]:
+        return w.view(-1, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
 
     @property
     def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
-        return self._split_weight(0, self.cfg.n_heads)
+        return self._heads(self.q_weight)
 
     @property
     def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return self._split_weight(1, self.cfg.n_key_value_heads)
+        return self._heads(self.k_weight)
 
     @property
     def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        return self._split_weight(2, self.cfg.n_key_value_heads)
+        return self._heads(self.v_weight)
 
     @property
     def b_Q(self) -> Float[Tensor, "head d_head"]:
-        return self._split_bias(0, self.cfg.n_heads)
+        return self.q_bias.view(-1, self.cfg.d_head)
 
     @property
     def b_K(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._split_bias(1, self.cfg.n_key_value_heads)
+        return self.k_bias.view(-1, self.cfg.d_head)
 
     @property
     def b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return self._split_bias(2, self.cfg.n_key_value_heads)
+        return self.v_bias.view(-1, self.cfg.d_head)
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]:
@@ -208,13 +207,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
-            qkv = F.linear(query_input, self.qkv_weight, self.qkv_bias)
+            q = F.linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
+            k = F.linear(query_input, self.k_weight, self.k_bias).view(b, p, -1, cfg.d_head)
+            v = F.linear(query_input, self.v_weight, self.v_bias).view(b, p, -1, cfg.d_head)
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
-                qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
-            q, k, v = qkv.split(self.sizes, dim=-1)
-            q = q.view(b, p, cfg.n_heads, cfg.d_head)
-            k = k.view(b, p, cfg.n_key_value_heads, cfg.d_head)
-            v = v.view(b, p, cfg.n_key_value_heads, cfg.d_head)
+                q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
             q = self._project(query_input, self.W_Q, self.b_Q)
             k = self._project(key_input, self.W_K, self.b_K)

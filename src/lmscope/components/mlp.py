@@ -1,7 +1,8 @@
 """Feed-forward layers: plain (`W_in`, act, `W_out`) and gated (`act(x W_gate) * (x W_in)`).
 
-Weights are stored in nn.Linear layout, the gated pair fused as one [2 d_mlp, d_model] matrix so
-one matmul computes both; `W_in`, `W_gate`, `W_out` [d_mlp, d_model] and biases are views.
+Weights are stored as checkpoints store them (nn.Linear layout, gate and up apart), so loading
+adopts them without a copy; `W_in`, `W_gate` [d_model, d_mlp], `W_out` [d_mlp, d_model] and the
+biases are views.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ class MLP(nn.Module):
         self.gated = cfg.gated_mlp
         self.d_mlp = d_mlp = d_mlp or cfg.d_mlp
         dm = cfg.d_model
-        n_in = 2 * d_mlp if self.gated else d_mlp
-        self.in_weight = nn.Parameter(torch.empty(n_in, dm, dtype=cfg.dtype))
-        self.in_bias = nn.Parameter(torch.zeros(n_in, dtype=cfg.dtype))
+        # nn.Linear layout, as checkpoints store them, so loading adopts them without a copy.
+        self.in_weight = nn.Parameter(torch.empty(d_mlp, dm, dtype=cfg.dtype))
+        self.in_bias = nn.Parameter(torch.zeros(d_mlp, dtype=cfg.dtype))
+        if self.gated:
+            self.gate_weight = nn.Parameter(torch.empty(d_mlp, dm, dtype=cfg.dtype))
+            self.gate_bias = nn.Parameter(torch.zeros(d_mlp, dtype=cfg.dtype))
         self.out_weight = nn.Parameter(torch.empty(dm, d_mlp, dtype=cfg.dtype))
         self.b_out = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype))
         self.act = ACTIVATIONS[cfg.act_fn]
@@ -70,19 +74,19 @@ class MLP(nn.Module):
     # -- weight views --------------------------------------------------------------------------
     @property
     def W_gate(self) -> Float[Tensor, "d_model d_mlp"] | None:
-        return self.in_weight[: self.d_mlp].T if self.gated else None
+        return self.gate_weight.T if self.gated else None
 
     @property
     def b_gate(self) -> Float[Tensor, " d_mlp"] | None:
-        return self.in_bias[: self.d_mlp] if self.gated else None
+        return self.gate_bias if self.gated else None
 
     @property
     def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
-        return self.in_weight[-self.d_mlp :].T
+        return self.in_weight.T
 
     @property
     def b_in(self) -> Float[Tensor, " d_mlp"]:
-        return self.in_bias[-self.d_mlp :]
+        return self.in_bias
 
     @property
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
@@ -91,8 +95,8 @@ class MLP(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         h = F.linear(x, self.in_weight, self.in_bias)
         if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(up))
+            gate = F.linear(x, self.gate_weight, self.gate_bias)
+            post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(h))
         else:
             post = self.act(self.hook_pre(h))
             if self.cfg.act_fn == "solu_ln":

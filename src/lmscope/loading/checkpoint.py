@@ -1,13 +1,19 @@
 """Checkpoints on disk seen through one small interface: `hf_config`, `tensor_names()`, `get(name)`
-and `tokenizer()`.
+and `tokenizer_loader()`.
 
 `get` reads one tensor at a time (safetensors `safe_open`, or a memory-mapped `.bin` read with
-`torch.load(weights_only=True)`), so loading never holds a second copy of the whole model.
+`torch.load(weights_only=True)`), so loading never holds a second copy of the whole model. A
+tensor asked for with `keep=True` is a private (copy-on-write) map of its own pages of the file,
+so the model can adopt it as a parameter without copying it: writes to it never reach the file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import mmap
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +28,41 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 # the handle goes. Reopening after this many bytes keeps ~one chunk of the file resident while
 # loading instead of all of it (peak RSS ~ model + chunk, not model + file); reopening is cheap.
 _REMAP_BYTES = 64 * 2**20
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+
+
+def _safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
+    """(byte offset of the data, {name: {"dtype", "shape", "data_offsets"}}) of a safetensors
+    file: an 8-byte little-endian header length, then the JSON header, then the data."""
+    with open(file, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
+def _map_private(file: Path, start: int, entry: dict[str, Any]) -> torch.Tensor | None:
+    """One tensor as a private copy-on-write map of just its own pages of `file` (None when its
+    dtype is not a float type or it is empty). Its pages enter RSS only when read, leave when
+    the tensor goes, and writes to it never reach the file."""
+    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+    begin, end = entry["data_offsets"]
+    if dtype is None or end <= begin:
+        return None
+    offset = start + begin
+    page_start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with open(file, "rb") as f:
+        buffer = mmap.mmap(
+            f.fileno(), start + end - page_start, access=mmap.ACCESS_COPY, offset=page_start
+        )
+    count = (end - begin) // dtype.itemsize
+    tensor = torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset - page_start)
+    return tensor.view(entry["shape"])
 
 
 class Checkpoint(Protocol):
@@ -31,9 +72,14 @@ class Checkpoint(Protocol):
 
     def tensor_names(self) -> list[str]: ...
 
-    def get(self, name: str) -> torch.Tensor: ...
+    def get(self, name: str, keep: bool = False) -> torch.Tensor:
+        """The HF-named tensor. `keep=True` asks for one that may become a parameter as it is:
+        it must not share memory with any other tensor handed out."""
+        ...
 
-    def tokenizer(self) -> PreTrainedTokenizerBase | None: ...
+    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
+        """A cheap callable that builds the tokenizer (None when the checkpoint has none)."""
+        ...
 
 
 class DirectoryCheckpoint:
@@ -54,14 +100,15 @@ class DirectoryCheckpoint:
         self.hf_config: dict[str, Any] = json.loads(config_file.read_text())
         self._files: dict[str, Path] = {}
         self._handles: dict[Path, Any] = {}
+        self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
         self._mapped_bytes: dict[Path, int] = {}
         safetensors = sorted(self.path.glob("*.safetensors"))
         bins = sorted(p for p in self.path.glob("*.bin") if p.name.startswith("pytorch_model"))
         if safetensors:
             for file in safetensors:
-                with safe_open(file, framework="pt") as f:
-                    for key in f.keys():
-                        self._files[key] = file
+                self._headers[file] = _safetensors_header(file)
+                for key in self._headers[file][1]:
+                    self._files[key] = file
         elif bins:
             for file in bins:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -91,9 +138,14 @@ class DirectoryCheckpoint:
             f"such as {list(self._files)[:4]}"
         )
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, keep: bool = False) -> torch.Tensor:
         key = self._resolve(name)
         file = self._files[key]
+        if file.suffix == ".safetensors" and keep:
+            start, header = self._headers[file]
+            tensor = _map_private(file, start, header[key])
+            if tensor is not None:
+                return tensor
         if file.suffix == ".safetensors":
             handle = self._handles.get(file)
             if handle is None or self._mapped_bytes[file] > _REMAP_BYTES:
@@ -102,11 +154,19 @@ class DirectoryCheckpoint:
             tensor = handle.get_tensor(key)
             self._mapped_bytes[file] += tensor.nbytes
             return tensor
-        return self._handles[file][key]
+        # torch.load(mmap=True) maps the file once: a kept tensor must not alias another one.
+        return self._handles[file][key].clone() if keep else self._handles[file][key]
 
-    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
         if not any((self.path / f).exists() for f in _TOKENIZER_FILES):
             return None
-        from transformers import AutoTokenizer
+        return functools.partial(
+            load_tokenizer, str(self.path), trust_remote_code=self.trust_remote_code
+        )
 
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+
+def load_tokenizer(path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(path, **kwargs)`, importing transformers only when called."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, **kwargs)

@@ -6,7 +6,7 @@
 * ``hf_config``: a ``config.json``-style dict built from the GGUF metadata,
 * ``tensor_names()`` / ``get(name)``: the weights under their Hugging Face names, dequantised
   to float32 one tensor at a time (nothing is dequantised up front),
-* ``tokenizer()``: the tokenizer rebuilt from the GGUF metadata.
+* ``tokenizer_loader()``: builds the tokenizer from the GGUF metadata when called.
 
 GGUF and HF names are related through the ``gguf`` package's own ``TensorNameMap``; the
 per-architecture knowledge that the library does not carry (HF module names, config keys,
@@ -19,6 +19,7 @@ The results agree exactly with ``transformers``' own GGUF loader
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -336,8 +337,9 @@ class GGUFCheckpoint:
                 f"tensor {hf_name!r} is not in GGUF checkpoint {self.path.name}{tied}"
             ) from None
 
-    def get(self, hf_name: str) -> torch.Tensor:
-        """Dequantise one tensor to float32, in HF layout (``nn.Linear`` weights are [out, in])."""
+    def get(self, hf_name: str, keep: bool = False) -> torch.Tensor:
+        """Dequantise one tensor to float32, in HF layout (``nn.Linear`` weights are [out, in]).
+        Every call returns fresh memory, so `keep` needs nothing more."""
         name = self.gguf_name(hf_name)
         info = self._tensors[name]
         array = gguf.quants.dequantize(info.data, info.tensor_type)
@@ -349,11 +351,11 @@ class GGUFCheckpoint:
             tensor = self._spec.fix(name, tensor, self.hf_config)
         return tensor.contiguous()
 
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """A fresh HF tokenizer rebuilt from the GGUF metadata (takes a few seconds)."""
-        from transformers import AutoTokenizer
+    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase]:
+        """Builds a fresh HF tokenizer from the GGUF metadata when called (takes seconds)."""
+        from lmscope.loading.checkpoint import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)
+        return functools.partial(load_tokenizer, str(self.path.parent), gguf_file=self.path.name)
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
