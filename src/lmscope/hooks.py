@@ -275,8 +275,14 @@ class HookedRootModule(nn.Module):
         remove_batch_dim: bool = False,
         cache: dict[str, Tensor] | None = None,
         dtype: torch.dtype | None = None,
+        non_blocking: bool = False,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
-        """Hooks that store detached activations (and gradients as `name + '_grad'`) in `cache`."""
+        """Hooks that store detached activations (and gradients as `name + '_grad'`) in `cache`.
+
+        Each activation moves to `device` and `dtype` as soon as it is made, so a cache offloaded
+        from a GPU never holds more than one activation there. `non_blocking=True` queues those
+        copies without waiting (the caller must synchronise before reading the cache, as
+        `run_with_cache` does)."""
         cache = {} if cache is None else cache
         keep = _as_filter(names_filter)
         if isinstance(names_filter, str):
@@ -291,7 +297,7 @@ class HookedRootModule(nn.Module):
                 if remove_batch_dim:
                     t = t[0]
                 if device is not None or dtype is not None:
-                    t = t.to(device=device, dtype=dtype)
+                    t = t.to(device=device, dtype=dtype, non_blocking=non_blocking)
                 cache[hook.name + suffix] = t  # type: ignore[operator]
 
             return save
@@ -318,14 +324,23 @@ class HookedRootModule(nn.Module):
         """Run the model and return `(output, cache)` of the activations that pass `names_filter`.
 
         With `incl_bwd=True` the output (a scalar, e.g. `return_type="loss"`) is back-propagated
-        and gradients are stored as `name + "_grad"`.
+        and gradients are stored as `name + "_grad"`. `device="cpu"` offloads each activation as
+        it is made (GPU memory then holds one at a time; copies overlap the forward), and
+        `cache_dtype` (e.g. `torch.bfloat16`) stores the cache in a smaller dtype.
 
         Example:
             >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "resid" in n)
             >>> cache["resid_post", 3].shape
         """
+        offload = device is not None and torch.device(device).type == "cpu"
+        non_blocking = offload and any(p.is_cuda for p in self.parameters())
         cache, fwd, bwd = self.get_caching_hooks(
-            names_filter, incl_bwd, device, remove_batch_dim, dtype=cache_dtype
+            names_filter,
+            incl_bwd,
+            device,
+            remove_batch_dim,
+            dtype=cache_dtype,
+            non_blocking=non_blocking,
         )
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
             out = self(*model_args, **model_kwargs)
@@ -333,6 +348,8 @@ class HookedRootModule(nn.Module):
                 if not isinstance(out, Tensor) or out.numel() != 1:
                     raise ValueError("incl_bwd=True needs a scalar output: pass return_type='loss'")
                 out.backward()
+        if non_blocking:
+            torch.cuda.synchronize()  # the queued device-to-host copies are now complete
         if return_cache_object:
             return out, self._make_cache(cache)
         return out, cache
