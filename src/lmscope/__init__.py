@@ -1,6 +1,6 @@
 """lmscope: see, cache, edit and patch every activation of a real language model."""
 
-from lmscope import utils
+from lmscope import memory, utils
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
 from lmscope.factored_matrix import FactoredMatrix
@@ -19,3 +19,5 @@ __all__ = [
     "utils",
 ]
 __version__ = "0.1.0"
+
+memory.tune_malloc()  # caching activations reuses freed memory (LMSCOPE_TUNE_MALLOC=0: off)

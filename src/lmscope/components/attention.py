@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from lmscope.components.linear import linear
 from lmscope.components.norm import RMSNorm
 from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
@@ -87,6 +88,13 @@ class AttentionMask:
             return self.mask
         square = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
         return (square.tril() if self.is_causal else square)[None, None]
+
+    def blocked(self, q_len: int, k_len: int, device: torch.device) -> Bool[Tensor, "batch 1 q k"]:
+        """Where the dense mask forbids attending (True = blocked), made once per forward."""
+        key = ("blocked", q_len, k_len)
+        if key not in self._sdpa:
+            self._sdpa[key] = ~self.dense(q_len, k_len, device)
+        return self._sdpa[key]
 
     def sdpa_mask(
         self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype = torch.float32
@@ -207,9 +215,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
-            q = F.linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
-            k = F.linear(query_input, self.k_weight, self.k_bias).view(b, p, -1, cfg.d_head)
-            v = F.linear(query_input, self.v_weight, self.v_bias).view(b, p, -1, cfg.d_head)
+            q = linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
+            k = linear(query_input, self.k_weight, self.k_bias).view(b, p, -1, cfg.d_head)
+            v = linear(query_input, self.v_weight, self.v_bias).view(b, p, -1, cfg.d_head)
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
@@ -245,7 +253,7 @@ class Attention(nn.Module):
         if cfg.use_attn_result:
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
             return result.sum(dim=2) + self.b_O
-        return F.linear(z.reshape(b, p, cfg.n_heads * cfg.d_head), self.o_weight, self.b_O)
+        return linear(z.reshape(b, p, cfg.n_heads * cfg.d_head), self.o_weight, self.b_O)
 
     @staticmethod
     def _project(
@@ -295,16 +303,21 @@ class Attention(nn.Module):
     def _explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
     ) -> Float[Tensor, "batch head pos d_head"]:
-        k, v = self._expand_kv(k), self._expand_kv(v)
-        scores = q @ k.transpose(-1, -2)
+        # Grouped heads fold into the query positions ([batch, kv_head, group * pos, d_head]), so
+        # each key/value head is read where it is, never copied per query head.
+        b, h, p, dh = q.shape
+        kv = k.shape[1]
+        scores = (q.reshape(b, kv, (h // kv) * p, dh) @ k.transpose(-1, -2)).view(b, h, p, -1)
         if self.cfg.use_attn_scale:
-            scores = scores / self.cfg.attn_scale
+            scores.div_(self.cfg.attn_scale)  # in place: the matmul's output is not saved
         cap = self.cfg.attn_scores_soft_cap
         if cap > 0:
             scores = cap * torch.tanh(scores / cap)
-        if mask.bias is not None:
-            scores = scores + mask.bias
-        allowed = mask.dense(q.shape[-2], k.shape[-2], q.device)
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+        if mask.mask is not None or mask.bias is not None:
+            scores += mask.sdpa_mask(p, scores.shape[-1], q.device, q.dtype)  # 0/-inf (+ bias)
+        elif mask.is_causal and p > 1:
+            scores.masked_fill_(mask.blocked(p, scores.shape[-1], q.device), float("-inf"))
+        scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-        return pattern @ v
+        z = pattern.reshape(b, kv, (h // kv) * p, -1) @ v
+        return z.view(b, h, p, dh)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from lmscope.components.linear import linear
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
@@ -51,4 +52,4 @@ class Unembed(nn.Module):
     def forward(
         self, x: Float[Tensor, "batch pos d_model"]
     ) -> Float[Tensor, "batch pos d_vocab_out"]:
-        return self.hook_out(F.linear(self.hook_in(x), self.weight, self.b_U))
+        return self.hook_out(linear(self.hook_in(x), self.weight, self.b_U))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lmscope.components.linear import linear
 from lmscope.components.norm import LayerNorm
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -93,16 +94,16 @@ class MLP(nn.Module):
         return self.out_weight.T
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        h = F.linear(x, self.in_weight, self.in_bias)
+        h = linear(x, self.in_weight, self.in_bias)
         if self.gated:
-            gate = F.linear(x, self.gate_weight, self.gate_bias)
+            gate = linear(x, self.gate_weight, self.gate_bias)
             post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(h))
         else:
             post = self.act(self.hook_pre(h))
             if self.cfg.act_fn == "solu_ln":
                 post = self.ln(self.hook_mid(post))
             post = self.hook_post(post)
-        return F.linear(post, self.out_weight, self.b_out)
+        return linear(post, self.out_weight, self.b_out)
 
     def weights(self) -> dict[str, Tensor]:
         """This layer's weights under their TransformerLens names (views)."""
