@@ -48,7 +48,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,7 +195,6 @@ class Settings:
     load_repeats: int = 3
     quick: bool = False
     cache_dir: Path = DEFAULT_CACHE
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- checkpoints: a Hugging Face hub cache per model --------------------------------------------------
@@ -1323,13 +1322,13 @@ def evaluate_targets(model_docs: dict[str, Any]) -> list[tuple[str, str, bool | 
     for workload, text in TARGETS_TEXT:
         r = ratio(lm, workload)
         rows.append(
-            (text, "-" if r is None else f"{r:.2f}x", None if r is None else r <= limits[workload])
+            (text, "-" if r is None else f"{r:.3f}x", None if r is None else r <= limits[workload])
         )
     for workload in (w for w in WORKLOADS if w.startswith("generate")):
         r = ratio(lm, workload)
         text = f"{WORKLOAD_LABELS[workload]}: >= 1.0x HF tokens/s"
         rows.append(
-            (text, "-" if r is None else f"{1 / r:.2f}x", None if r is None else 1 / r >= 1.0)
+            (text, "-" if r is None else f"{1 / r:.3f}x", None if r is None else 1 / r >= 1.0)
         )
         for tl in ("tl3", "tl4"):
             other = model_docs.get(tl)
@@ -1338,7 +1337,7 @@ def evaluate_targets(model_docs: dict[str, Any]) -> list[tuple[str, str, bool | 
             if r is None or ro is None:
                 rows.append((text, "not measured", None))
             else:
-                rows.append((text, f"{ro / r:.2f}x", ro / r >= 3.0))
+                rows.append((text, f"{ro / r:.3f}x", ro / r >= 3.0))
     # Loads compare load + one read of every weight: HF (and lmscope without processing) map the
     # safetensors file and read a page only when it is first used, so a bare load does not load.
     load = lm.get("load", {}).get("kinds", {})
@@ -1349,7 +1348,7 @@ def evaluate_targets(model_docs: dict[str, Any]) -> list[tuple[str, str, bool | 
         if "load_touch_s" not in k or not hf_load or not disk:
             continue
         r = k["load_touch_s"] / hf_load
-        rows.append((f"load + read, {LOAD_LABELS[kind]}: <= 1.0x HF", f"{r:.2f}x", r <= 1.0))
+        rows.append((f"load + read, {LOAD_LABELS[kind]}: <= 1.0x HF", f"{r:.3f}x", r <= 1.0))
         g = k["rss_growth_touch"] / disk
         rows.append(
             (f"peak RSS growth, {LOAD_LABELS[kind]}: <= 1.3x weights", f"{g:.2f}x", g <= 1.3)
@@ -1363,7 +1362,7 @@ def evaluate_targets(model_docs: dict[str, Any]) -> list[tuple[str, str, bool | 
             if r is not None and ro is not None:
                 measured.append(other_tool)
                 if r >= ro:
-                    slower.append(f"{TOOL_LABELS[other_tool]} ({ro:.2f}x vs {r:.2f}x)")
+                    slower.append(f"{TOOL_LABELS[other_tool]} ({ro:.3f}x vs {r:.3f}x)")
         if r is None:
             continue
         text = f"{WORKLOAD_LABELS[workload]}: faster than TL 3.9, TL 4.3 and nnsight"
@@ -1417,11 +1416,26 @@ def render_device(device: str, results: dict[str, Any]) -> list[str]:
             "- load average (1, 5, 15 min) at each worker's start: " + "; ".join(loads),
             "",
         ]
+        if device.startswith("cuda"):
+            lines += [
+                "On CUDA the load table's peak RSS is host memory (the CUDA context included), "
+                "not GPU memory. Only the tools installed on the GPU machine were measured.",
+                "",
+            ]
     for model, model_docs in results.items():
         tools = [t for t in TOOLS if t in model_docs]
         lines += [f"## {model} ({device})", "", MODELS[model].description + ".", ""]
         lm = model_docs.get("lmscope")
-        lines += ["### Targets (lmscope)", "", "| target | measured | |", "| --- | --- | --- |"]
+        lines += [
+            "### Targets (lmscope)",
+            "",
+            "Computed from this run, strictly: differences of a few percent between ratios are "
+            "within run-to-run noise on a shared machine (compare the HF baselines of the tools' "
+            "processes below).",
+            "",
+            "| target | measured | |",
+            "| --- | --- | --- |",
+        ]
         for text, measured, holds in evaluate_targets(model_docs):
             mark = "n/a" if holds is None else ("hold" if holds else "**missed**")
             lines.append(f"| {text} | {measured} | {mark} |")
