@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from lmscope import HookedTransformer
+from lmscope.loading import _adopted_strides
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from tests.conftest import TinyModel
 
@@ -66,3 +68,63 @@ def test_kept_tensors_do_not_alias_and_match_the_file(tiny_llama: TinyModel) -> 
     a[0, 0] = 123.0
     assert b[0, 0] == reference[0, 0]
     assert checkpoint.get(name)[0, 0] == reference[0, 0]
+
+
+def test_gpt2_conv1d_weights_are_adopted_as_strided_views(tiny_gpt2: TinyModel) -> None:
+    """Conv1D stores [in, out] and fuses q, k, v: the parameters become transposed (and, for
+    q/k/v, strided) views of the file map, with HF's values and HF's logits."""
+    model = HookedTransformer.from_pretrained_no_processing(str(tiny_gpt2.path))
+    weights = [p for name, p in model.named_parameters() if "weight" in name or "W_" in name]
+    assert weights and all(_is_file_map(p) for p in weights)
+    attn, hf_attn = model.blocks[0].attn, tiny_gpt2.hf_model.transformer.h[0].attn
+    assert not attn.q_weight.is_contiguous()  # a column block of c_attn, transposed
+    d = model.cfg.d_model
+    torch.testing.assert_close(attn.q_weight, hf_attn.c_attn.weight[:, :d].T, atol=0, rtol=0)
+    torch.testing.assert_close(attn.v_weight, hf_attn.c_attn.weight[:, 2 * d :].T, atol=0, rtol=0)
+    torch.testing.assert_close(
+        model.blocks[0].mlp.W_in,
+        tiny_gpt2.hf_model.transformer.h[0].mlp.c_fc.weight,
+        atol=0,
+        rtol=0,
+    )
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 7))
+    with torch.no_grad():
+        expected = tiny_gpt2.hf_model(tokens).logits
+        torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=0)
+        # an edit of one strided parameter changes only it, and not the file
+        before = _digest(tiny_gpt2.path)
+        model.blocks[0].attn.W_Q.zero_()
+        assert attn.k_weight.abs().sum() > 0 and attn.v_weight.abs().sum() > 0
+    assert _digest(tiny_gpt2.path) == before
+
+
+def test_processed_loads_read_weights_into_fresh_memory(tiny_llama: TinyModel) -> None:
+    model = HookedTransformer.from_pretrained(str(tiny_llama.path))
+    assert not any(_is_file_map(p) for p in model.parameters())
+
+
+def test_get_out_reads_the_file_and_refuses_another_shape(tiny_llama: TinyModel) -> None:
+    checkpoint = DirectoryCheckpoint(tiny_llama.path)
+    name = "model.layers.0.mlp.up_proj.weight"
+    reference = load_file(tiny_llama.path / "model.safetensors")[name]
+    out = torch.full_like(reference, float("nan"))
+    assert checkpoint.get(name, out=out) is out
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
+    as_double = torch.empty(reference.shape, dtype=torch.float64)  # not the file's dtype: copied
+    torch.testing.assert_close(checkpoint.get(name, out=as_double), reference.double())
+    with pytest.raises(ValueError, match=r"up_proj.weight.*has shape .* the model expects"):
+        checkpoint.get(name, out=torch.empty(reference.shape[0] + 1, reference.shape[1]))
+
+
+def test_adopted_strides_solve_views_and_refuse_overlap() -> None:
+    param = torch.empty(6, 4)  # a [out, in] parameter; the model views it as [in, out] = .T
+    conv1d = torch.arange(24.0).view(4, 6)  # a checkpoint's [in, out]
+    assert _adopted_strides(param, param.T, conv1d) == (1, 6)
+    fused = torch.arange(48.0).view(4, 12)  # [in, 3 * out]: the k block is columns 6..11
+    k_block = fused[:, 6:]
+    heads = param.view(3, 2, 4).transpose(1, 2)  # [head, in, d_head], as W_K views k_weight
+    strides = _adopted_strides(param, heads, k_block.reshape(4, 3, 2).transpose(0, 1))
+    assert strides == (1, 12)
+    adopted = torch.empty(0).set_(fused.untyped_storage(), 6, (6, 4), strides)
+    torch.testing.assert_close(adopted, k_block.T, atol=0, rtol=0)
+    assert _adopted_strides(param, param, torch.zeros(1).expand(6, 4)) is None  # overlapping

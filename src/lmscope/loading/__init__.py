@@ -110,30 +110,64 @@ def open_checkpoint(
     )
 
 
-def _adopt(param: Tensor, view: Tensor, tensor: Tensor) -> bool:
-    """Make `param` use `tensor`'s memory, if `tensor` is laid out as `view` (the model's view of
-    the whole of `param`) would be over some base of `param`'s shape. Then no copy is made: a
-    safetensors tensor stays a copy-on-write map of the file.
+def _adopted_strides(param: Tensor, view: Tensor, tensor: Tensor) -> tuple[int, ...] | None:
+    """Strides for `param` under which the model's `view` of it has `tensor`'s strides (None if
+    there are none).
 
-    This is what makes a load as cheap as HF's: for Llama-like checkpoints every weight is
-    adopted; Conv1D (GPT-2) and fused-qkv checkpoints are copied where their layout differs.
+    `view` splits and permutes the dimensions of the contiguous `param`, so each of its
+    dimensions steps through one dimension j of `param` at k times that dimension's stride.
+    Giving dimension j the stride `tensor.stride(i) / k` makes the same view step through
+    `tensor`'s memory: a Conv1D weight [in, out] becomes the transposed view of an [out, in]
+    parameter, and a q/k/v slice of a fused projection a strided parameter over it.
+    """
+    contiguous = param.stride()
+    strides: list[int | None] = [None] * param.ndim
+    for size, step, target in zip(view.shape, view.stride(), tensor.stride(), strict=True):
+        if size == 1:
+            continue
+        dims = [j for j in range(param.ndim) if param.shape[j] > 1 and contiguous[j] <= step]
+        if not dims:
+            return None
+        j = max(dims, key=lambda d: contiguous[d])  # the dimension this one steps through
+        k, rest = divmod(step, contiguous[j])
+        if rest or target % k or strides[j] not in (None, target // k):
+            return None
+        strides[j] = target // k
+    solved = tuple(s if s is not None else 1 for s in strides)
+    reach = 0  # every element must have its own place: each stride passes all before it
+    for stride, size in sorted((s, n) for n, s in zip(param.shape, solved, strict=True) if n > 1):
+        if stride <= reach:
+            return None
+        reach += stride * (size - 1)
+    return solved
+
+
+def _adopt(param: Tensor, view: Tensor, tensor: Tensor) -> bool:
+    """Make `param` use `tensor`'s memory, laid out so that the model's `view` of the whole of
+    `param` is `tensor`. Then no copy is made: a safetensors tensor stays a copy-on-write map of
+    the file, and a load costs what HF's does (every weight of Llama-like and GPT-2 checkpoints
+    is adopted; the weights that need a real transform, such as rotary permutations, are copied).
     """
     if (
         tensor.dtype != param.dtype
         or tensor.device != param.device
         or tensor.requires_grad
         or not param.is_contiguous()
-        or tensor.stride() != view.stride()
+        or view.storage_offset() != param.storage_offset()
     ):
         return False
-    offset = tensor.storage_offset() - (view.storage_offset() - param.storage_offset())
-    storage = tensor.untyped_storage()
-    if offset < 0 or (offset + param.numel()) * param.element_size() > storage.nbytes():
+    strides = _adopted_strides(param, view, tensor)
+    if strides is None:
         return False
-    base = torch.empty(0, dtype=param.dtype, device=param.device).set_(
-        storage, offset, param.shape, param.stride()
+    storage = tensor.untyped_storage()
+    last = tensor.storage_offset() + sum(
+        (n - 1) * s for n, s in zip(param.shape, strides, strict=True)
     )
-    param.data = base
+    if param.numel() == 0 or (last + 1) * param.element_size() > storage.nbytes():
+        return False
+    param.data = torch.empty(0, dtype=param.dtype, device=param.device).set_(
+        storage, tensor.storage_offset(), param.shape, strides
+    )
     return True
 
 
@@ -146,12 +180,12 @@ def load_weights(
 ) -> None:
     """Load each mapped checkpoint tensor, transformed, into the model's view of that weight.
 
-    A weight that is a whole parameter in the checkpoint's own layout (after a view-only
-    transform) is adopted without a copy (`_adopt`) when `adopt`; the rest are copied into the
-    model's views. Pass `adopt=False` when the weights will be rewritten at once (weight
+    A weight that is a whole parameter, reached by a view-only transform, is adopted without a
+    copy (`_adopt`) when `adopt`; the rest are read or copied into the model's memory. Pass `adopt=False` when the weights will be rewritten at once (weight
     processing): the first write to each page of a file map costs a copy-on-write fault, which
-    measured ~15x slower than copying into fresh memory (1.3 s against 0.09 s for SmolLM2). Every weight matrix must be mapped; biases and norm weights left out keep
-    their defaults (zeros and ones), which is what a checkpoint without them means.
+    measured ~15x slower than copying into fresh memory (1.3 s against 0.09 s for SmolLM2).
+    Every weight matrix must be mapped; biases and norm weights left out keep their defaults
+    (zeros and ones), which is what a checkpoint without them means.
     """
     views = model.named_weights()
     unknown = sorted(set(weight_map) - set(views))
@@ -172,29 +206,53 @@ def load_weights(
             continue
         ptr = _param_ptr(view)
         param = params.get(ptr)
-        whole = (
-            adopt
-            and param is not None
-            and views_per_param[ptr] == 1
-            and view.numel() == param.numel()
-        )
-        if isinstance(source, str):
-            tensor = checkpoint.get(source, keep=whole)
-        else:
-            transform, *names = source
-            tensor = transform(*(checkpoint.get(n, keep=whole) for n in names))
-        if tensor.shape != view.shape:
-            raise ValueError(
-                f"{name}: the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(view.shape)}"
-            )
-        if whole and _adopt(param, view, tensor):
-            continue
+        whole = param is not None and views_per_param[ptr] == 1 and view.numel() == param.numel()
+        transform, *names = (_same, source) if isinstance(source, str) else source
+        try:
+            if transform is _same and view.is_contiguous() and not (whole and adopt):
+                checkpoint.get(source, out=view)  # read straight into the parameter
+                continue
+            sources = [checkpoint.get(n, keep=whole and adopt) for n in names]
+            tensor = transform(*sources)
+            if tensor.shape != view.shape:
+                raise ValueError(
+                    f"the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(view.shape)}"
+                )
+            if whole and adopt and _adopt(param, view, tensor):
+                continue
+            if (
+                whole
+                and checkpoint.reads_into
+                and len(sources) == 1
+                and _same_layout(param, view, tensor, sources[0])
+            ):
+                checkpoint.get(names[0], out=param.view(sources[0].shape))
+                continue
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
         if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
             # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
             # torch use its blocked transpose kernel, several times faster than a strided copy.
             view.T.copy_(tensor.T)
         else:
             view.copy_(tensor)
+
+
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
+
+
+def _same_layout(param: Tensor, view: Tensor, tensor: Tensor, source: Tensor) -> bool:
+    """Whether `tensor` (a view of the checkpoint's `source`) puts every element where the
+    contiguous `param` has it, so `source`'s bytes can be read into `param` as they are."""
+    return (
+        source.is_contiguous()
+        and source.numel() == param.numel()
+        and tensor.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+        and tensor.storage_offset() == source.storage_offset()
+        and param.is_contiguous()
+        and _adopted_strides(param, view, tensor) == param.stride()
+    )
 
 
 def _param_ptr(view: Tensor) -> int:

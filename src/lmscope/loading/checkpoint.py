@@ -5,13 +5,17 @@ and `tokenizer_loader()`.
 `torch.load(weights_only=True)`), so loading never holds a second copy of the whole model. A
 tensor asked for with `keep=True` is a private (copy-on-write) map of its own pages of the file,
 so the model can adopt it as a parameter without copying it: writes to it never reach the file.
+With `out=`, a safetensors tensor is read from the file straight into `out` (one copy, by the
+kernel, and no page of the file enters this process's RSS).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import mmap
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -65,16 +69,51 @@ def _map_private(file: Path, start: int, entry: dict[str, Any]) -> torch.Tensor 
     return tensor.view(entry["shape"])
 
 
+def _read_into(file: Path, start: int, entry: dict[str, Any], out: torch.Tensor) -> bool:
+    """Read one safetensors tensor from `file` into `out` with `preadv` (False, having read
+    nothing, when `out` is not a contiguous CPU tensor of the stored dtype)."""
+    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype != out.dtype or out.device.type != "cpu" or not out.is_contiguous():
+        return False
+    begin, end = entry["data_offsets"]
+    if end - begin != out.nbytes:
+        return False
+    if out.nbytes == 0:
+        return True
+    buffer = memoryview((ctypes.c_char * out.nbytes).from_address(out.data_ptr())).cast("B")
+    with open(file, "rb", buffering=0) as f:
+        done = 0
+        while done < out.nbytes:  # a single read stops at 2 GiB
+            n = os.preadv(f.fileno(), [buffer[done:]], start + begin + done)
+            if n == 0:
+                raise OSError(f"{file} ends inside tensor data; is the file truncated?")
+            done += n
+    return True
+
+
+def copy_checked(name: str, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out.copy_(tensor)`, refusing a shape mismatch (which copy_ would broadcast silently)."""
+    if tensor.shape != out.shape:
+        raise ValueError(
+            f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
+            f"{tuple(out.shape)}"
+        )
+    return out.copy_(tensor)
+
+
 class Checkpoint(Protocol):
     """What a family adapter reads from: HF config and HF-named tensors."""
 
     hf_config: dict[str, Any]
+    # whether `get(name, out=...)` reads from disk into `out` without materialising the tensor
+    reads_into: bool
 
     def tensor_names(self) -> list[str]: ...
 
-    def get(self, name: str, keep: bool = False) -> torch.Tensor:
+    def get(self, name: str, keep: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
         """The HF-named tensor. `keep=True` asks for one that may become a parameter as it is:
-        it must not share memory with any other tensor handed out."""
+        it must not share memory with any other tensor handed out. With `out`, the tensor is
+        written into `out` (same shape; `copy_checked` semantics) and `out` is returned."""
         ...
 
     def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
@@ -88,6 +127,8 @@ class DirectoryCheckpoint:
     Safetensors (single or sharded) are preferred; `.bin` files are read only with
     `torch.load(weights_only=True)`, which refuses to unpickle code.
     """
+
+    reads_into = True
 
     def __init__(self, path: str | Path, trust_remote_code: bool = False) -> None:
         self.path = Path(path)
@@ -138,9 +179,17 @@ class DirectoryCheckpoint:
             f"such as {list(self._files)[:4]}"
         )
 
-    def get(self, name: str, keep: bool = False) -> torch.Tensor:
+    def get(self, name: str, keep: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
         key = self._resolve(name)
         file = self._files[key]
+        if out is not None:
+            if file.suffix == ".safetensors":
+                start, header = self._headers[file]
+                if list(out.shape) == header[key]["shape"] and _read_into(
+                    file, start, header[key], out
+                ):
+                    return out
+            return copy_checked(key, self.get(name), out)
         if file.suffix == ".safetensors" and keep:
             start, header = self._headers[file]
             tensor = _map_private(file, start, header[key])

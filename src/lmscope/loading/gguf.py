@@ -30,6 +30,8 @@ import gguf
 import numpy as np
 import torch
 
+from lmscope.loading.checkpoint import copy_checked
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -298,6 +300,7 @@ class GGUFCheckpoint:
     architecture: str
     hf_config: dict[str, Any]
     unmapped_tensors: list[str]
+    reads_into = False  # tensors are dequantised in memory, then copied
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -337,9 +340,13 @@ class GGUFCheckpoint:
                 f"tensor {hf_name!r} is not in GGUF checkpoint {self.path.name}{tied}"
             ) from None
 
-    def get(self, hf_name: str, keep: bool = False) -> torch.Tensor:
+    def get(
+        self, hf_name: str, keep: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Dequantise one tensor to float32, in HF layout (``nn.Linear`` weights are [out, in]).
-        Every call returns fresh memory, so `keep` needs nothing more."""
+        Every call returns fresh memory, so `keep` needs nothing more; `out` receives a copy."""
+        if out is not None:
+            return copy_checked(hf_name, self.get(hf_name), out)
         name = self.gguf_name(hf_name)
         info = self._tensors[name]
         array = gguf.quants.dequantize(info.data, info.tensor_type)
