@@ -305,8 +305,9 @@ class HookedRootModule(nn.Module):
         names = [
             name for name in self.hook_dict if keep(name) and self._disabled_reason(name) is None
         ]
-        fwd = [(name, store("")) for name in names]
-        bwd = [(name, store("_grad")) for name in names] if incl_bwd else []
+        save, save_grad = store(""), store("_grad")
+        fwd = [(name, save) for name in names]
+        bwd = [(name, save_grad) for name in names] if incl_bwd else []
         return cache, fwd, bwd
 
     def run_with_cache(

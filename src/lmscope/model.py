@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,6 +52,16 @@ _FLAG_OF_SETTER = {
     "set_use_attn_in": "use_attn_in",
     "set_use_hook_mlp_in": "use_hook_mlp_in",
 }
+
+
+@functools.cache
+def _flag_setter(hook_name: str) -> str | None:
+    """The `set_use_*` method a hook point needs in order to fire (None for most hooks); cached,
+    since `run_with_cache` asks for every hook point on every call."""
+    for suffix, setter in _FLAGGED_HOOKS.items():
+        if hook_name.endswith(suffix):
+            return setter
+    return None
 
 
 def _prepends_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -210,9 +221,9 @@ class HookedTransformer(HookedRootModule):
         self.cfg.use_hook_mlp_in = use
 
     def _disabled_reason(self, name: str) -> str | None:
-        for suffix, setter in _FLAGGED_HOOKS.items():
-            if name.endswith(suffix) and not getattr(self.cfg, _FLAG_OF_SETTER[setter]):
-                return f"hook {name!r} only fires after model.{setter}(True)"
+        setter = _flag_setter(name)
+        if setter is not None and not getattr(self.cfg, _FLAG_OF_SETTER[setter]):
+            return f"hook {name!r} only fires after model.{setter}(True)"
         return None
 
     def _make_cache(self, cache: dict[str, Tensor]) -> ActivationCache:
