@@ -1550,6 +1550,7 @@ def render(merged: dict[str, Any]) -> str:
         "time in the same process (below 1.00x is faster than HF)**, except for generate, where "
         "the ratio is tokens/s over HF's (above 1.00x is faster). Comparisons between tools divide "
         "these ratios, so each tool's own HF run cancels out machine-load drift between processes.",
+        "Why each target holds or is missed: [performance.md](performance.md).",
         "",
         "Regenerate everything (creates the benchmark venvs on first use):",
         "",
