@@ -181,9 +181,10 @@ def load_weights(
     """Load each mapped checkpoint tensor, transformed, into the model's view of that weight.
 
     A weight that is a whole parameter, reached by a view-only transform, is adopted without a
-    copy (`_adopt`) when `adopt`; the rest are read or copied into the model's memory. Pass `adopt=False` when the weights will be rewritten at once (weight
-    processing): the first write to each page of a file map costs a copy-on-write fault, which
-    measured ~15x slower than copying into fresh memory (1.3 s against 0.09 s for SmolLM2).
+    copy (`_adopt`) when `adopt`; the rest are read or copied into the model's memory. Pass
+    `adopt=False` when the weights will be rewritten at once (weight processing): the first
+    write to each page of a file map costs a copy-on-write fault, which measured ~15x slower
+    than copying into fresh memory (1.3 s against 0.09 s for SmolLM2).
     Every weight matrix must be mapped; biases and norm weights left out keep their defaults
     (zeros and ones), which is what a checkpoint without them means.
     """

@@ -71,13 +71,18 @@ def _map_private(file: Path, start: int, entry: dict[str, Any]) -> torch.Tensor 
 
 def _read_into(file: Path, start: int, entry: dict[str, Any], out: torch.Tensor) -> bool:
     """Read one safetensors tensor from `file` into `out` with `preadv` (False, having read
-    nothing, when `out` is not a contiguous CPU tensor of the stored dtype)."""
+    nothing, when `out` is not a contiguous CPU tensor of the stored shape and dtype)."""
     dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-    if dtype != out.dtype or out.device.type != "cpu" or not out.is_contiguous():
+    if (
+        dtype != out.dtype
+        or list(out.shape) != entry["shape"]
+        or out.device.type != "cpu"
+        or not out.is_contiguous()
+    ):
         return False
     begin, end = entry["data_offsets"]
     if end - begin != out.nbytes:
-        return False
+        raise OSError(f"{file}: the header gives tensor data of {end - begin} bytes for {entry}")
     if out.nbytes == 0:
         return True
     buffer = memoryview((ctypes.c_char * out.nbytes).from_address(out.data_ptr())).cast("B")
@@ -185,9 +190,7 @@ class DirectoryCheckpoint:
         if out is not None:
             if file.suffix == ".safetensors":
                 start, header = self._headers[file]
-                if list(out.shape) == header[key]["shape"] and _read_into(
-                    file, start, header[key], out
-                ):
+                if _read_into(file, start, header[key], out):
                     return out
             return copy_checked(key, self.get(name), out)
         if file.suffix == ".safetensors" and keep:
