@@ -215,3 +215,67 @@ def test_composition_scores_accepts_dense_and_broadcasts() -> None:
     torch.testing.assert_close(scores[2, 1], _dense_score(left[2], right[1]), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="match"):
         composition_scores(rand(4, 3, seed=0), rand(4, 4, seed=0))
+
+
+def _previous_all_composition_scores(model, mode: str) -> torch.Tensor:
+    """all_composition_scores as it was before it streamed (it copied both collapsed factors for
+    every head pair): the reference that the streaming version must reproduce."""
+    left = model.OV
+    right = {"Q": model.QK, "K": model.QK.T, "V": model.OV}[mode]
+    n_l = left.ndim - 2
+    for i in range(n_l):
+        right = right.unsqueeze(i)
+    for i in range(n_l):
+        left = left.unsqueeze(n_l + i)
+    lead = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
+    new_left, new_right = left.collapse_l(), right.collapse_r()
+    l_norms, r_norms = new_left.norm(dim=(-2, -1)), new_right.norm(dim=(-2, -1))
+    pairs_l = new_left.broadcast_to(*lead, *new_left.shape[-2:])
+    pairs_r = new_right.broadcast_to(*lead, *new_right.shape[-2:])
+    scores = (pairs_l @ pairs_r).norm(dim=(-2, -1)) / l_norms / r_norms
+    earlier = torch.arange(model.cfg.n_layers)
+    mask = earlier[:, None, None, None] < earlier[None, None, :, None]
+    return torch.where(mask, scores, torch.zeros_like(scores))
+
+
+@pytest.mark.parametrize("variant", ["ln", "rms_gqa", "parallel"])
+def test_all_composition_scores_equal_the_previous_implementation(variant: str) -> None:
+    model = make_model(variant)
+    dense_ov = model.OV.AB.detach().double()
+    dense_qk = model.QK.AB.detach().double()
+    dense = {"Q": dense_qk, "K": dense_qk.transpose(-2, -1), "V": dense_ov}
+    n, h = model.cfg.n_layers, model.cfg.n_heads
+    for mode in "QKV":
+        scores = model.all_composition_scores(mode)
+        with torch.no_grad():
+            previous = _previous_all_composition_scores(model, mode)
+        # float32 rounding only (measured: at most 4e-7 relative on these models)
+        torch.testing.assert_close(scores, previous, rtol=2e-6, atol=1e-7)
+        products = dense_ov[:, :, None, None] @ dense[mode][None, None]
+        want = torch.linalg.matrix_norm(products) / (
+            torch.linalg.matrix_norm(dense_ov)[:, :, None, None]
+            * torch.linalg.matrix_norm(dense[mode])[None, None]
+        )
+        want = want * (torch.arange(n)[:, None, None, None] < torch.arange(n)[:, None]).double()
+        assert scores.shape == (n, h, n, h) and bool((scores[1:, :, 0] == 0).all())
+        torch.testing.assert_close(scores.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_composition_scores_stream_in_chunks_and_pair_broadcast_dims() -> None:
+    left = FactoredMatrix(rand(3, 1, 6, 2, seed=0), rand(1, 4, 2, 6, seed=1))  # [3, 4, 6, 6]
+    right = FactoredMatrix(rand(4, 6, 3, seed=2), rand(4, 3, 6, seed=3))  # [4, 6, 6]
+    dense_l, dense_r = left.AB, right.AB
+    outer = composition_scores(left, right)  # [3, 4] x [4]
+    paired = composition_scores(left, right, broadcast_dims=False)  # [3, 4]: pairs over [4]
+    assert outer.shape == (3, 4, 4) and paired.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            close(paired[i, j], _dense_score(dense_l[i, j], dense_r[j]))
+            for k in range(4):
+                close(outer[i, j, k], _dense_score(dense_l[i, j], dense_r[k]))
+    from lmscope.factored_matrix import product_norms
+
+    small = product_norms(left.collapse_l(), right.collapse_r(), max_elements=1)  # 12 chunks
+    close(small, torch.linalg.matrix_norm(left.collapse_l()[:, :, None] @ right.collapse_r()))
+    with pytest.raises(ValueError, match="last dim"):
+        product_norms(rand(2, 3, seed=0), rand(2, 3, seed=0))

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -330,3 +331,39 @@ class FactoredMatrix:
             >>> model.OV[0, 0].get_corner(2)                   # AB[:2, :2] from 2 rows and columns
         """
         return _dense_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)
+
+
+def product_norms(
+    left: Float[Tensor, "*L m_l d"],
+    right: Float[Tensor, "*R d m_r"],
+    max_elements: int = 1 << 24,
+) -> Float[Tensor, "*L *R"]:
+    """Frobenius norm of `left[i] @ right[j]` for every pair of leading indices i, j.
+
+    Streams over chunks of `left`: each chunk is one matrix product [c*m_l, d] @ [d, n_r*m_r]
+    holding at most about `max_elements` products, so memory stays at one copy of `right` plus
+    that chunk, never a copy of both factors per pair.
+
+    Example:
+        >>> product_norms(torch.ones(2, 1, 3), torch.ones(5, 3, 1)).shape
+        torch.Size([2, 5])
+    """
+    if left.shape[-1] != right.shape[-2]:
+        raise ValueError(
+            f"left is {tuple(left.shape)} and right {tuple(right.shape)}: left's last dim must "
+            "equal right's second-to-last"
+        )
+    m_l, d, m_r = left.shape[-2], left.shape[-1], right.shape[-1]
+    l_lead, r_lead = left.shape[:-2], right.shape[:-2]
+    n_l, n_r = math.prod(l_lead), math.prod(r_lead)
+    flat_left = left.reshape(n_l, m_l, d)
+    flat_right = right.reshape(n_r, d, m_r).permute(1, 0, 2).reshape(d, n_r * m_r)
+    chunk = max(1, max_elements // max(1, m_l * n_r * m_r))
+    out = left.new_empty(n_l, n_r)
+    for start in range(0, n_l, chunk):
+        rows = flat_left[start : start + chunk]
+        prod = rows.reshape(-1, d) @ flat_right  # [c*m_l, n_r*m_r]
+        out[start : start + rows.shape[0]] = torch.linalg.vector_norm(
+            prod.view(rows.shape[0], m_l, n_r, m_r), dim=(1, 3)
+        )
+    return out.reshape((*l_lead, *r_lead))

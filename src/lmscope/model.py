@@ -696,23 +696,24 @@ class HookedTransformer(HookedRootModule):
         Example:
             >>> scores = model.all_composition_scores("K")   # K-composition, e.g. induction heads
         """
-        from lmscope.utils import composition_scores
+        from lmscope.factored_matrix import product_norms
 
-        left = self.OV
-        if mode == "Q":
-            right = self.QK
-        elif mode == "K":
-            right = self.QK.T
-        elif mode == "V":
-            right = self.OV
-        else:
+        if mode not in ("Q", "K", "V"):
             raise ValueError(f"mode must be 'Q', 'K' or 'V', got {mode!r}")
         with torch.no_grad():
-            scores = composition_scores(left, right, broadcast_dims=True)
-        n = self.cfg.n_layers
-        earlier = torch.arange(n, device=scores.device)
-        mask = earlier[:, None, None, None] < earlier[None, None, :, None]
-        return torch.where(mask, scores, torch.zeros_like(scores))
+            ov = self.OV
+            right = ov if mode == "V" else self.QK if mode == "Q" else self.QK.T
+            left = ov.collapse_l()  # [l, h, m, d]: |U S Vh^T X| = |S Vh^T X|
+            right = right.collapse_r()  # [l, h, d, m]
+            l_norms = left.norm(dim=(-2, -1))
+            r_norms = right.norm(dim=(-2, -1))
+            n, heads = self.cfg.n_layers, self.cfg.n_heads
+            scores = left.new_zeros(n, heads, n, heads)
+            for layer in range(n - 1):  # one layer's heads against all later heads at a time
+                comp = product_norms(left[layer], right[layer + 1 :])  # [h, later, h]
+                comp = comp / l_norms[layer, :, None, None] / r_norms[layer + 1 :]
+                scores[layer, :, layer + 1 :] = comp
+        return scores
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -235,7 +236,7 @@ def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Te
     Example:
         >>> composition_scores(model.OV[0, 3], model.QK[1, 5])      # Q-composition L0H3 -> L1H5
     """
-    from lmscope.factored_matrix import FactoredMatrix
+    from lmscope.factored_matrix import FactoredMatrix, product_norms
 
     if isinstance(left, Tensor):
         left = FactoredMatrix(left, torch.eye(left.shape[-1], dtype=left.dtype, device=left.device))
@@ -246,32 +247,37 @@ def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Te
         raise ValueError(
             f"left's output dim {left.rdim} does not match right's input dim {right.ldim}"
         )
-    if broadcast_dims:
-        l_lead, r_lead = left.ndim - 2, right.ndim - 2
-        for i in range(l_lead):
-            right = right.unsqueeze(i)
-        for i in range(r_lead):
-            left = left.unsqueeze(l_lead + i)
-    lead = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
     # Drop the orthogonal outer factors: |U S Vh^T X| = |S Vh^T X|, so only mdim-sized blocks remain.
-    new_left = left.collapse_l()  # [..., m_l, d]
-    new_right = right.collapse_r()  # [..., d, m_r]
+    new_left = left.collapse_l()  # [*L, m_l, d]
+    new_right = right.collapse_r()  # [*R, d, m_r]
     l_norms = new_left.norm(dim=(-2, -1))
     r_norms = new_right.norm(dim=(-2, -1))
-    new_left = new_left.broadcast_to(*lead, *new_left.shape[-2:]).reshape(-1, *new_left.shape[-2:])
-    new_right = new_right.broadcast_to(*lead, *new_right.shape[-2:]).reshape(
-        -1, *new_right.shape[-2:]
-    )
-    n = new_left.shape[0]
-    per_item = new_left.shape[-2] * new_right.shape[-1] + 1
-    chunk = max(1, (1 << 24) // per_item)
-    comp = torch.cat(
-        [
-            (new_left[i : i + chunk] @ new_right[i : i + chunk]).norm(dim=(-2, -1))
-            for i in range(0, n, chunk)
-        ]
-    ).reshape(lead)
-    return comp / l_norms / r_norms
+    if broadcast_dims:
+        comp = product_norms(new_left, new_right)  # [*L, *R]
+        return comp / l_norms.reshape((*l_norms.shape, *(1,) * r_norms.ndim)) / r_norms
+    lead = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
+    return _paired_product_norms(new_left, new_right, lead) / l_norms / r_norms
+
+
+def _paired_product_norms(
+    left: Tensor, right: Tensor, lead: torch.Size, max_elements: int = 1 << 24
+) -> Tensor:
+    """Frobenius norms of `left[i] @ right[i]` [*lead] for left [*, m_l, d] and right [*, d, m_r]
+    broadcast to `lead`, gathering one chunk of pairs at a time (never a broadcast copy of all)."""
+    if not lead:
+        return (left @ right).norm(dim=(-2, -1))
+    left = left.broadcast_to(*lead, *left.shape[-2:])  # views: stride 0 where broadcast
+    right = right.broadcast_to(*lead, *right.shape[-2:])
+    (m_l, d), m_r = left.shape[-2:], right.shape[-1]
+    n = math.prod(lead)
+    chunk = max(1, max_elements // (m_l * d + d * m_r + m_l * m_r + 1))
+    out = left.new_empty(n)
+    for start in range(0, n, chunk):
+        idx = torch.unravel_index(
+            torch.arange(start, min(n, start + chunk), device=left.device), lead
+        )
+        out[start : start + chunk] = (left[idx] @ right[idx]).norm(dim=(-2, -1))
+    return out.reshape(lead)
 
 
 # -- prompts and datasets --------------------------------------------------------------------------
