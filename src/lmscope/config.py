@@ -26,6 +26,34 @@ POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
 ATTN_TYPES = ("global", "local")
 ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The torch dtype that `dtype` names: float32, float64, float16 or bfloat16, given as a
+    torch.dtype or a name ("bfloat16", "torch.float16", "half", "double").
+
+    Example:
+        >>> resolve_dtype("bf16")
+        ValueError: dtype 'bf16' is not one lmscope runs in; choose one of float32, ...
+    """
+    found = dtype
+    if isinstance(dtype, str):
+        found = getattr(torch, dtype.strip().removeprefix("torch."), None)
+    if found not in DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in DTYPES)
+        raise ValueError(f"dtype {dtype!r} is not one lmscope runs in; choose one of {names}")
+    return found
+
+
+def check_dtype_runs(dtype: torch.dtype, device: str | torch.device | None) -> None:
+    """Raise before any work if `device` cannot compute in `dtype` (bfloat16 on a GPU older than
+    Ampere, float64 on Apple's MPS)."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not compute in bfloat16; use dtype=torch.float16")
+    if kind == "mps" and dtype == torch.float64:
+        raise ValueError("MPS does not compute in float64; use float32 there")
 
 
 @dataclass
@@ -127,8 +155,7 @@ class HookedTransformerConfig:
             self.rotary_dim = self.d_head
         if self.initializer_range == -1.0:
             self.initializer_range = 0.8 / self.d_model**0.5
-        if isinstance(self.dtype, str):
-            self.dtype = getattr(torch, self.dtype)
+        self.dtype = resolve_dtype(self.dtype)
         self._validate()
 
     def _validate(self) -> None:

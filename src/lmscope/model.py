@@ -114,6 +114,13 @@ class HookedTransformer(HookedRootModule):
         self.setup()
 
     # -- construction ----------------------------------------------------------------------------
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> HookedTransformer:
+        """After `.to(dtype)`, `.half()`, `.bfloat16()`, ..., `cfg.dtype` is the parameters'
+        dtype again (KV caches and config-built tensors read it)."""
+        super()._apply(fn, recurse)
+        self.cfg.dtype = self.embed.W_E.dtype
+        return self
+
     def init_weights(self) -> None:
         """Random normal weights (std `cfg.initializer_range`), zero biases, unit norm weights."""
         if self.cfg.seed is not None:
@@ -461,7 +468,7 @@ class HookedTransformer(HookedRootModule):
                 resid = resid + self.hook_pos_embed(self.pos_embed(positions))
             if self.cfg.post_embedding_ln:
                 resid = self.ln_embed(resid)
-        masks, rotaries = self._layer_inputs(key_mask, positions, n_pos, total, device)
+        masks, rotaries = self._layer_inputs(key_mask, positions, n_pos, total, resid.dtype)
 
         first = 0 if start_at_layer is None else start_at_layer % self.cfg.n_layers
         for layer, block in enumerate(self.blocks[start_at_layer:stop_at_layer], start=first):
@@ -515,10 +522,12 @@ class HookedTransformer(HookedRootModule):
         positions: Tensor,
         n_pos: int,
         total: int,
-        device: torch.device,
+        dtype: torch.dtype,
     ) -> tuple[dict[str, AttentionMask], dict[str, tuple[Tensor, Tensor]]]:
-        """The attention mask and rotary tables of each attention type, built once per forward."""
+        """The attention mask and rotary tables (in the activations' `dtype`) of each attention
+        type, built once per forward."""
         cfg = self.cfg
+        device = positions.device
         bias = None
         if cfg.positional_embedding_type == "alibi":
             key_pos = (
@@ -533,7 +542,7 @@ class HookedTransformer(HookedRootModule):
             masks[kind] = AttentionMask.build(key_mask, n_pos, total, device, window, bias)
             if cfg.positional_embedding_type == "rotary":
                 local = kind == "local" and hasattr(self, "rotary_local")
-                rotaries[kind] = (self.rotary_local if local else self.rotary)(positions)
+                rotaries[kind] = (self.rotary_local if local else self.rotary)(positions, dtype)
         return masks, rotaries
 
     def loss_fn(

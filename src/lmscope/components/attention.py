@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lmscope.components.linear import linear
 from lmscope.components.norm import RMSNorm
+from lmscope.components.precision import HALF_DTYPES
 from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -109,8 +110,8 @@ class AttentionMask:
             allowed = self.dense(q_len, k_len, device)
             if self.bias is None:
                 base = torch.zeros(allowed.shape, dtype=dtype, device=device)
-            else:
-                base = self.bias
+            else:  # in the scores' dtype, as transformers' BLOOM casts its ALiBi tensor
+                base = self.bias.to(dtype)
             self._sdpa[key] = base.masked_fill(~allowed, float("-inf"))
         return self._sdpa[key]
 
@@ -132,6 +133,14 @@ def alibi_bias(
     slopes = slopes.to(key_positions.device)
     bias = slopes[None, :, None] * key_positions[:, None, :].float()  # [batch, head, k]
     return bias[:, :, None, :].expand(-1, -1, q_len, -1)
+
+
+def _softmax(scores: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
+    """Softmax over keys; half-precision scores are normalised in float32 and the pattern cast
+    back (transformers' eager attention does the same)."""
+    if scores.dtype in HALF_DTYPES:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
 
 
 class Attention(nn.Module):
@@ -318,6 +327,6 @@ class Attention(nn.Module):
         elif mask.is_causal and p > 1:
             scores.masked_fill_(mask.blocked(p, scores.shape[-1], q.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        pattern = self.hook_pattern(_softmax(scores))
         z = pattern.reshape(b, kv, (h // kv) * p, -1) @ v
         return z.view(b, h, p, dh)

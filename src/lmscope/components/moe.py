@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lmscope.components.mlp import MLP
+from lmscope.components.precision import upcast
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
@@ -60,7 +61,7 @@ class MoE(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         logits = self.hook_router_logits(F.linear(x, self.router_weight))
-        probs = logits.float().softmax(dim=-1)
+        probs = upcast(logits).softmax(dim=-1)  # float32 in half models, as transformers routes
         weights, indices = probs.topk(cfg.experts_per_token, dim=-1)
         if cfg.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)

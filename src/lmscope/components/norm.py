@@ -2,6 +2,11 @@
 
 LN and RMS hold weights; LNPre and RMSPre are what remains after `fold_ln` moved the weights into
 the next layer. With neither hook in use they run as one fused kernel.
+
+In float16/bfloat16 models the statistics, the division and the weights are computed in float32
+and the result rounded once to the model's dtype, as nn.LayerNorm, Gemma's and OLMo 2's RMSNorm
+and torch's fused kernels do (LlamaRMSNorm rounds before its weight too, so it is a little less
+exact). Both hooks see the model's dtype; the float32 values go on unless a hook edits them.
 """
 
 from __future__ import annotations
@@ -11,8 +16,20 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lmscope.components.precision import upcast
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
+
+
+def _hooked(hook: HookPoint, value: Float[Tensor, "..."], dtype: torch.dtype) -> Tensor:
+    """Run `hook` on `value` shown in the activations' `dtype`; return the full-precision `value`
+    unless the hook replaced or edited it (then its result, back in `value`'s dtype)."""
+    if value.dtype == dtype:
+        return hook(value)
+    shown = value.to(dtype)
+    version = shown._version
+    seen = hook(shown)
+    return value if seen is shown and seen._version == version else seen.to(value.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -32,12 +49,14 @@ class LayerNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
+        dtype = x.dtype
+        x = upcast(x)
         x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        x = x / scale
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        x = x / _hooked(self.hook_scale, scale, dtype)
         if self.w is not None:
             x = x * self.w + self.b
-        return self.hook_normalized(x)
+        return self.hook_normalized(x.to(dtype))
 
 
 class LayerNormPre(LayerNorm):
@@ -63,9 +82,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             return F.rms_norm(x, (self.length,), self.w, self.eps)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        x = self.hook_normalized(x / scale)
-        return x * self.w if self.w is not None else x
+        dtype = x.dtype
+        x = upcast(x)
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        x = _hooked(self.hook_normalized, x / _hooked(self.hook_scale, scale, dtype), dtype)
+        return (x * self.w if self.w is not None else x).to(dtype)
 
 
 class RMSNormPre(RMSNorm):

@@ -2,11 +2,16 @@
 
 The model computes `cos, sin` once per forward from each sequence's position ids (so left padding
 and KV-cache offsets are just other position ids) and every attention layer reuses them.
+
+Precision follows transformers' `LlamaRotaryEmbedding`: the inverse frequencies stay float32 whatever
+the model is cast to, the angles and their cos/sin are computed in float32 (float64 in a float64
+model), and the tables are then cast to the activations' dtype, in which q and k are rotated.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -41,7 +46,7 @@ def rope_inv_freq(
 
 
 class Rotary(nn.Module):
-    """Holds the inverse frequencies; `forward(positions)` gives the (cos, sin) tables."""
+    """Holds the inverse frequencies; `forward(positions, dtype)` gives the (cos, sin) tables."""
 
     def __init__(
         self, cfg: HookedTransformerConfig, base: float | None = None, scaling: bool = True
@@ -50,13 +55,27 @@ class Rotary(nn.Module):
         self.adjacent_pairs = cfg.rotary_adjacent_pairs
         self.register_buffer("inv_freq", rope_inv_freq(cfg, base, scaling), persistent=False)
 
-    def forward(self, positions: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq  # [batch, pos, rot/2]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Rotary:
+        """Follow device moves, but keep `inv_freq` float32 through `.to(dtype)`, `.half()`, ...:
+        in bfloat16 the frequencies themselves would be off by up to 0.4%."""
+        inv_freq = self.inv_freq
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != inv_freq.dtype:
+            self.inv_freq = inv_freq.to(self.inv_freq.device)
+        return self
+
+    def forward(
+        self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype = torch.float32
+    ) -> tuple[Float[Tensor, "batch pos rot"], Float[Tensor, "batch pos rot"]]:
+        """cos and sin of every position's angles, computed in float32 (float64 when `dtype` is)
+        and returned in `dtype`."""
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        freqs = positions[..., None].to(compute) * self.inv_freq  # [batch, pos, rot/2]
         if self.adjacent_pairs:
             emb = freqs.repeat_interleave(2, dim=-1)
         else:
             emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rotary(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dtype
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
@@ -287,6 +287,8 @@ def from_pretrained(
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
     """
+    dtype = resolve_dtype(dtype)
+    check_dtype_runs(dtype, device)
     checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
     family = family_for(checkpoint.hf_config)
     fields = family.config_from_hf(checkpoint.hf_config)
@@ -313,11 +315,8 @@ def from_pretrained(
     elif default_prepend_bos is not None:
         cfg.default_prepend_bos = default_prepend_bos
     process_weights(model, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     if dtype != torch.float32:
-        model.to(dtype)
-        cfg.dtype = dtype
+        model.to(dtype)  # also sets cfg.dtype (HookedTransformer._apply)
     if device is not None:
         model.to(device)
         cfg.device = str(device)
