@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import TinyModel
 
-from lmscope import HookedTransformer
+from lmscope import HookedTransformer, HookedTransformerConfig
+from lmscope.utils import test_prompt
 
 TEXTS = ["Hello world! Hello there", "The cat", "Mary went to the store and the park"]
 
@@ -118,6 +121,63 @@ def test_padding_side_default_comes_from_the_config(model: HookedTransformer) ->
     pad = model.tokenizer.pad_token_id
     tokens = model.to_tokens(["The cat", TEXTS[0]])
     assert tokens[0, 0] == pad and tokens[0, -1] != pad
+
+
+@pytest.mark.parametrize("bad", ["Left", "", "center", "right ", 0])
+def test_padding_side_other_than_left_or_right_is_refused(
+    model: HookedTransformer, bad: object
+) -> None:
+    message = rf"padding_side must be 'left' or 'right', got {re.escape(repr(bad))}"
+    calls = [
+        lambda: model.to_tokens(TEXTS, padding_side=bad),
+        lambda: model.to_tokens(TEXTS[0], padding_side=bad),
+        lambda: model(TEXTS, padding_side=bad),
+        lambda: model(model.to_tokens(TEXTS[0]), padding_side=bad),
+        lambda: model.to_str_tokens(TEXTS[0], padding_side=bad),
+        lambda: model.generate(TEXTS, 1, padding_side=bad, verbose=False),
+        lambda: model.generate_stream(TEXTS, 1, padding_side=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_a_bad_default_padding_side_setting_is_refused(model: HookedTransformer) -> None:
+    model.cfg.default_padding_side = "Left"
+    with pytest.raises(
+        ValueError, match=r"model\.cfg\.default_padding_side must be 'left' or 'right', got 'Left'"
+    ):
+        model.to_tokens(TEXTS)
+    with pytest.raises(ValueError, match=r"default_padding_side must be 'left' or 'right'"):
+        HookedTransformerConfig(
+            d_model=8, n_layers=1, n_ctx=8, d_vocab=10, n_heads=2, default_padding_side="Left"
+        )
+
+
+def test_test_prompt_reports_the_models_numbers(model: HookedTransformer, capsys) -> None:
+    prompt, answer = "When Mary and John went to the", "store"
+    results = test_prompt(prompt, answer, model, top_k=3)
+    prompt_tokens = model.to_tokens(prompt)
+    answer_tokens = model.to_tokens(" " + answer, prepend_bos=False)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt_tokens, answer_tokens], dim=1))[0]
+    assert len(results) == answer_tokens.shape[1]
+    for i, entry in enumerate(results):
+        pos, tok = prompt_tokens.shape[1] - 1 + i, int(answer_tokens[0, i])
+        assert entry["logit"] == pytest.approx(float(logits[pos, tok]))
+        assert entry["rank"] == int((logits[pos] > logits[pos, tok]).sum())
+        assert entry["prob"] == pytest.approx(float(logits[pos].softmax(-1)[tok]))
+        assert [t for t, _, _ in entry["top_k"]] == model.to_str_tokens(logits[pos].topk(3).indices)
+    assert "Ranks of the answer tokens" in capsys.readouterr().out
+
+
+def test_test_prompt_takes_one_prompt_string(model: HookedTransformer) -> None:
+    with pytest.raises(
+        TypeError, match=r"test_prompt takes one prompt string .*got list; call it once per prompt"
+    ):
+        test_prompt(["The cat", "The dog"], "sat", model, print_details=False)
+    with pytest.raises(TypeError, match=r"answer must be a string or a non-empty list of strings"):
+        test_prompt("The cat", [], model, print_details=False)
 
 
 # -- strings ------------------------------------------------------------------------------------

@@ -289,19 +289,17 @@ def _prompt(
     padding_side: str | None,
     attention_mask: Tensor | None,
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Prompt tokens and their mask; text batches are left-padded so every row ends in a real token."""
-    if _is_text(input):
-        tokens, mask = model._tokenize(input, prepend_bos, padding_side or "left")
-    else:
-        tokens, mask = model._input_to_tokens(input, None, None, attention_mask)
+    """Prompt tokens and their mask (checked as `forward` checks it); text batches are
+    left-padded so every row ends in a real token."""
+    from lmscope.model import check_attention_mask, check_attention_mask_values
+
+    side = "left" if padding_side is None else padding_side
+    tokens, mask = model._input_to_tokens(input, prepend_bos, side, attention_mask)
     if mask is None:
         mask = torch.ones_like(tokens)
     else:
-        mask = mask.to(tokens.device).long()
-        if mask.shape != tokens.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(mask.shape)}, but the tokens {tuple(tokens.shape)}"
-            )
+        mask = check_attention_mask(mask, tuple(tokens.shape), tokens.device)
+        check_attention_mask_values(mask)
     if bool((mask[:, -1] == 0).any()):
         raise ValueError(
             "generation needs left padding (every row's last position real); pass padding_side='left'"

@@ -64,10 +64,75 @@ def _flag_setter(hook_name: str) -> str | None:
     return None
 
 
+def check_padding_side(padding_side: Any, source: str = "padding_side") -> None:
+    """Raise unless `padding_side` is exactly "left" or "right" (`source` names the setting)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"{source} must be 'left' or 'right', got {padding_side!r}")
+
+
+def check_attention_mask(mask: Any, shape: tuple[int, int], device: torch.device) -> Tensor:
+    """`mask` as a long tensor on `device`, after checking that it is integer or bool and has the
+    tokens' [batch, pos] `shape` (no device sync; `check_attention_mask_values` checks values)."""
+    if not isinstance(mask, Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"attention_mask must be a tensor of 1s (real tokens) and 0s (padding), got "
+                f"{type(mask).__name__}"
+            ) from err
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise ValueError(
+            f"attention_mask must hold integers or bools (1 = real token, 0 = padding), got "
+            f"{mask.dtype}; pass mask.long() (an additive 0/-inf mask is (mask == 0).long())"
+        )
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)}, but the tokens have shape "
+            f"{tuple(shape)}: it needs one entry per token, [batch, pos] (it is not broadcast)"
+        )
+    return mask.to(device=device, dtype=torch.long)
+
+
+def check_attention_mask_values(mask: Int[Tensor, "batch pos"]) -> bool:
+    """Whether a long attention mask is all 1s; raises if it holds values other than 0 and 1 or
+    a row with no real token. One device sync, as the plain `mask.all()` it replaces."""
+    stats = torch.cat([mask.amin().view(1), mask.amax(-1)]).tolist()
+    low, row_max = stats[0], stats[1:]
+    if low < 0 or max(row_max) > 1:
+        raise ValueError(
+            f"attention_mask must be 1 for real tokens and 0 for padding, but it holds values "
+            f"from {low} to {max(row_max)}"
+        )
+    empty = [i for i, high in enumerate(row_max) if high == 0]
+    if empty:
+        raise ValueError(
+            f"attention_mask row {empty[0]} is all 0 (rows {empty} have no real token); every "
+            "row needs at least one real token: drop the empty rows"
+        )
+    return low == 1
+
+
 def _prepends_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer puts BOS first on its own (the model's default for `prepend_bos`)."""
     ids = tokenizer("hello")["input_ids"]
     return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
+
+
+def _check_no_empty_rows(ids: list[list[int]], single: bool) -> None:
+    """Raise if a tokenized text has no tokens (an empty string without BOS), naming which."""
+    empty = [i for i, seq in enumerate(ids) if not seq]
+    if not empty:
+        return
+    fix = "pass some text, or prepend_bos=True to start it from BOS"
+    if single:
+        raise ValueError(
+            f"input is empty (0 tokens: the text is empty and no BOS is prepended); {fix}"
+        )
+    raise ValueError(
+        f"input string {empty[0]} of the list is empty (0 tokens: no text and no BOS; empty "
+        f"strings at {empty}); every string needs a token: {fix}, or drop it"
+    )
 
 
 class HookedTransformer(HookedRootModule):
@@ -258,7 +323,10 @@ class HookedTransformer(HookedRootModule):
         if not texts:
             raise ValueError("input is an empty list of strings; pass at least one string")
         prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-        padding_side = padding_side or self.cfg.default_padding_side
+        if padding_side is None:
+            padding_side = self.cfg.default_padding_side
+            check_padding_side(padding_side, "model.cfg.default_padding_side")
+        check_padding_side(padding_side)
         ids = tok(texts, add_special_tokens=False)["input_ids"]
         if prepend_bos:
             if tok.bos_token_id is None:
@@ -266,9 +334,8 @@ class HookedTransformer(HookedRootModule):
                     "prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False"
                 )
             ids = [[tok.bos_token_id, *seq] for seq in ids]
+        _check_no_empty_rows(ids, isinstance(text, str))
         length = max(len(seq) for seq in ids)
-        if length == 0:
-            raise ValueError("input is empty (0 tokens); pass some text or token ids")
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         tokens = torch.full((len(ids), length), pad, dtype=torch.long)
         mask = torch.zeros((len(ids), length), dtype=torch.long)
@@ -370,27 +437,47 @@ class HookedTransformer(HookedRootModule):
         padding_side: str | None,
         attention_mask: Tensor | None,
     ) -> tuple[Int[Tensor, "batch pos"], Tensor | None]:
+        """Token ids [batch, pos] and the attention mask (the caller's, else the padding's)."""
+        if padding_side is not None:
+            check_padding_side(padding_side)
         if isinstance(input, str) or (
             isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))
         ):
             tokens, mask = self._tokenize(input, prepend_bos, padding_side)
             return tokens, mask if attention_mask is None else attention_mask
+        return self._check_token_ids(input), attention_mask
+
+    def _check_token_ids(self, input: Any) -> Int[Tensor, "batch pos"]:
+        """Token ids as a [batch, pos] integer tensor on the model's device, after checking their
+        shape, dtype and range (one device sync, for the range)."""
         tokens = torch.as_tensor(input, device=self.W_E.device)
         if tokens.ndim == 1:
             tokens = tokens[None]
-        if tokens.ndim != 2 or tokens.dtype.is_floating_point:
+        if tokens.dtype == torch.bool:
+            raise ValueError(
+                "token input is a bool tensor (a mask?), not token ids; pass integer ids, or "
+                "tokens.long() if these really are ids 0 and 1"
+            )
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex:
             raise ValueError(
                 f"token input must be integer ids of shape [batch, pos] or [pos], got {tuple(tokens.shape)} "
                 f"{tokens.dtype}; to feed a residual stream use start_at_layer"
             )
+        if tokens.shape[0] == 0:
+            raise ValueError(
+                f"input is an empty batch (0 sequences, shape {tuple(tokens.shape)}); pass at "
+                "least one sequence"
+            )
         if tokens.shape[1] == 0:
             raise ValueError("input is empty (0 tokens); pass some text or token ids")
-        low, high = int(tokens.min()), int(tokens.max())
+        if tokens.dtype not in (torch.long, torch.int32):
+            tokens = tokens.long()  # uint8, int8, int16: ids all the same; embedding wants int/long
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()
         if low < 0 or high >= self.cfg.d_vocab:
             raise ValueError(
                 f"token ids must lie in [0, {self.cfg.d_vocab}); got ids from {low} to {high}"
             )
-        return tokens, attention_mask
+        return tokens
 
     def forward(
         self,
@@ -411,8 +498,9 @@ class HookedTransformer(HookedRootModule):
             input: text, list of texts (padded; padding is masked), token ids, or with
                 `start_at_layer` the residual stream [batch, pos, d_model] entering that layer.
             return_type: "logits", "loss" (mean next-token loss), "both" (logits, loss) or None.
-            attention_mask: 1 for real tokens, 0 for padding; positions count only real tokens, so
-                left-padded rows give the same logits as unpadded ones.
+            attention_mask: 1 for real tokens, 0 for padding (ints or bools), of the tokens' shape
+                [batch, pos]; positions count only real tokens, so left-padded rows give the same
+                logits as unpadded ones.
             start_at_layer / stop_at_layer: run blocks [start, stop) only; with stop_at_layer the
                 residual stream entering that layer is returned. `tokens` gives the token ids for
                 the loss when starting from a residual.
@@ -436,6 +524,8 @@ class HookedTransformer(HookedRootModule):
                 )
             batch, n_pos = resid.shape[:2]
         device = self.W_E.device
+        if attention_mask is not None:
+            attention_mask = check_attention_mask(attention_mask, (batch, n_pos), device)
         start = 0
         key_mask = attention_mask  # which keys are real; with a KV cache, the cached ones too
         if past_kv_cache is not None:
@@ -444,9 +534,9 @@ class HookedTransformer(HookedRootModule):
             new_mask = (
                 attention_mask
                 if attention_mask is not None
-                else torch.ones(batch, n_pos, dtype=torch.long)
+                else torch.ones(batch, n_pos, dtype=torch.long, device=device)
             )
-            past_kv_cache.mask[:, start : start + n_pos] = new_mask.to(device)
+            past_kv_cache.mask[:, start : start + n_pos] = new_mask
             key_mask = past_kv_cache.mask[:, : start + n_pos]
         total = start + n_pos
         if total > self.cfg.n_ctx:
@@ -455,9 +545,13 @@ class HookedTransformer(HookedRootModule):
                 "shorten it (model.to_tokens(text, truncate=True) cuts it to n_ctx)"
             )
         if key_mask is not None:
-            key_mask = key_mask.to(device)
             positions = (key_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-            if bool(key_mask.all()):
+            full = (
+                check_attention_mask_values(key_mask)
+                if attention_mask is not None
+                else bool(key_mask.all())
+            )
+            if full:
                 key_mask = None
         else:
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)

@@ -301,7 +301,14 @@ def test_prompt(
         Tokenized prompt: ['<|endoftext|>', 'The', ' capital', ' of', ' France', ' is']
         ...
     """
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"test_prompt takes one prompt string (as TransformerLens's), got "
+            f"{type(prompt).__name__}; call it once per prompt"
+        )
     answers = [answer] if isinstance(answer, str) else list(answer)
+    if not answers or not all(isinstance(a, str) for a in answers):
+        raise TypeError(f"answer must be a string or a non-empty list of strings, got {answer!r}")
     results: list[dict[str, Any]] = []
     for ans in answers:
         if prepend_space_to_answer and not ans.startswith(" "):
