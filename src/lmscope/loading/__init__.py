@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dtype
+from lmscope.errors import CheckpointError, CheckpointNotFoundError
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
@@ -94,19 +95,44 @@ def open_checkpoint(
     if name.lower() in EMBEDDED_MODELS:
         return read_gguf(embedded_model_path(name.lower()))
     path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return read_gguf(path)
+    if path.is_file():
+        if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
+            return read_gguf(path)
+        raise CheckpointError(
+            f"{path} is a file, but lmscope loads a model directory (with config.json and "
+            f"weights) or a .gguf file; pass the directory {path.parent}"
+        )
     if path.is_dir():
         return DirectoryCheckpoint(path, trust_remote_code=trust_remote_code)
     if name.lower() in MODEL_ALIASES:
         return _from_hub(MODEL_ALIASES[name.lower()], revision, trust_remote_code, cache_dir)
-    if name.count("/") == 1 and not path.exists() and not name.startswith((".", "/", "~")):
+    if _looks_like_path(name, path):
+        raise CheckpointNotFoundError(f"no such file or directory: {path}")
+    if name.count("/") == 1:
         return _from_hub(name, revision, trust_remote_code, cache_dir)
     close = difflib.get_close_matches(name.lower(), _known_names(), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(
         f"unknown model {name!r}: not an alias, a local directory, a .gguf file or a hub id (org/name).{hint} "
         "`lmscope.loading.MODEL_ALIASES` lists the aliases."
+    )
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Whether the file at `path` begins with `magic` (GGUF files begin with b"GGUF")."""
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _looks_like_path(name: str, path: Path) -> bool:
+    """Whether `name` can only mean a local path: absolute, relative to . or ~, more than one
+    "/" (a hub id has one), or ending in a checkpoint file's suffix."""
+    return (
+        path.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or path.suffix in (".gguf", ".safetensors", ".bin", ".json")
     )
 
 
@@ -192,6 +218,7 @@ def load_weights(
     unknown = sorted(set(weight_map) - set(views))
     if unknown:
         raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
+    check_sources(weight_map, checkpoint)
     params = {p.data_ptr(): p for p in model.parameters()}
     views_per_param: dict[int, int] = {}
     for view in views.values():
@@ -230,13 +257,66 @@ def load_weights(
                 checkpoint.get(names[0], out=param.view(sources[0].shape))
                 continue
         except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
+            if str(checkpoint.path) in str(err):
+                raise
+            raise CheckpointError(f"{checkpoint.path}: {name}: {err}") from None
         if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
             # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
             # torch use its blocked transpose kernel, several times faster than a strided copy.
             view.T.copy_(tensor.T)
         else:
             view.copy_(tensor)
+
+
+# Buffers some checkpoints carry beside their weights, holding nothing a model needs: causal
+# masks (GPT-2, GPT-J, GPT-Neo, GPT-NeoX, CodeGen) and rotary inverse frequencies.
+_HARMLESS_BUFFERS = (
+    ".attn.bias",
+    ".attn.masked_bias",
+    ".attention.bias",
+    ".attention.masked_bias",
+    ".attn.causal_mask",
+    ".rotary_emb.inv_freq",
+)
+
+
+def _source_names(source: Any) -> list[str]:
+    """The checkpoint tensor names a weight-map source reads."""
+    return [source] if isinstance(source, str) else list(source[1:])
+
+
+def check_sources(weight_map: dict[str, Any], checkpoint: Checkpoint) -> None:
+    """Every tensor the weight map reads must be in the checkpoint (MissingTensorError), and
+    every tensor of the checkpoint must be read (CheckpointError naming the rest), except
+    known harmless buffers and an `lm_head.weight` equal to the embedding a tied model uses."""
+    used = {checkpoint.resolve(n) for source in weight_map.values() for n in _source_names(source)}
+    unread = [n for n in checkpoint.unread_tensors(used) if not n.endswith(_HARMLESS_BUFFERS)]
+    unread = [n for n in unread if not _is_tied_copy(n, weight_map, checkpoint)]
+    if unread:
+        shown = ", ".join(unread[:8]) + (f", ... ({len(unread)} in all)" if len(unread) > 8 else "")
+        config = checkpoint.config_file.name
+        raise CheckpointError(
+            f"{checkpoint.path}: the checkpoint holds tensors that the model its {config} "
+            f"describes does not use: {shown}. lmscope does not ignore weights: if {config} "
+            "belongs to another model (more layers, other sizes or options), fix it; if the "
+            "tensors do not belong to this model, remove them from the checkpoint"
+        )
+
+
+def _is_tied_copy(name: str, weight_map: dict[str, Any], checkpoint: Checkpoint) -> bool:
+    """Whether the unread `name` is a tied model's duplicate `lm_head.weight`, equal to the
+    embedding the unembedding reads (a different head is an error: it would be ignored)."""
+    unembed = _source_names(weight_map.get("unembed.W_U") or ())
+    if not name.endswith("lm_head.weight") or len(unembed) != 1:
+        return False
+    head, embedding = checkpoint.get(name), checkpoint.get(unembed[0])
+    if head.shape == embedding.shape and torch.equal(head, embedding):
+        return True
+    raise CheckpointError(
+        f"{checkpoint.path}: {checkpoint.config_file.name} ties the unembedding to the embedding "
+        f"(tie_word_embeddings), but the checkpoint's {name} differs from {unembed[0]}; if the "
+        'model has its own output head, set "tie_word_embeddings": false in config.json'
+    )
 
 
 def _same(tensor: Tensor) -> Tensor:
@@ -259,6 +339,62 @@ def _same_layout(param: Tensor, view: Tensor, tensor: Tensor, source: Tensor) ->
 def _param_ptr(view: Tensor) -> int:
     """The data pointer of the parameter a weight view starts in (its storage's first element)."""
     return view.untyped_storage().data_ptr()
+
+
+def _model_config(
+    checkpoint: Checkpoint, model_name: str, overrides: dict[str, Any]
+) -> tuple[Any, HookedTransformerConfig]:
+    """The family and HookedTransformerConfig of a checkpoint, with any failure to read its
+    config (unsupported architecture, missing or ill-typed fields) as a CheckpointError naming
+    the config file."""
+    source = checkpoint.config_file
+    hf_config = checkpoint.hf_config
+    try:
+        family = family_for(hf_config)
+    except ValueError as err:
+        custom = isinstance(hf_config.get("auto_map"), dict)
+        hint = (
+            " It names its own modelling code (auto_map); lmscope never runs a checkpoint's "
+            "modelling code, whatever trust_remote_code says, and implements each family itself."
+            if custom
+            else ""
+        )
+        raise CheckpointError(f"{source}: {err}.{hint}") from None
+    try:
+        fields = family.config_from_hf(hf_config)
+        fields.update(
+            model_name=model_name,
+            original_architecture=(hf_config.get("architectures") or [family.name])[0],
+            init_weights=False,
+            from_checkpoint=True,
+            dtype=torch.float32,
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as err:
+        raise CheckpointError(
+            f"{source}: not a usable {family.name} config ({type(err).__name__}: {err}); fix or "
+            "replace the config"
+        ) from None
+    fields.update(overrides)
+    try:
+        return family, HookedTransformerConfig(**fields)
+    except (TypeError, ValueError, ArithmeticError) as err:
+        given = f" with the overrides {sorted(overrides)}" if overrides else ""
+        raise CheckpointError(f"{source}{given}: not a valid model config: {err}") from None
+
+
+def _check_fits(cfg: HookedTransformerConfig, checkpoint: Checkpoint) -> None:
+    """Refuse a config that describes a much larger model than the checkpoint holds, before
+    allocating it (a corrupt layer count or width would otherwise allocate, or loop, without
+    bound before any tensor is found missing)."""
+    held = checkpoint.n_elements()
+    layers, tensors = cfg.n_layers, len(checkpoint.tensor_names())
+    needed = cfg.d_vocab * cfg.d_model + (cfg.n_params if cfg.d_mlp is not None else 0)
+    if layers > tensors or needed > 2 * held + 2**20:
+        raise CheckpointError(
+            f"{checkpoint.config_file}: the config describes a model of {layers} layers and "
+            f"about {needed:,} values, but {checkpoint.path} holds {tensors} tensors of "
+            f"{held:,} values; the config belongs to another model or is corrupt"
+        )
 
 
 def from_pretrained(
@@ -290,21 +426,13 @@ def from_pretrained(
     dtype = resolve_dtype(dtype)
     check_dtype_runs(dtype, device)
     checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
-    family = family_for(checkpoint.hf_config)
-    fields = family.config_from_hf(checkpoint.hf_config)
-    fields.update(
-        model_name=str(model_name),
-        original_architecture=(checkpoint.hf_config.get("architectures") or [family.name])[0],
-        init_weights=False,
-        from_checkpoint=True,
-        dtype=torch.float32,
-    )
-    fields.update(config_overrides)
-    cfg = HookedTransformerConfig(**fields)
+    family, cfg = _model_config(checkpoint, str(model_name), config_overrides)
+    _check_fits(cfg, checkpoint)
+    weight_map = family.weight_map(cfg, checkpoint.hf_config)
     model = HookedTransformer(cfg)
     processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
-    load_weights(model, family.weight_map(cfg, checkpoint.hf_config), checkpoint, not processing)
-    load_tokenizer = checkpoint.tokenizer_loader()
+    load_weights(model, weight_map, checkpoint, not processing)
+    load_tokenizer = checkpoint.tokenizer_loader() if tokenizer is None else None
     if tokenizer is not None:
         model.set_tokenizer(
             tokenizer,

@@ -20,7 +20,9 @@ The results agree exactly with ``transformers``' own GGUF loader
 from __future__ import annotations
 
 import functools
+import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +32,15 @@ import gguf
 import numpy as np
 import torch
 
-from lmscope.loading.checkpoint import copy_checked
+from lmscope.errors import CheckpointError, MissingTensorError
+from lmscope.loading.checkpoint import copy_checked, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["GGUFCheckpoint", "read_gguf", "supported_architectures"]
+__all__ = ["GGUFCheckpoint", "gguf_tokenizer", "read_gguf", "supported_architectures"]
+
+_CORRUPT = "it is truncated or corrupt: download or convert it again"
 
 
 # --------------------------------------------------------------------------- weight rewrites
@@ -213,15 +218,31 @@ def _array_len(reader: gguf.GGUFReader, key: str) -> int | None:
     return len(fld.data)
 
 
+def _checked_number(path: Path, key: str, value: Any) -> int | float:
+    """A size or constant from the GGUF metadata: a positive finite number, an integer for the
+    counts and lengths (every key lmscope reads into the config is one of these)."""
+    counts = not key.endswith(("layer_norm_rms_epsilon", "layer_norm_epsilon", "freq_base"))
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and value > 0 and (isinstance(value, int) or not counts)
+    if not ok:
+        kind = "a positive integer" if counts else "a positive number"
+        raise CheckpointError(f"{path}: metadata {key} is {value!r}, not {kind}; {_CORRUPT}")
+    return value
+
+
 def _build_config(
-    reader: gguf.GGUFReader, arch: str, spec: _ArchSpec, gguf_tensors: Mapping[str, Any]
+    reader: gguf.GGUFReader,
+    arch: str,
+    spec: _ArchSpec,
+    gguf_tensors: Mapping[str, Any],
+    path: Path,
 ) -> dict[str, Any]:
     cfg: dict[str, Any] = {"architectures": list(spec.architectures), "model_type": spec.model_type}
     cfg.update(spec.defaults)
     for gguf_key, hf_key in spec.config_keys.items():
         value = _scalar(reader, f"{arch}.{gguf_key}")
         if value is not None:
-            cfg[hf_key] = value
+            cfg[hf_key] = _checked_number(path, f"{arch}.{gguf_key}", value)
     if spec.head_dim_from_rope_dims and "head_dim" not in cfg:
         rope_dims = _scalar(reader, f"{arch}.rope.dimension_count")
         if rope_dims is not None:
@@ -253,6 +274,11 @@ def _build_config(
         token_id = _scalar(reader, f"tokenizer.ggml.{gguf_key}_token_id")
         if token_id is not None:
             cfg[f"{hf_key}_token_id"] = token_id
+    if cfg.get("num_hidden_layers", 0) > len(gguf_tensors):
+        raise CheckpointError(
+            f"{path}: metadata {arch}.block_count is {cfg['num_hidden_layers']}, but the file "
+            f"holds only {len(gguf_tensors)} tensors; {_CORRUPT}"
+        )
     if spec.finish_config is not None:
         spec.finish_config(cfg)
     return cfg
@@ -285,6 +311,32 @@ def _gguf_to_hf_names(
 # --------------------------------------------------------------------------- public API
 
 
+def _open_reader(path: Path) -> gguf.GGUFReader:
+    """`gguf.GGUFReader` over `path`, with any failure to parse it (a truncated header, a tensor
+    past the end of the file, an unknown tensor type) as a CheckpointError naming the file."""
+    try:
+        return gguf.GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"{path} is not a valid GGUF file ({type(err).__name__}: {err}); {_CORRUPT}"
+        ) from None
+
+
+def _check_tensor_data(path: Path, reader: gguf.GGUFReader) -> None:
+    """Every tensor's data must lie in the file's data section, apart from every other tensor's
+    (gguf's reader does not check this; llama.cpp refuses such files)."""
+    spans = sorted((t.data_offset, t.data_offset + int(t.n_bytes), t.name) for t in reader.tensors)
+    end_of_previous, previous = reader.data_offset, None
+    for begin, end, name in spans:
+        if begin < end_of_previous:
+            where = f"tensor {previous!r}" if previous else "the header"
+            raise CheckpointError(
+                f"{path}: the data of tensor {name!r} (bytes {begin}..{end}) overlaps {where}; "
+                f"{_CORRUPT}"
+            )
+        end_of_previous, previous = end, name
+
+
 class GGUFCheckpoint:
     """A memory-mapped GGUF file seen as a Hugging Face checkpoint.
 
@@ -293,7 +345,7 @@ class GGUFCheckpoint:
         architecture: GGUF ``general.architecture`` (e.g. ``"llama"``).
         hf_config: an HF ``config.json``-style dict.
         unmapped_tensors: GGUF tensors with no HF counterpart (e.g. llama3's ``rope_freqs``);
-            they are not served by :meth:`get`.
+            they are not served by :meth:`get`, and loading a model refuses them.
     """
 
     path: Path
@@ -303,18 +355,19 @@ class GGUFCheckpoint:
     reads_into = False  # tensors are dequantised in memory, then copied
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._reader = gguf.GGUFReader(self.path, "r")
+        self.path = self.config_file = Path(path)
+        self._reader = _open_reader(self.path)
+        _check_tensor_data(self.path, self._reader)
         arch = _scalar(self._reader, "general.architecture")
         if arch not in _ARCHITECTURES:
-            raise ValueError(
-                f"{self.path.name}: GGUF architecture {arch!r} is not supported; "
+            raise CheckpointError(
+                f"{self.path}: GGUF architecture {arch!r} is not supported; "
                 f"supported: {', '.join(supported_architectures())}"
             )
         self.architecture = arch
         self._spec = _ARCHITECTURES[arch]
         self._tensors = {t.name: t for t in self._reader.tensors}
-        self.hf_config = _build_config(self._reader, arch, self._spec, self._tensors)
+        self.hf_config = _build_config(self._reader, arch, self._spec, self._tensors, self.path)
         n_blocks = int(self.hf_config.get("num_hidden_layers", 0))
         self._hf_to_gguf, self.unmapped_tensors = _gguf_to_hf_names(
             arch, self._spec, n_blocks, self._tensors
@@ -336,9 +389,22 @@ class GGUFCheckpoint:
             return self._hf_to_gguf[hf_name]
         except KeyError:
             tied = " (the model is tied: use the embedding)" if hf_name == "lm_head.weight" else ""
-            raise KeyError(
-                f"tensor {hf_name!r} is not in GGUF checkpoint {self.path.name}{tied}"
+            raise MissingTensorError(
+                f"tensor {hf_name!r} is not in GGUF checkpoint {self.path}{tied}"
             ) from None
+
+    def resolve(self, name: str) -> str:
+        """`name` itself, once checked to be in the file (tensors are listed by HF name)."""
+        self.gguf_name(name)
+        return name
+
+    def unread_tensors(self, used: set[str]) -> list[str]:
+        """GGUF names of the tensors no HF name in `used` reads, unmapped ones included."""
+        unread = [g for hf, g in self._hf_to_gguf.items() if hf not in used]
+        return unread + self.unmapped_tensors
+
+    def n_elements(self) -> int:
+        return sum(int(t.n_elements) for t in self._tensors.values())
 
     def get(
         self, hf_name: str, keep: bool = False, out: torch.Tensor | None = None
@@ -349,20 +415,46 @@ class GGUFCheckpoint:
             return copy_checked(hf_name, self.get(hf_name), out)
         name = self.gguf_name(hf_name)
         info = self._tensors[name]
-        array = gguf.quants.dequantize(info.data, info.tensor_type)
+        try:
+            array = gguf.quants.dequantize(info.data, info.tensor_type)
+        except (NotImplementedError, ValueError) as err:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} of type {info.tensor_type.name} cannot be "
+                f"dequantised ({err}); convert the file with a type gguf supports"
+            ) from None
         array = np.asarray(array, dtype=np.float32)
         if not array.flags.writeable:  # F32 comes back as a read-only view of the memory map
             array = array.copy()
         tensor = torch.from_numpy(array)
         if self._spec.fix is not None:
-            tensor = self._spec.fix(name, tensor, self.hf_config)
+            try:
+                tensor = self._spec.fix(name, tensor, self.hf_config)
+            except (ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{self.path}: tensor {name!r}: {err}") from None
         return tensor.contiguous()
 
-    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase]:
-        """Builds a fresh HF tokenizer from the GGUF metadata when called (takes seconds)."""
-        from lmscope.loading.checkpoint import load_tokenizer
+    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
+        """Builds a fresh HF tokenizer from the GGUF metadata when called (takes seconds); None
+        when the file carries no tokenizer."""
+        if "tokenizer.ggml.model" not in self._reader.fields:
+            return None
+        return functools.partial(gguf_tokenizer, self.path)
 
-        return functools.partial(load_tokenizer, str(self.path.parent), gguf_file=self.path.name)
+
+def gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer in a GGUF file's metadata, built from that file alone.
+
+    transformers reads it from a private temporary directory holding only a link to the file,
+    so no `tokenizer.json`, `tokenizer_config.json` or custom code that happens to sit beside
+    the file can take part, and `trust_remote_code` is off.
+    """
+    with tempfile.TemporaryDirectory(prefix="lmscope-gguf-") as folder:
+        link = Path(folder) / "model.gguf"
+        os.symlink(Path(path).resolve(), link)
+        try:
+            return load_tokenizer(folder, trust_remote_code=False, gguf_file=link.name)
+        except CheckpointError as err:
+            raise CheckpointError(str(err).replace(str(folder), str(path))) from None
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
