@@ -72,9 +72,96 @@ def test_hook_returning_the_wrong_shape_names_hook_and_shapes(
     )
     with pytest.raises(ValueError, match=message):
         gpt2.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_mid", shrink)])
-    with pytest.raises(ValueError, match=r"returned shape str"):
+    with pytest.raises(
+        TypeError,
+        match=r"hook '<lambda>' on hook_embed returned str, but a hook must return None or a "
+        r"tensor of the activation's shape \(2, 12, 64\), dtype torch\.float32 and device cpu",
+    ):
         gpt2.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: "oops")])
     assert not any(hp.has_hooks() for hp in gpt2.hook_dict.values())
+
+
+def test_hook_returning_another_dtype_or_device_names_hook_and_both(
+    gpt2: HookedTransformer, tokens
+) -> None:
+    def to_double(x, hook):
+        return x.double()
+
+    def to_meta(x, hook):
+        return x.to("meta")
+
+    with pytest.raises(
+        ValueError,
+        match=r"hook 'to_double' on unembed\.hook_out returned dtype torch\.float64, but the "
+        r"activation has dtype torch\.float32; return a tensor like the activation",
+    ):
+        gpt2.run_with_hooks(tokens, fwd_hooks=[("unembed.hook_out", to_double)])
+    with pytest.raises(
+        ValueError,
+        match=r"hook 'to_meta' on blocks\.0\.attn\.hook_z returned device meta, but the "
+        r"activation has device cpu",
+    ):
+        gpt2.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", to_meta)])
+    with pytest.raises(ValueError, match=r"returned shape \(2, 12\), .*; dtype torch\.int64"):
+        gpt2.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: x[..., 0].long())])
+    assert not any(hp.has_hooks() for hp in gpt2.hook_dict.values())
+    # a tensor like the activation replaces it, and returning the input itself is fine
+    with torch.no_grad():
+        plain = gpt2(tokens)
+        same = gpt2.run_with_hooks(tokens, fwd_hooks=[("unembed.hook_out", lambda x, hook: x)])
+        doubled = gpt2.run_with_hooks(
+            tokens, fwd_hooks=[("unembed.hook_out", lambda x, hook: (2 * x.double()).float())]
+        )
+    assert torch.equal(same, plain)
+    assert torch.equal(doubled, 2 * plain)
+
+
+def test_backward_hook_returning_another_dtype(gpt2: HookedTransformer, tokens) -> None:
+    def grad_to_double(g, hook):
+        return g.double()
+
+    loss = gpt2.run_with_hooks(
+        tokens, return_type="loss", bwd_hooks=[("blocks.0.hook_mlp_out", grad_to_double)]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"backward hook 'grad_to_double' on blocks\.0\.hook_mlp_out returned dtype "
+        r"torch\.float64, but the gradient has dtype torch\.float32",
+    ):
+        loss.backward()
+
+
+@pytest.mark.parametrize("arg", ["fwd_hooks", "bwd_hooks"])
+def test_bare_hook_tuple_is_refused_with_the_fix(gpt2: HookedTransformer, tokens, arg: str) -> None:
+    def noop(x, hook):
+        return None
+
+    bare = {arg: ("blocks.0.hook_resid_pre", noop)}
+    message = (
+        rf"{arg} must be a list of \(name, fn\) pairs, got a bare \(name, fn\) tuple "
+        rf"\('blocks\.0\.hook_resid_pre', 'noop'\); wrap it in a list: {arg}=\[\(name, fn\)\]"
+    )
+    with pytest.raises(TypeError, match=message):
+        gpt2.run_with_hooks(tokens, **bare)
+    with pytest.raises(TypeError, match=message):
+        with gpt2.hooks(**bare):
+            pass
+    with pytest.raises(TypeError, match=r"got a bare \(name, fn\) tuple \('<lambda>', 'noop'\)"):
+        gpt2.run_with_hooks(tokens, **{arg: (lambda n: n.endswith("resid_pre"), noop)})
+    with pytest.raises(TypeError, match=rf"{arg}\[1\] must be a \(name or name filter, fn\) pair"):
+        gpt2.run_with_hooks(tokens, **{arg: [("hook_embed", noop), "hook_embed"]})
+    with pytest.raises(
+        TypeError, match=rf"{arg}\[0\] for 'hook_embed': the hook must be a function"
+    ):
+        gpt2.run_with_hooks(tokens, **{arg: [("hook_embed", "noop")]})
+    with pytest.raises(TypeError, match=rf"{arg} must be a list of \(name, fn\) pairs, got dict"):
+        gpt2.run_with_hooks(tokens, **{arg: {"hook_embed": noop}})
+    assert not any(hp.has_hooks() for hp in gpt2.hook_dict.values())
+    # a tuple of pairs is a sequence of pairs, as a list is
+    calls = []
+    pairs = (("hook_embed", lambda x, hook: calls.append(1)),) * 2
+    gpt2.run_with_hooks(tokens, fwd_hooks=pairs)
+    assert calls == [1, 1]
 
 
 def test_backward_hook_returning_the_wrong_shape(gpt2: HookedTransformer, tokens) -> None:
@@ -83,7 +170,7 @@ def test_backward_hook_returning_the_wrong_shape(gpt2: HookedTransformer, tokens
     )
     with pytest.raises(
         ValueError,
-        match=r"backward hook on blocks\.0\.hook_mlp_out returned shape \(12, 64\), but the gradient has shape \(2, 12, 64\)",
+        match=r"backward hook '<lambda>' on blocks\.0\.hook_mlp_out returned shape \(12, 64\), but the gradient has shape \(2, 12, 64\)",
     ):
         loss.backward()
 
@@ -104,16 +191,56 @@ def test_empty_token_input(gpt2: HookedTransformer) -> None:
             gpt2(empty)
 
 
+def test_empty_batch_of_token_ids(gpt2: HookedTransformer) -> None:
+    with pytest.raises(
+        ValueError, match=r"input is an empty batch \(0 sequences, shape \(0, 5\)\)"
+    ):
+        gpt2(torch.zeros(0, 5, dtype=torch.long))
+
+
 def test_empty_string_input(tiny_gpt2_tok: TinyModel) -> None:
+    """An empty string is an error wherever it has no token (no BOS), alone or in a list; with BOS
+    it is the one-token sequence [BOS], alone or in a list."""
     model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
-    with pytest.raises(ValueError, match=r"input is empty \(0 tokens\)"):
+    assert model.cfg.default_prepend_bos is False
+    with pytest.raises(
+        ValueError, match=r"input is empty \(0 tokens: the text is empty and no BOS"
+    ):
+        model("")
+    with pytest.raises(ValueError, match=r"input is empty \(0 tokens.*prepend_bos=True"):
         model("", prepend_bos=False)
-    with pytest.raises(ValueError, match=r"input is empty \(0 tokens\)"):
-        model.to_tokens(["", ""], prepend_bos=False)
+    for texts, first in ((["", "Hi"], 0), (["Hi", "", ""], 1), (["", ""], 0)):
+        with pytest.raises(
+            ValueError, match=rf"input string {first} of the list is empty \(0 tokens"
+        ):
+            model(texts)
+        with pytest.raises(ValueError, match=rf"input string {first} of the list is empty"):
+            model.to_tokens(texts, prepend_bos=False)
     with pytest.raises(ValueError, match="empty list of strings"):
         model.to_tokens([])
-    # with BOS the empty string is one token
-    assert model.to_tokens("", prepend_bos=True).tolist() == [[model.tokenizer.bos_token_id]]
+    # with BOS the empty string is one token, alone and in a list
+    bos = model.tokenizer.bos_token_id
+    assert model.to_tokens("", prepend_bos=True).tolist() == [[bos]]
+    with torch.no_grad():
+        alone = model("", prepend_bos=True)
+        batch = model(["", "Hi"], prepend_bos=True, padding_side="left")
+    assert batch.shape[0] == 2
+    torch.testing.assert_close(batch[0, -1], alone[0, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_small_integer_token_dtypes_give_the_same_logits(
+    gpt2: HookedTransformer, tokens, dtype: torch.dtype
+) -> None:
+    with torch.no_grad():
+        assert torch.equal(gpt2(tokens.to(dtype)), gpt2(tokens))
+
+
+def test_bool_token_input_is_refused(gpt2: HookedTransformer) -> None:
+    with pytest.raises(
+        ValueError, match=r"token input is a bool tensor \(a mask\?\), not token ids"
+    ):
+        gpt2(torch.ones(2, 4, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("bad_id", [D_VOCAB, -1, 10_000])
@@ -136,6 +263,62 @@ def test_float_or_badly_shaped_token_input(gpt2: HookedTransformer) -> None:
         match=r"token input must be integer ids of shape \[batch, pos\] or \[pos\], got \(1, 2, 3\)",
     ):
         gpt2(torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+def test_attention_mask_must_have_the_tokens_shape(gpt2: HookedTransformer, tokens) -> None:
+    """A mask that does not match the tokens [batch, pos] is refused, never broadcast; forward
+    (from token ids or from a residual) and generate share the check."""
+    ones = torch.ones_like(tokens)
+    for bad in (ones[:1], ones[:, :-1], ones[0], ones[..., None]):
+        message = (
+            rf"attention_mask has shape {re.escape(str(tuple(bad.shape)))}, but the tokens have "
+            r"shape \(2, 12\): it needs one entry per token, \[batch, pos\] \(it is not broadcast\)"
+        )
+        with pytest.raises(ValueError, match=message):
+            gpt2(tokens, attention_mask=bad)
+        with pytest.raises(ValueError, match=message):
+            gpt2.generate(tokens, 1, attention_mask=bad, verbose=False)
+    resid = gpt2(tokens, stop_at_layer=1)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 12\), but the tokens"):
+        gpt2(resid, start_at_layer=1, attention_mask=ones[:1])
+
+
+def test_attention_mask_dtype_and_values(gpt2: HookedTransformer, tokens) -> None:
+    ones = torch.ones_like(tokens)
+    for dtype in (torch.float32, torch.float16):
+        with pytest.raises(
+            ValueError, match=rf"attention_mask must hold integers or bools.*got {dtype}"
+        ):
+            gpt2(tokens, attention_mask=ones.to(dtype))
+    for value, low, high in ((2, 1, 2), (-1, -1, 1)):
+        bad = ones.clone()
+        bad[1, 3] = value
+        with pytest.raises(
+            ValueError,
+            match=rf"attention_mask must be 1 for real tokens and 0 for padding, but it holds "
+            rf"values from {low} to {high}",
+        ):
+            gpt2(tokens, attention_mask=bad)
+    empty_row = ones.clone()
+    empty_row[1] = 0
+    with pytest.raises(
+        ValueError, match=r"attention_mask row 1 is all 0 \(rows \[1\] have no real"
+    ):
+        gpt2(tokens, attention_mask=empty_row)
+    with pytest.raises(ValueError, match=r"holds values from 2 to 2"):
+        gpt2.generate(tokens, 1, attention_mask=2 * ones, verbose=False)
+    with pytest.raises(TypeError, match=r"attention_mask must be a tensor of 1s.*got str"):
+        gpt2(tokens, attention_mask="all")
+    # a bool, int32 or nested-list mask gives the same logits as a long one
+    padded = ones.clone()
+    padded[0, 9:] = 0
+    with torch.no_grad():
+        want = gpt2(tokens, attention_mask=padded)
+        for same in (padded.bool(), padded.int(), padded.tolist()):
+            assert torch.equal(gpt2(tokens, attention_mask=same), want)
+        assert torch.equal(gpt2(tokens, attention_mask=ones.bool()), gpt2(tokens))
+        # and the padded row's real positions are those of the row alone
+        torch.testing.assert_close(want[0, :9], gpt2(tokens[:1, :9])[0], atol=1e-5, rtol=0)
 
 
 def test_string_input_without_tokenizer(gpt2: HookedTransformer) -> None:

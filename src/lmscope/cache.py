@@ -40,18 +40,12 @@ Projection = Float[Tensor, " d_model"] | Float[Tensor, "d_model n_out"] | None
 
 @contextmanager
 def _hooks_silenced(module: nn.Module) -> Iterator[None]:
-    """Run `module` without firing its hook points (so analysis does not pollute user hooks)."""
-    from lmscope.hooks import HookPoint
+    """Run `module` without firing its hook points (so analysis does not pollute user hooks);
+    only in the calling thread, so other threads' hooked runs keep their hooks."""
+    from lmscope.hooks import HookPoint, silenced
 
-    points = [m for m in module.modules() if isinstance(m, HookPoint)]
-    saved = [(p._fwd, p._bwd) for p in points]
-    for p in points:
-        p._fwd, p._bwd = [], []
-    try:
+    with silenced([m for m in module.modules() if isinstance(m, HookPoint)]):
         yield
-    finally:
-        for p, (fwd, bwd) in zip(points, saved, strict=True):
-            p._fwd, p._bwd = fwd, bwd
 
 
 class ActivationCache:

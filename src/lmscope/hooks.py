@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,27 +31,77 @@ Direction = Literal["fwd", "bwd"]
 
 _LAYER_RE = re.compile(r"blocks\.(\d+)\.")
 
+# Hook lists are copy-on-write: a change builds a new list under this lock, so a forward pass
+# iterating the old list in another thread never sees it change, and no concurrent change is lost.
+_EDIT_LOCK = threading.Lock()
+_LOCAL = threading.local()  # per thread: `silenced`, the hook points muted by `silenced()`
+
 
 @dataclass(eq=False)
 class HookHandle:
-    """A registered hook; `remove()` detaches it. Returned by `HookPoint.add_hook`."""
+    """A registered hook; `remove()` detaches it. Returned by `HookPoint.add_hook`.
+
+    `owner` is the thread a scoped hook fires in (hooks of `run_with_hooks`, `run_with_cache` and
+    the `hooks()` context); None for a global hook (`add_hook`), which fires in every thread.
+    """
 
     hook_point: HookPoint
     fn: HookFn
     dir: Direction
     is_permanent: bool
+    owner: threading.Thread | None = None
 
     def remove(self) -> None:
-        hooks = self.hook_point._fwd if self.dir == "fwd" else self.hook_point._bwd
-        if self in hooks:
-            hooks.remove(self)
+        """Detach this hook (a no-op when it is already detached)."""
+        self.hook_point._edit(self.dir, lambda hooks: [h for h in hooks if h is not self])
+
+    def fires_in(self, thread: threading.Thread) -> bool:
+        """Whether this hook runs in a forward pass on `thread`."""
+        return self.owner is None or self.owner is thread
+
+
+def _visible(handles: list[HookHandle]) -> list[HookHandle]:
+    """The handles that fire in the calling thread (global ones and its own scoped ones)."""
+    me = threading.current_thread()
+    return [h for h in handles if h.fires_in(me)]
+
+
+def _fn_name(fn: Any) -> str:
+    """A hook function's name for error messages (its repr when it has no `__name__`)."""
+    return repr(getattr(fn, "__name__", None) or fn)
+
+
+def _check_hook_output(out: Any, like: Tensor, point: HookPoint, fn: Any, what: str) -> None:
+    """Raise unless a hook's return value can replace `like`: a tensor of its shape, dtype and
+    device (`what` is "activation" or "gradient")."""
+    kind = "backward hook" if what == "gradient" else "hook"
+    where = f"{kind} {_fn_name(fn)} on {point.name}"
+    fix = f"return a tensor like the {what} (e.g. out.to(x)), or None after editing it in place"
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"{where} returned {type(out).__name__}, but a hook must return None or a tensor "
+            f"of the {what}'s shape {tuple(like.shape)}, dtype {like.dtype} and device "
+            f"{like.device}; {fix}"
+        )
+    wrong = [
+        f"{field} {got}, but the {what} has {field} {want}"
+        for field, got, want in (
+            ("shape", tuple(out.shape), tuple(like.shape)),
+            ("dtype", out.dtype, like.dtype),
+            ("device", out.device, like.device),
+        )
+        if got != want
+    ]
+    if wrong:
+        raise ValueError(f"{where} returned {'; '.join(wrong)}; {fix}")
 
 
 class HookPoint(nn.Module):
     """Identity module that calls `fn(activation, hook=self)` for each attached hook.
 
-    A hook may return a tensor to replace the activation (same shape) or None to leave it. A
-    backward hook receives the gradient of the activation and may return a replacement.
+    A hook may return a tensor to replace the activation (same shape, dtype and device) or None to
+    leave it. A backward hook receives the gradient of the activation and may return a
+    replacement. A scoped hook (see `HookHandle.owner`) fires only in its own thread.
     """
 
     def __init__(self) -> None:
@@ -68,24 +119,35 @@ class HookPoint(nn.Module):
         return self(x)
 
     def _run_hooks(self, x: Tensor) -> Tensor:
-        for handle in tuple(self._fwd):
+        if self._is_silenced():
+            return x
+        me = threading.current_thread()
+        for handle in self._fwd:  # copy-on-write: never changes while it is iterated
+            if not handle.fires_in(me):
+                continue
             out = handle.fn(x, hook=self)
             if out is not None:
-                if not isinstance(out, Tensor) or out.shape != x.shape:
-                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                    raise ValueError(
-                        f"hook {getattr(handle.fn, '__name__', handle.fn)!r} on {self.name} "
-                        f"returned shape {got}, but the activation has shape {tuple(x.shape)}; "
-                        "return a tensor of the same shape, or None after editing in place"
-                    )
+                if out is not x:
+                    _check_hook_output(out, x, self, handle.fn, "activation")
                 x = out
-        if self._bwd and x.requires_grad:
+        bwd = [h for h in self._bwd if h.fires_in(me)] if self._bwd else ()
+        if bwd and x.requires_grad:
             # A fresh view gives the hook a node of its own, so two hook points that see the
             # same tensor object (resid_post of layer l, resid_pre of l+1) each get called once.
             x = x.view_as(x)
-            for handle in tuple(self._bwd):
+            for handle in bwd:
                 x.register_hook(_BackwardCall(handle.fn, self))
         return x
+
+    def _is_silenced(self) -> bool:
+        """Whether `silenced()` mutes this point in the calling thread."""
+        return self in getattr(_LOCAL, "silenced", ())
+
+    def _edit(self, dir: Direction, change: Callable[[list[HookHandle]], list[HookHandle]]) -> None:
+        """Replace the `dir` hook list by `change(old)`, atomically across threads."""
+        attr = "_fwd" if dir == "fwd" else "_bwd"
+        with _EDIT_LOCK:
+            setattr(self, attr, change(getattr(self, attr)))
 
     def add_hook(
         self,
@@ -93,27 +155,47 @@ class HookPoint(nn.Module):
         dir: Direction = "fwd",
         is_permanent: bool = False,
         prepend: bool = False,
+        *,
+        thread_scoped: bool = False,
     ) -> HookHandle:
-        """Attach `fn(tensor, hook)`; returns a handle whose `remove()` detaches it."""
+        """Attach `fn(tensor, hook)`; returns a handle whose `remove()` detaches it.
+
+        With `thread_scoped=True` the hook fires only in forward passes run by the calling thread
+        (what `run_with_hooks`, `run_with_cache` and `hooks()` use); otherwise in every thread.
+        """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        handle = HookHandle(self, fn, dir, is_permanent)
-        hooks = self._fwd if dir == "fwd" else self._bwd
-        hooks.insert(0, handle) if prepend else hooks.append(handle)
+        if not callable(fn):
+            raise TypeError(
+                f"a hook must be a function fn(tensor, hook), got {type(fn).__name__} "
+                f"for {self.name}"
+            )
+        owner = threading.current_thread() if thread_scoped else None
+        handle = HookHandle(self, fn, dir, is_permanent, owner)
+        self._edit(dir, lambda hooks: [handle, *hooks] if prepend else [*hooks, handle])
         return handle
 
     def remove_hooks(
         self, dir: Direction | Literal["both"] = "fwd", including_permanent: bool = False
     ) -> None:
-        """Detach this point's hooks in `dir`; permanent ones stay unless asked."""
-        dirs = ("fwd", "bwd") if dir == "both" else (dir,)
-        for d in dirs:
-            hooks = self._fwd if d == "fwd" else self._bwd
-            hooks[:] = [h for h in hooks if h.is_permanent and not including_permanent]
+        """Detach this point's hooks in `dir`; permanent ones stay unless asked.
+
+        Hooks scoped to another live thread (its `run_with_hooks` in progress) are left alone.
+        """
+        me = threading.current_thread()
+
+        def keep(h: HookHandle) -> bool:
+            running_elsewhere = h.owner is not None and h.owner is not me and h.owner.is_alive()
+            return running_elsewhere or (h.is_permanent and not including_permanent)
+
+        for d in ("fwd", "bwd") if dir == "both" else (dir,):
+            self._edit(d, lambda hooks: [h for h in hooks if keep(h)])
 
     def has_hooks(self) -> bool:
-        """True when any forward or backward hook is attached."""
-        return bool(self._fwd or self._bwd)
+        """True when a forward or backward hook would fire in the calling thread."""
+        if not self._fwd and not self._bwd:
+            return False
+        return not self._is_silenced() and bool(_visible(self._fwd) or _visible(self._bwd))
 
     def layer(self) -> int:
         """The block index in this hook's name (`blocks.3.attn.hook_z` -> 3)."""
@@ -134,12 +216,52 @@ class _BackwardCall:
 
     def __call__(self, grad: Tensor) -> Tensor | None:
         out = self.fn(grad, hook=self.point)
-        if out is not None and out.shape != grad.shape:
-            raise ValueError(
-                f"backward hook on {self.point.name} returned shape {tuple(out.shape)}, "
-                f"but the gradient has shape {tuple(grad.shape)}"
-            )
+        if out is not None and out is not grad:
+            _check_hook_output(out, grad, self.point, self.fn, "gradient")
         return out
+
+
+@contextmanager
+def silenced(points: Sequence[HookPoint]) -> Iterator[None]:
+    """Run code in which `points` fire no hooks, in the calling thread only (other threads'
+    forward passes still run their hooks there)."""
+    before = getattr(_LOCAL, "silenced", frozenset())
+    _LOCAL.silenced = before | frozenset(points)
+    try:
+        yield
+    finally:
+        _LOCAL.silenced = before
+
+
+def _hook_pairs(hooks: Any, arg: str) -> list[tuple[Any, HookFn]]:
+    """Check `fwd_hooks` / `bwd_hooks`: a list of `(name or filter, fn)` pairs."""
+    bare = isinstance(hooks, tuple) and len(hooks) == 2 and callable(hooks[1])
+    if bare and (isinstance(hooks[0], str) or callable(hooks[0])):
+        name = repr(hooks[0]) if isinstance(hooks[0], str) else _fn_name(hooks[0])
+        raise TypeError(
+            f"{arg} must be a list of (name, fn) pairs, got a bare (name, fn) tuple "
+            f"({name}, {_fn_name(hooks[1])}); wrap it in a list: {arg}=[(name, fn)]"
+        )
+    if isinstance(hooks, (str, bytes, dict)) or not isinstance(hooks, Iterable):
+        raise TypeError(
+            f"{arg} must be a list of (name, fn) pairs, got {type(hooks).__name__}; "
+            f"pass {arg}=[(name, fn), ...]"
+        )
+    pairs = []
+    for i, entry in enumerate(hooks):
+        ok = isinstance(entry, (tuple, list)) and len(entry) == 2
+        if not ok or not (isinstance(entry[0], str) or callable(entry[0])):
+            raise TypeError(
+                f"{arg}[{i}] must be a (name or name filter, fn) pair, got {entry!r}; "
+                f"pass {arg}=[(name, fn), ...]"
+            )
+        if not callable(entry[1]):
+            raise TypeError(
+                f"{arg}[{i}] for {entry[0]!r}: the hook must be a function fn(tensor, hook), "
+                f"got {type(entry[1]).__name__}"
+            )
+        pairs.append((entry[0], entry[1]))
+    return pairs
 
 
 def _as_filter(names: NameFilter) -> Callable[[str], bool]:
@@ -208,9 +330,17 @@ class HookedRootModule(nn.Module):
         dir: Direction = "fwd",
         is_permanent: bool = False,
         prepend: bool = False,
+        *,
+        thread_scoped: bool = False,
     ) -> list[HookHandle]:
-        """Attach `hook` to the hook point `name`, or to every point whose name passes a filter."""
-        return [hp.add_hook(hook, dir, is_permanent, prepend) for hp in self._resolve(name)]
+        """Attach `hook` to the hook point `name`, or to every point whose name passes a filter.
+
+        The hook is global (it fires in every thread) unless `thread_scoped=True`.
+        """
+        return [
+            hp.add_hook(hook, dir, is_permanent, prepend, thread_scoped=thread_scoped)
+            for hp in self._resolve(name)
+        ]
 
     def add_perma_hook(
         self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"
@@ -221,7 +351,8 @@ class HookedRootModule(nn.Module):
     def reset_hooks(
         self, including_permanent: bool = False, direction: Direction | Literal["both"] = "both"
     ) -> None:
-        """Remove every hook (permanent ones only when asked)."""
+        """Remove every hook (permanent ones only when asked), except those scoped to another
+        thread whose hooked run is still in progress."""
         for hp in self.hook_dict.values():
             hp.remove_hooks(direction, including_permanent)
 
@@ -234,21 +365,28 @@ class HookedRootModule(nn.Module):
     ) -> Iterator[HookedRootModule]:
         """Context manager: hooks are attached inside the block and removed on exit, even on error.
 
+        The hooks fire only in forward passes run by the thread that entered the block, so other
+        threads using the model meanwhile are unaffected. With `reset_hooks_end=False` they stay
+        after the block as global hooks, like `add_hook`'s.
+
         Example:
             >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", steer)]):
             ...     logits = model("Hello")
         """
+        fwd = _hook_pairs(fwd_hooks, "fwd_hooks")
+        bwd = _hook_pairs(bwd_hooks, "bwd_hooks")
         handles: list[HookHandle] = []
         try:
-            for name, fn in fwd_hooks:
-                handles += self.add_hook(name, fn, "fwd")
-            for name, fn in bwd_hooks:
-                handles += self.add_hook(name, fn, "bwd")
+            for pairs, dir in ((fwd, "fwd"), (bwd, "bwd")):
+                for name, fn in pairs:
+                    handles += self.add_hook(name, fn, dir, thread_scoped=True)  # type: ignore[arg-type]
             yield self
         finally:
-            if reset_hooks_end:
-                for handle in handles:
+            for handle in handles:
+                if reset_hooks_end:
                     handle.remove()
+                else:
+                    handle.owner = None
 
     def run_with_hooks(
         self,
