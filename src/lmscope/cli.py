@@ -1,14 +1,52 @@
-"""Command line: `python -m lmscope demo` runs the main job on the embedded model."""
+"""Command line: `python -m lmscope demo` runs the main job on the embedded model.
+
+Bad input (an unknown or unreachable model, an empty or too long prompt) prints one line,
+`lmscope: error: <what is wrong and what to do>`, and exits with status 2, as argparse does for
+bad options; anything unexpected still shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
 import torch
 
 from lmscope.model import HookedTransformer
+
+
+class UsageError(Exception):
+    """Bad command-line input: `main` prints it as one `lmscope: error:` line and exits 2."""
+
+
+def _load(model_name: str) -> HookedTransformer:
+    """`HookedTransformer.from_pretrained(model_name)`; a name that does not load is a UsageError
+    (loading raises ValueError for bad names and checkpoints, OSError for missing files and an
+    unreachable hub), with the loader's message, which says what to do."""
+    if not model_name.strip():
+        raise UsageError(
+            "--model is empty; pass an alias (e.g. smollm2-135m), a hub id, a directory or a .gguf file"
+        )
+    try:
+        return HookedTransformer.from_pretrained(model_name)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"cannot load --model {model_name!r}: {err}") from err
+
+
+def _prompt_tokens(model: HookedTransformer, prompt: str) -> torch.Tensor:
+    """The prompt's tokens [1, pos], or a UsageError saying why the prompt cannot run."""
+    try:
+        tokens = model.to_tokens(prompt)
+    except ValueError as err:
+        raise UsageError(f"--prompt {prompt!r}: {err}") from err
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise UsageError(
+            f"--prompt is {tokens.shape[1]} tokens, more than the model's context of "
+            f"{model.cfg.n_ctx}; shorten it"
+        )
+    return tokens
 
 
 def _induction_scores(
@@ -33,10 +71,18 @@ def _induction_scores(
 def demo(
     model_name: str = "smollm2-135m", prompt: str = "The capital of France is", top_k: int = 5
 ) -> None:
-    """Load a model and print next-token predictions, a logit lens and the top induction heads."""
+    """Load a model and print next-token predictions, a logit lens and the top induction heads.
+
+    Raises UsageError for an empty prompt (before loading) and for a model or prompt that does not
+    load or run.
+    """
+    if not prompt:
+        raise UsageError(
+            "--prompt is empty; pass some text, e.g. --prompt 'The capital of France is'"
+        )
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    model = HookedTransformer.from_pretrained(model_name)
+    model = _load(model_name)
     load_s = time.perf_counter() - t0
     cfg = model.cfg
     print(
@@ -45,7 +91,8 @@ def demo(
     )
 
     t0 = time.perf_counter()
-    logits, cache = model.run_with_cache(prompt, names_filter=lambda n: "resid" in n)
+    tokens = _prompt_tokens(model, prompt)
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "resid" in n)
     probs = logits[0, -1].softmax(-1)
     top = probs.topk(top_k)
     print(f"\nPrompt: {prompt!r}\nTop-{top_k} next tokens:")
@@ -91,8 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p_demo.add_argument("--prompt", default="The capital of France is")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(args.model, args.prompt)
+    try:
+        if args.command == "demo":
+            demo(args.model, args.prompt)
+    except UsageError as err:
+        message = " ".join(str(err).split())  # one line, whatever the loader's message held
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
