@@ -472,7 +472,7 @@ class HookedTransformer(HookedRootModule):
             raise ValueError("input is empty (0 tokens); pass some text or token ids")
         if tokens.dtype not in (torch.long, torch.int32):
             tokens = tokens.long()  # uint8, int8, int16: ids all the same; embedding wants int/long
-        low, high = torch.stack(torch.aminmax(tokens)).tolist()
+        low, high = torch.stack([tokens.min(), tokens.max()]).tolist()  # one sync
         if low < 0 or high >= self.cfg.d_vocab:
             raise ValueError(
                 f"token ids must lie in [0, {self.cfg.d_vocab}); got ids from {low} to {high}"
