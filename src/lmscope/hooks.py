@@ -33,8 +33,17 @@ _LAYER_RE = re.compile(r"blocks\.(\d+)\.")
 
 # Hook lists are copy-on-write: a change builds a new list under this lock, so a forward pass
 # iterating the old list in another thread never sees it change, and no concurrent change is lost.
+# Changes write HookPoint.__dict__ directly (nn.Module.__setattr__ costs microseconds a call).
 _EDIT_LOCK = threading.Lock()
-_LOCAL = threading.local()  # per thread: `silenced`, the hook points muted by `silenced()`
+
+
+class _ThreadState(threading.local):
+    """Per-thread state: `silenced`, the hook points muted by `silenced()` in this thread."""
+
+    silenced: frozenset[HookPoint] = frozenset()  # a class default: no AttributeError path
+
+
+_LOCAL = _ThreadState()
 
 
 @dataclass(eq=False)
@@ -53,17 +62,35 @@ class HookHandle:
 
     def remove(self) -> None:
         """Detach this hook (a no-op when it is already detached)."""
-        self.hook_point._edit(self.dir, lambda hooks: [h for h in hooks if h is not self])
+        _detach([self])
 
     def fires_in(self, thread: threading.Thread) -> bool:
         """Whether this hook runs in a forward pass on `thread`."""
         return self.owner is None or self.owner is thread
 
 
-def _visible(handles: list[HookHandle]) -> list[HookHandle]:
-    """The handles that fire in the calling thread (global ones and its own scoped ones)."""
-    me = threading.current_thread()
-    return [h for h in handles if h.fires_in(me)]
+def _attach(handles: list[HookHandle], prepend: bool = False) -> None:
+    """Add each handle to its hook point's list, under one lock."""
+    with _EDIT_LOCK:
+        for handle in handles:
+            attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
+            attrs[key] = [handle, *attrs[key]] if prepend else [*attrs[key], handle]
+
+
+def _detach(handles: list[HookHandle]) -> None:
+    """Remove each handle from its hook point's list (if still there), under one lock."""
+    with _EDIT_LOCK:
+        for handle in handles:
+            attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
+            attrs[key] = [h for h in attrs[key] if h is not handle]
+
+
+def _any_fires_in(handles: list[HookHandle], thread: threading.Thread) -> bool:
+    """Whether any of the handles fires in `thread` (a global one or one scoped to it)."""
+    for handle in handles:
+        if handle.owner is None or handle.owner is thread:
+            return True
+    return False
 
 
 def _fn_name(fn: Any) -> str:
@@ -123,7 +150,7 @@ class HookPoint(nn.Module):
             return x
         me = threading.current_thread()
         for handle in self._fwd:  # copy-on-write: never changes while it is iterated
-            if not handle.fires_in(me):
+            if handle.owner is not None and handle.owner is not me:
                 continue
             out = handle.fn(x, hook=self)
             if out is not None:
@@ -141,13 +168,13 @@ class HookPoint(nn.Module):
 
     def _is_silenced(self) -> bool:
         """Whether `silenced()` mutes this point in the calling thread."""
-        return self in getattr(_LOCAL, "silenced", ())
+        return self in _LOCAL.silenced
 
     def _edit(self, dir: Direction, change: Callable[[list[HookHandle]], list[HookHandle]]) -> None:
         """Replace the `dir` hook list by `change(old)`, atomically across threads."""
         attr = "_fwd" if dir == "fwd" else "_bwd"
         with _EDIT_LOCK:
-            setattr(self, attr, change(getattr(self, attr)))
+            self.__dict__[attr] = change(self.__dict__[attr])
 
     def add_hook(
         self,
@@ -172,7 +199,7 @@ class HookPoint(nn.Module):
             )
         owner = threading.current_thread() if thread_scoped else None
         handle = HookHandle(self, fn, dir, is_permanent, owner)
-        self._edit(dir, lambda hooks: [handle, *hooks] if prepend else [*hooks, handle])
+        _attach([handle], prepend)
         return handle
 
     def remove_hooks(
@@ -195,7 +222,10 @@ class HookPoint(nn.Module):
         """True when a forward or backward hook would fire in the calling thread."""
         if not self._fwd and not self._bwd:
             return False
-        return not self._is_silenced() and bool(_visible(self._fwd) or _visible(self._bwd))
+        if self._is_silenced():
+            return False
+        me = threading.current_thread()
+        return _any_fires_in(self._fwd, me) or _any_fires_in(self._bwd, me)
 
     def layer(self) -> int:
         """The block index in this hook's name (`blocks.3.attn.hook_z` -> 3)."""
@@ -225,7 +255,7 @@ class _BackwardCall:
 def silenced(points: Sequence[HookPoint]) -> Iterator[None]:
     """Run code in which `points` fire no hooks, in the calling thread only (other threads'
     forward passes still run their hooks there)."""
-    before = getattr(_LOCAL, "silenced", frozenset())
+    before = _LOCAL.silenced
     _LOCAL.silenced = before | frozenset(points)
     try:
         yield
@@ -373,19 +403,24 @@ class HookedRootModule(nn.Module):
             >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", steer)]):
             ...     logits = model("Hello")
         """
-        fwd = _hook_pairs(fwd_hooks, "fwd_hooks")
-        bwd = _hook_pairs(bwd_hooks, "bwd_hooks")
-        handles: list[HookHandle] = []
+        me = threading.current_thread()
+        handles = [
+            HookHandle(point, fn, dir, False, me)  # type: ignore[arg-type]
+            for pairs, dir in (
+                (_hook_pairs(fwd_hooks, "fwd_hooks"), "fwd"),
+                (_hook_pairs(bwd_hooks, "bwd_hooks"), "bwd"),
+            )
+            for name, fn in pairs
+            for point in self._resolve(name)
+        ]  # every name resolved before any hook is attached
+        _attach(handles)
         try:
-            for pairs, dir in ((fwd, "fwd"), (bwd, "bwd")):
-                for name, fn in pairs:
-                    handles += self.add_hook(name, fn, dir, thread_scoped=True)  # type: ignore[arg-type]
             yield self
         finally:
-            for handle in handles:
-                if reset_hooks_end:
-                    handle.remove()
-                else:
+            if reset_hooks_end:
+                _detach(handles)
+            else:
+                for handle in handles:
                     handle.owner = None
 
     def run_with_hooks(
