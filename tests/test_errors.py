@@ -342,6 +342,11 @@ def test_bad_return_type_and_start_at_layer(gpt2: HookedTransformer, tokens) -> 
     resid = gpt2(tokens, stop_at_layer=1)
     with pytest.raises(ValueError, match="a loss needs token ids: pass tokens="):
         gpt2(resid, start_at_layer=1, return_type="loss")
+    with pytest.raises(
+        ValueError,
+        match=r"tokens has shape \(1, 12\), but the residual stream's \[batch, pos\] is \(2, 12\)",
+    ):
+        gpt2(resid, start_at_layer=1, tokens=tokens[:1], return_type="loss")
     # and the split run agrees with the full one
     with torch.no_grad():
         torch.testing.assert_close(gpt2(resid, start_at_layer=1), gpt2(tokens), atol=1e-6, rtol=0)

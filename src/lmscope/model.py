@@ -523,6 +523,11 @@ class HookedTransformer(HookedRootModule):
                     f"with start_at_layer, input is the residual stream [batch, pos, {self.cfg.d_model}]"
                 )
             batch, n_pos = resid.shape[:2]
+            if tokens is not None and tuple(tokens.shape) != (batch, n_pos):
+                raise ValueError(
+                    f"tokens has shape {tuple(tokens.shape)}, but the residual stream's "
+                    f"[batch, pos] is {(batch, n_pos)}; pass the token ids of this residual"
+                )
         device = self.W_E.device
         if attention_mask is not None:
             attention_mask = check_attention_mask(attention_mask, (batch, n_pos), device)
