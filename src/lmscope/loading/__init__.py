@@ -256,10 +256,11 @@ def load_weights(
             ):
                 checkpoint.get(names[0], out=param.view(sources[0].shape))
                 continue
-        except ValueError as err:
-            if str(checkpoint.path) in str(err):
+        except (ValueError, RuntimeError) as err:  # RuntimeError: a transform's reshape
+            if isinstance(err, CheckpointError) and str(checkpoint.path) in str(err):
                 raise
-            raise CheckpointError(f"{checkpoint.path}: {name}: {err}") from None
+            files = ", ".join(sorted({str(checkpoint.file_of(n)) for n in names}))
+            raise CheckpointError(f"{files}: {name}: {err} (reading {', '.join(names)})") from None
         if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
             # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
             # torch use its blocked transpose kernel, several times faster than a strided copy.
@@ -294,10 +295,10 @@ def check_sources(weight_map: dict[str, Any], checkpoint: Checkpoint) -> None:
     unread = [n for n in unread if not _is_tied_copy(n, weight_map, checkpoint)]
     if unread:
         shown = ", ".join(unread[:8]) + (f", ... ({len(unread)} in all)" if len(unread) > 8 else "")
-        config = checkpoint.config_file.name
+        config = checkpoint.config_file
         raise CheckpointError(
-            f"{checkpoint.path}: the checkpoint holds tensors that the model its {config} "
-            f"describes does not use: {shown}. lmscope does not ignore weights: if {config} "
+            f"{checkpoint.path}: the checkpoint holds tensors that the model {config} "
+            f"describes does not use: {shown}. lmscope does not ignore weights: if {config.name} "
             "belongs to another model (more layers, other sizes or options), fix it; if the "
             "tensors do not belong to this model, remove them from the checkpoint"
         )
@@ -349,6 +350,7 @@ def _model_config(
     the config file."""
     source = checkpoint.config_file
     hf_config = checkpoint.hf_config
+    _check_layer_count(checkpoint)
     try:
         family = family_for(hf_config)
     except ValueError as err:
@@ -375,11 +377,29 @@ def _model_config(
             "replace the config"
         ) from None
     fields.update(overrides)
+    given = f" with the overrides {sorted(overrides)}" if overrides else ""
     try:
-        return family, HookedTransformerConfig(**fields)
+        cfg = HookedTransformerConfig(**fields)
     except (TypeError, ValueError, ArithmeticError) as err:
-        given = f" with the overrides {sorted(overrides)}" if overrides else ""
         raise CheckpointError(f"{source}{given}: not a valid model config: {err}") from None
+    sizes = {k: getattr(cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab")}
+    bad = {k: v for k, v in sizes.items() if not (isinstance(v, int) and v > 0)}
+    if bad:
+        raise CheckpointError(f"{source}{given}: not a valid model config: {bad} must be >= 1")
+    return family, cfg
+
+
+def _check_layer_count(checkpoint: Checkpoint) -> None:
+    """Refuse a config.json layer count beyond the number of tensors (every layer has some)
+    before anything loops over the layers."""
+    tensors = len(checkpoint.tensor_names())
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        layers = checkpoint.hf_config.get(key)
+        if isinstance(layers, int) and layers > tensors:
+            raise CheckpointError(
+                f"{checkpoint.config_file}: {key} is {layers}, but {checkpoint.path} holds only "
+                f"{tensors} tensors; the config belongs to another model or is corrupt"
+            )
 
 
 def _check_fits(cfg: HookedTransformerConfig, checkpoint: Checkpoint) -> None:

@@ -247,6 +247,10 @@ class Checkpoint(Protocol):
         """Tensors of the file that no name in `used` (resolved names) reads."""
         ...
 
+    def file_of(self, name: str) -> Path:
+        """The file holding the tensor `name`, for error messages."""
+        ...
+
     def n_elements(self) -> int:
         """How many values the checkpoint's tensors hold in all (from the headers, unread)."""
         ...
@@ -321,6 +325,9 @@ class DirectoryCheckpoint:
 
     def unread_tensors(self, used: set[str]) -> list[str]:
         return [key for key in self._files if key not in used]
+
+    def file_of(self, name: str) -> Path:
+        return self._files[self.resolve(name)]
 
     def n_elements(self) -> int:
         total = sum(

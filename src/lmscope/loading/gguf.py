@@ -403,6 +403,9 @@ class GGUFCheckpoint:
         unread = [g for hf, g in self._hf_to_gguf.items() if hf not in used]
         return unread + self.unmapped_tensors
 
+    def file_of(self, name: str) -> Path:
+        return self.path
+
     def n_elements(self) -> int:
         return sum(int(t.n_elements) for t in self._tensors.values())
 
