@@ -296,10 +296,41 @@ class ActivationCache:
             scale = batch_slice.apply(scale, dim=0)
         return scale
 
-    def _empty_stack(self, pos_slice: Slice, last: int | None = None) -> Tensor:
+    def _empty_stack(self, pos_slice: Slice, last: int | None = None, n: int = 0) -> Tensor:
+        """A stack [n, *batch_and_pos, d_model (or last)] like the residual stream; zero
+        components unless `n` is given, then uninitialised, for the caller to fill."""
         ref = pos_slice.apply(self["blocks.0.hook_resid_pre"], dim=-2)
         shape = ref.shape if last is None else (*ref.shape[:-1], last)
-        return ref.new_zeros((0, *shape))
+        return ref.new_zeros((0, *shape)) if n == 0 else ref.new_empty((n, *shape))
+
+    def _fill_neuron_results(
+        self,
+        stack: Tensor,
+        start: int,
+        layer: int,
+        neuron_slice: Slice,
+        pos_slice: Slice,
+        p: Tensor | None,
+    ) -> int:
+        """Write every neuron's result for the MLPs before `layer` into `stack` [components, ...,
+        d] from component `start` on (layer-major, as `stack_neuron_results` orders them), one
+        layer at a time, so only one layer's results exist besides `stack`. Returns the end."""
+        for i in range(layer):
+            post, W_out = self._neuron_factors(i, neuron_slice, pos_slice)
+            end = start + W_out.shape[0]
+            part = stack[start:end]  # [neuron, ..., d]; a fresh view each time (autograd)
+            start = end
+            if p is None:  # written in the stack's own layout, with no temporary
+                shape = (W_out.shape[0], *(1,) * (post.ndim - 1), W_out.shape[1])
+                factors = post.movedim(-1, 0)[..., None], W_out.view(shape)
+                if torch.is_grad_enabled() and (post.requires_grad or part.requires_grad):
+                    part.copy_(torch.mul(*factors))  # out= below has no autograd
+                else:
+                    torch.mul(*factors, out=part)
+            else:
+                results = self.get_neuron_results(i, neuron_slice, pos_slice, project_output_onto=p)
+                part.copy_(results.movedim(-2, 0))
+        return start
 
     # -- residual-stream analysis -----------------------------------------------------------
     def accumulated_resid(
@@ -499,6 +530,18 @@ class ActivationCache:
         Example:
             >>> cache.get_neuron_results(0, neuron_slice=[3, 7], pos_slice=-1).shape  # [batch, 2, d_model]
         """
+        post, W_out = self._neuron_factors(layer, neuron_slice, pos_slice)
+        if project_output_onto is None:
+            return post[..., None] * W_out
+        p = project_output_onto.to(dtype=post.dtype, device=post.device)
+        projected = W_out @ p  # [d_mlp] or [d_mlp, n_out]
+        return post * projected if p.ndim == 1 else post[..., None] * projected
+
+    def _neuron_factors(
+        self, layer: int, neuron_slice: Slice | SliceInput, pos_slice: Slice | SliceInput
+    ) -> tuple[Float[Tensor, "*batch_and_pos neuron"], Float[Tensor, "neuron d_model"]]:
+        """A layer's neuron activations (sliced) and their W_out rows: each neuron's write to the
+        residual is `post[..., n, None] * W_out[n]`."""
         neuron_slice, pos_slice = Slice.unwrap(neuron_slice), Slice.unwrap(pos_slice)
         if self.model.cfg.num_experts:
             raise ValueError(
@@ -510,12 +553,7 @@ class ActivationCache:
         post = pos_slice.apply(self[f"blocks.{layer}.mlp.hook_post"], dim=-2)
         post = neuron_slice.apply(post, dim=-1)
         W_out = neuron_slice.apply(self.model.blocks[layer].mlp.W_out.detach(), dim=0)
-        W_out = W_out.to(dtype=post.dtype, device=post.device)
-        if project_output_onto is None:
-            return post[..., None] * W_out
-        p = project_output_onto.to(dtype=post.dtype, device=post.device)
-        projected = W_out @ p  # [d_mlp] or [d_mlp, n_out]
-        return post * projected if p.ndim == 1 else post[..., None] * projected
+        return post, W_out.to(dtype=post.dtype, device=post.device)
 
     def stack_neuron_results(
         self,
@@ -550,23 +588,21 @@ class ActivationCache:
         neuron_ids = neuron_slice.indices(self.model.cfg.d_mlp)
         labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neuron_ids]
         p, squeeze = self._projection(project_output_onto, apply_ln)
-        parts = [
-            self.get_neuron_results(i, neuron_slice, pos_slice, project_output_onto=p)
-            for i in range(layer)
-        ]
         last = None if p is None else p.shape[-1]
-        if parts:
-            stack = einops.rearrange(torch.cat(parts, dim=-2), "... comp d -> comp ... d")
-        else:
-            stack = self._empty_stack(pos_slice, last)
+        n_neurons = len(labels)
+        # One stack, filled in place: no concatenated copies of a [neurons, ..., d_model] tensor.
+        stack = self._empty_stack(pos_slice, last, n=n_neurons + int(incl_remainder))
+        self._fill_neuron_results(stack, 0, layer, neuron_slice, pos_slice, p)
         if incl_remainder:
             target = pos_slice.apply(self._target_resid(layer, mlp_input), dim=-2)
             if p is not None:
                 target = target @ p
-            stack = torch.cat([stack, (target - stack.sum(0))[None]], dim=0)
+            torch.sub(target, stack[:n_neurons].sum(0), out=stack[n_neurons])
             labels.append("remainder")
         if apply_ln:
-            stack = self._apply_cached_ln(stack, layer, mlp_input, pos_slice, centred=p is None)
+            stack = self._apply_cached_ln(
+                stack, layer, mlp_input, pos_slice, centred=p is None, inplace=True
+            )
         if squeeze:
             stack = stack.squeeze(-1)
         return (stack, labels) if return_labels else stack
@@ -593,14 +629,17 @@ class ActivationCache:
         pos_slice: Slice,
         centred: bool,
         batch_slice: Slice | None = None,
+        inplace: bool = False,
     ) -> Tensor:
-        """Divide by the cached scale; centre first (LayerNorm) unless the stack is projected."""
+        """Divide by the cached scale; centre first (LayerNorm) unless the stack is projected.
+        With `inplace` (for a stack the caller made) `stack` is overwritten: no copies of it."""
         if self._target_norm(layer, mlp_input) is None:
             return stack
         if centred and self._is_centering():
-            stack = stack - stack.mean(dim=-1, keepdim=True)
+            mean = stack.mean(dim=-1, keepdim=True)
+            stack = stack.sub_(mean) if inplace else stack - mean
         scale = self._cached_scale(layer, mlp_input, pos_slice, batch_slice or Slice(None))
-        return stack / scale
+        return stack.div_(scale) if inplace else stack / scale
 
     def apply_ln_to_stack(
         self,
@@ -683,13 +722,12 @@ class ActivationCache:
         head_layer = layer + (1 if mlp_input and not self._parallel else 0)
         heads, labels = self.stack_head_results(head_layer, pos_slice=pos_slice, return_labels=True)
         parts = [project(heads)]
+        n_neurons = 0  # neurons go right after the heads, written straight into the stack
         if not self.model.cfg.attn_only and layer > 0:
             if expand_neurons:
-                neurons, neuron_labels = self.stack_neuron_results(
-                    layer, pos_slice=pos_slice, return_labels=True, project_output_onto=p
-                )
-                parts.append(neurons)
-                labels += neuron_labels
+                d_mlp = self.model.cfg.d_mlp
+                n_neurons = layer * d_mlp
+                labels += [f"L{i}N{n}" for i in range(layer) for n in range(d_mlp)]
             else:
                 mlps, mlp_labels = self.decompose_resid(
                     layer, pos_slice=pos_slice, incl_embeds=False, mode="mlp", return_labels=True
@@ -704,9 +742,18 @@ class ActivationCache:
         bias = project(bias.detach().to(dtype=ref.dtype, device=ref.device))
         parts.append(bias.expand(1, *ref.shape[:-1], bias.shape[-1]))
         labels.append("bias")
-        stack = torch.cat(parts, dim=0)
+        n = n_neurons + sum(part.shape[0] for part in parts)
+        stack = self._empty_stack(pos_slice, parts[0].shape[-1], n=n)
+        start = 0
+        for i, part in enumerate(parts):
+            stack[start : start + part.shape[0]] = part
+            start += part.shape[0]
+            if i == 0 and n_neurons:
+                start = self._fill_neuron_results(stack, start, layer, Slice(None), pos_slice, p)
         if apply_ln:
-            stack = self._apply_cached_ln(stack, layer, mlp_input, pos_slice, centred=p is None)
+            stack = self._apply_cached_ln(
+                stack, layer, mlp_input, pos_slice, centred=p is None, inplace=True
+            )
         if squeeze:
             stack = stack.squeeze(-1)
         return (stack, labels) if return_labels else stack
