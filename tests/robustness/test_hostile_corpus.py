@@ -580,6 +580,9 @@ CASES: dict[str, Case] = {
         _gguf_value("general.architecture", b"llamb"),
         r"GGUF architecture 'llamb' is not supported",
     ),
+    "gguf-architecture-not-utf8": Case(
+        "gguf", _gguf_value("general.architecture", b"\x80lama"), r"metadata string is not UTF-8"
+    ),
     "gguf-suffix-on-safetensors": Case("gguf", _safetensors_as_gguf, NOT_GGUF),
     "gguf-without-suffix": Case("gguf", _gguf_renamed("weights.bin"), None, expected="base"),
 }

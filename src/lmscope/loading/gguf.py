@@ -358,6 +358,15 @@ class GGUFCheckpoint:
         self.path = self.config_file = Path(path)
         self._reader = _open_reader(self.path)
         _check_tensor_data(self.path, self._reader)
+        try:
+            self._read_metadata()
+        except UnicodeDecodeError as err:
+            raise CheckpointError(
+                f"{self.path}: a metadata string is not UTF-8 ({err}); {_CORRUPT}"
+            ) from None
+
+    def _read_metadata(self) -> None:
+        """Architecture, config and the HF names of the tensors, from the file's metadata."""
         arch = _scalar(self._reader, "general.architecture")
         if arch not in _ARCHITECTURES:
             raise CheckpointError(
