@@ -90,6 +90,26 @@ def test_lm_cross_entropy_loss_by_hand() -> None:
     )
 
 
+def test_lm_cross_entropy_loss_half_precision_computes_in_float32() -> None:
+    logits = torch.randn(2, 6, 50, generator=torch.Generator().manual_seed(0)) * 8
+    tokens = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))
+    exact = lm_cross_entropy_loss(logits, tokens, per_token=True)
+    for dtype in (torch.bfloat16, torch.float16):
+        rounded = logits.to(dtype)
+        loss = lm_cross_entropy_loss(rounded, tokens, per_token=True)
+        assert loss.dtype == torch.float32
+        # only the rounding of the logits themselves remains (no bf16 log_softmax on top)
+        torch.testing.assert_close(
+            loss, lm_cross_entropy_loss(rounded.float(), tokens, per_token=True)
+        )
+        assert (loss - exact).abs().max() < 0.1
+
+
+def test_lm_cross_entropy_loss_needs_a_prediction() -> None:
+    with pytest.raises(ValueError, match="at least 2 positions per sequence, got 1"):
+        lm_cross_entropy_loss(torch.zeros(2, 1, 5), torch.zeros(2, 1, dtype=torch.long))
+
+
 def test_to_numpy() -> None:
     t = torch.arange(6.0, requires_grad=True).reshape(2, 3)
     assert to_numpy(t).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

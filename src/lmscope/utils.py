@@ -11,6 +11,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lmscope.components.precision import upcast
+
 _NAME_ALIASES = {
     "attn": "pattern",
     "attn_logits": "attn_scores",
@@ -76,8 +78,19 @@ def lm_cross_entropy_loss(
     per_token: bool = False,
 ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]:
     """Next-token cross-entropy. With a mask, a prediction counts only when both the position it
-    is made from and the token it predicts are real (not padding)."""
-    log_probs = logits[:, :-1].log_softmax(dim=-1)
+    is made from and the token it predicts are real (not padding). Half-precision logits are
+    taken to float32 first (as transformers does), so the loss is float32 for them.
+
+    Example:
+        >>> lm_cross_entropy_loss(torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]]))
+        tensor(1.3863)
+    """
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"a next-token loss needs at least 2 positions per sequence, got {logits.shape[1]}: "
+            "there is no prediction to score. Pass a longer input or prepend BOS (prepend_bos=True)"
+        )
+    log_probs = upcast(logits[:, :-1]).log_softmax(dim=-1)
     nll = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
     if attention_mask is None:
         return nll if per_token else nll.mean()
