@@ -719,3 +719,55 @@ def test_bad_input_errors(model, text_model) -> None:
     assert torch.equal(model.generate(prompt, 0, verbose=False), prompt)
     out = model.generate(prompt, 2, do_sample=False, temperature=0.0, verbose=False)
     assert out.shape == (1, 7)
+
+
+def _nan_from_call(n: int):
+    """A hook that writes NaN into the logits from its n-th call on (call 0 is the prompt)."""
+    calls = []
+
+    def hook(logits: torch.Tensor, hook: object) -> torch.Tensor:
+        calls.append(1)
+        return logits.fill_(float("nan")) if len(calls) > n else logits
+
+    return hook
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_nan_logits_raise_naming_the_step(tiny_llama: TinyModel, do_sample: bool) -> None:
+    model = HookedTransformer.from_pretrained_no_processing(tiny_llama.path)  # any family
+    prompt = torch.tensor([[3, 1, 4]])
+    for stop_at_eos, eos in ((False, None), (True, 127)):  # with EOS the check shares its sync
+        with pytest.raises(FloatingPointError, match=r"generation step 2: .*hook writes NaN"):
+            model.generate(
+                prompt, 5, do_sample=do_sample, stop_at_eos=stop_at_eos, eos_token_id=eos,
+                seed=0, verbose=False, fwd_hooks=[("unembed.hook_out", _nan_from_call(2))],
+            )  # fmt: skip
+    stream = model.generate_stream(
+        prompt, 5, do_sample=do_sample, stop_at_eos=False, seed=0,
+        fwd_hooks=[("unembed.hook_out", _nan_from_call(1))],
+    )  # fmt: skip
+    assert next(stream).shape == (1,)  # step 0 was fine
+    with pytest.raises(FloatingPointError, match="generation step 1"):
+        next(stream)
+    # nothing is left attached after the error
+    assert not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def test_sample_logits_refuses_logits_without_a_distribution() -> None:
+    good = torch.tensor([[0.0, 2.0, 1.0], [1.0, 0.0, 3.0]])
+    nan = good.clone()
+    nan[1, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"NaN logits, so no token .* row\(s\) \[1\] of 2"):
+        sample_logits(nan, do_sample=False)
+    with pytest.raises(FloatingPointError, match=r"row\(s\) \[1\]"):
+        sample_logits(nan, do_sample=True)
+    inf, all_masked = good.clone(), good.clone()
+    inf[0, 2] = float("inf")
+    all_masked[0] = float("-inf")
+    for bad in (inf, all_masked):
+        with pytest.raises(FloatingPointError, match=r"NaN or \+inf logits .* row\(s\) \[0\]"):
+            sample_logits(bad, do_sample=True)
+    # greedy takes a +inf logit as the clear winner; -inf alone is masking, not an error
+    assert sample_logits(inf, do_sample=False).tolist() == [2, 2]
+    masked = good.masked_fill(torch.tensor([[True, False, True], [False, False, False]]), -math.inf)
+    assert sample_logits(masked, do_sample=True)[0].item() == 1

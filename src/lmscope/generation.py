@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -206,21 +206,66 @@ def sample_logits(
     temperature, keeps the top-k, then the top-p of what remains, and draws from the softmax
     (with `generator` if given, else torch's global generator).
 
+    NaN logits (or, when sampling, logits that give no valid distribution: NaN, +inf, or every
+    token at -inf) raise FloatingPointError instead of yielding an arbitrary token.
+
     Example:
         >>> sample_logits(torch.tensor([[0.0, 5.0, 1.0]]), do_sample=False)
         tensor([1])
     """
     _check_sampling(do_sample, top_k, top_p, temperature)
+    next_tokens, bad_rows = _sample(
+        logits, do_sample, top_k, top_p, temperature, freq_penalty, tokens, generator, token_mask
+    )
+    if bool(bad_rows.any()):
+        raise FloatingPointError(_bad_logits_message(bad_rows, do_sample, step=None))
+    return next_tokens
+
+
+def _sample(
+    logits: Float[Tensor, "batch d_vocab"],
+    do_sample: bool,
+    top_k: int | None,
+    top_p: float | None,
+    temperature: float,
+    freq_penalty: float,
+    tokens: Int[Tensor, "batch pos"] | None,
+    generator: torch.Generator | None,
+    token_mask: Int[Tensor, "batch pos"] | None,
+) -> tuple[Int[Tensor, " batch"], Bool[Tensor, " batch"]]:
+    """`sample_logits` without a device sync: the tokens [batch] and which rows had no valid
+    logits [batch] (NaN logits; when sampling, NaN probabilities). Bad rows draw from a uniform
+    distribution instead, so `torch.multinomial` never sees NaN (on CUDA that is a device-side
+    assert); the caller must raise when any row is bad."""
     if freq_penalty and tokens is not None:
         logits = apply_freq_penalty(logits, tokens, freq_penalty, token_mask)
     if not do_sample:
-        return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1), logits.isnan().any(dim=-1)
     logits = logits / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.float().softmax(dim=-1), 1, generator=generator)[:, 0]
+    probs = logits.float().softmax(dim=-1)
+    bad_rows = probs.isnan().any(dim=-1)  # NaN or +inf logits, or every logit -inf
+    probs = probs.masked_fill(bad_rows[:, None], 1.0)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0], bad_rows
+
+
+def _bad_logits_message(bad_rows: Bool[Tensor, " batch"], do_sample: bool, step: int | None) -> str:
+    """What went wrong with the logits of `bad_rows`, and what usually causes it."""
+    rows = bad_rows.nonzero().flatten().tolist()
+    where = f"generation step {step}: " if step is not None else ""
+    what = (
+        "NaN or +inf logits (or every logit -inf), so no probabilities to sample from"
+        if do_sample
+        else "NaN logits, so no token to choose"
+    )
+    return (
+        f"{where}{what} in batch row(s) {rows} of {bad_rows.numel()}. Usually a hook writes NaN "
+        "or inf into an activation, or the model's dtype overflows (float16: load in bfloat16 or "
+        "float32); run the step with run_with_cache and check where the NaNs start"
+    )
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -355,6 +400,16 @@ def _last_logits(
     return model(tokens, attention_mask=attention_mask, past_kv_cache=kv)[:, -1]
 
 
+def _step_flags(
+    bad_rows: Bool[Tensor, " batch"], finished: Bool[Tensor, " batch"] | None
+) -> tuple[bool, bool]:
+    """Whether any row had bad logits, and whether every row is finished, in one device sync."""
+    if finished is None:
+        return bool(bad_rows.any()), False
+    bad, done = torch.stack([bad_rows.any(), finished.all()]).tolist()
+    return bad, done
+
+
 def _steps(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
@@ -394,7 +449,7 @@ def _steps(
     pending, pending_mask = tokens, mask if padded else None  # not yet fed through the KV cache
     tail = _tail_hook_points(model)
     length = prompt_len
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         seen = full_mask[:, :length] if full_mask is not None else None
         if kv is not None:
             logits = _last_logits(model, pending, pending_mask, kv, tail)
@@ -402,18 +457,23 @@ def _steps(
             if capture is not None:
                 capture.steps.clear()  # without a KV cache each step re-runs everything
             logits = _last_logits(model, out[:, :length], seen, None, tail)
-        next_tokens = sample_logits(
+        next_tokens, bad_rows = _sample(
             logits, do_sample, top_k, top_p, temperature, freq_penalty,
             out[:, :length], generator, seen,
         )  # fmt: skip
         if finished is not None:
+            bad_rows &= ~finished  # a finished row's logits are never used
             next_tokens = next_tokens.masked_fill(finished, pad_id)
             finished |= torch.isin(next_tokens, eos)
+        # One device sync per step: the NaN check rides on the EOS check when there is one.
+        bad, done = _step_flags(bad_rows, finished)
+        if bad:
+            raise FloatingPointError(_bad_logits_message(bad_rows, do_sample, step))
         out[:, length] = next_tokens
         pending, pending_mask = out[:, length : length + 1], None
         length += 1
         yield next_tokens
-        if finished is not None and bool(finished.all()):
+        if done:
             break
     if capture is not None:
         # Run the last token too (or the prompt, with no new tokens), so the capture covers
