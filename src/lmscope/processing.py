@@ -9,6 +9,12 @@ but its weights are easier to read.
 - `fold_value_biases`: b_V contributes a constant through W_O (patterns sum to 1): fold it into b_O.
 - `refactor_factored_attn_matrices` (off by default): put each head's QK and OV in SVD form.
 
+Every step but the refactoring touches one unit at a time (the embeddings, one block, or the
+unembedding with the final norm), so a step runs unit by unit, and a half-precision unit is
+processed in float32 and written back once (`float32_params`): the result equals float32
+processing followed by one cast, while only one unit is ever held in float32. Loading uses the
+same units to read and process a checkpoint block by block (`lmscope.loading.load_weights`).
+
 Example:
     >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")
     >>> process_weights(model, fold_ln=True, center_writing_weights=True)
@@ -16,16 +22,70 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import einops
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmscope.components.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 if TYPE_CHECKING:
+    from lmscope.config import HookedTransformerConfig
     from lmscope.model import HookedTransformer
+
+STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A part of the model that weight processing rewrites on its own: the embeddings, one block,
+    or the unembedding with the final norm. `prefixes` are its weights' `named_weights` names."""
+
+    key: str | int
+    prefixes: tuple[str, ...]
+    modules: tuple[nn.Module, ...]
+
+    def owns(self, name: str) -> bool:
+        """Whether the `named_weights` name `name` belongs to this unit."""
+        return name.startswith(self.prefixes)
+
+
+def processing_units(model: HookedTransformer) -> list[Unit]:
+    """The embeddings, each block, then the unembedding: every step of `process_weights` touches
+    one unit at a time, so the units can be processed (and loaded) one after another.
+
+    Example:
+        >>> [unit.key for unit in processing_units(model)]
+        ['embed', 0, 1, 'unembed']
+    """
+    embed = [m for m in ("embed", "pos_embed", "ln_embed") if hasattr(model, m)]
+    unembed = [m for m in ("ln_final", "unembed") if hasattr(model, m)]
+    units = [Unit("embed", tuple(f"{m}." for m in embed), tuple(getattr(model, m) for m in embed))]
+    units += [Unit(i, (f"blocks.{i}.",), (block,)) for i, block in enumerate(model.blocks)]
+    units.append(
+        Unit("unembed", tuple(f"{m}." for m in unembed), tuple(getattr(model, m) for m in unembed))
+    )
+    return units
+
+
+def plan_steps(cfg: HookedTransformerConfig, **requested: bool) -> dict[str, bool]:
+    """For each requested step (a `STEPS` name given True), whether it applies to a model of
+    `cfg`, decided before any weight changes (the recorded `cfg.processing` entries)."""
+    applies = {
+        "fold_ln": cfg.norm_placement != "post_residual",
+        "center_writing_weights": cfg.normalization_type in ("LN", "LNPre")
+        and cfg.norm_placement == "pre",
+        "center_unembed": cfg.output_logits_soft_cap <= 0,
+        "fold_value_biases": cfg.clip_qkv is None,
+    }
+    unknown = set(requested) - set(STEPS)
+    if unknown:
+        raise TypeError(f"unknown processing steps {sorted(unknown)}; the steps are {STEPS}")
+    return {step: applies[step] for step in STEPS if requested.get(step)}
 
 
 def _fold_into(
@@ -41,84 +101,165 @@ def _fold_into(
         W -= W.mean(dim=-2, keepdim=True)
 
 
-@torch.no_grad()
-def fold_layer_norm(model: HookedTransformer) -> bool:
-    """Fold every norm's weights into its readers; the norms become LNPre/RMSPre. Returns False
-    (and does nothing) for `norm_placement="post_residual"`, whose norms write the residual."""
-    cfg = model.cfg
-    if cfg.norm_placement == "post_residual":
-        return False
-    if cfg.normalization_type not in ("LN", "RMS"):
-        return True
+def _fold_norm(
+    cfg: HookedTransformerConfig,
+    owner: nn.Module,
+    name: str,
+    readers: list[tuple[Tensor, Tensor | None]],
+) -> None:
+    """Fold the norm `owner.<name>` into its `readers` and replace it by its weightless form."""
+    norm = getattr(owner, name)
+    if not isinstance(norm, (LayerNorm, RMSNorm)) or norm.w is None:
+        return  # no norm here (post-norm-only blocks), or already weightless
     is_ln = cfg.normalization_type == "LN"
-    pre = LayerNormPre if is_ln else RMSNormPre
-
-    def fold(
-        owner: torch.nn.Module, name: str, readers: list[tuple[Tensor, Tensor | None]]
-    ) -> None:
-        norm = getattr(owner, name)
-        if not isinstance(norm, (LayerNorm, RMSNorm)) or norm.w is None:
-            return  # no norm here (post-norm-only blocks), or already weightless
-        for W, b in readers:
-            _fold_into(norm.w, getattr(norm, "b", None), W, b, center=is_ln)
-        setattr(owner, name, pre(cfg))
-
-    for block in model.blocks:
-        attn = block.attn
-        fold(block, "ln1", [(attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)])
-        if not cfg.attn_only:
-            fold(block, "ln2", block.mlp.input_weights())
-    if hasattr(model, "ln_final"):
-        fold(model, "ln_final", [(model.unembed.W_U, model.unembed.b_U)])
-    cfg.normalization_type = "LNPre" if is_ln else "RMSPre"
-    model.to(model.W_E.device)
-    model.setup()
-    return True
+    for W, b in readers:
+        _fold_into(norm.w, getattr(norm, "b", None), W, b, center=is_ln)
+    setattr(owner, name, (LayerNormPre if is_ln else RMSNormPre)(cfg))
 
 
-@torch.no_grad()
-def center_writing_weights(model: HookedTransformer) -> bool:
-    """Centre W_E, W_pos, W_O, b_O, W_out, b_out over d_model. Returns False (and does nothing)
-    when the model does not use LayerNorm, since only a centring norm makes this exact."""
-    if model.cfg.normalization_type not in ("LN", "LNPre") or model.cfg.norm_placement != "pre":
-        return False
-    writers = [model.embed.W_E]
-    if hasattr(model, "pos_embed"):
-        writers.append(model.pos_embed.W_pos)
-    for block in model.blocks:
-        writers += [block.attn.W_O, block.attn.b_O]
-        if not model.cfg.attn_only:
-            writers += [block.mlp.W_out, block.mlp.b_out]
+def _center(writers: list[Tensor]) -> None:
+    """Remove each writer's mean over d_model (its last dimension), in place."""
     for w in writers:
         w -= w.mean(dim=-1, keepdim=True)
-    return True
+
+
+def _folds(cfg: HookedTransformerConfig, steps: dict[str, bool]) -> bool:
+    return steps.get("fold_ln", False) and cfg.normalization_type in ("LN", "RMS")
 
 
 @torch.no_grad()
-def center_unembed(model: HookedTransformer) -> bool:
-    """Subtract the mean over the vocabulary from W_U and b_U (log-probs unchanged). Returns False
-    (and does nothing) under an output soft-cap, whose tanh would not ignore the shift."""
-    if model.cfg.output_logits_soft_cap > 0:
-        return False
-    W_U, b_U = model.unembed.W_U, model.unembed.b_U
-    W_U -= W_U.mean(dim=-1, keepdim=True)
-    b_U -= b_U.mean()
-    return True
+def process_unit(model: HookedTransformer, unit: Unit, steps: dict[str, bool]) -> None:
+    """Apply the `steps` (from `plan_steps`) that touch `unit`, in `process_weights`' order.
+    Units are independent: processing them one by one equals processing the whole model.
+
+    Example:
+        >>> steps = plan_steps(model.cfg, fold_ln=True, center_unembed=True)
+        >>> for unit in processing_units(model):
+        ...     process_unit(model, unit, steps)
+        >>> finish_processing(model, steps)
+    """
+    cfg = model.cfg
+    if unit.key == "embed":
+        if steps.get("center_writing_weights"):
+            pos = [model.pos_embed.W_pos] if hasattr(model, "pos_embed") else []
+            _center([model.embed.W_E, *pos])
+    elif unit.key == "unembed":
+        if _folds(cfg, steps) and hasattr(model, "ln_final"):
+            _fold_norm(cfg, model, "ln_final", [(model.unembed.W_U, model.unembed.b_U)])
+        if steps.get("center_unembed"):
+            W_U, b_U = model.unembed.W_U, model.unembed.b_U
+            W_U -= W_U.mean(dim=-1, keepdim=True)
+            b_U -= b_U.mean()
+    else:
+        _process_block(cfg, model.blocks[unit.key], steps)
 
 
-@torch.no_grad()
-def fold_value_biases(model: HookedTransformer) -> bool:
-    """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1).
-    Returns False (and does nothing) under `clip_qkv`, which clamps v after its bias."""
-    if model.cfg.clip_qkv is not None:
-        return False
-    groups = model.cfg.n_groups
-    for block in model.blocks:
-        attn = block.attn
+def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[str, bool]) -> None:
+    """fold_ln, centring and value-bias folding of one block."""
+    attn = block.attn
+    if _folds(cfg, steps):
+        _fold_norm(
+            cfg, block, "ln1", [(attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)]
+        )
+        if not cfg.attn_only:
+            _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
+    if steps.get("center_writing_weights"):
+        mlp = [] if cfg.attn_only else [block.mlp.W_out, block.mlp.b_out]
+        _center([attn.W_O, attn.b_O, *mlp])
+    if steps.get("fold_value_biases"):
+        groups = cfg.n_groups
         b_V = attn.b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn.b_V
         attn.b_O += einops.einsum(b_V, attn.W_O, "h dh, h dh dm -> dm")
         attn.b_V.zero_()
-    return True
+
+
+def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
+    """After every unit: the config names the weightless norms, new modules join the model's
+    device and hook registry, and `cfg.processing` records the steps."""
+    cfg = model.cfg
+    if _folds(cfg, steps):
+        cfg.normalization_type = "LNPre" if cfg.normalization_type == "LN" else "RMSPre"
+        model.to(model.W_E.device)
+        model.setup()
+    cfg.processing.update(steps)
+
+
+def _half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def float32_params(
+    modules: tuple[nn.Module, ...],
+    staging: dict[tuple[tuple[int, ...], int], Tensor],
+    fill: bool = True,
+) -> Iterator[None]:
+    """Give the half-precision parameters of `modules` float32 memory for the body, then write
+    them back in their own dtype (one rounding). `staging` keeps the float32 buffers for the next
+    unit of the same shapes, so processing a half-precision model holds one unit in float32, never
+    the model. With `fill=False` only vectors (biases, norm weights) start from their values and
+    matrices start uninitialised, for the body to fill (a checkpoint load reads every matrix).
+
+    Example:
+        >>> with float32_params((model.blocks[0],), {}):
+        ...     model.blocks[0].attn.W_Q.dtype  # torch.float32 inside, bfloat16 after
+    """
+    params = {id(p): p for m in modules for p in m.parameters() if _half(p.dtype)}
+    kept: list[tuple[nn.Parameter, Tensor]] = []
+    seen: dict[tuple[int, ...], int] = {}
+    for param in params.values():
+        shape = tuple(param.shape)
+        key = (shape, seen.setdefault(shape, 0))
+        seen[shape] += 1
+        buffer = staging.get(key)
+        if buffer is None or buffer.device != param.device:
+            buffer = staging[key] = torch.empty(shape, dtype=torch.float32, device=param.device)
+        if fill or param.ndim <= 1:
+            buffer.copy_(param.data)
+        kept.append((param, param.data))
+        param.data = buffer
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for param, own in kept:
+                own.copy_(param.data)
+                param.data = own
+
+
+def _run(model: HookedTransformer, **requested: bool) -> dict[str, bool]:
+    """Plan the requested steps, apply them unit by unit in float32, and record them."""
+    steps = plan_steps(model.cfg, **requested)
+    staging: dict[tuple[tuple[int, ...], int], Tensor] = {}
+    for unit in processing_units(model):
+        with float32_params(unit.modules, staging):
+            process_unit(model, unit, steps)
+    finish_processing(model, steps)
+    return steps
+
+
+def fold_layer_norm(model: HookedTransformer) -> bool:
+    """Fold every norm's weights into its readers; the norms become LNPre/RMSPre. Returns False
+    (and does nothing) for `norm_placement="post_residual"`, whose norms write the residual."""
+    return _run(model, fold_ln=True)["fold_ln"]
+
+
+def center_writing_weights(model: HookedTransformer) -> bool:
+    """Centre W_E, W_pos, W_O, b_O, W_out, b_out over d_model. Returns False (and does nothing)
+    when the model does not use LayerNorm, since only a centring norm makes this exact."""
+    return _run(model, center_writing_weights=True)["center_writing_weights"]
+
+
+def center_unembed(model: HookedTransformer) -> bool:
+    """Subtract the mean over the vocabulary from W_U and b_U (log-probs unchanged). Returns False
+    (and does nothing) under an output soft-cap, whose tanh would not ignore the shift."""
+    return _run(model, center_unembed=True)["center_unembed"]
+
+
+def fold_value_biases(model: HookedTransformer) -> bool:
+    """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1).
+    Returns False (and does nothing) under `clip_qkv`, which clamps v after its bias."""
+    return _run(model, fold_value_biases=True)["fold_value_biases"]
 
 
 @torch.no_grad()
@@ -176,12 +317,7 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
     cfg.processing["refactor_factored_attn_matrices"] = True
 
 
-_center_writing_weights, _center_unembed, _fold_value_biases, _refactor = (
-    center_writing_weights,
-    center_unembed,
-    fold_value_biases,
-    refactor_factored_attn_matrices,
-)
+_refactor = refactor_factored_attn_matrices
 
 
 def process_weights(
@@ -192,19 +328,17 @@ def process_weights(
     fold_value_biases: bool = True,
     refactor_factored_attn_matrices: bool = False,
 ) -> HookedTransformer:
-    """Apply the TransformerLens weight processing steps in their order; records them in cfg."""
+    """Apply the TransformerLens weight processing steps in their order, one unit (embeddings,
+    block, unembedding) at a time; records them in cfg."""
     if model.cfg.processing.get("fold_ln") and fold_ln:
         raise ValueError("this model's layer norms are already folded")
-    done = {}
-    if fold_ln:
-        done["fold_ln"] = fold_layer_norm(model)
-    if center_writing_weights:
-        done["center_writing_weights"] = _center_writing_weights(model)
-    if center_unembed:
-        done["center_unembed"] = _center_unembed(model)
-    if fold_value_biases:
-        done["fold_value_biases"] = _fold_value_biases(model)
+    _run(
+        model,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
     if refactor_factored_attn_matrices:
         _refactor(model)
-    model.cfg.processing.update(done)
     return model

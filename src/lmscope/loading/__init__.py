@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,13 @@ from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.gguf import read_gguf
 from lmscope.loading.registry import MODEL_ALIASES
 from lmscope.model import HookedTransformer, _prepends_bos
-from lmscope.processing import process_weights
+from lmscope.processing import (
+    finish_processing,
+    float32_params,
+    plan_steps,
+    process_unit,
+    processing_units,
+)
 
 __all__ = [
     "MODEL_ALIASES",
@@ -203,28 +210,76 @@ def load_weights(
     weight_map: dict[str, Any],
     checkpoint: Checkpoint,
     adopt: bool = True,
+    process: dict[str, bool] | None = None,
 ) -> None:
     """Load each mapped checkpoint tensor, transformed, into the model's view of that weight.
 
     A weight that is a whole parameter, reached by a view-only transform, is adopted without a
-    copy (`_adopt`) when `adopt`; the rest are read or copied into the model's memory. Pass
-    `adopt=False` when the weights will be rewritten at once (weight processing): the first
-    write to each page of a file map costs a copy-on-write fault, which measured ~15x slower
-    than copying into fresh memory (1.3 s against 0.09 s for SmolLM2).
+    copy (`_adopt`) when `adopt` and the dtypes agree; the rest are read or copied (cast when the
+    model's dtype differs) into the model's memory, tensor by tensor.
+    `process` (steps from `lmscope.processing.plan_steps`) loads and processes one unit
+    (embeddings, block, unembedding) at a time instead: see `_load_processed`.
     Every weight matrix must be mapped; biases and norm weights left out keep their defaults
     (zeros and ones), which is what a checkpoint without them means.
+
+    Example:
+        >>> load_weights(model, family.weight_map(model.cfg, checkpoint.hf_config), checkpoint)
     """
     views = model.named_weights()
     unknown = sorted(set(weight_map) - set(views))
     if unknown:
         raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
     check_sources(weight_map, checkpoint)
+    if process is None:
+        _load_views(model, weight_map, checkpoint, adopt)
+    else:
+        _load_processed(model, weight_map, checkpoint, process)
+
+
+def _load_processed(
+    model: HookedTransformer,
+    weight_map: dict[str, Any],
+    checkpoint: Checkpoint,
+    steps: dict[str, bool],
+) -> None:
+    """Load and process the model one unit at a time (`processing_units`): the unit's weights are
+    read in float32 (a half-precision model lends each unit float32 buffers, reused by the next
+    unit), processed there, and written once in the model's dtype. So the result equals float32
+    processing followed by one cast, and no float32 copy of the whole model ever exists.
+
+    Nothing is adopted: processing rewrites the weights, and the first write to each page of a
+    file map costs a copy-on-write fault, measured ~15x slower than copying into fresh memory
+    (1.3 s against 0.09 s for SmolLM2).
+    """
+    units = processing_units(model)
+    staging: dict[tuple[tuple[int, ...], int], Tensor] = {}
+    for unit in units:
+        with float32_params(unit.modules, staging, fill=False):
+            _load_views(model, weight_map, checkpoint, adopt=False, owns=unit.owns)
+            process_unit(model, unit, steps)
+    _load_views(
+        model, weight_map, checkpoint, False, owns=lambda n: not any(u.owns(n) for u in units)
+    )
+    finish_processing(model, steps)
+
+
+def _load_views(
+    model: HookedTransformer,
+    weight_map: dict[str, Any],
+    checkpoint: Checkpoint,
+    adopt: bool,
+    owns: Callable[[str], bool] = lambda name: True,
+) -> None:
+    """Load the model's weights whose `named_weights` names `owns` accepts (see `load_weights`)."""
+    views = model.named_weights()
     params = {p.data_ptr(): p for p in model.parameters()}
     views_per_param: dict[int, int] = {}
     for view in views.values():
         ptr = _param_ptr(view)
         views_per_param[ptr] = views_per_param.get(ptr, 0) + 1
     for name, view in views.items():
+        if not owns(name):
+            continue
         source = weight_map.get(name)
         if source is None:
             if ".W_" in name or name.endswith(("W_E", "W_pos")):
@@ -343,7 +398,7 @@ def _param_ptr(view: Tensor) -> int:
 
 
 def _model_config(
-    checkpoint: Checkpoint, model_name: str, overrides: dict[str, Any]
+    checkpoint: Checkpoint, model_name: str, overrides: dict[str, Any], dtype: torch.dtype
 ) -> tuple[Any, HookedTransformerConfig]:
     """The family and HookedTransformerConfig of a checkpoint, with any failure to read its
     config (unsupported architecture, missing or ill-typed fields) as a CheckpointError naming
@@ -369,7 +424,7 @@ def _model_config(
             original_architecture=(hf_config.get("architectures") or [family.name])[0],
             init_weights=False,
             from_checkpoint=True,
-            dtype=torch.float32,
+            dtype=dtype,
         )
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as err:
         raise CheckpointError(
@@ -435,10 +490,11 @@ def from_pretrained(
 ) -> HookedTransformer:
     """Load a checkpoint into a HookedTransformer.
 
-    Weights stream tensor by tensor into a model built without initialisation, so peak memory is
-    about one model. Processing (fold_ln, centring, value-bias folding) runs in float32; the model
-    is cast to `dtype` afterwards. `default_prepend_bos` defaults to what the model's own HF
-    tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
+    The model is built in `dtype` without initialisation and the weights stream into it tensor
+    by tensor (adopted without a copy where the checkpoint's dtype and layout allow), so peak
+    memory is about one model in `dtype`. Processing (fold_ln, centring, value-bias folding) runs
+    one block at a time in float32 (float64 for a float64 model) and writes each block in
+    `dtype`. `default_prepend_bos` defaults to what the model's own HF tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
 
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
@@ -446,12 +502,18 @@ def from_pretrained(
     dtype = resolve_dtype(dtype)
     check_dtype_runs(dtype, device)
     checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
-    family, cfg = _model_config(checkpoint, str(model_name), config_overrides)
+    family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
     _check_fits(cfg, checkpoint)
     weight_map = family.weight_map(cfg, checkpoint.hf_config)
-    model = HookedTransformer(cfg)
-    processing = fold_ln or center_writing_weights or center_unembed or fold_value_biases
-    load_weights(model, weight_map, checkpoint, not processing)
+    model = HookedTransformer(cfg)  # in `dtype`: no float32 copy of a half-precision model
+    steps = plan_steps(
+        cfg,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+    )
+    load_weights(model, weight_map, checkpoint, process=steps or None)
     load_tokenizer = checkpoint.tokenizer_loader() if tokenizer is None else None
     if tokenizer is not None:
         model.set_tokenizer(
@@ -462,9 +524,6 @@ def from_pretrained(
         model.set_tokenizer_loader(load_tokenizer, default_prepend_bos)
     elif default_prepend_bos is not None:
         cfg.default_prepend_bos = default_prepend_bos
-    process_weights(model, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
-    if dtype != torch.float32:
-        model.to(dtype)  # also sets cfg.dtype (HookedTransformer._apply)
     if device is not None:
         model.to(device)
         cfg.device = str(device)

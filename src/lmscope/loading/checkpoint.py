@@ -43,6 +43,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 # the handle goes. Reopening after this many bytes keeps ~one chunk of the file resident while
 # loading instead of all of it (peak RSS ~ model + chunk, not model + file); reopening is cheap.
 _REMAP_BYTES = 64 * 2**20
+# A tensor read into a model of another dtype passes through a buffer of this many bytes.
+_CAST_CHUNK_BYTES = 8 * 2**20
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -121,31 +123,49 @@ def _map_private(file: Path, start: int, entry: dict[str, Any]) -> torch.Tensor 
 
 def _read_into(file: Path, start: int, entry: dict[str, Any], out: torch.Tensor) -> bool:
     """Read one safetensors tensor from `file` into `out` with `preadv` (False, having read
-    nothing, when `out` is not a contiguous CPU tensor of the stored shape and dtype)."""
+    nothing, when `out` is not a contiguous floating-point CPU tensor of the stored shape). A
+    tensor stored in another float dtype is read in chunks and cast into `out`, so a bfloat16
+    checkpoint loads into a float32 (or a float32 one into a bfloat16) model without holding the
+    tensor twice or leaving file pages in RSS."""
     dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
     if (
-        dtype != out.dtype
+        dtype is None
+        or not out.is_floating_point()
         or list(out.shape) != entry["shape"]
         or out.device.type != "cpu"
         or not out.is_contiguous()
     ):
         return False
     begin, end = entry["data_offsets"]
-    if end - begin != out.nbytes:
+    if end - begin != out.numel() * dtype.itemsize:
         raise CheckpointError(
             f"{file}: the header gives tensor data of {end - begin} bytes for {entry}"
         )
-    if out.nbytes == 0:
+    if out.numel() == 0:
         return True
-    buffer = memoryview((ctypes.c_char * out.nbytes).from_address(out.data_ptr())).cast("B")
     with open(file, "rb", buffering=0) as f:
-        done = 0
-        while done < out.nbytes:  # a single read stops at 2 GiB
-            n = os.preadv(f.fileno(), [buffer[done:]], start + begin + done)
-            if n == 0:
-                raise CheckpointError(f"{file} ends inside tensor data; {_CORRUPT}")
-            done += n
+        if dtype == out.dtype:
+            _pread_exact(f.fileno(), file, start + begin, out)
+            return True
+        flat = out.view(-1)
+        step = _CAST_CHUNK_BYTES // dtype.itemsize
+        bounce = torch.empty(min(step, flat.numel()), dtype=dtype)
+        for first in range(0, flat.numel(), step):
+            chunk = bounce[: min(step, flat.numel() - first)]
+            _pread_exact(f.fileno(), file, start + begin + first * dtype.itemsize, chunk)
+            flat[first : first + chunk.numel()].copy_(chunk)
     return True
+
+
+def _pread_exact(fd: int, file: Path, offset: int, out: torch.Tensor) -> None:
+    """Fill the contiguous CPU tensor `out` with the bytes of `file` from `offset`."""
+    buffer = memoryview((ctypes.c_char * out.nbytes).from_address(out.data_ptr())).cast("B")
+    done = 0
+    while done < out.nbytes:  # a single read stops at 2 GiB
+        n = os.preadv(fd, [buffer[done:]], offset + done)
+        if n == 0:
+            raise CheckpointError(f"{file} ends inside tensor data; {_CORRUPT}")
+        done += n
 
 
 def _load_bin(file: Path) -> Mapping[str, torch.Tensor]:
