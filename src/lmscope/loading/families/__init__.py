@@ -2,8 +2,9 @@
 
 A family is data: `config_from_hf(hf_config) -> dict` of HookedTransformerConfig fields, and
 `weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
-or `(transform, name, ...)` whose transform turns those tensors into our layout. Transforms that
-several families share live here, once. Adding a family is one file in this package that defines
+or `(transform, name, ...)` whose transform (a `lmscope.loading.transforms.Transform`, which also
+knows its inverse, so `lmscope.loading.export` reads the same table backwards) turns those tensors
+into our layout. Transforms that several families share live in `lmscope.loading.transforms`. Adding a family is one file in this package that defines
 `FAMILY = Family(...)` (or `FAMILIES = [...]`); it is discovered automatically.
 """
 
@@ -17,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
 from lmscope.config import HookedTransformerConfig
+from lmscope.loading.transforms import HeadsBias, HeadsIn, HeadsOut, Transpose
 
-Source = str | tuple  # "name" or (transform, "name", ...)
+Source = str | tuple  # "name" or (Transform, "name", ...)
 WeightMap = dict[str, Source]
 
 
@@ -35,25 +35,22 @@ class Family:
     weight_map: Callable[[HookedTransformerConfig, dict[str, Any]], WeightMap]
 
 
-# -- shared transforms: HF nn.Linear [out, in] -> TransformerLens layouts ------------------------
-def heads_in(n_heads: int) -> Callable[[Tensor], Tensor]:
+def heads_in(n_heads: int) -> HeadsIn:
     """[n_heads * d_head, d_model] -> [n_heads, d_model, d_head] (W_Q, W_K, W_V)."""
-    return lambda w: w.reshape(n_heads, -1, w.shape[-1]).transpose(1, 2)
+    return HeadsIn(n_heads)
 
 
-def heads_out(n_heads: int) -> Callable[[Tensor], Tensor]:
+def heads_out(n_heads: int) -> HeadsOut:
     """[d_model, n_heads * d_head] -> [n_heads, d_head, d_model] (W_O)."""
-    return lambda w: w.reshape(w.shape[0], n_heads, -1).permute(1, 2, 0)
+    return HeadsOut(n_heads)
 
 
-def heads_bias(n_heads: int) -> Callable[[Tensor], Tensor]:
+def heads_bias(n_heads: int) -> HeadsBias:
     """[n_heads * d_head] -> [n_heads, d_head]."""
-    return lambda b: b.reshape(n_heads, -1)
+    return HeadsBias(n_heads)
 
 
-def transpose(w: Tensor) -> Tensor:
-    """nn.Linear [out, in] -> [in, out] (W_in, W_out, W_U)."""
-    return w.T
+transpose = Transpose()  # nn.Linear [out, in] -> [in, out] (W_in, W_out, W_U)
 
 
 # -- shared config readers ---------------------------------------------------------------------------

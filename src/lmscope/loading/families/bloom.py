@@ -4,13 +4,11 @@ embedding (`word_embeddings_layernorm` -> `ln_embed`), fused per-head `query_key
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, heads_out, transpose
+from lmscope.loading.transforms import FusedHeads
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -38,14 +36,6 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def fused_per_head(i: int, n_heads: int, bias: bool = False) -> Callable[[Tensor], Tensor]:
-    """query_key_value rows [head, 3, d_head] -> W_Q/W_K/W_V [head, d_model, d_head] (i = 0, 1, 2)
-    or, with `bias`, b_Q/b_K/b_V [head, d_head]."""
-    if bias:
-        return lambda b: b.reshape(n_heads, 3, -1)[:, i]
-    return lambda w: w.reshape(n_heads, 3, -1, w.shape[-1])[:, i].transpose(1, 2)
-
-
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     nh = cfg.n_heads
     m: WeightMap = {
@@ -66,8 +56,8 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
         for i, name in enumerate("QKV"):
             qkv = f"{h}self_attention.query_key_value."
-            m[f"{b}attn.W_{name}"] = (fused_per_head(i, nh), f"{qkv}weight")
-            m[f"{b}attn.b_{name}"] = (fused_per_head(i, nh, bias=True), f"{qkv}bias")
+            m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{qkv}weight")
+            m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{qkv}bias")
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attention.dense.weight")
         m[f"{b}attn.b_O"] = f"{h}self_attention.dense.bias"
         m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.dense_h_to_4h.weight")

@@ -4,13 +4,14 @@ holding [q | v | k] (in that order) for a quarter of the model width."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, gptj, heads_in, heads_out, transpose
+from lmscope.loading.transforms import Shape, Transform
 
 MP_NUM = 4  # fixed in transformers' CodeGenAttention
 _CHUNK = {"Q": 0, "V": 1, "K": 2}  # order inside each model-parallel chunk
@@ -23,16 +24,31 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     return gptj.config_from_hf(hf)
 
 
-def qkv_part(which: str, n_heads: int) -> Callable[[Tensor], Tensor]:
-    """qkv_proj.weight [3 d_model, d_model] -> W_Q / W_K / W_V [n_heads, d_model, d_head]."""
-    i = _CHUNK[which]
+@dataclass(frozen=True)
+class QKVPart(Transform):
+    """qkv_proj.weight [3 d_model, d_model] -> W_Q / W_K / W_V [n_heads, d_model, d_head]
+    (`which` is "Q", "K" or "V"). Gathering the part's rows from the four chunks copies, so the
+    inverse scatters them back itself."""
 
-    def split(w: Tensor) -> Tensor:
+    which: str
+    n_heads: int
+
+    def _rows(self, w: Tensor) -> Tensor:
+        """The part's rows of each chunk, as a view: [MP_NUM, d_model / MP_NUM, d_model]."""
         d_model = w.shape[-1]
-        part = w.reshape(MP_NUM, 3, d_model // MP_NUM, d_model)[:, i].reshape(d_model, d_model)
-        return heads_in(n_heads)(part)
+        return w.reshape(MP_NUM, 3, d_model // MP_NUM, d_model)[:, _CHUNK[self.which]]
 
-    return split
+    def __call__(self, w: Tensor) -> Tensor:
+        d_model = w.shape[-1]
+        return heads_in(self.n_heads)(self._rows(w).reshape(d_model, d_model))
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        _, d_model, _ = shape
+        return [(3 * d_model, d_model)]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        rows = self._rows(out)
+        rows.copy_(value.transpose(1, 2).reshape(rows.shape))
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
@@ -53,7 +69,7 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             m[f"{b}{ours}.w"] = f"{h}ln_1.weight"
             m[f"{b}{ours}.b"] = f"{h}ln_1.bias"
         for name in "QKV":
-            m[f"{b}attn.W_{name}"] = (qkv_part(name, nh), f"{h}attn.qkv_proj.weight")
+            m[f"{b}attn.W_{name}"] = (QKVPart(name, nh), f"{h}attn.qkv_proj.weight")
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.out_proj.weight")
         m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc_in.weight")
         m[f"{b}mlp.b_in"] = f"{h}mlp.fc_in.bias"

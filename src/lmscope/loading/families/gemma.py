@@ -14,10 +14,7 @@ Both are computed in float32 from the stored tensor, as transformers does.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
-
-from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
@@ -29,21 +26,17 @@ from lmscope.loading.families import (
     rope_settings,
     transpose,
 )
+from lmscope.loading.transforms import PlusOne, Scale
 
 _ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 
 
-def plus_one(w: Tensor) -> Tensor:
-    """Gemma's norm weight `w` (applied as `1 + w`) as an ordinary multiplicative weight."""
-    return w.float() + 1.0
+plus_one = PlusOne()  # Gemma's norm weight `w` (applied as `1 + w`) as an ordinary weight
 
 
-def scaled_embedding(scale: float) -> Callable[[Tensor], Tensor]:
+def scaled_embedding(scale: float) -> Scale:
     """`embed_tokens.weight * scale` in float32 (Gemma multiplies each embedding by sqrt(d_model))."""
-    import torch
-
-    factor = torch.tensor(scale, dtype=torch.float32)
-    return lambda w: w.float() * factor
+    return Scale(scale)
 
 
 def _act_fn(hf: dict[str, Any], version: int) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_bias
+from lmscope.loading.families import Family, WeightMap, heads_bias, transpose
+from lmscope.loading.transforms import Part, conv1d_heads_in, conv1d_heads_out, part_of
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -33,19 +34,13 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     nh, dm = cfg.n_heads, cfg.d_model
 
-    def qkv_weight(i: int):  # c_attn [d_model, 3 d_model] -> [head, d_model, d_head]
-        return lambda w: w[:, i * dm : (i + 1) * dm].reshape(dm, nh, -1).transpose(0, 1)
-
-    def qkv_bias(i: int):
-        return lambda b: heads_bias(nh)(b[i * dm : (i + 1) * dm])
-
     m: WeightMap = {
         "embed.W_E": "transformer.wte.weight",
         "pos_embed.W_pos": "transformer.wpe.weight",
         "ln_final.w": "transformer.ln_f.weight",
         "ln_final.b": "transformer.ln_f.bias",
         "unembed.W_U": (
-            lambda w: w.T,
+            transpose,
             "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
         ),
     }
@@ -54,10 +49,14 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
             m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
             m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for i, name in enumerate("QKV"):
-            m[f"{b}attn.W_{name}"] = (qkv_weight(i), f"{h}attn.c_attn.weight")
-            m[f"{b}attn.b_{name}"] = (qkv_bias(i), f"{h}attn.c_attn.bias")
-        m[f"{b}attn.W_O"] = (lambda w: w.reshape(nh, -1, dm), f"{h}attn.c_proj.weight")
+        for i, name in enumerate("QKV"):  # c_attn: Conv1D [d_model, (q|k|v) d_model]
+            columns, rows = (
+                Part(1, i * dm, (i + 1) * dm, 3 * dm),
+                Part(0, i * dm, (i + 1) * dm, 3 * dm),
+            )
+            m[f"{b}attn.W_{name}"] = (conv1d_heads_in(nh, columns), f"{h}attn.c_attn.weight")
+            m[f"{b}attn.b_{name}"] = (part_of(rows, heads_bias(nh)), f"{h}attn.c_attn.bias")
+        m[f"{b}attn.W_O"] = (conv1d_heads_out(nh), f"{h}attn.c_proj.weight")
         m[f"{b}attn.b_O"] = f"{h}attn.c_proj.bias"
         m[f"{b}mlp.W_in"] = f"{h}mlp.c_fc.weight"
         m[f"{b}mlp.b_in"] = f"{h}mlp.c_fc.bias"

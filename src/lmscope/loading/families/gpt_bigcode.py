@@ -16,7 +16,7 @@ from lmscope.loading.families import (
     heads_out,
     transpose,
 )
-from lmscope.loading.families.bloom import fused_per_head
+from lmscope.loading.transforms import FusedHeads, Part, part_of
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -62,17 +62,12 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
         for i, name in enumerate("QKV"):
             if multi_query:
                 start, end, n = spans[name]
-                m[f"{b}attn.W_{name}"] = (
-                    lambda w, s=start, e=end, n=n: heads_in(n)(w[s:e]),
-                    f"{h}attn.c_attn.weight",
-                )
-                m[f"{b}attn.b_{name}"] = (
-                    lambda v, s=start, e=end, n=n: heads_bias(n)(v[s:e]),
-                    f"{h}attn.c_attn.bias",
-                )
+                rows = Part(0, start, end, dm + 2 * dh)
+                m[f"{b}attn.W_{name}"] = (part_of(rows, heads_in(n)), f"{h}attn.c_attn.weight")
+                m[f"{b}attn.b_{name}"] = (part_of(rows, heads_bias(n)), f"{h}attn.c_attn.bias")
             else:
-                m[f"{b}attn.W_{name}"] = (fused_per_head(i, nh), f"{h}attn.c_attn.weight")
-                m[f"{b}attn.b_{name}"] = (fused_per_head(i, nh, True), f"{h}attn.c_attn.bias")
+                m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{h}attn.c_attn.weight")
+                m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{h}attn.c_attn.bias")
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.c_proj.weight")
         m[f"{b}attn.b_O"] = f"{h}attn.c_proj.bias"
         m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.c_fc.weight")

@@ -6,6 +6,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, heads_out, rope_settings, transpose
+from lmscope.loading.transforms import FusedHeads
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -33,15 +34,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, dh = cfg.n_heads, cfg.d_head
-
-    # query_key_value is laid out [head, (q|k|v), d_head] along its output rows.
-    def qkv_weight(i: int):
-        return lambda w: w.reshape(nh, 3, dh, -1)[:, i].transpose(1, 2)
-
-    def qkv_bias(i: int):
-        return lambda b: b.reshape(nh, 3, dh)[:, i]
-
+    nh = cfg.n_heads
     m: WeightMap = {
         "embed.W_E": "gpt_neox.embed_in.weight",
         "ln_final.w": "gpt_neox.final_layer_norm.weight",
@@ -57,10 +50,10 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
             m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
         attention_bias = hf.get("attention_bias", True)  # GPTNeoXConfig(attention_bias=False)
-        for i, name in enumerate("QKV"):
-            m[f"{b}attn.W_{name}"] = (qkv_weight(i), f"{h}attention.query_key_value.weight")
+        for i, name in enumerate("QKV"):  # query_key_value rows: [head, (q|k|v), d_head]
+            m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{h}attention.query_key_value.weight")
             if attention_bias:
-                m[f"{b}attn.b_{name}"] = (qkv_bias(i), f"{h}attention.query_key_value.bias")
+                m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{h}attention.query_key_value.bias")
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attention.dense.weight")
         if attention_bias:
             m[f"{b}attn.b_O"] = f"{h}attention.dense.bias"

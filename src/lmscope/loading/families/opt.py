@@ -6,12 +6,14 @@ narrower than the model (`word_embed_proj_dim != hidden_size`, opt-350m) have `p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, heads_bias, heads_in, heads_out, transpose
+from lmscope.loading.transforms import Part, Transform
 
 POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding.offset
 
@@ -40,14 +42,19 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _embed(embed_tokens: Tensor, project_in: Tensor) -> Tensor:
-    """W_E = embed_tokens @ project_in^T: [d_vocab, word_embed_proj_dim] -> [d_vocab, d_model]."""
-    return embed_tokens @ project_in.T
+@dataclass(frozen=True)
+class Projected(Transform):
+    """A narrow embedding and its projection multiplied into one matrix: W_E = embed_tokens @
+    project_in^T [d_vocab, d_model], or (`output`) W_U = (lm_head @ project_out)^T. The two
+    factors cannot be recovered from their product, so this has no inverse."""
 
+    invertible = False
+    output: bool = False
 
-def _unembed(lm_head: Tensor, project_out: Tensor) -> Tensor:
-    """W_U = (lm_head @ project_out)^T: [d_model, d_vocab]."""
-    return (lm_head @ project_out).T
+    def __call__(self, embedding: Tensor, projection: Tensor) -> Tensor:
+        if self.output:
+            return (embedding @ projection).T
+        return embedding @ projection.T
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
@@ -55,12 +62,15 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     d = "model.decoder."
     lm_head = f"{d}embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
     projected = (hf.get("word_embed_proj_dim") or cfg.d_model) != cfg.d_model
+    # the rows from POSITION_OFFSET on; export leaves the first rows zero (HF never reads them
+    # for an unpadded position)
+    positions = Part(0, POSITION_OFFSET, POSITION_OFFSET + cfg.n_ctx, POSITION_OFFSET + cfg.n_ctx)
     m: WeightMap = {
-        "pos_embed.W_pos": (lambda w: w[POSITION_OFFSET:], f"{d}embed_positions.weight"),
+        "pos_embed.W_pos": (positions, f"{d}embed_positions.weight"),
     }
     if projected:
-        m["embed.W_E"] = (_embed, f"{d}embed_tokens.weight", f"{d}project_in.weight")
-        m["unembed.W_U"] = (_unembed, lm_head, f"{d}project_out.weight")
+        m["embed.W_E"] = (Projected(), f"{d}embed_tokens.weight", f"{d}project_in.weight")
+        m["unembed.W_U"] = (Projected(output=True), lm_head, f"{d}project_out.weight")
     else:
         m["embed.W_E"] = f"{d}embed_tokens.weight"
         m["unembed.W_U"] = (transpose, lm_head)

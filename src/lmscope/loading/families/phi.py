@@ -11,10 +11,7 @@ Phi-3 (`Phi3ForCausalLM`): a Llama-like sequential RMSNorm block whose q, k and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
@@ -26,6 +23,7 @@ from lmscope.loading.families import (
     rope_settings,
     transpose,
 )
+from lmscope.loading.transforms import Part, part_of
 
 
 def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
@@ -124,9 +122,10 @@ def phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
 def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     nh, nkv, dh, d_mlp = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp
     q_end, k_end = nh * dh, (nh + nkv) * dh
+    qkv_rows = k_end + nkv * dh
 
-    def qkv_part(start: int, stop: int, n: int) -> Callable[[Tensor], Tensor]:
-        return lambda w: heads_in(n)(w[start:stop])
+    def qkv_part(start: int, stop: int, n: int):  # qkv_proj rows: [q | k | v]
+        return part_of(Part(0, start, stop, qkv_rows), heads_in(n))
 
     m: WeightMap = {
         "embed.W_E": "model.embed_tokens.weight",
@@ -143,11 +142,11 @@ def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightM
         m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
         m[f"{b}attn.W_Q"] = (qkv_part(0, q_end, nh), qkv)
         m[f"{b}attn.W_K"] = (qkv_part(q_end, k_end, nkv), qkv)
-        m[f"{b}attn.W_V"] = (qkv_part(k_end, k_end + nkv * dh, nkv), qkv)
+        m[f"{b}attn.W_V"] = (qkv_part(k_end, qkv_rows, nkv), qkv)
         m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
         gate_up = f"{h}mlp.gate_up_proj.weight"
-        m[f"{b}mlp.W_gate"] = (lambda w: w[:d_mlp].T, gate_up)
-        m[f"{b}mlp.W_in"] = (lambda w: w[d_mlp:].T, gate_up)
+        m[f"{b}mlp.W_gate"] = (part_of(Part(0, 0, d_mlp, 2 * d_mlp), transpose), gate_up)
+        m[f"{b}mlp.W_in"] = (part_of(Part(0, d_mlp, 2 * d_mlp, 2 * d_mlp), transpose), gate_up)
         m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
     return m
 
