@@ -81,12 +81,16 @@ class KVCache:
         capacity: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        layer_devices: Sequence[torch.device] | None = None,
     ) -> None:
         self.cfg = cfg
         self.batch = batch
         device = torch.device(device) if device is not None else torch.device("cpu")
+        # A model spread over devices keeps each layer's entry on that layer's device.
+        layer_devices = layer_devices or [device] * cfg.n_layers
         self.entries = [
-            KVCacheEntry(cfg, batch, capacity, device, dtype) for _ in range(cfg.n_layers)
+            KVCacheEntry(cfg, batch, capacity, layer_device, dtype)
+            for layer_device in layer_devices
         ]
         self.mask = torch.zeros(batch, capacity, dtype=torch.long, device=device)  # 1 = real token
         self.length = 0
@@ -396,8 +400,10 @@ def _last_logits(
     if tokens.shape[1] > 1 and not any(hp.has_hooks() for hp in tail):
         n = model.cfg.n_layers
         resid = model(tokens, attention_mask=attention_mask, past_kv_cache=kv, stop_at_layer=n)
-        return model(resid[:, -1:], start_at_layer=n)[:, -1]
-    return model(tokens, attention_mask=attention_mask, past_kv_cache=kv)[:, -1]
+        logits = model(resid[:, -1:], start_at_layer=n)[:, -1]
+    else:
+        logits = model(tokens, attention_mask=attention_mask, past_kv_cache=kv)[:, -1]
+    return logits.to(tokens.device)  # from the unembedding's device, if the model is spread
 
 
 def _step_flags(
@@ -445,7 +451,9 @@ def _steps(
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     kv = None
     if use_past_kv_cache:
-        kv = KVCache(model.cfg, batch, max(total, 1), device, model.W_E.dtype)
+        placement = model._placement
+        blocks = placement.blocks if placement is not None else None
+        kv = KVCache(model.cfg, batch, max(total, 1), device, model.W_E.dtype, blocks)
     pending, pending_mask = tokens, mask if padded else None  # not yet fed through the KV cache
     tail = _tail_hook_points(model)
     length = prompt_len

@@ -507,7 +507,8 @@ class HookedRootModule(nn.Module):
             >>> cache["resid_post", 3].shape
         """
         offload = device is not None and torch.device(device).type == "cpu"
-        non_blocking = offload and any(p.is_cuda for p in self.parameters())
+        gpus = {p.device for p in self.parameters() if p.is_cuda} if offload else set()
+        non_blocking = bool(gpus)
         cache, fwd, bwd = self.get_caching_hooks(
             names_filter,
             incl_bwd,
@@ -522,8 +523,8 @@ class HookedRootModule(nn.Module):
                 if not isinstance(out, Tensor) or out.numel() != 1:
                     raise ValueError("incl_bwd=True needs a scalar output: pass return_type='loss'")
                 out.backward()
-        if non_blocking:
-            torch.cuda.synchronize()  # the queued device-to-host copies are now complete
+        for gpu in gpus:  # every GPU a spread model runs on has queued copies
+            torch.cuda.synchronize(gpu)  # the device-to-host copies are now complete
         if return_cache_object:
             return out, self._make_cache(cache)
         return out, cache

@@ -24,11 +24,15 @@ from lmscope.components.embed import Embed, PosEmbed, Unembed
 from lmscope.components.norm import LayerNorm, RMSNorm, make_norm
 from lmscope.components.rotary import Rotary
 from lmscope.config import HookedTransformerConfig
+from lmscope.devices import Placement, read_device_map
 from lmscope.hooks import HookedRootModule, HookPoint
 from lmscope.utils import lm_cross_entropy_loss
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    import os
+    from pathlib import Path
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lmscope.cache import ActivationCache
     from lmscope.factored_matrix import FactoredMatrix
@@ -167,6 +171,7 @@ class HookedTransformer(HookedRootModule):
         if norm is not None:
             self.ln_final = norm
         self.unembed = Unembed(cfg)
+        self._placement: Placement | None = None
         if cfg.init_weights:
             self.init_weights()
         if cfg.device is not None:
@@ -174,6 +179,8 @@ class HookedTransformer(HookedRootModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_loader: tuple[Callable[[], PreTrainedTokenizerBase], bool | None] | None
         self._tokenizer_loader = None
+        # the config.json this model was loaded from (set by from_pretrained; export reads it)
+        self.hf_config: dict[str, Any] | None = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         self.setup()
@@ -184,6 +191,47 @@ class HookedTransformer(HookedRootModule):
         dtype again (KV caches and config-built tensors read it)."""
         super()._apply(fn, recurse)
         self.cfg.dtype = self.embed.W_E.dtype
+        self._sync_placement()
+        return self
+
+    def _sync_placement(self) -> None:
+        """Read where the parts of the model are, once per move (`.to`, `place`): the forward of
+        a model on one device then never looks at devices."""
+        self._placement = Placement.of(self)
+
+    @property
+    def device_map(self) -> dict[str, torch.device]:
+        """Where each part is: "embed", "blocks.0" ... "blocks.{n_layers-1}", "ln_final",
+        "unembed" (see `set_device_map`).
+
+        Example:
+            >>> model.device_map["blocks.0"]
+            device(type='cpu')
+        """
+        return read_device_map(self)
+
+    def set_device_map(
+        self, device_map: str | dict[str, Any] | None = None, n_devices: int | None = None
+    ) -> HookedTransformer:
+        """Spread the model over several devices, as `from_pretrained(device_map=..., n_devices=...)`
+        does: `"auto"` fills the GPUs in order and offloads the rest to the CPU, a dict names
+        each part's device, `n_devices=N` splits the blocks evenly over cuda:0 ... cuda:N-1.
+        `model.to(device)` gathers everything on one device again. Returns the model.
+
+        Example:
+            >>> model.set_device_map({"embed": "cuda:0", "blocks.0": "cuda:0",
+            ...                       "blocks.1": "cuda:1", "unembed": "cuda:1"})
+        """
+        from lmscope.devices import DeviceRequest, place
+
+        if device_map is None and n_devices is None:
+            raise ValueError("pass device_map ('auto' or a dict) or n_devices")
+        request = DeviceRequest.check(device_map, n_devices, None, self.cfg.dtype)
+        if request is None:  # n_devices=1
+            self.to(device_map or "cuda")
+            return self
+        request.check_layers(self.cfg.n_layers)
+        place(self, request.plan(self))
         return self
 
     def init_weights(self) -> None:
@@ -225,6 +273,32 @@ class HookedTransformer(HookedRootModule):
             fold_value_biases=False,
         )
         return from_pretrained(model_name, **kwargs)
+
+    def save_pretrained(
+        self, path: str | os.PathLike, hf_config: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the model, weights as they are now, as a Hugging Face checkpoint of its family
+        (config.json, model.safetensors, tokenizer files) that `transformers` and
+        `from_pretrained` load. What HF cannot express (weights processed out of its layout,
+        config overrides) is refused before any file is written. See `lmscope.loading.export`.
+
+        Example:
+            >>> model.save_pretrained("edited")   # AutoModelForCausalLM.from_pretrained("edited")
+        """
+        from lmscope.loading.export import save_pretrained
+
+        return save_pretrained(self, path, hf_config)
+
+    def to_hf(self, hf_config: dict[str, Any] | None = None, **kwargs: Any) -> PreTrainedModel:
+        """The model as a `transformers` model of its family with the same weights, built in
+        memory; `kwargs` go to transformers' `from_pretrained` (e.g. attn_implementation).
+
+        Example:
+            >>> model.to_hf()(tokens).logits   # model(tokens), computed by transformers
+        """
+        from lmscope.loading.export import to_hf
+
+        return to_hf(self, hf_config, **kwargs)
 
     def set_tokenizer(
         self, tokenizer: PreTrainedTokenizerBase, default_prepend_bos: bool | None = None
@@ -569,9 +643,15 @@ class HookedTransformer(HookedRootModule):
                 resid = self.ln_embed(resid)
         masks, rotaries = self._layer_inputs(key_mask, positions, n_pos, total, resid.dtype)
 
-        first = 0 if start_at_layer is None else start_at_layer % self.cfg.n_layers
-        for layer, block in enumerate(self.blocks[start_at_layer:stop_at_layer], start=first):
+        placement = self._placement  # None on one device: nothing below moves
+        layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
+        if placement is not None:
+            spread = placement.spread(masks, rotaries, layers)
+        for layer, block in zip(layers, self.blocks[start_at_layer:stop_at_layer], strict=True):
             entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
+            if placement is not None:
+                resid, dev = placement.enter(layer, resid, entry)
+                masks, rotaries = spread[dev]
             kind = block.attn_type
             resid = block(resid, masks[kind], rotaries.get(kind), entry, start)
         if past_kv_cache is not None and not past_kv_cache.frozen:
@@ -579,8 +659,8 @@ class HookedTransformer(HookedRootModule):
         if stop_at_layer is not None:
             return resid
         if hasattr(self, "ln_final"):
-            resid = self.ln_final(resid)
-        logits = self.unembed(resid)
+            resid = self.ln_final(resid if placement is None else resid.to(placement.ln_final))
+        logits = self.unembed(resid if placement is None else resid.to(placement.unembed))
         cap = self.cfg.output_logits_soft_cap
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
@@ -590,6 +670,10 @@ class HookedTransformer(HookedRootModule):
             return None
         if tokens is None:
             raise ValueError("a loss needs token ids: pass tokens=... with start_at_layer")
+        if placement is not None:  # the loss is computed on the unembedding's device
+            tokens = tokens.to(logits.device)
+            if attention_mask is not None:
+                attention_mask = attention_mask.to(logits.device)
         loss = lm_cross_entropy_loss(logits, tokens, attention_mask, per_token=loss_per_token)
         if return_type == "loss":
             return loss
@@ -701,7 +785,11 @@ class HookedTransformer(HookedRootModule):
         return self._stack(lambda b: getattr(b.mlp, name))
 
     def _stack(self, get: Any) -> Tensor:
-        return torch.stack([get(block) for block in self.blocks], dim=0)
+        """Each block's `get(block)` stacked over layers (on the first block's device)."""
+        parts = [get(block) for block in self.blocks]
+        if self._placement is not None:
+            parts = [part.to(parts[0].device) for part in parts]
+        return torch.stack(parts, dim=0)
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -837,7 +925,7 @@ class HookedTransformer(HookedRootModule):
             raise ValueError(f"layer must lie in [0, {n}], got {layer}")
         total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=self.W_E.device)
         for block in self.blocks[:layer]:
-            total = total + block.attn.b_O
+            total = total + block.attn.b_O.to(total.device)
             if include_mlp_biases and not self.cfg.attn_only:
                 if self.cfg.num_experts:  # routed experts' biases depend on the input
                     if any(bool(e.b_out.any()) for e in block.mlp.experts):
@@ -845,12 +933,12 @@ class HookedTransformer(HookedRootModule):
                             "MoE experts with output biases add an input-dependent bias"
                         )
                     continue
-                total = total + block.mlp.b_out
+                total = total + block.mlp.b_out.to(total.device)
         if mlp_input:
             if layer == n:
                 raise ValueError("mlp_input=True needs layer < n_layers")
             if not self.cfg.parallel_attn_mlp:
-                total = total + self.blocks[layer].attn.b_O
+                total = total + self.blocks[layer].attn.b_O.to(total.device)
         return total
 
     def tokens_to_residual_directions(

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dtype
+from lmscope.devices import DeviceRequest, place
 from lmscope.errors import CheckpointError, CheckpointNotFoundError
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
@@ -481,6 +482,8 @@ def from_pretrained(
     fold_value_biases: bool = True,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
     tokenizer: Any = None,
     default_prepend_bos: bool | None = None,
     revision: str | None = None,
@@ -495,14 +498,20 @@ def from_pretrained(
     memory is about one model in `dtype`. Processing (fold_ln, centring, value-bias folding) runs
     one block at a time in float32 (float64 for a float64 model) and writes each block in
     `dtype`. `default_prepend_bos` defaults to what the model's own HF tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
+    `device_map` ("auto" or a dict naming each part's device) or `n_devices` (blocks split
+    evenly over cuda:0 ... cuda:N-1) spread the model over several devices (docs/devices.md).
 
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
     """
     dtype = resolve_dtype(dtype)
-    check_dtype_runs(dtype, device)
+    devices = DeviceRequest.check(device_map, n_devices, device, dtype)
+    if devices is None:
+        check_dtype_runs(dtype, device)
     checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
     family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
+    if devices is not None:
+        devices.check_layers(cfg.n_layers)
     _check_fits(cfg, checkpoint)
     weight_map = family.weight_map(cfg, checkpoint.hf_config)
     model = HookedTransformer(cfg)  # in `dtype`: no float32 copy of a half-precision model
@@ -524,7 +533,9 @@ def from_pretrained(
         model.set_tokenizer_loader(load_tokenizer, default_prepend_bos)
     elif default_prepend_bos is not None:
         cfg.default_prepend_bos = default_prepend_bos
-    if device is not None:
+    if devices is not None:
+        place(model, devices.plan(model))
+    elif device is not None:
         model.to(device)
         cfg.device = str(device)
     return model
