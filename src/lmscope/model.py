@@ -29,7 +29,10 @@ from lmscope.hooks import HookedRootModule, HookPoint
 from lmscope.utils import lm_cross_entropy_loss
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    import os
+    from pathlib import Path
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lmscope.cache import ActivationCache
     from lmscope.factored_matrix import FactoredMatrix
@@ -176,6 +179,8 @@ class HookedTransformer(HookedRootModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_loader: tuple[Callable[[], PreTrainedTokenizerBase], bool | None] | None
         self._tokenizer_loader = None
+        # the config.json this model was loaded from (set by from_pretrained; export reads it)
+        self.hf_config: dict[str, Any] | None = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         self.setup()
@@ -268,6 +273,32 @@ class HookedTransformer(HookedRootModule):
             fold_value_biases=False,
         )
         return from_pretrained(model_name, **kwargs)
+
+    def save_pretrained(
+        self, path: str | os.PathLike, hf_config: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the model, weights as they are now, as a Hugging Face checkpoint of its family
+        (config.json, model.safetensors, tokenizer files) that `transformers` and
+        `from_pretrained` load. What HF cannot express (weights processed out of its layout,
+        config overrides) is refused before any file is written. See `lmscope.loading.export`.
+
+        Example:
+            >>> model.save_pretrained("edited")   # AutoModelForCausalLM.from_pretrained("edited")
+        """
+        from lmscope.loading.export import save_pretrained
+
+        return save_pretrained(self, path, hf_config)
+
+    def to_hf(self, hf_config: dict[str, Any] | None = None, **kwargs: Any) -> PreTrainedModel:
+        """The model as a `transformers` model of its family with the same weights, built in
+        memory; `kwargs` go to transformers' `from_pretrained` (e.g. attn_implementation).
+
+        Example:
+            >>> model.to_hf()(tokens).logits   # model(tokens), computed by transformers
+        """
+        from lmscope.loading.export import to_hf
+
+        return to_hf(self, hf_config, **kwargs)
 
     def set_tokenizer(
         self, tokenizer: PreTrainedTokenizerBase, default_prepend_bos: bool | None = None

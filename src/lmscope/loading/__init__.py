@@ -515,6 +515,7 @@ def from_pretrained(
     _check_fits(cfg, checkpoint)
     weight_map = family.weight_map(cfg, checkpoint.hf_config)
     model = HookedTransformer(cfg)  # in `dtype`: no float32 copy of a half-precision model
+    model.hf_config = dict(checkpoint.hf_config)  # what export writes back (save_pretrained)
     steps = plan_steps(
         cfg,
         fold_ln=fold_ln,
