@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TinyModel
 
 from lmscope.cli import main
@@ -64,3 +65,11 @@ def test_bad_input_in_process(
     with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: the same status
         main(["demo", "--no-such-option"])
     assert exit_info.value.code == 2
+
+
+def test_demo_leaves_autograd_as_it_found_it() -> None:
+    """demo runs without gradients but must not switch them off for the caller (a notebook or a
+    test that calls it in-process), also when it fails."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--model", "no-such-model-anywhere"])
+    assert torch.is_grad_enabled()

@@ -68,6 +68,7 @@ def _induction_scores(
     return scores
 
 
+@torch.no_grad()
 def demo(
     model_name: str = "smollm2-135m", prompt: str = "The capital of France is", top_k: int = 5
 ) -> None:
@@ -80,7 +81,6 @@ def demo(
         raise UsageError(
             "--prompt is empty; pass some text, e.g. --prompt 'The capital of France is'"
         )
-    torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     model = _load(model_name)
     load_s = time.perf_counter() - t0
