@@ -59,8 +59,8 @@ def test_auto_fills_devices_in_order_then_spills_to_cpu() -> None:
     free = {cuda(0): 4 * GIB, cuda(1): 2 * GIB}  # usable: 3.6 and 1.8 GiB
     plan = auto_plan(sizes, free)
     assert [plan[n] for n in sizes] == [cuda(0), cuda(0), cuda(1), CPU, CPU, CPU]
-    # Never back to an earlier device: blocks.2 (1 GiB) would fit cuda:0's 0.6 GiB left? No, and
-    # ln_final (0 bytes) stays with the block before it rather than returning to cuda:1.
+    # Never back to an earlier device: ln_final (0 bytes) would fit cuda:1, but stays on the CPU
+    # after blocks.2; with all free memory usable, the parts shift one device earlier.
     plan = auto_plan(sizes, free, usable=1.0)
     assert [plan[n] for n in sizes] == [cuda(0), cuda(0), cuda(0), cuda(1), cuda(1), CPU]
     assert set(auto_plan(sizes, {}).values()) == {CPU}  # no accelerator: all on the CPU
