@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["README.md", "docs/reliability.md", "docs/generation.md", "docs/devices.md"]
+PAGES = [
+    "README.md",
+    "docs/reliability.md",
+    "docs/generation.md",
+    "docs/devices.md",
+    "docs/export.md",
+]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

@@ -151,3 +151,14 @@ def test_a_directory_with_other_weights_is_refused(tiny_gpt2: TinyModel, tmp_pat
     model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2.path)
     with pytest.raises(FileExistsError, match="model-00001-of-00002.safetensors"):
         model.save_pretrained(tmp_path)
+
+
+def test_one_of_two_weights_sharing_a_tensor_edited_alone_is_refused(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = HookedTransformer.from_pretrained_no_processing(FAMILIES["phi"](request).path)
+    with torch.no_grad():
+        model.blocks[0].ln1.w[0] += 1.0  # Phi's ln1 and ln2 are one LayerNorm, input_layernorm
+    with pytest.raises(ValueError, match="blocks.0.ln1.w and blocks.0.ln2.w are both stored"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
