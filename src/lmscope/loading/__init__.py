@@ -20,10 +20,10 @@ from torch import Tensor
 from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dtype
 from lmscope.devices import DeviceRequest, place
 from lmscope.errors import CheckpointError, CheckpointNotFoundError
+from lmscope.loading import gguf_cache as _gguf_cache
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
-from lmscope.loading.gguf import read_gguf
 from lmscope.loading.registry import MODEL_ALIASES
 from lmscope.model import HookedTransformer, _prepends_bos
 from lmscope.processing import (
@@ -97,15 +97,19 @@ def open_checkpoint(
     revision: str | None = None,
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    gguf_cache: bool = False,
+    verbose: bool = True,
 ) -> Checkpoint:
-    """Find the checkpoint behind an alias, local path, .gguf file or hub id."""
+    """Find the checkpoint behind an alias, local path, .gguf file or hub id. With `gguf_cache`,
+    a GGUF file is read from its dequantised copy in lmscope's cache, or copied there as it is
+    read (`lmscope.loading.gguf_cache`; `verbose` shows the first read's progress)."""
     name = str(name_or_path)
     if name.lower() in EMBEDDED_MODELS:
-        return read_gguf(embedded_model_path(name.lower()))
+        return _gguf_cache.open_gguf(embedded_model_path(name.lower()), gguf_cache, verbose)
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
-            return read_gguf(path)
+            return _gguf_cache.open_gguf(path, gguf_cache, verbose)
         raise CheckpointError(
             f"{path} is a file, but lmscope loads a model directory (with config.json and "
             f"weights) or a .gguf file; pass the directory {path.parent}"
@@ -489,6 +493,8 @@ def from_pretrained(
     revision: str | None = None,
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    gguf_cache: bool | None = None,
+    verbose: bool = True,
     **config_overrides: Any,
 ) -> HookedTransformer:
     """Load a checkpoint into a HookedTransformer.
@@ -500,6 +506,9 @@ def from_pretrained(
     `dtype`. `default_prepend_bos` defaults to what the model's own HF tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
     `device_map` ("auto" or a dict naming each part's device) or `n_devices` (blocks split
     evenly over cuda:0 ... cuda:N-1) spread the model over several devices (docs/devices.md).
+    A GGUF file is dequantised once and kept in lmscope's cache (docs/gguf-cache.md);
+    `gguf_cache=False` (or `LMSCOPE_GGUF_CACHE=0`) reads it directly every time. `verbose=False`
+    hides the progress bar a slow first read shows on a terminal.
 
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
@@ -508,7 +517,14 @@ def from_pretrained(
     devices = DeviceRequest.check(device_map, n_devices, device, dtype)
     if devices is None:
         check_dtype_runs(dtype, device)
-    checkpoint = open_checkpoint(model_name, revision, trust_remote_code, cache_dir)
+    checkpoint = open_checkpoint(
+        model_name,
+        revision,
+        trust_remote_code,
+        cache_dir,
+        _gguf_cache.cache_enabled(gguf_cache),
+        verbose,
+    )
     family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
     if devices is not None:
         devices.check_layers(cfg.n_layers)
@@ -524,6 +540,7 @@ def from_pretrained(
         fold_value_biases=fold_value_biases,
     )
     load_weights(model, weight_map, checkpoint, process=steps or None)
+    checkpoint = _gguf_cache.commit(checkpoint)  # a GGUF file read for the first time
     load_tokenizer = checkpoint.tokenizer_loader() if tokenizer is None else None
     if tokenizer is not None:
         model.set_tokenizer(

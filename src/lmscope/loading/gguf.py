@@ -392,6 +392,11 @@ class GGUFCheckpoint:
         """HF names of all tensors in the file, in file order."""
         return list(self._hf_to_gguf)
 
+    def tensor_shape(self, hf_name: str) -> tuple[int, ...]:
+        """The HF-layout shape of a tensor, from the metadata (nothing is dequantised): GGUF
+        lists dimensions innermost first."""
+        return tuple(int(n) for n in reversed(self._tensors[self.gguf_name(hf_name)].shape))
+
     def gguf_name(self, hf_name: str) -> str:
         """The GGUF tensor name behind an HF name."""
         try:

@@ -1,0 +1,393 @@
+"""Dequantised GGUF files, kept in lmscope's cache so that only the first load pays for them.
+
+Reading a GGUF file is slow: parsing its metadata takes seconds (SmolLM2-135M: ~2 s), every
+tensor is dequantised in Python, and its tokenizer is rebuilt from the metadata (~3 s). The first
+load of a file therefore writes what it read into ``<cache_dir()>/gguf/<sha256 of the file>/``:
+
+* ``model.safetensors``: every tensor as :meth:`GGUFCheckpoint.get` returns it (float32, HF name,
+  HF layout, llama.cpp's rewrites undone), written while the model loads, so nothing is
+  dequantised twice;
+* ``config.json``: the HF config built from the metadata;
+* the tokenizer saved as a fast tokenizer (``tokenizer.json`` ...), which loads in ~0.1 s;
+* ``lmscope-gguf.json``: the source's size and SHA-256 and the size of every file above.
+
+Later loads of the same file open that directory as an ordinary :class:`DirectoryCheckpoint`
+(whose fast paths then apply) without reading the GGUF at all. An entry is found by the file's
+SHA-256; the hash is remembered per path, size, mtime, ctime and inode, so an unchanged file is
+not hashed again and a changed one always is. An entry is written in a temporary directory and
+renamed into place only when complete, so a killed load leaves no entry; an entry whose files do
+not have the recorded sizes, or whose safetensors header is invalid, is removed and rebuilt.
+
+The cache is on unless ``LMSCOPE_GGUF_CACHE=0`` or ``from_pretrained(..., gguf_cache=False)``.
+It costs 4 bytes per parameter on disk (540 MB for SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lmscope.errors import CheckpointError
+from lmscope.loading.checkpoint import (
+    DirectoryCheckpoint,
+    copy_checked,
+    load_tokenizer,
+    read_json,
+)
+from lmscope.loading.embedded import cache_dir
+from lmscope.loading.gguf import GGUFCheckpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "CachedGGUFCheckpoint",
+    "CachingGGUFCheckpoint",
+    "cache_enabled",
+    "commit",
+    "lookup",
+    "open_gguf",
+    "source_sha256",
+]
+
+ENV = "LMSCOPE_GGUF_CACHE"
+FORMAT = 1
+MANIFEST = "lmscope-gguf.json"
+WEIGHTS = "model.safetensors"
+_HASHES = "sources.json"
+_STALE_TEMP_S = 24 * 3600  # a temporary entry this old belongs to a load that was killed
+_PROGRESS_DELAY_S = 2.0  # loads shorter than this show no progress bar
+
+
+def cache_enabled(flag: bool | None = None) -> bool:
+    """`flag` when given, else whether ``$LMSCOPE_GGUF_CACHE`` leaves the cache on (it is on
+    unless set to 0, false, no or off).
+
+    Example:
+        >>> cache_enabled(False)
+        False
+    """
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _root() -> Path:
+    return cache_dir() / "gguf"
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What must stay equal for a remembered hash of `path` to hold: size, mtime, ctime (which
+    no one can set back) and inode."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_hashes() -> dict[str, Any]:
+    try:
+        value = json.loads((_root() / _HASHES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(file: Path, value: Any) -> None:
+    """Write `value` as JSON to `file` atomically (a temporary file renamed over it)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def source_sha256(path: Path) -> str:
+    """SHA-256 of the file at `path`, remembered in the cache by path and :func:`_stat_key`.
+
+    Example:
+        >>> from lmscope.loading.embedded import embedded_model_path
+        >>> len(source_sha256(embedded_model_path("smollm2-135m")))
+        64
+    """
+    path = Path(path).resolve()
+    key = _stat_key(path)
+    known = _read_hashes()
+    record = known.get(str(path))
+    if isinstance(record, dict) and record.get("stat") == key:
+        return str(record["sha256"])
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    sha = digest.hexdigest()
+    known = {p: r for p, r in known.items() if os.path.exists(p)}  # forget deleted files
+    known[str(path)] = {"stat": key, "sha256": sha}
+    old = record.get("sha256") if isinstance(record, dict) else None
+    if old and old != sha and all(r.get("sha256") != old for r in known.values()):
+        shutil.rmtree(_root() / str(old), ignore_errors=True)  # the file changed: drop its entry
+    try:
+        _write_json(_root() / _HASHES, known)
+    except OSError:
+        pass  # a read-only cache only costs hashing again
+    return sha
+
+
+def _entry_files_intact(entry: Path) -> bool:
+    """Whether `entry` is a complete entry of this format: its manifest names every file with
+    the size it was written with."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        files = manifest["files"]
+        return manifest.get("format") == FORMAT and all(
+            (entry / name).stat().st_size == size for name, size in files.items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+class CachedGGUFCheckpoint(DirectoryCheckpoint):
+    """A cache entry: a :class:`DirectoryCheckpoint` whose tokenizer, which lmscope saved itself,
+    is read by the class that saved it. `AutoTokenizer` would first read config.json through
+    `AutoConfig`, whose model imports cost seconds."""
+
+    def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
+        if not (self.path / "tokenizer_config.json").is_file():
+            return None
+        return functools.partial(_load_saved_tokenizer, self.path)
+
+
+def _load_saved_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer lmscope saved in `folder`, read by the transformers class it names."""
+    import transformers
+
+    name = read_json(folder / "tokenizer_config.json").get("tokenizer_class")
+    cls = getattr(transformers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase)):
+        return load_tokenizer(str(folder), trust_remote_code=False)
+    try:
+        return cls.from_pretrained(folder)
+    except Exception as err:  # tokenizers raises many types on a damaged file
+        raise CheckpointError(
+            f"{folder}: the cached tokenizer is damaged ({type(err).__name__}: {err}); delete "
+            "the folder and load the model again"
+        ) from None
+
+
+def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
+    """The cache entry of the GGUF file with this SHA-256, or None when there is none yet. A
+    broken entry (a file missing, truncated or grown, an invalid safetensors header) is removed,
+    so the load rebuilds it."""
+    entry = _root() / sha256
+    if not entry.exists():
+        return None
+    if _entry_files_intact(entry):
+        try:
+            return CachedGGUFCheckpoint(entry)
+        except CheckpointError:
+            pass
+    shutil.rmtree(entry, ignore_errors=True)
+    return None
+
+
+def progress_bar(total: int, desc: str, verbose: bool = True, file: IO[str] | None = None) -> tqdm:
+    """A tqdm bar on `file` (stderr) that shows only when `verbose` and `file` is a terminal,
+    and then only once the work has taken more than two seconds.
+
+    Example:
+        >>> bar = progress_bar(3, "reading", verbose=False)
+        >>> bar.disable
+        True
+    """
+    file = sys.stderr if file is None else file
+    shown = verbose and hasattr(file, "isatty") and file.isatty()
+    return tqdm(
+        total=total, desc=desc, unit="tensor", file=file, disable=not shown, delay=_PROGRESS_DELAY_S
+    )
+
+
+def _safetensors_header(shapes: dict[str, tuple[int, ...]]) -> tuple[bytes, dict[str, int]]:
+    """The header of a float32 safetensors file holding tensors of `shapes` in that order
+    (8-byte length, JSON padded to 8 bytes) and each tensor's byte offset in the file."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in shapes.items():
+        size = 4 * int(torch.Size(shape).numel())
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    start = 8 + len(text)
+    where = {name: start + header[name]["data_offsets"][0] for name in shapes}
+    return struct.pack("<Q", len(text)) + text, where
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove temporary entries left by loads that were killed long ago."""
+    now = time.time()
+    for stale in root.glob(".tmp-*"):
+        try:
+            if now - stale.stat().st_mtime > _STALE_TEMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
+
+
+class CachingGGUFCheckpoint:
+    """A :class:`GGUFCheckpoint` that writes each tensor it hands out into a new cache entry.
+
+    It reads as the GGUF file does (errors name the GGUF file). :func:`commit` completes the
+    entry once the model has loaded; an entry not committed is deleted with this object.
+    """
+
+    def __init__(self, source: GGUFCheckpoint, sha256: str, verbose: bool = True) -> None:
+        self.source, self.sha256 = source, sha256
+        self._verbose = verbose
+        self._written: set[str] = set()
+        self._bar: tqdm | None = None
+        names = source.tensor_names()
+        header, self._offsets = _safetensors_header({n: source.tensor_shape(n) for n in names})
+        root = _root()
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(root)
+        self._tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{sha256[:16]}-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
+        self._file = open(self._tmp / WEIGHTS, "wb")  # noqa: SIM115 (closed by commit)
+        weakref.finalize(self, self._file.close)
+        self._file.write(header)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"CachingGGUFCheckpoint({self.source!r}, into={str(self._tmp)!r})"
+
+    def get(self, name: str, keep: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`source.get(name)`, written to the entry the first time it is asked for."""
+        tensor = self.source.get(name)
+        if name not in self._written:
+            self._write(name, tensor)
+        return tensor if out is None else copy_checked(name, tensor, out)
+
+    def _write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._bar is None:
+            self._bar = progress_bar(len(self._offsets) + 1, "reading GGUF", self._verbose)
+        data = tensor.detach().to(torch.float32).contiguous().numpy()
+        os.pwrite(self._file.fileno(), memoryview(data).cast("B"), self._offsets[name])
+        self._written.add(name)
+        self._bar.update()
+
+    def commit(self) -> CachedGGUFCheckpoint | GGUFCheckpoint:
+        """Complete the entry (config, tokenizer, manifest), move it into place and open it;
+        the GGUF checkpoint itself when the entry cannot be completed (a tensor never read, a
+        tokenizer transformers cannot build, a full disk: the load goes on without a cache)."""
+        missing = set(self._offsets) - self._written
+        bar = self._bar or progress_bar(1, "reading GGUF", self._verbose)
+        try:
+            if missing:
+                return self.source
+            self._file.close()
+            (self._tmp / "config.json").write_text(json.dumps(self.source.hf_config, indent=2))
+            bar.set_postfix_str("tokenizer")
+            load_tokenizer = self.source.tokenizer_loader()
+            if load_tokenizer is not None and not _save_tokenizer(load_tokenizer, self._tmp):
+                return self.source
+            files = {p.name: p.stat().st_size for p in self._tmp.iterdir()}
+            manifest = {
+                "format": FORMAT,
+                "source": str(self.source.path),
+                "source_size": self.source.path.stat().st_size,
+                "source_sha256": self.sha256,
+                "files": files,
+            }
+            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            return _move_into_place(self._tmp, _root() / self.sha256)
+        except (OSError, CheckpointError) as err:
+            warnings.warn(
+                f"lmscope could not keep the dequantised {self.source.path} in its cache "
+                f"({type(err).__name__}: {err}); the next load reads the GGUF file again. Set "
+                f"LMSCOPE_CACHE to a writable directory, or {ENV}=0 to stop trying",
+                stacklevel=3,
+            )
+            return self.source
+        finally:
+            bar.update(bar.total - bar.n)
+            bar.close()
+            self._cleanup()
+
+
+def _save_tokenizer(load: Callable[[], PreTrainedTokenizerBase], folder: Path) -> bool:
+    """Build the GGUF's tokenizer and save it into `folder` as a fast tokenizer (False when it
+    cannot be built, or has no fast form: the model then reads it from the GGUF, as without a
+    cache, and its first use reports any error)."""
+    try:
+        tokenizer = load()
+    except CheckpointError:
+        return False
+    if not getattr(tokenizer, "is_fast", False):
+        return False
+    tokenizer.save_pretrained(folder)
+    return True
+
+
+def _move_into_place(tmp: Path, entry: Path) -> CachedGGUFCheckpoint:
+    """Rename the finished `tmp` to `entry` (another process may have done so first: its entry
+    is as good) and open it."""
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not _entry_files_intact(entry):
+            raise
+    return CachedGGUFCheckpoint(entry)
+
+
+def commit(checkpoint: Any) -> Any:
+    """Complete a :class:`CachingGGUFCheckpoint`'s entry after a successful load and return the
+    checkpoint to read from afterwards (any other checkpoint is returned as it is)."""
+    if isinstance(checkpoint, CachingGGUFCheckpoint):
+        return checkpoint.commit()
+    return checkpoint
+
+
+def open_gguf(path: Path, cache: bool, verbose: bool = True) -> Any:
+    """The checkpoint of the GGUF file at `path`: with `cache`, its cache entry when there is
+    one, else a :class:`CachingGGUFCheckpoint` that builds it; without, the GGUF file itself."""
+    if not cache:
+        return GGUFCheckpoint(path)
+    try:
+        sha256 = source_sha256(path)
+        found = lookup(sha256)
+        if found is not None:
+            return found
+        source = GGUFCheckpoint(path)
+        if source.unmapped_tensors:
+            return source  # the load refuses such a file; nothing to keep
+        return CachingGGUFCheckpoint(source, sha256, verbose)
+    except OSError as err:
+        warnings.warn(
+            f"lmscope's GGUF cache in {_root()} is not usable ({err}); reading {path} directly. "
+            f"Set LMSCOPE_CACHE to a writable directory, or {ENV}=0",
+            stacklevel=3,
+        )
+        return GGUFCheckpoint(path)
