@@ -48,3 +48,25 @@ def tune_malloc() -> bool:
         return False
     _tuned = mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1
     return _tuned
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's freed pages back to the kernel now (glibc's `malloc_trim`; returns False
+    and does nothing elsewhere). `tune_malloc` keeps freed memory for the next forward pass; a
+    load's working buffers are not needed again, and kept they would add to the loaded model's
+    peak memory.
+
+    Example:
+        >>> import lmscope.memory
+        >>> lmscope.memory.release_freed_memory()
+        True
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

@@ -11,7 +11,7 @@ but its weights are easier to read.
 
 Every step but the refactoring touches one unit at a time (the embeddings, one block, or the
 unembedding with the final norm), so a step runs unit by unit, and a half-precision unit is
-processed in float32 and written back once (`float32_params`): the result equals float32
+processed in float32 and written back once (`staged_params`): the result equals float32
 processing followed by one cast, while only one unit is ever held in float32. Loading uses the
 same units to read and process a checkpoint block by block (`lmscope.loading.load_weights`).
 
@@ -127,6 +127,17 @@ def _folds(cfg: HookedTransformerConfig, steps: dict[str, bool]) -> bool:
     return steps.get("fold_ln", False) and cfg.normalization_type in ("LN", "RMS")
 
 
+def unit_has_work(model: HookedTransformer, unit: Unit, steps: dict[str, bool]) -> bool:
+    """Whether `process_unit` changes anything in `unit` (the embeddings only need work when
+    they are centred; a block or the unembedding whenever a step applies)."""
+    if unit.key == "embed":
+        return bool(steps.get("center_writing_weights"))
+    if unit.key == "unembed":
+        folds = _folds(model.cfg, steps) and hasattr(model, "ln_final")
+        return folds or bool(steps.get("center_unembed"))
+    return any(steps.values())
+
+
 @torch.no_grad()
 def process_unit(model: HookedTransformer, unit: Unit, steps: dict[str, bool]) -> None:
     """Apply the `steps` (from `plan_steps`) that touch `unit`, in `process_weights`' order.
@@ -139,10 +150,11 @@ def process_unit(model: HookedTransformer, unit: Unit, steps: dict[str, bool]) -
         >>> finish_processing(model, steps)
     """
     cfg = model.cfg
+    if not unit_has_work(model, unit, steps):
+        return
     if unit.key == "embed":
-        if steps.get("center_writing_weights"):
-            pos = [model.pos_embed.W_pos] if hasattr(model, "pos_embed") else []
-            _center([model.embed.W_E, *pos])
+        pos = [model.pos_embed.W_pos] if hasattr(model, "pos_embed") else []
+        _center([model.embed.W_E, *pos])
     elif unit.key == "unembed":
         if _folds(cfg, steps) and hasattr(model, "ln_final"):
             _fold_norm(cfg, model, "ln_final", [(model.unembed.W_U, model.unembed.b_U)])
@@ -184,55 +196,83 @@ def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
     cfg.processing.update(steps)
 
 
-def _half(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float16, torch.bfloat16)
+Staging = dict[tuple[tuple[int, ...], int, torch.dtype], Tensor]
+
+
+def _staging_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precision and float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class StagedParams:
+    """The parameters `staged_params` gave working memory, and which of them the body wrote."""
+
+    def __init__(self) -> None:
+        self.params: list[tuple[nn.Parameter, Tensor]] = []  # (parameter, its own memory)
+        self._versions: dict[int, int] | None = None
+        self._skip: set[int] = set()
+
+    def mark(self) -> None:
+        """Remember the parameters' versions: `unwritten` reports those not written after this."""
+        self._versions = {id(p): p._version for p, _ in self.params}
+
+    def unwritten(self) -> list[nn.Parameter]:
+        """The parameters no in-place operation wrote since `mark`. They get their own memory
+        back unfilled (not copied from the working memory): the caller fills them."""
+        assert self._versions is not None, "mark() first"
+        found = [p for p, _ in self.params if p._version == self._versions[id(p)]]
+        self._skip = {id(p) for p in found}
+        return found
 
 
 @contextmanager
-def float32_params(
-    modules: tuple[nn.Module, ...],
-    staging: dict[tuple[tuple[int, ...], int], Tensor],
-    fill: bool = True,
-) -> Iterator[None]:
-    """Give the half-precision parameters of `modules` float32 memory for the body, then write
-    them back in their own dtype (one rounding). `staging` keeps the float32 buffers for the next
-    unit of the same shapes, so processing a half-precision model holds one unit in float32, never
-    the model. With `fill=False` only vectors (biases, norm weights) start from their values and
-    matrices start uninitialised, for the body to fill (a checkpoint load reads every matrix).
+def staged_params(
+    modules: tuple[nn.Module, ...], staging: Staging, fill: bool = True, every: bool = False
+) -> Iterator[StagedParams]:
+    """Give the half-precision parameters of `modules` (with `every`, all their parameters)
+    working memory in float32 (float64 for float64 ones) for the body, then write them back in
+    their own dtype (one rounding) into their own memory. `staging` keeps the working buffers for
+    the next unit of the same shapes, so processing a half-precision model holds one unit in
+    float32, never the model. With `fill=False` only vectors (biases, norm weights) start from
+    their values and matrices start uninitialised, for the body to fill (a checkpoint load reads
+    every matrix).
 
     Example:
-        >>> with float32_params((model.blocks[0],), {}):
+        >>> with staged_params((model.blocks[0],), {}):
         ...     model.blocks[0].attn.W_Q.dtype  # torch.float32 inside, bfloat16 after
     """
-    params = {id(p): p for m in modules for p in m.parameters() if _half(p.dtype)}
-    kept: list[tuple[nn.Parameter, Tensor]] = []
+    staged = StagedParams()
+    params = {id(p): p for m in modules for p in m.parameters()}
     seen: dict[tuple[int, ...], int] = {}
     for param in params.values():
-        shape = tuple(param.shape)
-        key = (shape, seen.setdefault(shape, 0))
+        if not (every or param.dtype in (torch.float16, torch.bfloat16)):
+            continue
+        shape, dtype = tuple(param.shape), _staging_dtype(param.dtype)
+        key = (shape, seen.setdefault(shape, 0), dtype)
         seen[shape] += 1
         buffer = staging.get(key)
         if buffer is None or buffer.device != param.device:
-            buffer = staging[key] = torch.empty(shape, dtype=torch.float32, device=param.device)
+            buffer = staging[key] = torch.empty(shape, dtype=dtype, device=param.device)
         if fill or param.ndim <= 1:
             buffer.copy_(param.data)
-        kept.append((param, param.data))
+        staged.params.append((param, param.data))
         param.data = buffer
     try:
-        yield
+        yield staged
     finally:
         with torch.no_grad():
-            for param, own in kept:
-                own.copy_(param.data)
+            for param, own in staged.params:
+                if id(param) not in staged._skip:
+                    own.copy_(param.data)
                 param.data = own
 
 
 def _run(model: HookedTransformer, **requested: bool) -> dict[str, bool]:
     """Plan the requested steps, apply them unit by unit in float32, and record them."""
     steps = plan_steps(model.cfg, **requested)
-    staging: dict[tuple[tuple[int, ...], int], Tensor] = {}
+    staging: Staging = {}
     for unit in processing_units(model):
-        with float32_params(unit.modules, staging):
+        with staged_params(unit.modules, staging):
             process_unit(model, unit, steps)
     finish_processing(model, steps)
     return steps

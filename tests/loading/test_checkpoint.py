@@ -98,9 +98,17 @@ def test_gpt2_conv1d_weights_are_adopted_as_strided_views(tiny_gpt2: TinyModel) 
     assert _digest(tiny_gpt2.path) == before
 
 
-def test_processed_loads_read_weights_into_fresh_memory(tiny_llama: TinyModel) -> None:
+def test_processed_loads_adopt_only_the_weights_processing_leaves(tiny_llama: TinyModel) -> None:
+    """RMSNorm: fold_ln rewrites the norms' readers (q, k, v, the MLP's gate and in, W_U) and
+    value-bias folding b_O, which get fresh memory; W_E, W_O and W_out stay as stored and are
+    adopted, as an unprocessed load adopts them."""
     model = HookedTransformer.from_pretrained(str(tiny_llama.path))
-    assert not any(_is_file_map(p) for p in model.parameters())
+    mapped = {name for name, p in model.named_parameters() if _is_file_map(p)}
+    layers = range(model.cfg.n_layers)
+    kept = [f"blocks.{i}.{name}" for i in layers for name in ("attn.o_weight", "mlp.out_weight")]
+    assert mapped == {"embed.W_E", *kept}
+    raw = HookedTransformer.from_pretrained_no_processing(str(tiny_llama.path))
+    assert torch.equal(model.blocks[1].mlp.out_weight, raw.blocks[1].mlp.out_weight)
 
 
 def test_get_out_reads_the_file_and_refuses_another_shape(tiny_llama: TinyModel) -> None:

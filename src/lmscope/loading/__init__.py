@@ -25,13 +25,17 @@ from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.registry import MODEL_ALIASES
+from lmscope.memory import release_freed_memory
 from lmscope.model import HookedTransformer, _prepends_bos
 from lmscope.processing import (
+    Staging,
+    Unit,
     finish_processing,
-    float32_params,
     plan_steps,
     process_unit,
     processing_units,
+    staged_params,
+    unit_has_work,
 )
 
 __all__ = [
@@ -248,24 +252,52 @@ def _load_processed(
     steps: dict[str, bool],
 ) -> None:
     """Load and process the model one unit at a time (`processing_units`): the unit's weights are
-    read in float32 (a half-precision model lends each unit float32 buffers, reused by the next
-    unit), processed there, and written once in the model's dtype. So the result equals float32
+    read into float32 working buffers (float64 for a float64 model; reused from block to block),
+    processed there, and written once in the model's dtype. So the result equals float32
     processing followed by one cast, and no float32 copy of the whole model ever exists.
 
-    Nothing is adopted: processing rewrites the weights, and the first write to each page of a
-    file map costs a copy-on-write fault, measured ~15x slower than copying into fresh memory
-    (1.3 s against 0.09 s for SmolLM2).
+    Processing rewrites the weights, and the first write to each page of a file map costs a
+    copy-on-write fault, measured ~15x slower than copying into fresh memory (1.3 s against
+    0.09 s for SmolLM2), so written weights get fresh memory. The weights processing leaves as
+    they were (the embedding, W_O and W_out of RMSNorm models) are loaded as an unprocessed load
+    loads them, adopted without a copy where dtype and layout allow, when the checkpoint reads
+    cheaply (`reads_into`; a GGUF tensor would be dequantised twice).
     """
     units = processing_units(model)
-    staging: dict[tuple[tuple[int, ...], int], Tensor] = {}
-    for unit in units:
-        with float32_params(unit.modules, staging, fill=False):
-            _load_views(model, weight_map, checkpoint, adopt=False, owns=unit.owns)
-            process_unit(model, unit, steps)
-    _load_views(
-        model, weight_map, checkpoint, False, owns=lambda n: not any(u.owns(n) for u in units)
-    )
+    blocks = [u for u in units if isinstance(u.key, int)]
+    for group in ([u for u in units if u not in blocks], blocks):
+        staging: Staging = {}  # the embeddings' big buffers go before the blocks fill the model
+        for unit in group:
+            _load_unit(model, unit, weight_map, checkpoint, steps, staging)
+        del staging
+        release_freed_memory()  # tune_malloc would keep them
+    rest = {n for n in model.named_weights() if not any(u.owns(n) for u in units)}
+    _load_views(model, weight_map, checkpoint, False, (model,), rest.__contains__)
     finish_processing(model, steps)
+
+
+def _load_unit(
+    model: HookedTransformer,
+    unit: Unit,
+    weight_map: dict[str, Any],
+    checkpoint: Checkpoint,
+    steps: dict[str, bool],
+    staging: Staging,
+) -> None:
+    """Load one unit into working buffers from `staging`, process it, and write it back (see
+    `_load_processed`); a unit that processing leaves alone loads as an unprocessed load does."""
+    modules = unit.modules
+    if not unit_has_work(model, unit, steps):
+        _load_views(model, weight_map, checkpoint, True, modules, unit.owns)
+        return
+    with staged_params(modules, staging, fill=False, every=True) as staged:
+        owners = _load_views(model, weight_map, checkpoint, False, modules, unit.owns)
+        staged.mark()
+        process_unit(model, unit, steps)
+        unwritten = {id(p) for p in staged.unwritten()} if checkpoint.reads_into else set()
+    again = {name for name, param in owners.items() if id(param) in unwritten}
+    if again:
+        _load_views(model, weight_map, checkpoint, True, modules, again.__contains__)
 
 
 def _load_views(
@@ -273,18 +305,19 @@ def _load_views(
     weight_map: dict[str, Any],
     checkpoint: Checkpoint,
     adopt: bool,
+    modules: tuple[torch.nn.Module, ...] | None = None,
     owns: Callable[[str], bool] = lambda name: True,
-) -> None:
-    """Load the model's weights whose `named_weights` names `owns` accepts (see `load_weights`)."""
-    views = model.named_weights()
-    params = {p.data_ptr(): p for p in model.parameters()}
+) -> dict[str, Tensor]:
+    """Load the model's weights whose `named_weights` names `owns` accepts, all in parameters of
+    `modules` (default: the model) (see `load_weights`). Returns {name: the parameter it is in}."""
+    views = {n: v for n, v in model.named_weights().items() if owns(n)}
+    params = {p.data_ptr(): p for m in modules or (model,) for p in m.parameters()}
+    owners = {name: params[_param_ptr(v)] for name, v in views.items() if _param_ptr(v) in params}
     views_per_param: dict[int, int] = {}
     for view in views.values():
         ptr = _param_ptr(view)
         views_per_param[ptr] = views_per_param.get(ptr, 0) + 1
     for name, view in views.items():
-        if not owns(name):
-            continue
         source = weight_map.get(name)
         if source is None:
             if ".W_" in name or name.endswith(("W_E", "W_pos")):
@@ -327,6 +360,7 @@ def _load_views(
             view.T.copy_(tensor.T)
         else:
             view.copy_(tensor)
+    return owners
 
 
 # Buffers some checkpoints carry beside their weights, holding nothing a model needs: causal
