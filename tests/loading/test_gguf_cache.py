@@ -113,6 +113,13 @@ def test_changed_source_is_never_served_from_the_old_entry(cache, tiny) -> None:
     assert not torch.equal(changed, first)
     # the old entry is dropped once no remembered file has its hash
     assert [e.name for e in _entries(cache)] == [gguf_cache.source_sha256(tiny)]
+    # and so is the entry of a file that is gone
+    other = tiny.with_name("other.gguf")
+    _write_tiny(other, "qwen2", qkv_bias=True)
+    tiny.unlink()
+    assert _entries(cache) != []
+    gguf_cache.source_sha256(other)
+    assert _entries(cache) == []
 
 
 def test_hash_is_remembered_until_the_file_changes(cache, tiny, monkeypatch) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "EmbeddedModelNotFoundError",
     "cache_dir",
     "embedded_model_path",
+    "write_json_atomic",
 ]
 
 
@@ -80,6 +82,20 @@ def cache_dir() -> Path:
         return Path(os.environ["LMSCOPE_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "lmscope"
+
+
+def write_json_atomic(file: Path, value: object) -> None:
+    """Write `value` as JSON to `file` through a temporary file renamed over it, so readers see
+    the old file or the new one, never a part."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _dist_file(alias: str, dist_name: str, rel_path: str, hint: str) -> Path:

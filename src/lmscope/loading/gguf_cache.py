@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -49,7 +50,7 @@ from lmscope.loading.checkpoint import (
     load_tokenizer,
     read_json,
 )
-from lmscope.loading.embedded import cache_dir
+from lmscope.loading.embedded import cache_dir, write_json_atomic
 from lmscope.loading.gguf import GGUFCheckpoint
 
 if TYPE_CHECKING:
@@ -106,21 +107,9 @@ def _read_hashes() -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _write_json(file: Path, value: Any) -> None:
-    """Write `value` as JSON to `file` atomically (a temporary file renamed over it)."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def source_sha256(path: Path) -> str:
     """SHA-256 of the file at `path`, remembered in the cache by path and :func:`_stat_key`.
+    The entry of a file that changed or was deleted goes when no other remembered file has it.
 
     Example:
         >>> from lmscope.loading.embedded import embedded_model_path
@@ -138,13 +127,15 @@ def source_sha256(path: Path) -> str:
         while block := f.read(1 << 24):
             digest.update(block)
     sha = digest.hexdigest()
-    known = {p: r for p, r in known.items() if os.path.exists(p)}  # forget deleted files
+    gone = [r for p, r in known.items() if p == str(path) or not os.path.exists(p)]
+    known = {p: r for p, r in known.items() if p != str(path) and os.path.exists(p)}
     known[str(path)] = {"stat": key, "sha256": sha}
-    old = record.get("sha256") if isinstance(record, dict) else None
-    if old and old != sha and all(r.get("sha256") != old for r in known.values()):
-        shutil.rmtree(_root() / str(old), ignore_errors=True)  # the file changed: drop its entry
+    kept = {r.get("sha256") for r in known.values() if isinstance(r, dict)}
+    for old in {r.get("sha256") for r in gone if isinstance(r, dict)} - kept:
+        if isinstance(old, str) and re.fullmatch("[0-9a-f]{64}", old):
+            shutil.rmtree(_root() / old, ignore_errors=True)  # its file changed or is gone
     try:
-        _write_json(_root() / _HASHES, known)
+        write_json_atomic(_root() / _HASHES, known)
     except OSError:
         pass  # a read-only cache only costs hashing again
     return sha
