@@ -13,12 +13,15 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.metadata
+import json
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
+from lmscope.loading.embedded import cache_dir, write_json_atomic
 from lmscope.loading.transforms import HeadsBias, HeadsIn, HeadsOut, Transpose
 
 Source = str | tuple  # "name" or (Transform, "name", ...)
@@ -27,12 +30,34 @@ WeightMap = dict[str, Source]
 
 @dataclass(frozen=True)
 class Family:
-    """One architecture family: which HF `architectures` it reads and how."""
+    """One architecture family: which HF `architectures` it reads and how.
+
+    `config_keys` are the HF config keys the family acts on (its `read_config` and `weight_map`
+    read them, or refuse the values they do not implement); `ignored_keys` are keys of its HF
+    config class that change nothing lmscope computes (training-only settings, say). Every other
+    key of a config must hold its HF default (`check_config`).
+    """
 
     name: str
     architectures: tuple[str, ...]
-    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
+    read_config: Callable[[dict[str, Any]], dict[str, Any]]
     weight_map: Callable[[HookedTransformerConfig, dict[str, Any]], WeightMap]
+    config_keys: frozenset[str] = frozenset()
+    ignored_keys: frozenset[str] = frozenset()
+
+    def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
+        """HookedTransformerConfig fields for an HF config, once `check_config` has found
+        nothing in it that this family does not implement.
+
+        Example:
+            >>> from lmscope.loading.families import family_for
+            >>> hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64,
+            ...       "n_layer": 2, "n_head": 4, "n_positions": 32, "vocab_size": 100}
+            >>> family_for(hf).config_from_hf(hf)["d_model"]
+            64
+        """
+        check_config(self, hf)
+        return self.read_config(hf)
 
 
 def heads_in(n_heads: int) -> HeadsIn:
@@ -110,3 +135,162 @@ def family_for(hf_config: dict[str, Any]) -> Family:
         f"architecture {archs or model_type!r} is not supported by lmscope.{hint} "
         f"Supported architectures: {', '.join(supported)}"
     )
+
+
+# Config keys that never change what a causal language model computes at inference: ids and
+# bookkeeping, tokenizer and generation settings, training-only settings (initialisation,
+# auxiliary losses, layer drop), heads lmscope does not load (classification, sequence summary),
+# and tensor-parallel sharding of the same sums.
+HARMLESS_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "auto_map",
+        "cache_implementation",
+        "chunk_size_feed_forward",
+        "dtype",
+        "id2label",
+        "init_std",
+        "initializer_range",
+        "is_decoder",
+        "is_encoder_decoder",
+        "label2id",
+        "layerdrop",
+        "model_type",
+        "num_labels",
+        "output_attentions",
+        "output_hidden_states",
+        "output_router_logits",
+        "pretraining_tp",
+        "problem_type",
+        "return_dict",
+        "router_aux_loss_coef",
+        "router_jitter_noise",
+        "router_z_loss_coef",
+        "summary_activation",
+        "summary_first_dropout",
+        "summary_proj_to_labels",
+        "summary_type",
+        "summary_use_proj",
+        "task_specific_params",
+        "tokenizer_class",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+    }
+)
+_HARMLESS_SUFFIXES = (
+    "_token_id",
+    "_token_ids",
+    "dropout",
+    "_pdrop",
+    "dropout_prob",
+    "dropout_rate",
+)
+
+# Keys that change the computation in some HF family, with the values that change nothing.
+# They are checked even when the installed transformers' config class for the checkpoint does not
+# define them, so a config borrowed from a newer or another architecture fails loudly.
+FOREIGN_CONFIG_KEYS: dict[str, tuple[Any, ...]] = {
+    "attention_chunk_size": (None,),
+    "attention_multiplier": (None, 1.0),
+    "attn_logit_softcapping": (None,),
+    "clip_qkv": (None,),
+    "embedding_multiplier": (None, 1.0),
+    "final_logit_softcapping": (None,),
+    "logits_scaling": (None, 1.0),
+    "qk_layernorm": (None, False),
+    "residual_multiplier": (None, 1.0),
+    "use_bidirectional_attention": (None, False),
+    "use_qk_norm": (None, False),
+}
+
+# What the shared rotary reader (`rope_settings`) acts on; families with a partial rotary
+# dimension also handle `PARTIAL_ROTARY_KEYS`.
+ROPE_KEYS = frozenset({"rope_parameters", "rope_scaling", "rope_theta", "rotary_emb_base"})
+PARTIAL_ROTARY_KEYS = frozenset({"partial_rotary_factor", "rotary_pct"})
+
+
+def _is_harmless(key: str) -> bool:
+    return key in HARMLESS_CONFIG_KEYS or key.endswith(_HARMLESS_SUFFIXES)
+
+
+@functools.cache
+def hf_config_defaults(model_type: str) -> dict[str, Any] | None:
+    """The installed transformers' default config for `model_type` as a JSON-like dict (None
+    when transformers does not know the type). Config classes import much of transformers
+    (seconds), so the result is kept per transformers version in lmscope's cache directory.
+
+    Example:
+        >>> hf_config_defaults("llama")["rms_norm_eps"]
+        1e-06
+    """
+    version = importlib.metadata.version("transformers")
+    file = cache_dir() / "hf-config-defaults" / version / f"{model_type}.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        pass
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.for_model(model_type)
+    except (KeyError, ValueError):
+        return None
+    defaults = json.loads(config.to_json_string(use_diff=False))
+    try:
+        write_json_atomic(file, defaults)
+    except OSError:
+        pass  # an unwritable cache only costs the import next time
+    return defaults
+
+
+def _rope_fractions(hf: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Every rotary fraction a config states: top level, in `rope_scaling`, in `rope_parameters`
+    (also per layer type, as Gemma 3 nests it)."""
+    for key in sorted(PARTIAL_ROTARY_KEYS):
+        if key in hf:
+            yield key, hf[key]
+    for holder in ("rope_parameters", "rope_scaling"):
+        params = hf.get(holder)
+        if not isinstance(params, dict):
+            continue
+        for part in [params, *(v for v in params.values() if isinstance(v, dict))]:
+            if "partial_rotary_factor" in part:
+                yield f"{holder}.partial_rotary_factor", part["partial_rotary_factor"]
+
+
+def _refusal(family: Family, key: str, value: Any, default: Any) -> ValueError:
+    return ValueError(
+        f"config attribute {key}={value!r} (transformers' default: {default!r}) changes what "
+        f"the model computes, and lmscope's {family.name} adapter does not implement it, so it "
+        "refuses the config rather than load a different model. If the value is a mistake, "
+        "remove the key; otherwise this checkpoint needs that feature added to lmscope"
+    )
+
+
+def check_config(family: Family, hf: dict[str, Any]) -> None:
+    """Refuse (ValueError naming key, value and default) a config key that `family` neither
+    handles nor knows to be harmless and whose value differs from the HF config class's
+    default, or from the neutral values of `FOREIGN_CONFIG_KEYS`; a rotary fraction other than
+    1 with rope scaling, where the family has no partial rotary."""
+    handled = family.config_keys | family.ignored_keys
+    model_type = hf.get("model_type")
+    defaults = hf_config_defaults(model_type) if isinstance(model_type, str) else None
+    for key, value in hf.items():
+        if key in handled or _is_harmless(key):
+            continue
+        if defaults is not None and key in defaults:
+            if value != defaults[key]:
+                raise _refusal(family, key, value, defaults[key])
+        elif key in FOREIGN_CONFIG_KEYS and value not in FOREIGN_CONFIG_KEYS[key]:
+            raise _refusal(family, key, value, FOREIGN_CONFIG_KEYS[key][0])
+    if not ROPE_KEYS <= handled:
+        return
+    # (a rope scaling type lmscope lacks is refused by HookedTransformerConfig, naming it)
+    if rope_settings(hf)["rope_scaling"] is not None and not PARTIAL_ROTARY_KEYS <= handled:
+        # The family's own (default) rotary ignores the fraction, as lmscope does; transformers'
+        # rope-scaling functions apply it, to queries the model then rotates whole.
+        for key, value in _rope_fractions(hf):
+            if value not in (None, 1, 1.0):
+                raise _refusal(family, key, value, 1.0)

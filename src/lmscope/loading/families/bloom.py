@@ -67,4 +67,23 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("bloom", ("BloomForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "apply_residual_connection_post_layernorm",
+        "hidden_size",
+        "layer_norm_epsilon",
+        "max_position_embeddings",
+        "n_head",
+        "n_layer",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "seq_length",
+        "tie_word_embeddings",
+        "vocab_size",
+    }
+)
+# slow_but_exact emulates pretraining_tp's sharded matmuls: the same sums in another order.
+IGNORED_KEYS = frozenset({"slow_but_exact"})
+FAMILY = Family(
+    "bloom", ("BloomForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS, IGNORED_KEYS
+)

@@ -78,4 +78,12 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("codegen", ("CodeGenForCausalLM",), config_from_hf, weight_map)
+# n_ctx: a CodeGenConfig size that transformers' CodeGen model never reads (n_positions counts)
+FAMILY = Family(
+    "codegen",
+    ("CodeGenForCausalLM",),
+    config_from_hf,
+    weight_map,
+    gptj.CONFIG_KEYS,
+    frozenset({"n_ctx"}),
+)

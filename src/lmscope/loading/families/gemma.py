@@ -18,6 +18,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    ROPE_KEYS,
     Family,
     WeightMap,
     heads_bias,
@@ -199,8 +200,60 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
+# What `_config` and `weight_map` read for every version; Gemma 2 and 3 add theirs.
+_COMMON_KEYS = frozenset(
+    {
+        "attention_bias",
+        "head_dim",
+        "hidden_size",
+        "intermediate_size",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "use_bidirectional_attention",
+        "vocab_size",
+    }
+)
+_V2_KEYS = _COMMON_KEYS | {
+    "final_logit_softcapping",
+    "hidden_activation",
+    "layer_types",
+    "query_pre_attn_scalar",
+    "sliding_window",
+}
 FAMILIES = [
-    Family("gemma", ("GemmaForCausalLM",), gemma_config, weight_map),
-    Family("gemma2", ("Gemma2ForCausalLM",), gemma2_config, weight_map),
-    Family("gemma3_text", ("Gemma3ForCausalLM",), gemma3_config, weight_map),
+    Family(
+        "gemma",
+        ("GemmaForCausalLM",),
+        gemma_config,
+        weight_map,
+        _COMMON_KEYS | {"hidden_act"} | ROPE_KEYS,
+    ),
+    Family(
+        "gemma2",
+        ("Gemma2ForCausalLM",),
+        gemma2_config,
+        weight_map,
+        _V2_KEYS | {"attn_logit_softcapping"} | ROPE_KEYS,
+    ),
+    # Gemma 3 has no attention soft-cap (transformers ignores attn_logit_softcapping): a config
+    # that sets one is refused. Its rotary settings are per layer type (`_gemma3_rope`).
+    Family(
+        "gemma3_text",
+        ("Gemma3ForCausalLM",),
+        gemma3_config,
+        weight_map,
+        _V2_KEYS
+        | {
+            "_sliding_window_pattern",
+            "rope_local_base_freq",
+            "rope_parameters",
+            "rope_scaling",
+            "rope_theta",
+            "sliding_window_pattern",
+        },
+    ),
 ]

@@ -65,4 +65,20 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("gpt2", ("GPT2LMHeadModel", "GPT2Model"), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "activation_function",
+        "layer_norm_epsilon",
+        "n_embd",
+        "n_head",
+        "n_inner",
+        "n_layer",
+        "n_positions",
+        "reorder_and_upcast_attn",
+        "scale_attn_by_inverse_layer_idx",
+        "scale_attn_weights",
+        "tie_word_embeddings",
+        "vocab_size",
+    }
+)
+FAMILY = Family("gpt2", ("GPT2LMHeadModel", "GPT2Model"), config_from_hf, weight_map, CONFIG_KEYS)

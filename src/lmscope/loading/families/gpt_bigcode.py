@@ -77,4 +77,30 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("gpt_bigcode", ("GPTBigCodeForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "activation_function",
+        "add_cross_attention",
+        "layer_norm_epsilon",
+        "multi_query",
+        "n_embd",
+        "n_head",
+        "n_inner",
+        "n_layer",
+        "n_positions",
+        "num_key_value_heads",  # derived by GPTBigCodeConfig from multi_query
+        "scale_attn_weights",
+        "tie_word_embeddings",
+        "vocab_size",
+    }
+)
+# Where half-precision softmax upcasts: lmscope's softmax always runs in float32.
+IGNORED_KEYS = frozenset({"attention_softmax_in_fp32", "scale_attention_softmax_in_fp32"})
+FAMILY = Family(
+    "gpt_bigcode",
+    ("GPTBigCodeForCausalLM",),
+    config_from_hf,
+    weight_map,
+    CONFIG_KEYS,
+    IGNORED_KEYS,
+)

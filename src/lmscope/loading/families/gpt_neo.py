@@ -73,4 +73,20 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("gpt_neo", ("GPTNeoForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "activation_function",
+        "attention_layers",
+        "attention_types",
+        "hidden_size",
+        "intermediate_size",
+        "layer_norm_epsilon",
+        "max_position_embeddings",
+        "num_heads",
+        "num_layers",
+        "tie_word_embeddings",
+        "vocab_size",
+        "window_size",
+    }
+)
+FAMILY = Family("gpt_neo", ("GPTNeoForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)

@@ -62,4 +62,18 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("gptj", ("GPTJForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "activation_function",
+        "layer_norm_epsilon",
+        "n_embd",
+        "n_head",
+        "n_inner",
+        "n_layer",
+        "n_positions",
+        "rotary_dim",
+        "tie_word_embeddings",
+        "vocab_size",
+    }
+)
+FAMILY = Family("gptj", ("GPTJForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)

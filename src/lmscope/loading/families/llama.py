@@ -16,6 +16,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    ROPE_KEYS,
     Family,
     WeightMap,
     heads_bias,
@@ -142,4 +143,34 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return llama_like_weight_map(cfg, qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias")))
 
 
-FAMILY = Family("llama", ("LlamaForCausalLM", "MistralForCausalLM"), config_from_hf, weight_map)
+# What `llama_like_config` reads; its users add their own keys. The whole head rotates, as in
+# transformers' Llama-shaped models, whatever partial_rotary_factor says (with rope scaling,
+# where transformers would apply it, `check_config` refuses it).
+LLAMA_LIKE_KEYS = (
+    frozenset(
+        {
+            "head_dim",
+            "hidden_act",
+            "hidden_size",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "num_key_value_heads",
+            "original_max_position_embeddings",
+            "rms_norm_eps",
+            "tie_word_embeddings",
+            "vocab_size",
+        }
+    )
+    | ROPE_KEYS
+)
+CONFIG_KEYS = LLAMA_LIKE_KEYS | {
+    "attention_bias",
+    "mlp_bias",
+    "sliding_window",
+    "use_sliding_window",
+}
+FAMILY = Family(
+    "llama", ("LlamaForCausalLM", "MistralForCausalLM"), config_from_hf, weight_map, CONFIG_KEYS
+)

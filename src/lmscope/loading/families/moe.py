@@ -18,6 +18,7 @@ from typing import Any
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, transpose
 from lmscope.loading.families.llama import (
+    LLAMA_LIKE_KEYS,
     gated_mlp_map,
     llama_like_config,
     llama_like_weight_map,
@@ -129,8 +130,37 @@ def qwen3_moe_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> We
     return _qwen_experts(m, cfg)
 
 
+_QWEN_MOE_KEYS = LLAMA_LIKE_KEYS | {
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "num_experts",
+    "num_experts_per_tok",
+    "sliding_window",
+    "use_sliding_window",
+}
 FAMILIES = [
-    Family("mixtral", ("MixtralForCausalLM",), mixtral_config, mixtral_weight_map),
-    Family("qwen2_moe", ("Qwen2MoeForCausalLM",), qwen2_moe_config, qwen2_moe_weight_map),
-    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), qwen3_moe_config, qwen3_moe_weight_map),
+    Family(
+        "mixtral",
+        ("MixtralForCausalLM",),
+        mixtral_config,
+        mixtral_weight_map,
+        LLAMA_LIKE_KEYS | {"num_experts_per_tok", "num_local_experts", "sliding_window"},
+    ),
+    Family(
+        "qwen2_moe",
+        ("Qwen2MoeForCausalLM",),
+        qwen2_moe_config,
+        qwen2_moe_weight_map,
+        _QWEN_MOE_KEYS
+        | {"layer_types", "max_window_layers", "qkv_bias", "shared_expert_intermediate_size"},
+    ),
+    Family(
+        "qwen3_moe",
+        ("Qwen3MoeForCausalLM",),
+        qwen3_moe_config,
+        qwen3_moe_weight_map,
+        _QWEN_MOE_KEYS | {"attention_bias", "num_local_experts"},
+    ),
 ]

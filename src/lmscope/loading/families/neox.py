@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_out, rope_settings, transpose
+from lmscope.loading.families import (
+    PARTIAL_ROTARY_KEYS,
+    ROPE_KEYS,
+    Family,
+    WeightMap,
+    heads_out,
+    rope_settings,
+    transpose,
+)
 from lmscope.loading.transforms import FusedHeads
 
 
@@ -64,4 +72,23 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("gpt_neox", ("GPTNeoXForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = (
+    frozenset(
+        {
+            "attention_bias",
+            "hidden_act",
+            "hidden_size",
+            "intermediate_size",
+            "layer_norm_eps",
+            "max_position_embeddings",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "tie_word_embeddings",
+            "use_parallel_residual",
+            "vocab_size",
+        }
+    )
+    | ROPE_KEYS
+    | PARTIAL_ROTARY_KEYS
+)
+FAMILY = Family("gpt_neox", ("GPTNeoXForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)

@@ -18,6 +18,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    ROPE_KEYS,
     Family,
     WeightMap,
     heads_bias,
@@ -128,8 +129,36 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
+# What `_common` reads; OLMo 1's LayerNorm has a fixed epsilon, the others read rms_norm_eps.
+_COMMON_KEYS = (
+    frozenset(
+        {
+            "attention_bias",
+            "clip_qkv",
+            "head_dim",
+            "hidden_act",
+            "hidden_size",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "num_key_value_heads",
+            "tie_word_embeddings",
+            "vocab_size",
+        }
+    )
+    | ROPE_KEYS
+)
 FAMILIES = [
-    Family("olmo", ("OlmoForCausalLM",), olmo_config, weight_map),
-    Family("olmo2", ("Olmo2ForCausalLM",), olmo2_config, weight_map),
-    Family("olmoe", ("OlmoeForCausalLM",), olmoe_config, weight_map),
+    Family("olmo", ("OlmoForCausalLM",), olmo_config, weight_map, _COMMON_KEYS),
+    Family(
+        "olmo2", ("Olmo2ForCausalLM",), olmo2_config, weight_map, _COMMON_KEYS | {"rms_norm_eps"}
+    ),
+    Family(
+        "olmoe",
+        ("OlmoeForCausalLM",),
+        olmoe_config,
+        weight_map,
+        _COMMON_KEYS | {"rms_norm_eps", "norm_topk_prob", "num_experts", "num_experts_per_tok"},
+    ),
 ]

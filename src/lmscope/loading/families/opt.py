@@ -100,4 +100,21 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("opt", ("OPTForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = frozenset(
+    {
+        "_remove_final_layer_norm",
+        "activation_function",
+        "do_layer_norm_before",
+        "enable_bias",
+        "ffn_dim",
+        "hidden_size",
+        "layer_norm_elementwise_affine",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "tie_word_embeddings",
+        "vocab_size",
+        "word_embed_proj_dim",
+    }
+)
+FAMILY = Family("opt", ("OPTForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)

@@ -15,6 +15,8 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    PARTIAL_ROTARY_KEYS,
+    ROPE_KEYS,
     Family,
     WeightMap,
     heads_bias,
@@ -151,7 +153,40 @@ def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightM
     return m
 
 
+# What `_common` reads.
+_COMMON_KEYS = (
+    frozenset(
+        {
+            "head_dim",
+            "hidden_act",
+            "hidden_size",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "num_key_value_heads",
+            "tie_word_embeddings",
+            "vocab_size",
+        }
+    )
+    | ROPE_KEYS
+    | PARTIAL_ROTARY_KEYS
+)
 FAMILIES = [
-    Family("phi", ("PhiForCausalLM",), phi_config, phi_weight_map),
-    Family("phi3", ("Phi3ForCausalLM",), phi3_config, phi3_weight_map),
+    Family(
+        "phi",
+        ("PhiForCausalLM",),
+        phi_config,
+        phi_weight_map,
+        _COMMON_KEYS | {"layer_norm_eps", "qk_layernorm"},
+    ),
+    # original_max_position_embeddings serves only LongRoPE, which phi3_config refuses
+    Family(
+        "phi3",
+        ("Phi3ForCausalLM",),
+        phi3_config,
+        phi3_weight_map,
+        _COMMON_KEYS | {"rms_norm_eps", "sliding_window"},
+        frozenset({"original_max_position_embeddings"}),
+    ),
 ]

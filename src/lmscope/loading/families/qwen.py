@@ -16,6 +16,7 @@ from typing import Any
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap
 from lmscope.loading.families.llama import (
+    LLAMA_LIKE_KEYS,
     llama_like_config,
     llama_like_weight_map,
     sliding_window_fields,
@@ -54,7 +55,19 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return llama_like_weight_map(cfg, qkv_bias=True)  # Qwen2: q/k/v biases, none on o_proj
 
 
+# The sliding-window rule of `qwen_local_layers`.
+WINDOW_KEYS = frozenset(
+    {"layer_types", "max_window_layers", "sliding_window", "use_sliding_window"}
+)
 FAMILIES = [
-    Family("qwen2", ("Qwen2ForCausalLM",), config_from_hf, weight_map),
-    Family("qwen3", ("Qwen3ForCausalLM",), config_from_hf, weight_map),
+    Family(
+        "qwen2", ("Qwen2ForCausalLM",), config_from_hf, weight_map, LLAMA_LIKE_KEYS | WINDOW_KEYS
+    ),
+    Family(
+        "qwen3",
+        ("Qwen3ForCausalLM",),
+        config_from_hf,
+        weight_map,
+        LLAMA_LIKE_KEYS | WINDOW_KEYS | {"attention_bias"},
+    ),
 ]

@@ -14,6 +14,8 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    PARTIAL_ROTARY_KEYS,
+    ROPE_KEYS,
     Family,
     WeightMap,
     heads_bias,
@@ -89,4 +91,25 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-FAMILY = Family("stablelm", ("StableLmForCausalLM",), config_from_hf, weight_map)
+CONFIG_KEYS = (
+    frozenset(
+        {
+            "hidden_act",
+            "hidden_size",
+            "intermediate_size",
+            "layer_norm_eps",
+            "max_position_embeddings",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "num_key_value_heads",
+            "qk_layernorm",
+            "tie_word_embeddings",
+            "use_parallel_residual",
+            "use_qkv_bias",
+            "vocab_size",
+        }
+    )
+    | ROPE_KEYS
+    | PARTIAL_ROTARY_KEYS
+)
+FAMILY = Family("stablelm", ("StableLmForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)
