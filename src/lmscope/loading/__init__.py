@@ -261,14 +261,21 @@ def _load_processed(
     0.09 s for SmolLM2), so written weights get fresh memory. The weights processing leaves as
     they were (the embedding, W_O and W_out of RMSNorm models) are loaded as an unprocessed load
     loads them, adopted without a copy where dtype and layout allow, when the checkpoint reads
-    cheaply (`reads_into`; a GGUF tensor would be dequantised twice).
+    cheaply (`reads_into`; a GGUF tensor would be dequantised twice). Float32 weights get working
+    buffers only to find those; where the first block shows none (LayerNorm models, whose
+    centring rewrites everything), the rest are read into their own memory and processed there.
     """
     units = processing_units(model)
     blocks = [u for u in units if isinstance(u.key, int)]
+    stage_all = True  # until a block shows that processing rewrites every weight
     for group in ([u for u in units if u not in blocks], blocks):
         staging: Staging = {}  # the embeddings' big buffers go before the blocks fill the model
         for unit in group:
-            _load_unit(model, unit, weight_map, checkpoint, steps, staging)
+            block = unit in blocks
+            kept = _load_unit(
+                model, unit, weight_map, checkpoint, steps, staging, block and stage_all
+            )
+            stage_all = kept if block else stage_all
         del staging
         release_freed_memory()  # tune_malloc would keep them
     rest = {n for n in model.named_weights() if not any(u.owns(n) for u in units)}
@@ -283,21 +290,27 @@ def _load_unit(
     checkpoint: Checkpoint,
     steps: dict[str, bool],
     staging: Staging,
-) -> None:
+    every: bool,
+) -> bool:
     """Load one unit into working buffers from `staging`, process it, and write it back (see
-    `_load_processed`); a unit that processing leaves alone loads as an unprocessed load does."""
+    `_load_processed`); a unit that processing leaves alone loads as an unprocessed load does.
+    Half-precision parameters always get working buffers, the others only with `every` (else
+    they are processed in their own memory). Returns whether processing left any weight with
+    a working buffer as it was (and so it was adopted, or read, from the checkpoint again)."""
     modules = unit.modules
     if not unit_has_work(model, unit, steps):
         _load_views(model, weight_map, checkpoint, True, modules, unit.owns)
-        return
-    with staged_params(modules, staging, fill=False, every=True) as staged:
+        return True
+    with staged_params(modules, staging, fill=False, every=every) as staged:
         owners = _load_views(model, weight_map, checkpoint, False, modules, unit.owns)
         staged.mark()
         process_unit(model, unit, steps)
         unwritten = {id(p) for p in staged.unwritten()} if checkpoint.reads_into else set()
+    unwritten &= {id(p) for m in modules for p in m.parameters()}  # not a folded norm's
     again = {name for name, param in owners.items() if id(param) in unwritten}
     if again:
         _load_views(model, weight_map, checkpoint, True, modules, again.__contains__)
+    return bool(again)
 
 
 def _load_views(
