@@ -209,6 +209,18 @@ FOREIGN_CONFIG_KEYS: dict[str, tuple[Any, ...]] = {
 # dimension also handle `PARTIAL_ROTARY_KEYS`.
 ROPE_KEYS = frozenset({"rope_parameters", "rope_scaling", "rope_theta", "rotary_emb_base"})
 PARTIAL_ROTARY_KEYS = frozenset({"partial_rotary_factor", "rotary_pct"})
+# Sizes that configs of the `hidden_size` school (Llama, NeoX, Gemma, Phi, OLMo, ...) name alike.
+DECODER_KEYS = frozenset(
+    {
+        "hidden_size",
+        "intermediate_size",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "tie_word_embeddings",
+        "vocab_size",
+    }
+)
 
 
 def _is_harmless(key: str) -> bool:

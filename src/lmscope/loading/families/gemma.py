@@ -18,6 +18,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     ROPE_KEYS,
     Family,
     WeightMap,
@@ -201,22 +202,13 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
 
 
 # What `_config` and `weight_map` read for every version; Gemma 2 and 3 add theirs.
-_COMMON_KEYS = frozenset(
-    {
-        "attention_bias",
-        "head_dim",
-        "hidden_size",
-        "intermediate_size",
-        "max_position_embeddings",
-        "num_attention_heads",
-        "num_hidden_layers",
-        "num_key_value_heads",
-        "rms_norm_eps",
-        "tie_word_embeddings",
-        "use_bidirectional_attention",
-        "vocab_size",
-    }
-)
+_COMMON_KEYS = DECODER_KEYS | {
+    "attention_bias",
+    "head_dim",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "use_bidirectional_attention",
+}
 _V2_KEYS = _COMMON_KEYS | {
     "final_logit_softcapping",
     "hidden_activation",

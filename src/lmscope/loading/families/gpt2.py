@@ -65,7 +65,8 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-CONFIG_KEYS = frozenset(
+# Sizes of GPT-2-style configs (GPT-J, CodeGen and GPT-BigCode name them alike).
+GPT2_STYLE_KEYS = frozenset(
     {
         "activation_function",
         "layer_norm_epsilon",
@@ -74,11 +75,13 @@ CONFIG_KEYS = frozenset(
         "n_inner",
         "n_layer",
         "n_positions",
-        "reorder_and_upcast_attn",
-        "scale_attn_by_inverse_layer_idx",
-        "scale_attn_weights",
         "tie_word_embeddings",
         "vocab_size",
     }
 )
+CONFIG_KEYS = GPT2_STYLE_KEYS | {
+    "reorder_and_upcast_attn",
+    "scale_attn_by_inverse_layer_idx",
+    "scale_attn_weights",
+}
 FAMILY = Family("gpt2", ("GPT2LMHeadModel", "GPT2Model"), config_from_hf, weight_map, CONFIG_KEYS)

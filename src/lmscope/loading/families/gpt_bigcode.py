@@ -16,6 +16,7 @@ from lmscope.loading.families import (
     heads_out,
     transpose,
 )
+from lmscope.loading.families.gpt2 import GPT2_STYLE_KEYS
 from lmscope.loading.transforms import FusedHeads, Part, part_of
 
 
@@ -77,23 +78,12 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-CONFIG_KEYS = frozenset(
-    {
-        "activation_function",
-        "add_cross_attention",
-        "layer_norm_epsilon",
-        "multi_query",
-        "n_embd",
-        "n_head",
-        "n_inner",
-        "n_layer",
-        "n_positions",
-        "num_key_value_heads",  # derived by GPTBigCodeConfig from multi_query
-        "scale_attn_weights",
-        "tie_word_embeddings",
-        "vocab_size",
-    }
-)
+CONFIG_KEYS = GPT2_STYLE_KEYS | {
+    "add_cross_attention",
+    "multi_query",
+    "num_key_value_heads",  # derived by GPTBigCodeConfig from multi_query
+    "scale_attn_weights",
+}
 # Where half-precision softmax upcasts: lmscope's softmax always runs in float32.
 IGNORED_KEYS = frozenset({"attention_softmax_in_fp32", "scale_attention_softmax_in_fp32"})
 FAMILY = Family(

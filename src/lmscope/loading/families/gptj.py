@@ -8,6 +8,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, heads_in, heads_out, transpose
+from lmscope.loading.families.gpt2 import GPT2_STYLE_KEYS
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -62,18 +63,5 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return m
 
 
-CONFIG_KEYS = frozenset(
-    {
-        "activation_function",
-        "layer_norm_epsilon",
-        "n_embd",
-        "n_head",
-        "n_inner",
-        "n_layer",
-        "n_positions",
-        "rotary_dim",
-        "tie_word_embeddings",
-        "vocab_size",
-    }
-)
+CONFIG_KEYS = GPT2_STYLE_KEYS | {"rotary_dim"}
 FAMILY = Family("gptj", ("GPTJForCausalLM",), config_from_hf, weight_map, CONFIG_KEYS)

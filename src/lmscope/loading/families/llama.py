@@ -16,6 +16,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     ROPE_KEYS,
     Family,
     WeightMap,
@@ -147,22 +148,14 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
 # transformers' Llama-shaped models, whatever partial_rotary_factor says (with rope scaling,
 # where transformers would apply it, `check_config` refuses it).
 LLAMA_LIKE_KEYS = (
-    frozenset(
-        {
-            "head_dim",
-            "hidden_act",
-            "hidden_size",
-            "intermediate_size",
-            "max_position_embeddings",
-            "num_attention_heads",
-            "num_hidden_layers",
-            "num_key_value_heads",
-            "original_max_position_embeddings",
-            "rms_norm_eps",
-            "tie_word_embeddings",
-            "vocab_size",
-        }
-    )
+    DECODER_KEYS
+    | {
+        "head_dim",
+        "hidden_act",
+        "num_key_value_heads",
+        "original_max_position_embeddings",
+        "rms_norm_eps",
+    }
     | ROPE_KEYS
 )
 CONFIG_KEYS = LLAMA_LIKE_KEYS | {

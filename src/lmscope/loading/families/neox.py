@@ -6,6 +6,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     PARTIAL_ROTARY_KEYS,
     ROPE_KEYS,
     Family,
@@ -73,21 +74,13 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
 
 
 CONFIG_KEYS = (
-    frozenset(
-        {
-            "attention_bias",
-            "hidden_act",
-            "hidden_size",
-            "intermediate_size",
-            "layer_norm_eps",
-            "max_position_embeddings",
-            "num_attention_heads",
-            "num_hidden_layers",
-            "tie_word_embeddings",
-            "use_parallel_residual",
-            "vocab_size",
-        }
-    )
+    DECODER_KEYS
+    | {
+        "attention_bias",
+        "hidden_act",
+        "layer_norm_eps",
+        "use_parallel_residual",
+    }
     | ROPE_KEYS
     | PARTIAL_ROTARY_KEYS
 )

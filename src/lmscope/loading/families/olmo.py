@@ -18,6 +18,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     ROPE_KEYS,
     Family,
     WeightMap,
@@ -131,22 +132,14 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
 
 # What `_common` reads; OLMo 1's LayerNorm has a fixed epsilon, the others read rms_norm_eps.
 _COMMON_KEYS = (
-    frozenset(
-        {
-            "attention_bias",
-            "clip_qkv",
-            "head_dim",
-            "hidden_act",
-            "hidden_size",
-            "intermediate_size",
-            "max_position_embeddings",
-            "num_attention_heads",
-            "num_hidden_layers",
-            "num_key_value_heads",
-            "tie_word_embeddings",
-            "vocab_size",
-        }
-    )
+    DECODER_KEYS
+    | {
+        "attention_bias",
+        "clip_qkv",
+        "head_dim",
+        "hidden_act",
+        "num_key_value_heads",
+    }
     | ROPE_KEYS
 )
 FAMILIES = [

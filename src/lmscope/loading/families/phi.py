@@ -15,6 +15,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     PARTIAL_ROTARY_KEYS,
     ROPE_KEYS,
     Family,
@@ -155,20 +156,12 @@ def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightM
 
 # What `_common` reads.
 _COMMON_KEYS = (
-    frozenset(
-        {
-            "head_dim",
-            "hidden_act",
-            "hidden_size",
-            "intermediate_size",
-            "max_position_embeddings",
-            "num_attention_heads",
-            "num_hidden_layers",
-            "num_key_value_heads",
-            "tie_word_embeddings",
-            "vocab_size",
-        }
-    )
+    DECODER_KEYS
+    | {
+        "head_dim",
+        "hidden_act",
+        "num_key_value_heads",
+    }
     | ROPE_KEYS
     | PARTIAL_ROTARY_KEYS
 )

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import (
+    DECODER_KEYS,
     PARTIAL_ROTARY_KEYS,
     ROPE_KEYS,
     Family,
@@ -92,23 +93,15 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
 
 
 CONFIG_KEYS = (
-    frozenset(
-        {
-            "hidden_act",
-            "hidden_size",
-            "intermediate_size",
-            "layer_norm_eps",
-            "max_position_embeddings",
-            "num_attention_heads",
-            "num_hidden_layers",
-            "num_key_value_heads",
-            "qk_layernorm",
-            "tie_word_embeddings",
-            "use_parallel_residual",
-            "use_qkv_bias",
-            "vocab_size",
-        }
-    )
+    DECODER_KEYS
+    | {
+        "hidden_act",
+        "layer_norm_eps",
+        "num_key_value_heads",
+        "qk_layernorm",
+        "use_parallel_residual",
+        "use_qkv_bias",
+    }
     | ROPE_KEYS
     | PARTIAL_ROTARY_KEYS
 )
