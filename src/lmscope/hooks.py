@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from lmscope.utils import Slice, SliceInput
 
 HookFn = Callable[..., Tensor | None]
 NameFilter = None | str | Sequence[str] | Callable[[str], bool]
@@ -59,6 +62,17 @@ class HookHandle:
     dir: Direction
     is_permanent: bool
     owner: threading.Thread | None = None
+    context_level: int | None = None
+
+    @property
+    def user_hook(self) -> HookFn:
+        """The hook function (TransformerLens's `LensHandle.user_hook`)."""
+        return self.fn
+
+    @property
+    def hook(self) -> HookHandle:
+        """This handle (TransformerLens code calls `handle.hook.remove()`)."""
+        return self
 
     def remove(self) -> None:
         """Detach this hook (a no-op when it is already detached)."""
@@ -123,12 +137,25 @@ def _check_hook_output(out: Any, like: Tensor, point: HookPoint, fn: Any, what: 
         raise ValueError(f"{where} returned {'; '.join(wrong)}; {fix}")
 
 
+def _check_dir(value: Any, arg: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        choices = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"{arg} must be {choices}, got {value!r}")
+
+
+def _levels_match(handle: HookHandle, level: int | None) -> bool:
+    """Whether `handle` belongs to context level `level` (None: every level)."""
+    return level is None or handle.context_level == level
+
+
 class HookPoint(nn.Module):
     """Identity module that calls `fn(activation, hook=self)` for each attached hook.
 
     A hook may return a tensor to replace the activation (same shape, dtype and device) or None to
     leave it. A backward hook receives the gradient of the activation and may return a
-    replacement. A scoped hook (see `HookHandle.owner`) fires only in its own thread.
+    replacement. A scoped hook (see `HookHandle.owner`) fires only in its own thread. `ctx` is a
+    dict hooks may keep state in (`clear_context()` empties it), as in TransformerLens.
     """
 
     def __init__(self) -> None:
@@ -136,6 +163,7 @@ class HookPoint(nn.Module):
         self.name: str | None = None
         self._fwd: list[HookHandle] = []
         self._bwd: list[HookHandle] = []
+        self.ctx: dict[Any, Any] = {}
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self._fwd and not self._bwd:
@@ -144,6 +172,16 @@ class HookPoint(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self(x)
+
+    @property
+    def fwd_hooks(self) -> list[HookHandle]:
+        """The forward hooks' handles, in calling order (a snapshot)."""
+        return list(self._fwd)
+
+    @property
+    def bwd_hooks(self) -> list[HookHandle]:
+        """The backward hooks' handles (a snapshot)."""
+        return list(self._bwd)
 
     def _run_hooks(self, x: Tensor) -> Tensor:
         if self._is_silenced():
@@ -178,54 +216,97 @@ class HookPoint(nn.Module):
 
     def add_hook(
         self,
-        fn: HookFn,
+        hook: HookFn,
         dir: Direction = "fwd",
         is_permanent: bool = False,
+        level: int | None = None,
         prepend: bool = False,
         *,
         thread_scoped: bool = False,
     ) -> HookHandle:
-        """Attach `fn(tensor, hook)`; returns a handle whose `remove()` detaches it.
+        """Attach `hook(tensor, hook=point)`; returns a handle whose `remove()` detaches it.
 
-        With `thread_scoped=True` the hook fires only in forward passes run by the calling thread
-        (what `run_with_hooks`, `run_with_cache` and `hooks()` use); otherwise in every thread.
+        Arguments as TransformerLens's: `dir` "fwd" or "bwd"; `is_permanent` hooks survive
+        `reset_hooks()`; `level` is the `hooks()` context level the hook belongs to (removed
+        with it); `prepend` runs it before the hooks already attached. With `thread_scoped=True`
+        the hook fires only in forward passes run by the calling thread (what `run_with_hooks`,
+        `run_with_cache` and `hooks()` use); otherwise in every thread.
+
+        Example:
+            >>> handle = model.blocks[0].hook_resid_pre.add_hook(lambda x, hook: x * 0)
+            >>> handle.remove()
         """
-        if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        if not callable(fn):
+        _check_dir(dir, "dir", ("fwd", "bwd"))
+        if not callable(hook):
             raise TypeError(
-                f"a hook must be a function fn(tensor, hook), got {type(fn).__name__} "
+                f"a hook must be a function fn(tensor, hook), got {type(hook).__name__} "
                 f"for {self.name}"
             )
         owner = threading.current_thread() if thread_scoped else None
-        handle = HookHandle(self, fn, dir, is_permanent, owner)
+        handle = HookHandle(self, hook, dir, is_permanent, owner, level)
         _attach([handle], prepend)
         return handle
 
+    def add_perma_hook(self, hook: HookFn, dir: Direction = "fwd") -> HookHandle:
+        """Attach a hook that `reset_hooks()` keeps (unless `including_permanent=True`)."""
+        return self.add_hook(hook, dir=dir, is_permanent=True)
+
     def remove_hooks(
-        self, dir: Direction | Literal["both"] = "fwd", including_permanent: bool = False
+        self,
+        dir: Direction | Literal["both"] = "fwd",
+        including_permanent: bool = False,
+        level: int | None = None,
     ) -> None:
-        """Detach this point's hooks in `dir`; permanent ones stay unless asked.
+        """Detach this point's hooks in `dir` ("fwd", "bwd" or "both"), as TransformerLens:
+        permanent ones stay unless `including_permanent`; with `level`, only the hooks of that
+        `hooks()` context level go (`including_permanent=True` removes every hook).
 
         Hooks scoped to another live thread (its `run_with_hooks` in progress) are left alone.
         """
+        _check_dir(dir, "dir", ("fwd", "bwd", "both"))
         me = threading.current_thread()
 
         def keep(h: HookHandle) -> bool:
-            running_elsewhere = h.owner is not None and h.owner is not me and h.owner.is_alive()
-            return running_elsewhere or (h.is_permanent and not including_permanent)
+            if h.owner is not None and h.owner is not me and h.owner.is_alive():
+                return True
+            if including_permanent:
+                return False
+            return h.is_permanent or not _levels_match(h, level)
 
         for d in ("fwd", "bwd") if dir == "both" else (dir,):
+            if all(keep(h) for h in (self._fwd if d == "fwd" else self._bwd)):
+                continue  # nothing to remove: no lock, no new list
             self._edit(d, lambda hooks: [h for h in hooks if keep(h)])
 
-    def has_hooks(self) -> bool:
-        """True when a forward or backward hook would fire in the calling thread."""
+    def has_hooks(
+        self,
+        dir: Direction | Literal["both"] = "both",
+        including_permanent: bool = True,
+        level: int | None = None,
+    ) -> bool:
+        """Whether a hook in `dir` would fire in the calling thread (permanent ones counted
+        unless `including_permanent=False`; with `level`, only hooks of that context level)."""
+        if dir != "both":
+            _check_dir(dir, "dir", ("fwd", "bwd", "both"))
         if not self._fwd and not self._bwd:
             return False
         if self._is_silenced():
             return False
         me = threading.current_thread()
-        return _any_fires_in(self._fwd, me) or _any_fires_in(self._bwd, me)
+        if dir == "both" and including_permanent and level is None:
+            return _any_fires_in(self._fwd, me) or _any_fires_in(self._bwd, me)
+        lists = {"fwd": (self._fwd,), "bwd": (self._bwd,), "both": (self._fwd, self._bwd)}[dir]
+        return any(
+            h.fires_in(me)
+            and (including_permanent or not h.is_permanent)
+            and _levels_match(h, level)
+            for handles in lists
+            for h in handles
+        )
+
+    def clear_context(self) -> None:
+        """Empty `ctx`, the dict hooks keep state in."""
+        self.ctx = {}
 
     def layer(self) -> int:
         """The block index in this hook's name (`blocks.3.attn.hook_z` -> 3)."""
@@ -294,26 +375,64 @@ def _hook_pairs(hooks: Any, arg: str) -> list[tuple[Any, HookFn]]:
     return pairs
 
 
+class HookNotEnabledError(ValueError, AssertionError):
+    """A hook added by name to a flag-gated hook point whose flag is off (it would never fire).
+
+    TransformerLens raises an AssertionError there; this error is both that and a ValueError."""
+
+
 def _as_filter(names: NameFilter) -> Callable[[str], bool]:
+    """A name predicate from `names_filter`: None (all), a name, a list of names or a function."""
     if names is None:
         return lambda name: True
     if isinstance(names, str):
         return lambda name: name == names
     if callable(names):
         return names
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(
+        isinstance(n, str) for n in names
+    ):
+        raise ValueError(
+            f"names_filter must be a string, list of strings, or function, got "
+            f"{type(names).__name__}"
+        )
     wanted = set(names)
     return lambda name: name in wanted
+
+
+_PER_HEAD_SUFFIXES = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_z",
+    "hook_result",
+    "hook_rot_q",
+    "hook_rot_k",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+    "hook_attn_in",
+)
+
+
+def _pos_dim(name: str) -> int:
+    """Where the position axis of activation `name` is, counted from the end: -3 for per-head
+    activations ([..., pos, head, d]), -2 otherwise (scores and patterns: the query position)."""
+    return -3 if name.endswith(_PER_HEAD_SUFFIXES) else -2
 
 
 class HookedRootModule(nn.Module):
     """Root module that names its hook points and runs models with hooks or caching.
 
     Subclasses call `setup()` at the end of `__init__` so `hook_dict` maps each hook name (its
-    module path) to its HookPoint.
+    module path) to its HookPoint. The API is TransformerLens's (`add_hook`, `reset_hooks`,
+    `hooks()` and its context levels, `run_with_hooks`, `run_with_cache`, ...), with hooks added
+    by `hooks()`, `run_with_hooks` and `run_with_cache` scoped to the calling thread.
     """
 
     hook_dict: dict[str, HookPoint]
     mod_dict: dict[str, nn.Module]
+    is_caching: bool = False
 
     def setup(self) -> None:
         """Name every HookPoint after its module path and index modules and hooks by name."""
@@ -326,8 +445,22 @@ class HookedRootModule(nn.Module):
                 module.name = name
                 self.hook_dict[name] = module
 
-    # -- finding hook points ---------------------------------------------------------------
+    @property
+    def context_level(self) -> int:
+        """How many `hooks()` contexts the calling thread is inside (TransformerLens's
+        `context_level`; each thread counts its own)."""
+        return self.__dict__.get("_context_levels", {}).get(threading.get_ident(), 0)
+
+    @context_level.setter
+    def context_level(self, value: int) -> None:
+        levels = self.__dict__.setdefault("_context_levels", {})
+        if value:
+            levels[threading.get_ident()] = value
+        else:
+            levels.pop(threading.get_ident(), None)
+
     def hook_points(self) -> list[HookPoint]:
+        """Every HookPoint of the model, in module order."""
         return list(self.hook_dict.values())
 
     def _resolve(self, name_or_filter: str | Callable[[str], bool]) -> list[HookPoint]:
@@ -336,7 +469,7 @@ class HookedRootModule(nn.Module):
         if name_or_filter in self.hook_dict:
             reason = self._disabled_reason(name_or_filter)
             if reason is not None:
-                raise ValueError(reason)
+                raise HookNotEnabledError(reason)
             return [self.hook_dict[name_or_filter]]
         raise KeyError(self._unknown_hook_message(name_or_filter))
 
@@ -352,39 +485,138 @@ class HookedRootModule(nn.Module):
             "`model.hook_dict.keys()` lists them all; `lmscope.utils.get_act_name` builds names."
         )
 
-    # -- adding and removing ---------------------------------------------------------------
+    def check_hooks_to_add(
+        self,
+        hook_point: HookPoint,
+        hook_point_name: str,
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Refuse a hook before it is added: a HookNotEnabledError when the point is gated by a
+        flag that is off (override to add checks, as in TransformerLens)."""
+        reason = self._disabled_reason(hook_point_name)
+        if reason is not None:
+            raise HookNotEnabledError(reason)
+
+    def check_and_add_hook(
+        self,
+        hook_point: HookPoint,
+        hook_point_name: str,
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        level: int | None = None,
+        prepend: bool = False,
+        *,
+        thread_scoped: bool = False,
+    ) -> HookHandle:
+        """Run `check_hooks_to_add`, then attach the hook to `hook_point`."""
+        _check_dir(dir, "dir", ("fwd", "bwd"))
+        self.check_hooks_to_add(hook_point, hook_point_name, hook, dir, is_permanent, prepend)
+        return hook_point.add_hook(
+            hook, dir, is_permanent, level, prepend, thread_scoped=thread_scoped
+        )
+
     def add_hook(
         self,
         name: str | Callable[[str], bool],
         hook: HookFn,
         dir: Direction = "fwd",
         is_permanent: bool = False,
+        level: int | None = None,
         prepend: bool = False,
         *,
         thread_scoped: bool = False,
     ) -> list[HookHandle]:
-        """Attach `hook` to the hook point `name`, or to every point whose name passes a filter.
+        """Attach `hook` to the hook point `name`, or to every point whose name passes a filter
+        (each checked by `check_hooks_to_add`, as TransformerLens does).
 
         The hook is global (it fires in every thread) unless `thread_scoped=True`.
+
+        Example:
+            >>> [handle] = model.add_hook("blocks.0.hook_resid_pre", lambda x, hook: None)
         """
+        _check_dir(dir, "dir", ("fwd", "bwd"))
+        if isinstance(name, str):
+            points = [(name, hp) for hp in self._resolve(name)]
+        elif callable(name):
+            points = [(n, hp) for n, hp in self.hook_dict.items() if name(n)]
+        else:
+            raise TypeError(f"name must be a hook name or a filter function, got {name!r}")
+        for point_name, hp in points:  # every point checked before any hook is attached
+            self.check_hooks_to_add(hp, point_name, hook, dir, is_permanent, prepend)
         return [
-            hp.add_hook(hook, dir, is_permanent, prepend, thread_scoped=thread_scoped)
-            for hp in self._resolve(name)
+            hp.add_hook(hook, dir, is_permanent, level, prepend, thread_scoped=thread_scoped)
+            for _, hp in points
         ]
 
     def add_perma_hook(
         self, name: str | Callable[[str], bool], hook: HookFn, dir: Direction = "fwd"
     ) -> list[HookHandle]:
         """Attach a hook that `reset_hooks()` keeps (unless `including_permanent=True`)."""
-        return self.add_hook(name, hook, dir, is_permanent=True)
+        return self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(
+        self,
+        direction: Direction | Literal["both"] = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """`remove_hooks(direction, including_permanent, level)` on every hook point."""
+        _check_dir(direction, "direction", ("fwd", "bwd", "both"))
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent, level)
+
+    def clear_contexts(self) -> None:
+        """Empty every hook point's `ctx`."""
+        for hp in self.hook_dict.values():
+            hp.clear_context()
 
     def reset_hooks(
-        self, including_permanent: bool = False, direction: Direction | Literal["both"] = "both"
+        self,
+        clear_contexts: bool = True,
+        direction: Direction | Literal["both"] = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
     ) -> None:
-        """Remove every hook (permanent ones only when asked), except those scoped to another
-        thread whose hooked run is still in progress."""
-        for hp in self.hook_dict.values():
-            hp.remove_hooks(direction, including_permanent)
+        """Remove hooks, as TransformerLens: every non-permanent one (permanent ones too with
+        `including_permanent`), in `direction` ("fwd", "bwd" or "both"), of one `hooks()`
+        context `level` if given; `clear_contexts` empties the hook points' `ctx` first. Hooks
+        scoped to another thread whose hooked run is still in progress are never removed.
+
+        Example:
+            >>> model.reset_hooks(including_permanent=True)
+        """
+        _check_dir(direction, "direction", ("fwd", "bwd", "both"))
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level)
+        self.is_caching = False
+
+    def list_hooks(
+        self,
+        name_filter: NameFilter = None,
+        dir: Direction | Literal["both"] = "both",
+        including_permanent: bool = True,
+    ) -> dict[str, list[HookHandle]]:
+        """The attached hooks' handles by hook name (points without hooks left out).
+
+        Example:
+            >>> model.list_hooks(dir="fwd")       # {'blocks.0.hook_resid_pre': [HookHandle(...)]}
+        """
+        _check_dir(dir, "dir", ("fwd", "bwd", "both"))
+        keep = _as_filter(name_filter)
+        out = {}
+        for name, hp in self.hook_dict.items():
+            if not keep(name):
+                continue
+            handles = [*(hp._fwd if dir != "bwd" else ()), *(hp._bwd if dir != "fwd" else ())]
+            handles = [h for h in handles if including_permanent or not h.is_permanent]
+            if handles:
+                out[name] = handles
+        return out
 
     @contextmanager
     def hooks(
@@ -392,10 +624,13 @@ class HookedRootModule(nn.Module):
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
     ) -> Iterator[HookedRootModule]:
         """Context manager: hooks are attached inside the block and removed on exit, even on error.
 
-        The hooks fire only in forward passes run by the thread that entered the block, so other
+        As in TransformerLens, the block is one `context_level` deeper, its hooks belong to that
+        level and on exit `reset_hooks(clear_contexts, level=...)` removes the level's hooks. The
+        hooks fire only in forward passes run by the thread that entered the block, so other
         threads using the model meanwhile are unaffected. With `reset_hooks_end=False` they stay
         after the block as global hooks, like `add_hook`'s.
 
@@ -404,8 +639,9 @@ class HookedRootModule(nn.Module):
             ...     logits = model("Hello")
         """
         me = threading.current_thread()
+        level = self.context_level + 1
         handles = [
-            HookHandle(point, fn, dir, False, me)  # type: ignore[arg-type]
+            HookHandle(point, fn, dir, False, me, level)  # type: ignore[arg-type]
             for pairs, dir in (
                 (_hook_pairs(fwd_hooks, "fwd_hooks"), "fwd"),
                 (_hook_pairs(bwd_hooks, "bwd_hooks"), "bwd"),
@@ -413,15 +649,18 @@ class HookedRootModule(nn.Module):
             for name, fn in pairs
             for point in self._resolve(name)
         ]  # every name resolved before any hook is attached
+        self.context_level = level
         _attach(handles)
         try:
             yield self
         finally:
             if reset_hooks_end:
                 _detach(handles)
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
             else:
                 for handle in handles:
                     handle.owner = None
+            self.context_level = level - 1
 
     def run_with_hooks(
         self,
@@ -429,6 +668,7 @@ class HookedRootModule(nn.Module):
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
         **model_kwargs: Any,
     ) -> Any:
         """Run the forward pass with temporary hooks.
@@ -437,8 +677,62 @@ class HookedRootModule(nn.Module):
         on a later `.backward()` even though the hooks are detached when the call returns (in
         TransformerLens they are already gone by then).
         """
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end):
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
+
+    def add_caching_hooks(
+        self,
+        names_filter: NameFilter = None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Add global hooks that fill `cache` on every later forward pass (until
+        `reset_hooks()`); returns the cache. `run_with_cache` is usually what you want.
+
+        Example:
+            >>> cache = model.add_caching_hooks("blocks.0.hook_resid_post")
+            >>> _ = model("Hello"); model.reset_hooks()
+        """
+        cache, fwd, bwd = self.get_caching_hooks(
+            names_filter, incl_bwd, device, remove_batch_dim, cache
+        )
+        for hooks, dir in ((fwd, "fwd"), (bwd, "bwd")):
+            for name, fn in hooks:
+                self.hook_dict[name].add_hook(fn, dir)  # type: ignore[arg-type]
+        return cache
+
+    def cache_all(
+        self,
+        cache: dict[str, Tensor] | None,
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+    ) -> dict[str, Tensor]:
+        """Deprecated in TransformerLens: `add_caching_hooks()` of every hook point."""
+        warnings.warn(
+            "cache_all is deprecated, use add_caching_hooks or run_with_cache",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.add_caching_hooks(None, incl_bwd, device, remove_batch_dim, cache)
+
+    def cache_some(
+        self,
+        cache: dict[str, Tensor] | None,
+        names: Callable[[str], bool],
+        incl_bwd: bool = False,
+        device: str | torch.device | None = None,
+        remove_batch_dim: bool = False,
+    ) -> dict[str, Tensor]:
+        """Deprecated in TransformerLens: `add_caching_hooks(names)`."""
+        warnings.warn(
+            "cache_some is deprecated, use add_caching_hooks or run_with_cache",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
 
     def get_caching_hooks(
         self,
@@ -447,6 +741,7 @@ class HookedRootModule(nn.Module):
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
         cache: dict[str, Tensor] | None = None,
+        pos_slice: Slice | SliceInput = None,
         dtype: torch.dtype | None = None,
         non_blocking: bool = False,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
@@ -455,9 +750,13 @@ class HookedRootModule(nn.Module):
         Each activation moves to `device` and `dtype` as soon as it is made, so a cache offloaded
         from a GPU never holds more than one activation there. `non_blocking=True` queues those
         copies without waiting (the caller must synchronise before reading the cache, as
-        `run_with_cache` does)."""
+        `run_with_cache` does). `pos_slice` keeps only those positions (a `Slice` or what makes
+        one), on the position axis of each activation, as TransformerLens."""
         cache = {} if cache is None else cache
         keep = _as_filter(names_filter)
+        positions = Slice.unwrap(pos_slice)
+        sliced = positions.mode != "identity"
+        self.is_caching = True
         if isinstance(names_filter, str):
             self._resolve(names_filter)  # fail early on a misspelt name
         elif isinstance(names_filter, (list, tuple, set)):
@@ -469,6 +768,8 @@ class HookedRootModule(nn.Module):
                 t = tensor.detach()
                 if remove_batch_dim:
                     t = t[0]
+                if sliced and t.ndim >= -_pos_dim(hook.name):  # type: ignore[arg-type]
+                    t = positions.apply(t, dim=_pos_dim(hook.name))  # type: ignore[arg-type]
                 if device is not None or dtype is not None:
                     t = t.to(device=device, dtype=dtype, non_blocking=non_blocking)
                 cache[hook.name + suffix] = t  # type: ignore[operator]
@@ -491,6 +792,8 @@ class HookedRootModule(nn.Module):
         remove_batch_dim: bool = False,
         incl_bwd: bool = False,
         reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Slice | SliceInput = None,
         return_cache_object: bool = True,
         cache_dtype: torch.dtype | None = None,
         **model_kwargs: Any,
@@ -500,7 +803,8 @@ class HookedRootModule(nn.Module):
         With `incl_bwd=True` the output (a scalar, e.g. `return_type="loss"`) is back-propagated
         and gradients are stored as `name + "_grad"`. `device="cpu"` offloads each activation as
         it is made (GPU memory then holds one at a time; copies overlap the forward), and
-        `cache_dtype` (e.g. `torch.bfloat16`) stores the cache in a smaller dtype.
+        `cache_dtype` (e.g. `torch.bfloat16`) stores the cache in a smaller dtype. `pos_slice`
+        keeps only some positions (`pos_slice=-1`: the last), as TransformerLens.
 
         Example:
             >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "resid" in n)
@@ -514,10 +818,11 @@ class HookedRootModule(nn.Module):
             incl_bwd,
             device,
             remove_batch_dim,
+            pos_slice=pos_slice,
             dtype=cache_dtype,
             non_blocking=non_blocking,
         )
-        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end):
+        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
                 if not isinstance(out, Tensor) or out.numel() != 1:
