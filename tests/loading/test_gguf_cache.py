@@ -179,6 +179,31 @@ def test_failed_first_load_leaves_no_entry(cache, tiny, monkeypatch) -> None:
     assert torch.equal(_logits(tiny), _logits(tiny, gguf_cache=False))
 
 
+def test_half_precision_loads_keep_float32_in_the_cache(cache, tiny) -> None:
+    """A bfloat16 first load writes what the GGUF holds (float32), not the model's bf16."""
+    first = _logits(tiny, dtype="bfloat16")
+    assert first.dtype == torch.bfloat16
+    assert torch.equal(_logits(tiny, dtype="bfloat16"), first)
+    assert torch.equal(_logits(tiny), _logits(tiny, gguf_cache=False))
+
+
+@pytest.mark.parametrize("where", ["cache folder", "tensor write"])
+def test_unwritable_cache_warns_and_loads_from_the_gguf(cache, tiny, monkeypatch, where) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if where == "cache folder":
+        monkeypatch.setattr(gguf_cache.tempfile, "mkdtemp", refuse)
+    else:
+        monkeypatch.setattr(gguf_cache.os, "pwrite", refuse)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        logits = _logits(tiny)
+    monkeypatch.undo()
+    assert torch.equal(logits, _logits(tiny, gguf_cache=False))
+    assert _entries(cache) == []
+    assert not list(cache.glob(".tmp-*"))
+
+
 def test_progress_bar_only_on_a_terminal_and_when_verbose(cache, tiny, monkeypatch) -> None:
     monkeypatch.setattr(gguf_cache, "_PROGRESS_DELAY_S", 0.0)
     assert gguf_cache.progress_bar(3, "x", file=FakeTTY()).disable is False

@@ -256,6 +256,7 @@ class CachingGGUFCheckpoint:
         self.source, self.sha256 = source, sha256
         self._verbose = verbose
         self._written: set[str] = set()
+        self._error: OSError | None = None  # a failed write (full disk): the load goes on
         self._bar: tqdm | None = None
         names = source.tensor_names()
         header, self._offsets = _safetensors_header({n: source.tensor_shape(n) for n in names})
@@ -277,15 +278,20 @@ class CachingGGUFCheckpoint:
     def get(self, name: str, keep: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
         """`source.get(name)`, written to the entry the first time it is asked for."""
         tensor = self.source.get(name)
-        if name not in self._written:
-            self._write(name, tensor)
+        if self._error is None and name not in self._written:
+            try:
+                self._write(name, tensor)
+            except OSError as err:
+                self._error = err
         return tensor if out is None else copy_checked(name, tensor, out)
 
     def _write(self, name: str, tensor: torch.Tensor) -> None:
         if self._bar is None:
             self._bar = progress_bar(len(self._offsets) + 1, "reading GGUF", self._verbose)
-        data = tensor.detach().to(torch.float32).contiguous().numpy()
-        os.pwrite(self._file.fileno(), memoryview(data).cast("B"), self._offsets[name])
+        data = memoryview(tensor.detach().to(torch.float32).contiguous().numpy()).cast("B")
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._file.fileno(), data[done:], self._offsets[name] + done)
         self._written.add(name)
         self._bar.update()
 
@@ -296,6 +302,8 @@ class CachingGGUFCheckpoint:
         missing = set(self._offsets) - self._written
         bar = self._bar or progress_bar(1, "reading GGUF", self._verbose)
         try:
+            if self._error is not None:
+                raise self._error
             if missing:
                 return self.source
             self._file.close()
