@@ -1,7 +1,8 @@
 """Architecture families: each maps a Hugging Face checkpoint onto lmscope's layout.
 
-A family is data: `config_from_hf(hf_config) -> dict` of HookedTransformerConfig fields, and
-`weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
+A family is data: `read_config(hf_config) -> dict` of HookedTransformerConfig fields, the HF
+config keys it handles (`config_keys`; `Family.config_from_hf` refuses, through `check_config`, any
+other key that changes the computation), and `weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
 or `(transform, name, ...)` whose transform (a `lmscope.loading.transforms.Transform`, which also
 knows its inverse, so `lmscope.loading.export` reads the same table backwards) turns those tensors
 into our layout. Transforms that several families share live in `lmscope.loading.transforms`. Adding a family is one file in this package that defines
@@ -287,7 +288,7 @@ def check_config(family: Family, hf: dict[str, Any]) -> None:
     default, or from the neutral values of `FOREIGN_CONFIG_KEYS`; a rotary fraction other than
     1 with rope scaling, where the family has no partial rotary."""
     handled = family.config_keys | family.ignored_keys
-    model_type = hf.get("model_type")
+    model_type = hf.get("model_type") or family.name
     defaults = hf_config_defaults(model_type) if isinstance(model_type, str) else None
     for key, value in hf.items():
         if key in handled or _is_harmless(key):
