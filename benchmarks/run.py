@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 DEFAULT_CACHE = BENCH_DIR / ".cache"
 RESULTS_JSON = BENCH_DIR / "results" / "latest.json"
+BIG_LOAD_JSON = BENCH_DIR / "results" / "big_load.json"  # written by benchmarks/big_load.py
 DOC_MD = ROOT / "docs" / "benchmarks.md"
 
 # -- what is compared -------------------------------------------------------------------------------
@@ -1535,6 +1536,83 @@ def render_device(device: str, results: dict[str, Any]) -> list[str]:
     return lines
 
 
+BIG_LOAD_LABELS = {
+    "hf": "HF `AutoModelForCausalLM.from_pretrained(dir, dtype=...)`",
+    "lmscope": "lmscope `HookedTransformer.from_pretrained(dir, dtype=...)` (fold_ln, centring)",
+    "lmscope_no_processing": "lmscope `from_pretrained_no_processing(dir, dtype=...)`",
+}
+# lmscope kind -> (most load + read time over HF's, most peak RSS growth over the loaded weights)
+BIG_LOAD_TARGETS = {"lmscope": (1.0, 1.15), "lmscope_no_processing": (0.6, 1.05)}
+
+
+def render_big_load(doc: dict[str, Any]) -> list[str]:
+    """The big-checkpoint section (benchmarks/big_load.py's results): per checkpoint dtype, each
+    load's time and peak RSS growth, and the targets."""
+    shape, m = doc["shape"], doc["machine"]
+    lines = [
+        "## Big checkpoint, loaded in its own dtype (cpu)",
+        "",
+        f"A synthetic Llama-shaped checkpoint written by `benchmarks/big_load.py` (d_model "
+        f"{shape['hidden_size']}, {shape['num_hidden_layers']} layers, GQA "
+        f"{shape['num_attention_heads']}/{shape['num_key_value_heads']} heads, d_mlp "
+        f"{shape['intermediate_size']}, {shape['vocab_size']:,} tokens, untied), loaded in the "
+        "checkpoint's dtype; each load in a fresh subprocess, median of "
+        f"{doc['repeats']}. Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+        f"transformers {m['transformers']}, torch threads 1; {doc['date']}, load average at the "
+        f"start {doc['loadavg_start']}. Re-run: `.venv/bin/python benchmarks/big_load.py`.",
+        "",
+        "| checkpoint | load (fresh subprocess) | load | load + read every weight | vs HF "
+        "| peak RSS growth (after the read) | / loaded weights |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    targets = []
+    for dtype, result in doc["checkpoints"].items():
+        kinds = result["kinds"]
+        hf = kinds.get("hf", {}).get("load_touch_s")
+        size = f"{dtype}, {result['weights_bytes'] / 2**30:.2f} GiB"
+        for kind, label in BIG_LOAD_LABELS.items():
+            k = kinds.get(kind, {})
+            if "error" in k or not k:
+                lines.append(
+                    f"| {size} | {label} | failed: {k.get('error', 'not run')[:120]} | | | | |"
+                )
+                continue
+            vs = k["load_touch_s"] / hf if hf else None
+            grow = k["rss_growth_touch"] / k["param_bytes"]
+            lines.append(
+                f"| {size} | {label} | {k['load_s']:.2f} s | {k['load_touch_s']:.2f} s | "
+                f"{f'{vs:.2f}x' if vs else '-'} | {_mib(k['rss_growth'])} "
+                f"({_mib(k['rss_growth_touch'])}) | {grow:.3f}x |"
+            )
+            if kind in BIG_LOAD_TARGETS and vs:
+                time_target, memory_target = BIG_LOAD_TARGETS[kind]
+                targets.append(
+                    (f"{dtype}: load + read, {label}: <= {time_target}x HF", vs, time_target, "x")
+                )
+                targets.append(
+                    (
+                        f"{dtype}: peak RSS growth, {label}: <= {memory_target}x the weights",
+                        grow,
+                        memory_target,
+                        "x",
+                    )
+                )
+    lines += ["", "| target | measured | |", "| --- | --- | --- |"]
+    for text, value, limit, unit in targets:
+        lines.append(
+            f"| {text} | {value:.3f}{unit} | {'hold' if value <= limit else '**missed**'} |"
+        )
+    lines += [
+        "",
+        "The loaded weights are the bytes of the model's parameters. Load time is measured after "
+        "the imports, and the ratio uses load + one read of every weight, since HF (and lmscope's "
+        "adopted weights) map the file and read a page when it is first used. Why the targets "
+        "hold or are missed: [performance.md](performance.md#loading).",
+        "",
+    ]
+    return lines
+
+
 def render(merged: dict[str, Any]) -> str:
     """docs/benchmarks.md from the merged results."""
     lines = [
@@ -1563,6 +1641,8 @@ def render(merged: dict[str, Any]) -> str:
     ]
     for device, results in merged.get("results", {}).items():
         lines += render_device(device, results)
+    if BIG_LOAD_JSON.exists():
+        lines += render_big_load(json.loads(BIG_LOAD_JSON.read_text()))
     lines += ["## How each tool is driven", ""]
     lines += [f"- **{TOOL_LABELS[t]}**: {TOOL_HOW[t]}" for t in TOOLS]
     lines += [

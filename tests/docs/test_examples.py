@@ -19,6 +19,7 @@ PAGES = [
     "docs/generation.md",
     "docs/devices.md",
     "docs/export.md",
+    "docs/loading.md",
     "docs/gguf-cache.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
