@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from lmscope.components.exact import fused_value, needs_grad, untouched, version
 from lmscope.components.linear import linear
 from lmscope.components.norm import RMSNorm
 from lmscope.components.precision import HALF_DTYPES
@@ -252,9 +253,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
-        explicit = self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
-        if explicit or cfg.attn_scores_soft_cap > 0:
+        if cfg.attn_scores_soft_cap > 0:
             z = self._explicit_attention(q, k, v, mask)
+        elif self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+            z = self._hooked_attention(q, k, v, mask)
         else:
             z = self._fast_attention(q, k, v, mask)
         z = self.hook_z(z.transpose(1, 2))
@@ -309,9 +311,32 @@ class Attention(nn.Module):
         )
         return z
 
+    def _hooked_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
+    ) -> Float[Tensor, "batch head pos d_head"]:
+        """Scores and pattern made for their hooks, while z stays SDPA's (the unhooked numbers,
+        see `lmscope.components.exact`) unless a hook edited the scores or the pattern. When autograd
+        records, gradients run through the explicit pattern (so hooks and `autograd.grad` on it
+        see them)."""
+        pattern, edited = self._pattern(q, k, mask)
+        if edited:
+            return self._mix(pattern, v)
+        if needs_grad(q, k, v):
+            fast = lambda: self._fast_attention(q, k, v, mask)  # noqa: E731
+            return fused_value(fast, self._mix(pattern, v))
+        return self._fast_attention(q, k, v, mask)
+
     def _explicit_attention(
         self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
     ) -> Float[Tensor, "batch head pos d_head"]:
+        """Attention through the materialised (and hooked) scores and pattern."""
+        return self._mix(self._pattern(q, k, mask)[0], v)
+
+    def _pattern(
+        self, q: Tensor, k: Tensor, mask: AttentionMask
+    ) -> tuple[Float[Tensor, "batch head q k"], bool]:
+        """The attention pattern, after `hook_attn_scores` and `hook_pattern`, and whether a hook
+        edited or replaced the scores or the pattern."""
         # Grouped heads fold into the query positions ([batch, kv_head, group * pos, d_head]), so
         # each key/value head is read where it is, never copied per query head.
         b, h, p, dh = q.shape
@@ -326,7 +351,19 @@ class Attention(nn.Module):
             scores += mask.sdpa_mask(p, scores.shape[-1], q.device, q.dtype)  # 0/-inf (+ bias)
         elif mask.is_causal and p > 1:
             scores.masked_fill_(mask.blocked(p, scores.shape[-1], q.device), float("-inf"))
-        scores = self.hook_attn_scores(scores)
-        pattern = self.hook_pattern(_softmax(scores))
-        z = pattern.reshape(b, kv, (h // kv) * p, -1) @ v
-        return z.view(b, h, p, dh)
+        before = version(scores)
+        seen = self.hook_attn_scores(scores)
+        edited = not untouched(seen, scores, before)
+        pattern = _softmax(seen)
+        before = version(pattern)
+        seen = self.hook_pattern(pattern)
+        return seen, edited or not untouched(seen, pattern, before)
+
+    @staticmethod
+    def _mix(
+        pattern: Float[Tensor, "batch head q k"], v: Float[Tensor, "batch kv_head k d_head"]
+    ) -> Float[Tensor, "batch head q d_head"]:
+        """pattern @ v, each query head reading its key/value head in place."""
+        b, h, p, _ = pattern.shape
+        kv, dh = v.shape[1], v.shape[-1]
+        return (pattern.reshape(b, kv, (h // kv) * p, -1) @ v).view(b, h, p, dh)
