@@ -107,9 +107,12 @@ def _read_hashes() -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) is not None
+
+
 def source_sha256(path: Path) -> str:
     """SHA-256 of the file at `path`, remembered in the cache by path and :func:`_stat_key`.
-    The entry of a file that changed or was deleted goes when no other remembered file has it.
 
     Example:
         >>> from lmscope.loading.embedded import embedded_model_path
@@ -120,25 +123,30 @@ def source_sha256(path: Path) -> str:
     key = _stat_key(path)
     known = _read_hashes()
     record = known.get(str(path))
-    if isinstance(record, dict) and record.get("stat") == key:
-        return str(record["sha256"])
+    if isinstance(record, dict) and record.get("stat") == key and _is_sha256(record["sha256"]):
+        return record["sha256"]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 24):
             digest.update(block)
-    sha = digest.hexdigest()
+    _remember(known, path, key, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _remember(known: dict[str, Any], path: Path, key: list[int], sha: str) -> None:
+    """Record `path`'s new hash, forget deleted files, and remove the entries that only a
+    changed or deleted file had."""
     gone = [r for p, r in known.items() if p == str(path) or not os.path.exists(p)]
     known = {p: r for p, r in known.items() if p != str(path) and os.path.exists(p)}
     known[str(path)] = {"stat": key, "sha256": sha}
     kept = {r.get("sha256") for r in known.values() if isinstance(r, dict)}
     for old in {r.get("sha256") for r in gone if isinstance(r, dict)} - kept:
-        if isinstance(old, str) and re.fullmatch("[0-9a-f]{64}", old):
-            shutil.rmtree(_root() / old, ignore_errors=True)  # its file changed or is gone
+        if _is_sha256(old):
+            shutil.rmtree(_root() / old, ignore_errors=True)
     try:
         write_json_atomic(_root() / _HASHES, known)
     except OSError:
         pass  # a read-only cache only costs hashing again
-    return sha
 
 
 def _entry_files_intact(entry: Path) -> bool:
@@ -185,7 +193,14 @@ def _load_saved_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
     """The cache entry of the GGUF file with this SHA-256, or None when there is none yet. A
     broken entry (a file missing, truncated or grown, an invalid safetensors header) is removed,
-    so the load rebuilds it."""
+    so the load rebuilds it.
+
+    Example:
+        >>> from lmscope.loading.embedded import embedded_model_path
+        >>> entry = lookup(source_sha256(embedded_model_path("smollm2-135m")))
+        >>> entry is None or (entry.path / "model.safetensors").is_file()
+        True
+    """
     entry = _root() / sha256
     if not entry.exists():
         return None
@@ -363,7 +378,14 @@ def _move_into_place(tmp: Path, entry: Path) -> CachedGGUFCheckpoint:
 
 def commit(checkpoint: Any) -> Any:
     """Complete a :class:`CachingGGUFCheckpoint`'s entry after a successful load and return the
-    checkpoint to read from afterwards (any other checkpoint is returned as it is)."""
+    checkpoint to read from afterwards (any other checkpoint is returned as it is).
+
+    Example:
+        >>> from lmscope.loading.embedded import embedded_model_path
+        >>> checkpoint = open_gguf(embedded_model_path("smollm2-135m"), cache=True)
+        >>> # ... load every tensor with checkpoint.get(name) ...
+        >>> checkpoint = commit(checkpoint)  # the cache entry, from now on
+    """
     if isinstance(checkpoint, CachingGGUFCheckpoint):
         return checkpoint.commit()
     return checkpoint
@@ -371,7 +393,13 @@ def commit(checkpoint: Any) -> Any:
 
 def open_gguf(path: Path, cache: bool, verbose: bool = True) -> Any:
     """The checkpoint of the GGUF file at `path`: with `cache`, its cache entry when there is
-    one, else a :class:`CachingGGUFCheckpoint` that builds it; without, the GGUF file itself."""
+    one, else a :class:`CachingGGUFCheckpoint` that builds it; without, the GGUF file itself.
+
+    Example:
+        >>> from lmscope.loading.embedded import embedded_model_path
+        >>> open_gguf(embedded_model_path("smollm2-135m"), cache=False).architecture
+        'llama'
+    """
     if not cache:
         return GGUFCheckpoint(path)
     try:
