@@ -72,7 +72,7 @@ def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def ioi():
-    model = HookedTransformer.from_pretrained("smollm2-135m")
+    model = HookedTransformer.from_pretrained("smollm2-135m", default_prepend_bos=False)
     clean_text, corrupted_text, io, s = [], [], [], []
     for i, (io_name, s_name) in enumerate(PAIRS):
         a, b = (io_name, s_name) if i % 2 == 0 else (s_name, io_name)

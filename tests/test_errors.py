@@ -201,8 +201,9 @@ def test_empty_batch_of_token_ids(gpt2: HookedTransformer) -> None:
 def test_empty_string_input(tiny_gpt2_tok: TinyModel) -> None:
     """An empty string is an error wherever it has no token (no BOS), alone or in a list; with BOS
     it is the one-token sequence [BOS], alone or in a list."""
-    model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
-    assert model.cfg.default_prepend_bos is False
+    model = HookedTransformer.from_pretrained_no_processing(
+        tiny_gpt2_tok.path, default_prepend_bos=False
+    )
     with pytest.raises(
         ValueError, match=r"input is empty \(0 tokens: the text is empty and no BOS"
     ):

@@ -105,10 +105,11 @@ def test_greedy_continuation_names_paris(smollm2: HookedTransformer):
     assert "Paris" in smollm2.to_string(tokens[0])
 
 
-def test_tokenizer_follows_gguf_bos_setting(smollm2: HookedTransformer):
-    # The GGUF says add_bos_token = false, so by default no BOS; asking for one adds exactly one.
-    assert smollm2.cfg.default_prepend_bos is False
-    plain = smollm2.to_tokens("Hello")
-    with_bos = smollm2.to_tokens("Hello", prepend_bos=True)
+def test_bos_is_prepended_by_default_as_in_transformer_lens(smollm2: HookedTransformer):
+    # The GGUF says add_bos_token = false, but TransformerLens prepends BOS to Llama models;
+    # lmscope follows TransformerLens, adds exactly one, and prepend_bos=False leaves it out.
+    assert smollm2.cfg.default_prepend_bos is True
+    plain = smollm2.to_tokens("Hello", prepend_bos=False)
+    with_bos = smollm2.to_tokens("Hello")
     assert with_bos[0, 0].item() == smollm2.tokenizer.bos_token_id
     assert torch.equal(with_bos[0, 1:], plain[0])

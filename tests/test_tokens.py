@@ -16,8 +16,10 @@ TEXTS = ["Hello world! Hello there", "The cat", "Mary went to the store and the 
 
 @pytest.fixture
 def model(tiny_gpt2_tok: TinyModel) -> HookedTransformer:
-    """Its tokenizer adds no special tokens (like GPT-2's)."""
-    return HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
+    """Its tokenizer adds no special tokens (like GPT-2's), and strings get no BOS."""
+    return HookedTransformer.from_pretrained_no_processing(
+        tiny_gpt2_tok.path, default_prepend_bos=False
+    )
 
 
 @pytest.fixture
@@ -31,10 +33,16 @@ def _plain_ids(model: HookedTransformer, text: str) -> list[int]:
 
 
 # -- BOS ------------------------------------------------------------------------------------------
-def test_default_prepend_bos_follows_the_tokenizer(
-    model: HookedTransformer, model_bos: HookedTransformer
+def test_default_prepend_bos_follows_transformer_lens(
+    tiny_gpt2_tok: TinyModel, model: HookedTransformer, model_bos: HookedTransformer
 ) -> None:
+    """BOS is prepended by default for GPT-2 (TransformerLens's model table), whether or not
+    the tokenizer adds one itself; default_prepend_bos=False turns it off."""
     text = TEXTS[0]
+    default = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
+    assert default.cfg.default_prepend_bos is True
+    bos = default.tokenizer.bos_token_id
+    assert default.to_tokens(text)[0].tolist() == [bos, *default.tokenizer(text)["input_ids"]]
     assert model.cfg.default_prepend_bos is False
     assert model_bos.cfg.default_prepend_bos is True
     assert model.to_tokens(text)[0].tolist() == model.tokenizer(text)["input_ids"]
@@ -247,14 +255,15 @@ def test_truncate_to_n_ctx(model: HookedTransformer) -> None:
 
 
 def test_tokenizer_loads_on_first_use(tiny_gpt2_tok_bos: TinyModel) -> None:
-    """Loading leaves the tokenizer for later; the first read of it, or of the config's
-    default_prepend_bos, loads it, and a deepcopy of the config settles the value."""
+    """Loading leaves the tokenizer for later, and the first read of it loads it; the
+    config's default_prepend_bos comes from the architecture, so reading it loads nothing."""
     import copy
 
     model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok_bos.path)
     assert model._tokenizer is None
     cfg = copy.deepcopy(model.cfg)
-    assert cfg.default_prepend_bos is True and model._tokenizer is not None
+    assert cfg.default_prepend_bos is True and model._tokenizer is None
+    assert model.tokenizer is not None and model._tokenizer is not None
     fresh = HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok_bos.path)
     assert fresh.to_str_tokens("ab")[0] == fresh.tokenizer.bos_token
     forced = HookedTransformer.from_pretrained_no_processing(

@@ -9,11 +9,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -181,6 +184,7 @@ class HookedTransformer(HookedRootModule):
         self._tokenizer_loader = None
         # the config.json this model was loaded from (set by from_pretrained; export reads it)
         self.hf_config: dict[str, Any] | None = None
+        self.dataset: Any = None  # sample_datapoint's rows (load_sample_training_dataset)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         self.setup()
@@ -192,7 +196,30 @@ class HookedTransformer(HookedRootModule):
         super()._apply(fn, recurse)
         self.cfg.dtype = self.embed.W_E.dtype
         self._sync_placement()
+        if self._placement is None and self.cfg.device is not None:
+            self.cfg.device = str(self.embed.W_E.device)  # move_model_modules_to_device reads it
         return self
+
+    def to(self, *args: Any, print_details: bool = True, **kwargs: Any) -> HookedTransformer:
+        """`nn.Module.to` (device and/or dtype). `print_details`, TransformerLens's switch for
+        printing the move, is accepted; lmscope prints nothing either way."""
+        return super().to(*args, **kwargs)
+
+    def mps(self) -> HookedTransformer:
+        """Move the model to Apple's GPU (`self.to("mps")`), as TransformerLens's `mps()`."""
+        return self.to("mps")
+
+    def move_model_modules_to_device(self) -> HookedTransformer:
+        """Move every part of the model to `cfg.device` (what `from_pretrained(device=...,
+        move_to_device=False)` records and leaves undone). Returns the model.
+
+        Example:
+            >>> model = HookedTransformer.from_pretrained("gpt2", device="cuda", move_to_device=False)
+            >>> model.move_model_modules_to_device()     # now on cuda
+        """
+        if self.cfg.device is None:
+            return self
+        return self.to(self.cfg.device)
 
     def _sync_placement(self) -> None:
         """Read where the parts of the model are, once per move (`.to`, `place`): the forward of
@@ -253,13 +280,7 @@ class HookedTransformer(HookedRootModule):
         """
         from lmscope.loading import from_pretrained
 
-        refactor = kwargs.pop("refactor_factored_attn_matrices", False)
-        model = from_pretrained(model_name, **kwargs)
-        if refactor:
-            from lmscope.processing import refactor_factored_attn_matrices
-
-            refactor_factored_attn_matrices(model)
-        return model
+        return from_pretrained(model_name, **kwargs)
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
@@ -303,9 +324,12 @@ class HookedTransformer(HookedRootModule):
     def set_tokenizer(
         self, tokenizer: PreTrainedTokenizerBase, default_prepend_bos: bool | None = None
     ) -> None:
-        """Attach a Hugging Face tokenizer. Without a pad token, EOS (or BOS) pads."""
+        """Attach a Hugging Face tokenizer. Without a pad token, EOS (or BOS) pads; without a
+        BOS token, EOS is prepended as BOS (as TransformerLens does)."""
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        if tokenizer.bos_token is None and tokenizer.eos_token is not None:
+            tokenizer.bos_token = tokenizer.eos_token
         self._tokenizer, self._tokenizer_loader = tokenizer, None
         if default_prepend_bos is not None:
             self.cfg.default_prepend_bos = default_prepend_bos
@@ -359,12 +383,20 @@ class HookedTransformer(HookedRootModule):
         self.cfg.use_split_qkv_input = use
 
     def set_use_attn_in(self, use: bool) -> None:
-        """Give each head its own copy of the residual at `hook_attn_in`."""
+        """Give each head its own copy of the residual at `hook_attn_in` (also with grouped-query
+        attention, which TransformerLens refuses)."""
         self.cfg.use_attn_in = use
 
     def set_use_hook_mlp_in(self, use: bool) -> None:
         """Fire `hook_mlp_in`, the MLP's input before ln2."""
+        if use and self.cfg.attn_only:
+            raise ValueError("this model is attention-only: it has no MLP, so no hook_mlp_in")
         self.cfg.use_hook_mlp_in = use
+
+    def set_ungroup_grouped_query_attention(self, use: bool) -> None:
+        """Give keys and values one head per query head (`cfg.ungroup_grouped_query_attention`)
+        in models with grouped-query attention, as TransformerLens does."""
+        self.cfg.ungroup_grouped_query_attention = use
 
     def _disabled_reason(self, name: str) -> str | None:
         setter = _flag_setter(name)
@@ -482,6 +514,17 @@ class HookedTransformer(HookedRootModule):
             raise ValueError(f"{string!r} is {ids.numel()} tokens {pieces}, not one")
         return int(ids[0])
 
+    def to_single_str_token(self, int_token: int) -> str:
+        """The string of one token id.
+
+        Example:
+            >>> model.to_single_str_token(model.to_single_token(" Paris"))
+            ' Paris'
+        """
+        if isinstance(int_token, bool) or not isinstance(int_token, int):
+            raise TypeError(f"int_token must be an int, got {type(int_token).__name__}")
+        return self.to_str_tokens([int_token])[0]
+
     def get_token_position(
         self,
         single_token: str | int,
@@ -491,13 +534,21 @@ class HookedTransformer(HookedRootModule):
         padding_side: Literal["left", "right"] | None = None,
     ) -> int:
         """Position of `single_token` in `input` (its first or last occurrence)."""
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', got {mode!r}")
         tokens = (
             self.to_tokens(input, prepend_bos, padding_side) if isinstance(input, str) else input
         )
+        if tokens.ndim > 2 or (tokens.ndim == 2 and tokens.shape[0] != 1):
+            raise ValueError(
+                f"input must be one sequence, tokens of shape [pos] or [1, pos], got "
+                f"{tuple(tokens.shape)}"
+            )
         tokens = tokens.flatten()
-        token_id = (
-            self.to_single_token(single_token) if isinstance(single_token, str) else single_token
-        )
+        if isinstance(single_token, str):
+            token_id = self.to_single_token(single_token)
+        else:
+            token_id = int(single_token)
         hits = (tokens == token_id).nonzero().flatten()
         if hits.numel() == 0:
             raise ValueError(f"token {single_token!r} does not occur in the input")
@@ -636,11 +687,7 @@ class HookedTransformer(HookedRootModule):
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
 
         if start_at_layer is None:
-            resid = self.hook_embed(self.embed(tokens))
-            if self.cfg.positional_embedding_type == "standard":
-                resid = resid + self.hook_pos_embed(self.pos_embed(positions))
-            if self.cfg.post_embedding_ln:
-                resid = self.ln_embed(resid)
+            resid = self._embed(tokens, positions)
         masks, rotaries = self._layer_inputs(key_mask, positions, n_pos, total, resid.dtype)
 
         placement = self._placement  # None on one device: nothing below moves
@@ -682,6 +729,51 @@ class HookedTransformer(HookedRootModule):
         raise ValueError(
             f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}"
         )
+
+    def _embed(
+        self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0: token (and learned position) embeddings."""
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional_embedding_type == "standard":
+            resid = resid + self.hook_pos_embed(self.pos_embed(positions))
+        if self.cfg.post_embedding_ln:
+            resid = self.ln_embed(resid)
+        return resid
+
+    def input_to_embed(
+        self,
+        input: ModelInput,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        past_kv_cache: Any = None,
+    ) -> tuple[
+        Float[Tensor, "batch pos d_model"],
+        Int[Tensor, "batch pos"],
+        None,
+        Int[Tensor, "batch pos"] | None,
+    ]:
+        """The residual stream entering block 0, as TransformerLens returns it: (residual,
+        tokens, shortformer_pos_embed (always None: no shortformer models here), attention_mask
+        (None when nothing is padded)). `model(residual, start_at_layer=0)` continues the run.
+
+        Example:
+            >>> resid, tokens, _, mask = model.input_to_embed("Hello world")
+        """
+        if past_kv_cache is not None:
+            raise ValueError(
+                "input_to_embed takes no past_kv_cache in lmscope: pass the cache to "
+                "model(tokens, past_kv_cache=cache) (lmscope.generation.KVCache)"
+            )
+        tokens, mask = self._input_to_tokens(input, prepend_bos, padding_side, attention_mask)
+        batch, n_pos = tokens.shape
+        if mask is not None:
+            mask = check_attention_mask(mask, (batch, n_pos), tokens.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(n_pos, device=tokens.device).expand(batch, n_pos)
+        return self._embed(tokens, positions), tokens, None, mask
 
     def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
         """Continue `input` by up to `max_new_tokens` tokens; see `lmscope.generation.generate`.
@@ -955,7 +1047,7 @@ class HookedTransformer(HookedRootModule):
         if isinstance(tokens, int):
             return self.W_U[:, tokens]
         if isinstance(tokens, Tensor):
-            if tokens.numel() == 1 and tokens.ndim <= 1:
+            if tokens.numel() == 1:
                 return self.W_U[:, int(tokens.item())]
             return self.W_U[:, tokens.to(self.W_U.device)].movedim(0, -1)
         raise TypeError(f"tokens must be a string, an int or a tensor of ids, got {type(tokens)}")
@@ -967,3 +1059,211 @@ class HookedTransformer(HookedRootModule):
             for layer in range(self.cfg.n_layers)
             for head in range(self.cfg.n_heads)
         ]
+
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter the model holds (embeddings, biases and norm weights included), where
+        `cfg.n_params` counts the blocks' attention and MLP weights only."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
+        """W_E and W_pos stacked: a basis of the input space (learned positions only)."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    def load_sample_training_dataset(self, **kwargs: Any) -> Any:
+        """Load a sample of the model's training distribution into `self.dataset`, as
+        TransformerLens does, through `lmscope.utils.get_dataset` (which needs the dataset in the
+        local Hugging Face cache when offline). Any sequence of {"text": ...} rows put in
+        `model.dataset` by hand serves `sample_datapoint` as well."""
+        name = _TRAINING_DATASETS.get(self.cfg.original_architecture)
+        if name is None:
+            raise ValueError(
+                f"no sample training dataset is known for {self.cfg.original_architecture}; set "
+                'model.dataset to a list of {"text": ...} rows (or a datasets.Dataset) instead'
+            )
+        from lmscope import utils
+
+        get_dataset = getattr(utils, "get_dataset", None)
+        if get_dataset is None:
+            raise ValueError(
+                'lmscope cannot download datasets; set model.dataset to a list of {"text": ...} '
+                "rows (or a datasets.Dataset) instead"
+            )
+        self.dataset = get_dataset(name, **kwargs)
+        return self.dataset
+
+    def sample_datapoint(
+        self,
+        tokenize: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> str | Int[Tensor, "1 pos"]:
+        """A random row of `self.dataset` (loaded by `load_sample_training_dataset` when unset):
+        its text, or with `tokenize` its tokens cut to n_ctx. Draws from numpy's global RNG,
+        as TransformerLens does.
+
+        Example:
+            >>> model.dataset = [{"text": "The cat sat."}, {"text": "A dog ran."}]
+            >>> model.sample_datapoint(tokenize=True).shape     # [1, pos]
+        """
+        if getattr(self, "dataset", None) is None:
+            self.load_sample_training_dataset()
+        if len(self.dataset) == 0:
+            raise ValueError("model.dataset is empty; put some {'text': ...} rows in it")
+        text = self.dataset[int(np.random.randint(0, len(self.dataset)))]["text"]
+        if not tokenize:
+            return text
+        return self.to_tokens(text, prepend_bos, padding_side, truncate=True)
+
+    # TransformerLens's weight processing methods, on lmscope.processing
+    def load_and_process_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        """Load a state dict (TransformerLens names, as `named_weights` lists them, or this
+        model's own `state_dict` names) into the model, then apply the processing steps
+        (`lmscope.processing.process_weights`). Norms already folded stay folded (fold_ln is
+        then skipped with a warning, as TransformerLens skips it).
+
+        Example:
+            >>> model.load_and_process_state_dict(other.state_dict(), fold_ln=False)
+        """
+        self._load_state_dict_by_name(state_dict)
+        self.process_weights_(
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            fold_value_biases=fold_value_biases,
+        )
+
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+        fold_value_biases: bool = True,
+    ) -> HookedTransformer:
+        """Process the model's own weights in place (`lmscope.processing.process_weights`):
+        what `from_pretrained` does, for a model trained or loaded without it. fold_ln on a
+        model whose norms are already folded is skipped with a warning. Returns the model.
+
+        Example:
+            >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")
+            >>> model.process_weights_()
+        """
+        from lmscope.processing import process_weights
+
+        if fold_ln and self.cfg.processing.get("fold_ln"):
+            warnings.warn("this model's norms are already folded: fold_ln skipped", stacklevel=2)
+            fold_ln = False
+        return process_weights(
+            self,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        )
+
+    def fold_layer_norm(
+        self, state_dict: dict[str, Tensor], fold_biases: bool = True, center_weights: bool = True
+    ) -> dict[str, Tensor]:
+        """`state_dict` (TransformerLens names) with the norms folded into their readers, as a
+        new dict; the model is unchanged. Bias folding and centring follow the norm type
+        (LayerNorm: both; RMSNorm: neither), so `fold_biases`/`center_weights` may only be
+        False for RMSNorm models, where TransformerLens's callers pass False.
+
+        Example:
+            >>> folded = model.fold_layer_norm(model.state_dict())
+        """
+        if self.cfg.normalization_type == "LN" and not (fold_biases and center_weights):
+            raise ValueError(
+                "this model uses LayerNorm, whose exact fold needs fold_biases=True and "
+                "center_weights=True (lmscope folds exactly); call fold_layer_norm(state_dict)"
+            )
+        return self._processed_state_dict(state_dict, "fold_layer_norm")
+
+    def center_writing_weights(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state_dict` with the weights that write to the residual stream centred, as a new dict
+        (unchanged where the model has no LayerNorm, as centring is exact only under one)."""
+        return self._processed_state_dict(state_dict, "center_writing_weights")
+
+    def center_unembed(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state_dict` with W_U and b_U centred over the vocabulary, as a new dict."""
+        return self._processed_state_dict(state_dict, "center_unembed")
+
+    def fold_value_biases(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state_dict` with b_V folded into b_O (b_V = 0), as a new dict."""
+        return self._processed_state_dict(state_dict, "fold_value_biases")
+
+    def refactor_factored_attn_matrices(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state_dict` with each head's QK and OV circuits in SVD form, as a new dict (see
+        `lmscope.processing.refactor_factored_attn_matrices`)."""
+        return self._processed_state_dict(state_dict, "refactor_factored_attn_matrices")
+
+    def _processed_state_dict(self, state_dict: dict[str, Tensor], step: str) -> dict[str, Tensor]:
+        """Run one `lmscope.processing` step on a copy of this model holding `state_dict`, and
+        return the copy's weights under their TransformerLens names."""
+        from lmscope import processing
+
+        cfg = copy.deepcopy(self.cfg)
+        cfg.init_weights, cfg.device = False, None
+        with torch.device(self.W_E.device):
+            clone = HookedTransformer(cfg)
+        clone.load_state_dict(self.state_dict())
+        clone._load_state_dict_by_name(state_dict)
+        getattr(processing, step)(clone)
+        return {name: view.detach().clone() for name, view in clone.named_weights().items()}
+
+    @torch.no_grad()
+    def _load_state_dict_by_name(self, state_dict: dict[str, Tensor]) -> None:
+        """Write each tensor of `state_dict` into the weight it names: a `named_weights` name
+        (TransformerLens's) or one of this model's `state_dict` names. TransformerLens's buffers
+        (attention masks, rotary tables) are skipped; any other unknown name is an error."""
+        views = self.named_weights()
+        own = self.state_dict(keep_vars=True)
+        unknown = [
+            k for k in state_dict if k not in views and k not in own and not k.endswith(_TL_BUFFERS)
+        ]
+        if unknown:
+            folded = [k for k in unknown if k.rsplit(".", 1)[-1] in ("w", "b") and ".ln" in k]
+            hint = (
+                " (norm weights: this model's norms are folded; load into a model with unfolded "
+                "norms, e.g. from_pretrained_no_processing)"
+                if folded
+                else ""
+            )
+            raise KeyError(
+                f"state_dict names weights this model does not have: {unknown[:5]}{hint}"
+            )
+        for key, value in state_dict.items():
+            if key.endswith(_TL_BUFFERS) and key not in views and key not in own:
+                continue
+            target = views[key] if key in views else own[key]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"state_dict[{key!r}] has shape {tuple(value.shape)}, the model's is "
+                    f"{tuple(target.shape)}"
+                )
+            target.copy_(value)
+
+
+# The training distribution TransformerLens samples for each architecture.
+_TRAINING_DATASETS = {
+    "GPT2LMHeadModel": "openwebtext",
+    "GPTNeoForCausalLM": "pile",
+    "GPTNeoXForCausalLM": "pile",
+    "GPTJForCausalLM": "pile",
+    "OPTForCausalLM": "pile",
+}
+
+# Buffers of TransformerLens state dicts with nothing to load here.
+_TL_BUFFERS = (".IGNORE", "attn.mask", "rotary_sin", "rotary_cos")

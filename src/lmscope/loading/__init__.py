@@ -24,9 +24,16 @@ from lmscope.loading import gguf_cache as _gguf_cache
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
+from lmscope.loading.hf_model import HFModelCheckpoint
+from lmscope.loading.pretrained_args import (
+    first_layers,
+    hf_keyword_arguments,
+    training_checkpoint_revision,
+)
 from lmscope.loading.registry import MODEL_ALIASES
+from lmscope.loading.registry import default_prepend_bos as architecture_prepends_bos
 from lmscope.memory import release_freed_memory
-from lmscope.model import HookedTransformer, _prepends_bos
+from lmscope.model import HookedTransformer, check_padding_side
 from lmscope.processing import (
     Staging,
     Unit,
@@ -37,6 +44,7 @@ from lmscope.processing import (
     staged_params,
     unit_has_work,
 )
+from lmscope.processing import refactor_factored_attn_matrices as refactor_attn
 
 __all__ = [
     "MODEL_ALIASES",
@@ -220,6 +228,7 @@ def load_weights(
     checkpoint: Checkpoint,
     adopt: bool = True,
     process: dict[str, bool] | None = None,
+    unread: frozenset[str] = frozenset(),
 ) -> None:
     """Load each mapped checkpoint tensor, transformed, into the model's view of that weight.
 
@@ -229,7 +238,8 @@ def load_weights(
     `process` (steps from `lmscope.processing.plan_steps`) loads and processes one unit
     (embeddings, block, unembedding) at a time instead: see `_load_processed`.
     Every weight matrix must be mapped; biases and norm weights left out keep their defaults
-    (zeros and ones), which is what a checkpoint without them means.
+    (zeros and ones), which is what a checkpoint without them means. `unread` names checkpoint
+    tensors left out on purpose (the blocks `first_n_layers` drops).
 
     Example:
         >>> load_weights(model, family.weight_map(model.cfg, checkpoint.hf_config), checkpoint)
@@ -238,7 +248,7 @@ def load_weights(
     unknown = sorted(set(weight_map) - set(views))
     if unknown:
         raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
-    check_sources(weight_map, checkpoint)
+    check_sources(weight_map, checkpoint, unread)
     if process is None:
         _load_views(model, weight_map, checkpoint, adopt)
     else:
@@ -393,11 +403,15 @@ def _source_names(source: Any) -> list[str]:
     return [source] if isinstance(source, str) else list(source[1:])
 
 
-def check_sources(weight_map: dict[str, Any], checkpoint: Checkpoint) -> None:
+def check_sources(
+    weight_map: dict[str, Any], checkpoint: Checkpoint, unread: frozenset[str] = frozenset()
+) -> None:
     """Every tensor the weight map reads must be in the checkpoint (MissingTensorError), and
     every tensor of the checkpoint must be read (CheckpointError naming the rest), except
-    known harmless buffers and an `lm_head.weight` equal to the embedding a tied model uses."""
+    known harmless buffers, an `lm_head.weight` equal to the embedding a tied model uses, and
+    the tensors named in `unread` (left out on purpose)."""
     used = {checkpoint.resolve(n) for source in weight_map.values() for n in _source_names(source)}
+    used |= unread
     unread = [n for n in checkpoint.unread_tensors(used) if not n.endswith(_HARMLESS_BUFFERS)]
     unread = [n for n in unread if not _is_tied_copy(n, weight_map, checkpoint)]
     if unread:
@@ -531,12 +545,20 @@ def from_pretrained(
     center_writing_weights: bool = True,
     center_unembed: bool = True,
     fold_value_biases: bool = True,
+    refactor_factored_attn_matrices: bool = False,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     device_map: str | dict[str, Any] | None = None,
     n_devices: int | None = None,
+    move_to_device: bool = True,
     tokenizer: Any = None,
+    hf_model: Any = None,
     default_prepend_bos: bool | None = None,
+    default_padding_side: str | None = None,
+    first_n_layers: int | None = None,
+    checkpoint_index: int | None = None,
+    checkpoint_value: int | None = None,
+    checkpoint_label: int | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -550,7 +572,15 @@ def from_pretrained(
     by tensor (adopted without a copy where the checkpoint's dtype and layout allow), so peak
     memory is about one model in `dtype`. Processing (fold_ln, centring, value-bias folding) runs
     one block at a time in float32 (float64 for a float64 model) and writes each block in
-    `dtype`. `default_prepend_bos` defaults to what the model's own HF tokenizer does. Extra keyword arguments override HookedTransformerConfig fields.
+    `dtype`. Extra keyword arguments override HookedTransformerConfig fields (`n_ctx=...`);
+    `torch_dtype` is an alias of `dtype`.
+    `default_prepend_bos` defaults to TransformerLens's choice for the architecture (True
+    unless its model table says False: docs/models.md, column BOS). TransformerLens's
+    arguments work as there: `first_n_layers` loads the first blocks only,
+    `checkpoint_index`/`checkpoint_value` pick a Pythia training checkpoint (a hub revision),
+    `hf_model` reads an already-loaded `transformers` model (its config and state_dict, no
+    file), `move_to_device=False` leaves the model on the CPU with `cfg.device` set for
+    `model.move_model_modules_to_device()`, `default_padding_side` sets the padding side.
     `device_map` ("auto" or a dict naming each part's device) or `n_devices` (blocks split
     evenly over cuda:0 ... cuda:N-1) spread the model over several devices (docs/devices.md).
     A GGUF file is dequantised once and kept in lmscope's cache (docs/gguf-cache.md);
@@ -560,19 +590,34 @@ def from_pretrained(
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
     """
+    config_overrides, dtype = hf_keyword_arguments(config_overrides, dtype)
     dtype = resolve_dtype(dtype)
+    if not move_to_device and (device_map is not None or (n_devices or 1) > 1):
+        raise ValueError("move_to_device=False cannot spread the model (device_map/n_devices)")
     devices = DeviceRequest.check(device_map, n_devices, device, dtype)
     if devices is None:
         check_dtype_runs(dtype, device)
-    checkpoint = open_checkpoint(
-        model_name,
-        revision,
-        trust_remote_code,
-        cache_dir,
-        _gguf_cache.cache_enabled(gguf_cache),
-        verbose,
+    if default_padding_side is not None:
+        check_padding_side(default_padding_side, "default_padding_side")
+    hub_id = MODEL_ALIASES.get(str(model_name).lower(), str(model_name))
+    revision = training_checkpoint_revision(
+        hub_id, revision, checkpoint_index, checkpoint_value, checkpoint_label
     )
+    if hf_model is not None:
+        checkpoint: Any = HFModelCheckpoint(hf_model)
+    else:
+        checkpoint = open_checkpoint(
+            model_name,
+            revision,
+            trust_remote_code,
+            cache_dir,
+            _gguf_cache.cache_enabled(gguf_cache),
+            verbose,
+        )
     family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
+    left_out: frozenset[str] = frozenset()
+    if first_n_layers is not None:
+        cfg, left_out = first_layers(family, cfg, first_n_layers, checkpoint)
     if devices is not None:
         devices.check_layers(cfg.n_layers)
     _check_fits(cfg, checkpoint)
@@ -586,21 +631,25 @@ def from_pretrained(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
-    load_weights(model, weight_map, checkpoint, process=steps or None)
+    load_weights(model, weight_map, checkpoint, process=steps or None, unread=left_out)
+    if refactor_factored_attn_matrices:
+        refactor_attn(model)
     checkpoint = _gguf_cache.commit(checkpoint)  # a GGUF file read for the first time
     load_tokenizer = checkpoint.tokenizer_loader() if tokenizer is None else None
+    if default_prepend_bos is None:
+        default_prepend_bos = architecture_prepends_bos(cfg.original_architecture)
     if tokenizer is not None:
-        model.set_tokenizer(
-            tokenizer,
-            _prepends_bos(tokenizer) if default_prepend_bos is None else default_prepend_bos,
-        )
+        model.set_tokenizer(tokenizer, default_prepend_bos)
     elif load_tokenizer is not None:
         model.set_tokenizer_loader(load_tokenizer, default_prepend_bos)
-    elif default_prepend_bos is not None:
+    else:
         cfg.default_prepend_bos = default_prepend_bos
+    if default_padding_side is not None:
+        cfg.default_padding_side = default_padding_side
     if devices is not None:
         place(model, devices.plan(model))
     elif device is not None:
-        model.to(device)
+        if move_to_device:
+            model.to(device)
         cfg.device = str(device)
     return model

@@ -38,6 +38,7 @@ __all__ = [
     "ModelInfo",
     "compute_models",
     "config_path",
+    "default_prepend_bos",
     "figures_json",
     "models_markdown",
     "figures_from_config",
@@ -84,6 +85,11 @@ class ModelInfo:
     params: int | None = None
     source: str | None = None  # "config" (vendored config.json), "model card", or None
     note: str = ""  # why figures are missing, when they are
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        """Whether string inputs get BOS first by default (TransformerLens's per-model default)."""
+        return default_prepend_bos(self.architecture or _FAMILY_ARCHITECTURES[self.family])
 
     @property
     def complete(self) -> bool:
@@ -220,6 +226,62 @@ _CARDS: dict[str, dict[str, Any]] = {
     for size, (layers, d_model, heads, params) in _PYTHIA_CARD.items()
     for suffix in ("", "-deduped")
 }
+
+
+# TransformerLens 3.9 (loading_from_pretrained.convert_hf_model_config) sets
+# default_prepend_bos=False for these architectures and leaves every other at True. Qwen's MoE
+# models, which TransformerLens does not load, follow its Qwen models (their tokenizers have no BOS).
+NO_BOS_ARCHITECTURES = frozenset(
+    {
+        "GPTNeoXForCausalLM",
+        "BloomForCausalLM",
+        "QWenLMHeadModel",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "PhiForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "Qwen3MoeForCausalLM",
+    }
+)
+
+# The HF architecture of each registry family, for rows whose config is not vendored.
+_FAMILY_ARCHITECTURES = {
+    "GPT-2": "GPT2LMHeadModel",
+    "GPT-NeoX": "GPTNeoXForCausalLM",
+    "GPT-Neo": "GPTNeoForCausalLM",
+    "GPT-J": "GPTJForCausalLM",
+    "OPT": "OPTForCausalLM",
+    "BLOOM": "BloomForCausalLM",
+    "Llama": "LlamaForCausalLM",
+    "Mistral": "MistralForCausalLM",
+    "Mixtral": "MixtralForCausalLM",
+    "Qwen2": "Qwen2ForCausalLM",
+    "Qwen3": "Qwen3ForCausalLM",
+    "Qwen2-MoE": "Qwen2MoeForCausalLM",
+    "Qwen3-MoE": "Qwen3MoeForCausalLM",
+    "Gemma": "GemmaForCausalLM",
+    "Gemma 2": "Gemma2ForCausalLM",
+    "Gemma 3": "Gemma3ForCausalLM",
+    "Phi": "PhiForCausalLM",
+    "Phi-3": "Phi3ForCausalLM",
+    "OLMo": "OlmoForCausalLM",
+    "OLMo 2": "Olmo2ForCausalLM",
+    "OLMoE": "OlmoeForCausalLM",
+    "StableLM": "StableLmForCausalLM",
+    "GPT-BigCode": "GPTBigCodeForCausalLM",
+    "CodeGen": "CodeGenForCausalLM",
+}
+
+
+def default_prepend_bos(architecture: str) -> bool:
+    """Whether a model of this HF architecture prepends BOS to strings by default, as
+    TransformerLens decides it: True unless its model table says False (`NO_BOS_ARCHITECTURES`).
+
+    Example:
+        >>> default_prepend_bos("LlamaForCausalLM"), default_prepend_bos("GPTNeoXForCausalLM")
+        (True, False)
+    """
+    return architecture not in NO_BOS_ARCHITECTURES
 
 
 def _hub_name(hub_id: str) -> str:
@@ -451,6 +513,7 @@ _COLUMNS = (
     "norm",
     "positional",
     "params",
+    "BOS",
 )
 
 
@@ -486,6 +549,7 @@ def _cells(m: ModelInfo) -> list[str]:
         m.norm or "",
         m.positional or "",
         params,
+        "yes" if m.default_prepend_bos else "no",
     ]
 
 
@@ -510,6 +574,10 @@ def models_markdown(models: list[ModelInfo]) -> str:
         "experts, `params` counts the checkpoint's weights once (tied embeddings once). A blank means",
         "no readable source states the figure yet, or no adapter reads the config yet; nothing is",
         "filled in by hand. † marks figures stated by a public model card instead of a config.",
+        "",
+        "BOS says whether strings get a BOS token first by default (`cfg.default_prepend_bos`), as",
+        "TransformerLens decides it per architecture: yes unless its model table says no. Pass",
+        "`default_prepend_bos=` to `from_pretrained`, or `prepend_bos=` to any call, to choose.",
         "",
         f"{len(models)} models, {complete} with every figure.",
         "",
