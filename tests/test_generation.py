@@ -715,9 +715,12 @@ def test_bad_input_errors(model, text_model) -> None:
         model.generate(torch.zeros(1, N_CTX + 1, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="return_type"):
         model.generate(prompt, 1, return_type="logits")
-    # greedy ignores the temperature, and 0 new tokens returns the prompt
-    assert torch.equal(model.generate(prompt, 0, verbose=False), prompt)
-    out = model.generate(prompt, 2, do_sample=False, temperature=0.0, verbose=False)
+    # greedy ignores the temperature, and 0 new tokens returns the prompt (this model has no
+    # tokenizer, so no EOS id: stop_at_eos=True would be refused, as TransformerLens does)
+    assert torch.equal(model.generate(prompt, 0, stop_at_eos=False, verbose=False), prompt)
+    out = model.generate(
+        prompt, 2, do_sample=False, temperature=0.0, stop_at_eos=False, verbose=False
+    )
     assert out.shape == (1, 7)
 
 

@@ -277,11 +277,15 @@ HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 
 
 def _eos_ids(model: HookedTransformer, eos_token_id: int | Sequence[int] | None) -> list[int]:
-    """The EOS ids to stop at: `eos_token_id` (an int or a list), else the tokenizer's, else none."""
+    """The EOS ids to stop at: `eos_token_id` (an int or a list), else the tokenizer's; with
+    neither, a NoTokenizerError as TransformerLens raises (stopping at EOS needs an EOS id)."""
     if eos_token_id is None:
         tok = model.tokenizer
         if tok is None or tok.eos_token_id is None:
-            return []
+            raise NoTokenizerError(
+                "Must pass a eos_token_id if stop_at_eos is True and tokenizer is None or has no "
+                "eos_token_id: pass eos_token_id=..., or stop_at_eos=False"
+            )
         eos_token_id = tok.eos_token_id
     ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
     for i in ids:
@@ -325,6 +329,21 @@ class _LiveCapture:
         return self.model._make_cache(cache)
 
 
+class NoTokenizerError(ValueError, AssertionError):
+    """Generation needs a tokenizer it does not have: for text input, or to find the EOS id.
+
+    TransformerLens raises an AssertionError there; this error is both that and a ValueError."""
+
+
+def _require_tokenizer_for_text(model: HookedTransformer, input: Any) -> None:
+    """Refuse text input to a model without a tokenizer (TransformerLens's message, and the fix)."""
+    if _is_text(input) and model.tokenizer is None:
+        raise NoTokenizerError(
+            "Must provide a tokenizer if passing a string to the model: this model has none; "
+            "pass token ids (model.generate(tokens)), or call model.set_tokenizer(tokenizer)"
+        )
+
+
 def _is_text(input: Any) -> bool:
     return isinstance(input, str) or (
         isinstance(input, (list, tuple)) and bool(input) and isinstance(input[0], str)
@@ -342,6 +361,7 @@ def _prompt(
     left-padded so every row ends in a real token."""
     from lmscope.model import check_attention_mask, check_attention_mask_values
 
+    _require_tokenizer_for_text(model, input)
     side = "left" if padding_side is None else padding_side
     tokens, mask = model._input_to_tokens(input, prepend_bos, side, attention_mask)
     if mask is None:
