@@ -272,12 +272,15 @@ def _load_processed(
     they were (the embedding, W_O and W_out of RMSNorm models) are loaded as an unprocessed load
     loads them, adopted without a copy where dtype and layout allow, when the checkpoint reads
     cheaply (`reads_into`; a GGUF tensor would be dequantised twice). Float32 weights get working
-    buffers only to find those; where the first block shows none (LayerNorm models, whose
-    centring rewrites everything), the rest are read into their own memory and processed there.
+    buffers only to find those, so not under centring (LayerNorm models: it rewrites every
+    weight), and not after a block showed none; they are read into their own memory and
+    processed there.
     """
     units = processing_units(model)
     blocks = [u for u in units if isinstance(u.key, int)]
-    stage_all = True  # until a block shows that processing rewrites every weight
+    # Float32 weights get working buffers only to find those processing leaves alone: none with
+    # centring (it rewrites every writer, folding every reader), else until a block shows none.
+    stage_all = not steps.get("center_writing_weights")
     for group in ([u for u in units if u not in blocks], blocks):
         staging: Staging = {}  # the embeddings' big buffers go before the blocks fill the model
         for unit in group:
