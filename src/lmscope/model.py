@@ -843,7 +843,8 @@ class HookedTransformer(HookedRootModule):
         for layer, block in enumerate(self.blocks):
             prefix = f"blocks.{layer}."
             for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
-                views[f"{prefix}attn.{name}"] = getattr(block.attn, name)
+                stored = f"_{name}" if name[-1] in "KV" else name  # per kv head, never ungrouped
+                views[f"{prefix}attn.{name}"] = getattr(block.attn, stored)
             if not self.cfg.attn_only:
                 views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
         for name, norm in norms.items():
@@ -956,7 +957,11 @@ class HookedTransformer(HookedRootModule):
         return self._mlp_stack("b_out")
 
     def _expand_heads(self, w: Tensor) -> Tensor:
-        return w.repeat_interleave(self.cfg.n_groups, dim=1) if self.cfg.n_groups > 1 else w
+        """Stacked kv-head weights [n_layers, kv_head, ...] per query head (as they are when
+        ungrouped)."""
+        if w.shape[1] == self.cfg.n_heads:
+            return w
+        return w.repeat_interleave(self.cfg.n_groups, dim=1)
 
     @property
     def QK(self) -> FactoredMatrix:

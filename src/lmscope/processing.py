@@ -171,7 +171,10 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
     attn = block.attn
     if _folds(cfg, steps):
         _fold_norm(
-            cfg, block, "ln1", [(attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)]
+            cfg,
+            block,
+            "ln1",
+            [(attn.W_Q, attn.b_Q), (attn._W_K, attn._b_K), (attn._W_V, attn._b_V)],
         )
         if not cfg.attn_only:
             _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
@@ -180,9 +183,9 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
         _center([attn.W_O, attn.b_O, *mlp])
     if steps.get("fold_value_biases"):
         groups = cfg.n_groups
-        b_V = attn.b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn.b_V
+        b_V = attn._b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn._b_V
         attn.b_O += einops.einsum(b_V, attn.W_O, "h dh, h dh dm -> dm")
-        attn.b_V.zero_()
+        attn._b_V.zero_()
 
 
 def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
@@ -340,19 +343,19 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
     for block in model.blocks:
         attn = block.attn
         W_Q_eff = torch.cat([attn.W_Q, attn.b_Q[:, None, :]], dim=1)  # [head, d_model + 1, d_head]
-        W_K_eff = torch.cat([attn.W_K, attn.b_K[:, None, :]], dim=1)
+        W_K_eff = torch.cat([attn._W_K, attn._b_K[:, None, :]], dim=1)
         Q_new, K_new_T = FactoredMatrix(W_Q_eff, W_K_eff.transpose(-1, -2)).make_even().pair
         K_new = K_new_T.transpose(-1, -2)
         attn.W_Q.copy_(Q_new[:, :-1])
         attn.b_Q.copy_(Q_new[:, -1])
-        attn.W_K.copy_(K_new[:, :-1])
-        attn.b_K.copy_(K_new[:, -1])
+        attn._W_K.copy_(K_new[:, :-1])
+        attn._b_K.copy_(K_new[:, -1])
 
-        attn.b_O += einops.einsum(attn.b_V, attn.W_O, "h dh, h dh dm -> dm")
-        attn.b_V.zero_()
-        U, S, V = FactoredMatrix(attn.W_V.clone(), attn.W_O.clone()).svd()
+        attn.b_O += einops.einsum(attn._b_V, attn.W_O, "h dh, h dh dm -> dm")
+        attn._b_V.zero_()
+        U, S, V = FactoredMatrix(attn._W_V.clone(), attn.W_O.clone()).svd()
         root = S.sqrt()[:, None, :]
-        attn.W_V.copy_(U * root)
+        attn._W_V.copy_(U * root)
         attn.W_O.copy_((V * root).transpose(-1, -2))
     cfg.processing["refactor_factored_attn_matrices"] = True
 

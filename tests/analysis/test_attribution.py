@@ -125,7 +125,7 @@ def test_many_shares_one_backward_and_matches_single_calls() -> None:
     single = A.get_attr_patch_resid_pre(model, corrupted, cache, metric)
     torch.testing.assert_close(out["resid_pre"], single, atol=1e-6, rtol=1e-5)
     assert out["k"].shape == (3, model.cfg.n_key_value_heads)
-    every = A.get_attr_patch_attn_head_all_pos_every(model, corrupted, cache, metric)
+    every = A.get_attr_patch_attn_head_all_pos_every(model, corrupted, cache, metric, "repeat")
     assert every.shape == (5, 3, model.cfg.n_heads)
     torch.testing.assert_close(every[2, :, 1], out["k"][:, 0], atol=1e-6, rtol=1e-5)  # group 0
     by_pos = A.get_attr_patch_attn_head_by_pos_every(model, corrupted, cache, metric)

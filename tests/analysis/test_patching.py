@@ -160,13 +160,17 @@ def test_every_stacks_have_one_head_axis_under_gqa(setup) -> None:
     block = P.get_act_patch_block_every(*args)
     assert block.shape == (3, cfg.n_layers, POS)
     torch.testing.assert_close(block[0], P.get_act_patch_resid_pre(*args), atol=1e-6, rtol=0)
-    heads = P.get_act_patch_attn_head_all_pos_every(*args)
+    heads = P.get_act_patch_attn_head_all_pos_every(*args, kv_layout="repeat")
     assert heads.shape == (5, cfg.n_layers, cfg.n_heads)
     k = P.get_act_patch_attn_head_k_all_pos(*args)
     assert k.shape == (cfg.n_layers, cfg.n_key_value_heads)
     for h in range(cfg.n_heads):  # query head h shows the kv head it reads
         torch.testing.assert_close(heads[2, :, h], k[:, h // cfg.n_groups], atol=0, rtol=0)
-    by_pos = P.get_act_patch_attn_head_by_pos_every(*args)
+    padded = P.get_act_patch_attn_head_all_pos_every(*args)  # TransformerLens's layout
+    kv = cfg.n_key_value_heads
+    torch.testing.assert_close(padded[2, :, :kv], k, atol=0, rtol=0)
+    assert not padded[2:4, :, kv:].any() and torch.equal(padded[[0, 1, 4]], heads[[0, 1, 4]])
+    by_pos = P.get_act_patch_attn_head_by_pos_every(*args, kv_layout="repeat")
     assert by_pos.shape == (5, cfg.n_layers, POS, cfg.n_heads)
     pattern = P.get_act_patch_attn_head_pattern_by_pos(*args)
     torch.testing.assert_close(by_pos[4], pattern.transpose(1, 2), atol=0, rtol=0)

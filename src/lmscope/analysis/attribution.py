@@ -24,13 +24,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lmscope.analysis.patching import AxisNames, MetricFn, _expand_kv, _to_tokens
+from lmscope.analysis.patching import (
+    AxisNames,
+    MetricFn,
+    _check_kv_layout,
+    _kv_to_heads,
+    _to_tokens,
+)
 from lmscope.utils import get_act_name
 
 if TYPE_CHECKING:
@@ -257,13 +263,15 @@ def get_attr_patch_attn_head_all_pos_every(
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
     patching_metric: MetricFn,
+    kv_layout: Literal["pad", "repeat"] = "pad",
 ) -> Float[Tensor, "5 layer head"]:
     """Attribution for each head's output, q, k, v and pattern at all positions, from one backward
-    pass: [5, layer, head] (GQA: k/v repeated over each group, as in patching).
+    pass: [5, layer, head] (GQA: k/v laid out as in patching, `kv_layout` "pad" or "repeat").
 
     Example:
         >>> approx = get_attr_patch_attn_head_all_pos_every(model, corrupted, clean_cache, metric)
     """
+    _check_kv_layout(kv_layout)
     axes = ("layer", "head")
     out = attribution_patch_many(
         model,
@@ -276,8 +284,8 @@ def get_attr_patch_attn_head_all_pos_every(
         [
             out["z"],
             out["q"],
-            _expand_kv(model, out["k"], 1),
-            _expand_kv(model, out["v"], 1),
+            _kv_to_heads(model, out["k"], 1, kv_layout),
+            _kv_to_heads(model, out["v"], 1, kv_layout),
             out["pattern"],
         ],
         dim=0,
@@ -289,6 +297,7 @@ def get_attr_patch_attn_head_by_pos_every(
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
     patching_metric: MetricFn,
+    kv_layout: Literal["pad", "repeat"] = "pad",
 ) -> Float[Tensor, "5 layer pos head"]:
     """Attribution for each head's output, q, k, v and pattern row at each position, from one
     backward pass: [5, layer, pos, head] (the layout of `get_act_patch_attn_head_by_pos_every`).
@@ -296,6 +305,7 @@ def get_attr_patch_attn_head_by_pos_every(
     Example:
         >>> approx = get_attr_patch_attn_head_by_pos_every(model, corrupted, clean_cache, metric)
     """
+    _check_kv_layout(kv_layout)
     axes = ("layer", "pos", "head")
     out = attribution_patch_many(
         model,
@@ -308,8 +318,8 @@ def get_attr_patch_attn_head_by_pos_every(
         [
             out["z"],
             out["q"],
-            _expand_kv(model, out["k"], 2),
-            _expand_kv(model, out["v"], 2),
+            _kv_to_heads(model, out["k"], 2, kv_layout),
+            _kv_to_heads(model, out["v"], 2, kv_layout),
             out["pattern"],
         ],
         dim=0,

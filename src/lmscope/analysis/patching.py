@@ -12,8 +12,11 @@ the batch (`patches_per_forward`).
 
 Grouped-query attention: `k` and `v` exist per key/value head, so their `head` axis counts
 `n_key_value_heads` (patching kv head g changes the keys/values read by query heads
-g*n_groups ... (g+1)*n_groups - 1). In the `*_every` stacks, which need one head axis, the k/v
-results are repeated over each group so entry [l, h] is "patch the k/v that query head h reads".
+g*n_groups ... (g+1)*n_groups - 1); with `ungroup_grouped_query_attention` on, every query head has
+its own k/v and the axis counts `n_heads`. The `*_every` stacks need one head axis: as in
+TransformerLens, the k/v results fill its first `n_key_value_heads` entries and the rest are zero
+(`kv_layout="pad"`); `kv_layout="repeat"` repeats them over each group instead, so entry [l, h] is
+"patch the k/v that query head h reads".
 
 Example:
     >>> _, clean_cache = model.run_with_cache(clean_tokens)
@@ -75,7 +78,8 @@ def _axis_ranges(
     model: HookedTransformer, n_pos: int, activation_name: str, names: Sequence[str]
 ) -> list[int]:
     cfg = model.cfg
-    n_heads = cfg.n_key_value_heads if activation_name in _KV_ACTIVATIONS else cfg.n_heads
+    grouped = activation_name in _KV_ACTIVATIONS and not cfg.ungroup_grouped_query_attention
+    n_heads = cfg.n_key_value_heads if grouped else cfg.n_heads
     sizes = {
         "layer": cfg.n_layers,
         "pos": n_pos,
@@ -392,10 +396,23 @@ get_act_patch_attn_head_pattern_all_pos = _partial(
 )
 
 
-def _expand_kv(model: HookedTransformer, t: Tensor, head_dim: int) -> Tensor:
-    """Repeat a kv-head axis over each query group (no-op without GQA)."""
-    g = model.cfg.n_groups
-    return t if g == 1 else t.repeat_interleave(g, dim=head_dim)
+def _check_kv_layout(kv_layout: str) -> None:
+    if kv_layout not in ("pad", "repeat"):
+        raise ValueError(f"kv_layout must be 'pad' or 'repeat', got {kv_layout!r}")
+
+
+def _kv_to_heads(
+    model: HookedTransformer, t: Tensor, head_dim: int, kv_layout: Literal["pad", "repeat"]
+) -> Tensor:
+    """A k/v result with a kv-head axis on the `n_heads` axis of the `*_every` stacks: zero-padded
+    after the kv heads ("pad", TransformerLens's layout) or repeated over each group ("repeat")."""
+    missing = model.cfg.n_heads - t.shape[head_dim]
+    if missing == 0:
+        return t
+    if kv_layout == "repeat":
+        return t.repeat_interleave(model.cfg.n_heads // t.shape[head_dim], dim=head_dim)
+    pad = [0, 0] * (t.ndim - 1 - head_dim) + [0, missing]
+    return torch.nn.functional.pad(t, pad)
 
 
 def get_act_patch_block_every(
@@ -427,14 +444,17 @@ def get_act_patch_attn_head_all_pos_every(
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
     patching_metric: MetricFn,
+    kv_layout: Literal["pad", "repeat"] = "pad",
     **kwargs: Any,
 ) -> Float[Tensor, "5 layer head"]:
     """Each head's output, query, key, value and pattern patched at all positions:
-    [5, layer, head] (GQA: k/v repeated over each group, see the module docstring).
+    [5, layer, head] (GQA: k/v in the first n_key_value_heads entries, zeros after, as
+    TransformerLens; `kv_layout="repeat"` repeats them over each group, see the module docstring).
 
     Example:
         >>> every = get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric)
     """
+    _check_kv_layout(kv_layout)
     args = (model, corrupted_tokens, clean_cache, patching_metric)
     k = get_act_patch_attn_head_k_all_pos(*args, **kwargs)
     v = get_act_patch_attn_head_v_all_pos(*args, **kwargs)
@@ -442,8 +462,8 @@ def get_act_patch_attn_head_all_pos_every(
         [
             get_act_patch_attn_head_out_all_pos(*args, **kwargs),
             get_act_patch_attn_head_q_all_pos(*args, **kwargs),
-            _expand_kv(model, k, 1),
-            _expand_kv(model, v, 1),
+            _kv_to_heads(model, k, 1, kv_layout),
+            _kv_to_heads(model, v, 1, kv_layout),
             get_act_patch_attn_head_pattern_all_pos(*args, **kwargs),
         ],
         dim=0,
@@ -455,22 +475,25 @@ def get_act_patch_attn_head_by_pos_every(
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
     patching_metric: MetricFn,
+    kv_layout: Literal["pad", "repeat"] = "pad",
     **kwargs: Any,
 ) -> Float[Tensor, "5 layer pos head"]:
     """Each head's output, query, key, value and pattern row patched at each position:
-    [5, layer, pos, head] (pattern by destination position; GQA: k/v repeated over each group).
+    [5, layer, pos, head] (pattern by destination position; GQA k/v laid out as in
+    `get_act_patch_attn_head_all_pos_every`).
 
     Example:
         >>> every = get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric)
     """
+    _check_kv_layout(kv_layout)
     args = (model, corrupted_tokens, clean_cache, patching_metric)
     pattern = get_act_patch_attn_head_pattern_by_pos(*args, **kwargs)
     return torch.stack(
         [
             get_act_patch_attn_head_out_by_pos(*args, **kwargs),
             get_act_patch_attn_head_q_by_pos(*args, **kwargs),
-            _expand_kv(model, get_act_patch_attn_head_k_by_pos(*args, **kwargs), 2),
-            _expand_kv(model, get_act_patch_attn_head_v_by_pos(*args, **kwargs), 2),
+            _kv_to_heads(model, get_act_patch_attn_head_k_by_pos(*args, **kwargs), 2, kv_layout),
+            _kv_to_heads(model, get_act_patch_attn_head_v_by_pos(*args, **kwargs), 2, kv_layout),
             einops.rearrange(pattern, "layer head pos -> layer pos head"),
         ],
         dim=0,

@@ -84,7 +84,7 @@ class SVDInterpreter:
         if not 0 <= head_index < self.cfg.n_heads:
             raise ValueError(f"head_index must lie in [0, {self.cfg.n_heads}), got {head_index}")
         kv = head_index // self.cfg.n_groups
-        return FactoredMatrix(attn.W_V[kv].detach().float(), attn.W_O[head_index].detach().float())
+        return FactoredMatrix(attn._W_V[kv].detach().float(), attn.W_O[head_index].detach().float())
 
     def _get_w_in_matrix(
         self, layer_index: int, gate: bool = False

@@ -184,12 +184,43 @@ class Attention(nn.Module):
         return self._heads(self.q_weight)
 
     @property
-    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+    def _W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        """The stored keys' weights, one per key/value head (a view: editing it edits the model)."""
         return self._heads(self.k_weight)
 
     @property
-    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+    def _W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        """The stored values' weights, one per key/value head (a view)."""
         return self._heads(self.v_weight)
+
+    @property
+    def _b_K(self) -> Float[Tensor, "kv_head d_head"]:
+        return self.k_bias.view(-1, self.cfg.d_head)
+
+    @property
+    def _b_V(self) -> Float[Tensor, "kv_head d_head"]:
+        return self.v_bias.view(-1, self.cfg.d_head)
+
+    def _ungrouped(self, t: Tensor) -> Tensor:
+        """`t` with one entry per query head when `cfg.ungroup_grouped_query_attention` is on
+        (repeat_interleave over each group, a copy, as TransformerLens); else `t` itself."""
+        g = self.cfg.n_groups
+        return (
+            t.repeat_interleave(g, dim=0)
+            if g > 1 and self.cfg.ungroup_grouped_query_attention
+            else t
+        )
+
+    @property
+    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        """Key weights: the stored view per key/value head, or with
+        `ungroup_grouped_query_attention` a copy with one per query head."""
+        return self._ungrouped(self._W_K)
+
+    @property
+    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        """Value weights: per key/value head, or per query head when ungrouped (a copy)."""
+        return self._ungrouped(self._W_V)
 
     @property
     def b_Q(self) -> Float[Tensor, "head d_head"]:
@@ -197,11 +228,11 @@ class Attention(nn.Module):
 
     @property
     def b_K(self) -> Float[Tensor, "kv_head d_head"]:
-        return self.k_bias.view(-1, self.cfg.d_head)
+        return self._ungrouped(self._b_K)
 
     @property
     def b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return self.v_bias.view(-1, self.cfg.d_head)
+        return self._ungrouped(self._b_V)
 
     @property
     def W_O(self) -> Float[Tensor, "head d_head d_model"]:
@@ -232,15 +263,20 @@ class Attention(nn.Module):
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
             q = self._project(query_input, self.W_Q, self.b_Q)
-            k = self._project(key_input, self.W_K, self.b_K)
-            v = self._project(value_input, self.W_V, self.b_V)
+            ungrouped = key_input.ndim == 4 and key_input.shape[2] == cfg.n_heads
+            k = self._project(
+                key_input, *((self.W_K, self.b_K) if ungrouped else (self._W_K, self._b_K))
+            )
+            v = self._project(
+                value_input, *((self.W_V, self.b_V) if ungrouped else (self._W_V, self._b_V))
+            )
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         if cfg.use_qk_norm:
             q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
             if cfg.clip_qkv is not None:  # with a q/k norm the clamp follows it (OLMoE)
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-        if cfg.ungroup_grouped_query_attention and cfg.n_groups > 1:
+        if cfg.ungroup_grouped_query_attention and k.shape[2] != cfg.n_heads:
             k, v = (t.repeat_interleave(cfg.n_groups, dim=2) for t in (k, v))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 

@@ -132,14 +132,16 @@ class TransformerBlock(nn.Module):
         def repeat(n: int) -> Tensor:
             return einops.repeat(resid_pre, "b p dm -> b p h dm", h=n).clone()
 
+        # with ungroup_grouped_query_attention, keys and values get one input per query head
+        n_kv = cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads
         if cfg.use_split_qkv_input:
             return (
                 self.hook_q_input(repeat(cfg.n_heads)),
-                self.hook_k_input(repeat(cfg.n_key_value_heads)),
-                self.hook_v_input(repeat(cfg.n_key_value_heads)),
+                self.hook_k_input(repeat(n_kv)),
+                self.hook_v_input(repeat(n_kv)),
             )
         attn_in = self.hook_attn_in(repeat(cfg.n_heads))
-        if cfg.n_groups == 1:
+        if n_kv == cfg.n_heads:
             return attn_in, attn_in, attn_in
         kv_in = attn_in[:, :, :: cfg.n_groups]
         return attn_in, kv_in, kv_in
