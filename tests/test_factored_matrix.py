@@ -91,7 +91,7 @@ def test_svd_norm_and_collapses_match_dense(fm_dense: tuple[FactoredMatrix, torc
     close(torch.linalg.matrix_norm(M.collapse_l()), M.norm(), 1e-8)
     close(torch.linalg.matrix_norm(M.collapse_r()), M.norm(), 1e-8)
     close(M.U @ M.collapse_l(), dense)
-    close(M.collapse_r() @ M.Vh.transpose(-2, -1), dense)
+    close(M.collapse_r() @ M.V.transpose(-2, -1), dense)
     even = M.make_even()
     close(even.AB, dense)
     close(even.A.transpose(-2, -1) @ even.A, torch.diag_embed(S), 1e-8)
@@ -135,7 +135,7 @@ def test_indexing_and_unsqueeze() -> None:
     assert M.unsqueeze(0).shape == (1, 2, 3, 5, 6)
     assert M.unsqueeze(2).shape == (2, 3, 1, 5, 6)
     assert M.unsqueeze(-3).shape == (2, 3, 1, 5, 6)
-    with pytest.raises(IndexError):
+    with pytest.raises(AssertionError):
         M.unsqueeze(3)
     assert len(M) == 2 and "Hidden Dim(4)" in repr(M)
     close(M.get_corner(2), dense[:2, :2, :2, :2])

@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Any
 
 import torch
@@ -27,11 +29,28 @@ from lmscope.utils import get_corner as _dense_corner
 Scalar = int | float | Tensor
 
 
+class FactoredMatrixShapeError(ValueError, AssertionError):
+    """Factor or operand dimensions that do not fit (an inner dimension, a non-square `BA`, a
+    non-scalar `*`). TransformerLens asserts there, so this is both ValueError and AssertionError.
+    """
+
+
+class FactoredMatrixBroadcastError(ValueError, RuntimeError):
+    """Leading dimensions that do not broadcast, or a vector of the wrong length on the right of
+    `@`. TransformerLens lets torch raise RuntimeError there: this is both that and a ValueError.
+    """
+
+
+class FactoredMatrixIndexError(IndexError, ValueError):
+    """An index too long for the FactoredMatrix, or factors of fewer than 2 dimensions.
+    TransformerLens raises ValueError (too long) or IndexError (1-D factors): this is both."""
+
+
 class FactoredMatrix:
     """The matrix `A @ B` (A: [..., ldim, mdim], B: [..., mdim, rdim]), never formed unless asked.
 
     Supports `@` with tensors, vectors and other FactoredMatrix on either side, scalar `*`, `.T`,
-    indexing of the leading dimensions, `svd()` / `U` / `S` / `Vh`, `eigenvalues`, `norm()`,
+    indexing of the leading dimensions, `svd()` / `U` / `S` / `V`, `eigenvalues`, `norm()`,
     `collapse_l()` / `collapse_r()`, `make_even()`, `get_corner()` and `unsqueeze()`.
 
     Example:
@@ -40,15 +59,18 @@ class FactoredMatrix:
         (torch.Size([64, 64]), 8, True)
     """
 
+    # numpy defers `np.float32(2) * M` to `M.__rmul__` instead of iterating M as a sequence
+    __array_ufunc__ = None
+
     def __init__(
         self, A: Float[Tensor, "... ldim mdim"], B: Float[Tensor, "... mdim rdim"]
     ) -> None:
         if A.ndim < 2 or B.ndim < 2:
-            raise ValueError(
+            raise FactoredMatrixIndexError(
                 f"FactoredMatrix factors must be at least 2-D, got A {tuple(A.shape)}, B {tuple(B.shape)}"
             )
         if A.shape[-1] != B.shape[-2]:
-            raise ValueError(
+            raise FactoredMatrixShapeError(
                 f"inner dimensions differ: A is {tuple(A.shape)}, B is {tuple(B.shape)} "
                 "(A's last dim must equal B's second-to-last)"
             )
@@ -56,8 +78,9 @@ class FactoredMatrix:
         try:
             lead = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         except RuntimeError as err:
-            raise ValueError(
-                f"leading dimensions do not broadcast: A {tuple(A.shape)}, B {tuple(B.shape)}"
+            raise FactoredMatrixBroadcastError(
+                f"shape mismatch: the leading dimensions of A {tuple(A.shape)} and B "
+                f"{tuple(B.shape)} do not broadcast"
             ) from err
         self.shape = torch.Size((*lead, self.ldim, self.rdim))
         self.A = A.broadcast_to(*lead, self.ldim, self.mdim)
@@ -65,56 +88,96 @@ class FactoredMatrix:
         self.has_leading_dims = len(lead) > 0
         self._svd: tuple[Tensor, Tensor, Tensor] | None = None
 
-    # -- products --------------------------------------------------------------------------------
     def __matmul__(self, other: Tensor | FactoredMatrix) -> FactoredMatrix | Tensor:
-        """`self @ other`: a FactoredMatrix for a matrix, a tensor for a vector."""
+        """`self @ other`: a FactoredMatrix for a matrix or FactoredMatrix, a tensor for a vector.
+
+        The product keeps the smallest inner dimension on offer, as TransformerLens does: against
+        a matrix `X` [..., rdim, n] it is `A @ (B X)` (inner mdim) when mdim < rdim, else
+        `(AB) @ X` (inner rdim); against a FactoredMatrix `C D` it is `(self @ C) @ D`, so the
+        inner dimension is min(mdim, rdim, C.mdim). Leading dimensions broadcast.
+
+        Example:
+            >>> M = FactoredMatrix(torch.randn(6, 2), torch.randn(2, 6))
+            >>> (M @ torch.randn(6, 5)).mdim, (M @ FactoredMatrix(torch.randn(6, 1), torch.randn(1, 4))).mdim
+            (2, 1)
+        """
         if isinstance(other, FactoredMatrix):
-            if self.rdim != other.ldim:
-                raise ValueError(f"cannot multiply {self.shape} by {other.shape}")
-            middle = self.B @ other.A  # [..., m1, m2]: small
-            if self.mdim <= other.mdim:
-                return FactoredMatrix(self.A, middle @ other.B)
-            return FactoredMatrix(self.A @ middle, other.B)
+            return (self @ other.A) @ other.B
         if not isinstance(other, Tensor):
             return NotImplemented
         if other.ndim < 2:
-            if other.shape[-1] != self.rdim:
-                raise ValueError(f"cannot multiply {self.shape} by a vector of {other.shape[-1]}")
+            if other.ndim == 0 or other.shape[-1] != self.rdim:
+                raise FactoredMatrixBroadcastError(
+                    f"cannot multiply a FactoredMatrix of shape {tuple(self.shape)} by a tensor of "
+                    f"shape {tuple(other.shape)}: a vector needs {self.rdim} entries (use * for a "
+                    "scalar)"
+                )
             return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.shape[-2] != self.rdim:
-            raise ValueError(f"cannot multiply {self.shape} by {tuple(other.shape)}")
-        return FactoredMatrix(self.A, self.B @ other)
+            raise FactoredMatrixShapeError(
+                f"inner dimension mismatch: FactoredMatrix {tuple(self.shape)} @ tensor "
+                f"{tuple(other.shape)} needs the tensor's second-to-last dim to be {self.rdim}"
+            )
+        _check_broadcast(self.shape[:-2], other.shape[:-2], "@")
+        if self.rdim > self.mdim:
+            return FactoredMatrix(self.A, self.B @ other)
+        return FactoredMatrix(self.AB, other)
 
     def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
-        """`other @ self` for a tensor `other` (a vector gives a vector)."""
+        """`other @ self` for a tensor `other` (a vector gives a vector).
+
+        As on the right, the smaller inner dimension is kept: `(X A) @ B` (inner mdim) when
+        mdim < ldim, else `X @ (AB)` (inner ldim).
+
+        Example:
+            >>> M = FactoredMatrix(torch.randn(6, 2), torch.randn(2, 6))
+            >>> (torch.randn(3, 6) @ M).shape, (torch.randn(6) @ M).shape
+            (torch.Size([3, 6]), torch.Size([6]))
+        """
         if not isinstance(other, Tensor):
             return NotImplemented
-        if other.shape[-1] != self.ldim:
-            raise ValueError(f"cannot multiply {tuple(other.shape)} by {self.shape}")
+        if other.ndim == 0 or other.shape[-1] != self.ldim:
+            raise FactoredMatrixShapeError(
+                f"inner dimension mismatch: tensor {tuple(other.shape)} @ FactoredMatrix "
+                f"{tuple(self.shape)} needs the tensor's last dim to be {self.ldim}"
+            )
         if other.ndim < 2:
             return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
-        return FactoredMatrix(other @ self.A, self.B)
+        _check_broadcast(other.shape[:-2], self.shape[:-2], "@")
+        if self.ldim > self.mdim:
+            return FactoredMatrix(other @ self.A, self.B)
+        return FactoredMatrix(other, self.AB)
 
     def __mul__(self, scalar: Scalar) -> FactoredMatrix:
-        """Scalar multiple (scales A)."""
-        if isinstance(scalar, Tensor) and scalar.numel() != 1:
-            raise ValueError(
-                f"* takes a scalar, got a tensor of shape {tuple(scalar.shape)}; use @ for products"
-            )
-        if not isinstance(scalar, (int, float, Tensor)):
+        """Scalar multiple (scales A): a number or a 1-element tensor, from either side.
+
+        Example:
+            >>> (FactoredMatrix(torch.ones(2, 1), torch.ones(1, 2)) * torch.tensor([3.0])).AB
+            tensor([[3., 3.],
+                    [3., 3.]])
+        """
+        if isinstance(scalar, Tensor):
+            if scalar.numel() != 1:
+                raise FactoredMatrixShapeError(
+                    f"* takes a scalar, got a tensor of shape {tuple(scalar.shape)}; use @ for "
+                    "products"
+                )
+        elif not isinstance(scalar, numbers.Number):
             return NotImplemented
         return FactoredMatrix(self.A * scalar, self.B)
 
     def __rmul__(self, scalar: Scalar) -> FactoredMatrix:
+        """`scalar * self`, the same as `self * scalar`."""
         return self * scalar
 
     def __neg__(self) -> FactoredMatrix:
+        """`-self` (negates A)."""
         return self * -1
 
     def __truediv__(self, scalar: Scalar) -> FactoredMatrix:
+        """`self / scalar` for a number or a 1-element tensor."""
         return self * (1.0 / scalar)
 
-    # -- views -----------------------------------------------------------------------------------
     @property
     def AB(self) -> Float[Tensor, "*leading ldim rdim"]:
         """The full matrix (this forms it: ldim x rdim per leading index).
@@ -134,7 +197,9 @@ class FactoredMatrix:
             tensor([[3.]])
         """
         if self.ldim != self.rdim:
-            raise ValueError(f"BA needs a square matrix, this one is {self.ldim} x {self.rdim}")
+            raise FactoredMatrixShapeError(
+                f"BA (and eigenvalues) need a square matrix, this one is {self.ldim} x {self.rdim}"
+            )
         return self.B @ self.A
 
     @property
@@ -166,28 +231,26 @@ class FactoredMatrix:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"FactoredMatrix: Shape({tuple(self.shape)}), Hidden Dim({self.mdim})"
+        return f"FactoredMatrix: Shape({self.shape}), Hidden Dim({self.mdim})"
 
     def __getitem__(self, idx: Any) -> FactoredMatrix:
-        """Index the leading dimensions (then optionally rows, then columns).
+        """Index the leading dimensions (then optionally rows, then columns), without forming AB.
 
         As in TransformerLens, an int index into the row or column dimension keeps that dimension
-        with length 1, so the result is always a FactoredMatrix.
+        with length 1, so the result is always a FactoredMatrix. `...` stands for the dimensions
+        not named (so `M[..., 3]` is column 3) and `None` adds a leading dimension.
+
+        Example:
+            >>> M = FactoredMatrix(torch.randn(4, 5, 2), torch.randn(4, 2, 7))
+            >>> M[1].shape, M[..., 1:3, 0].shape, M[None, 0].shape
+            (torch.Size([5, 7]), torch.Size([2, 1]), torch.Size([1, 5, 7]))
         """
-        if not isinstance(idx, tuple):
-            idx = (idx,)
-        if any(i is None or i is Ellipsis for i in idx):
-            raise IndexError("FactoredMatrix indexing takes no None or ...; index dims explicitly")
-        n_lead = self.ndim - 2
-        if len(idx) > self.ndim:
-            raise IndexError(f"index {idx} is too long for a FactoredMatrix of shape {self.shape}")
+        lead, rest = _split_index(idx if isinstance(idx, tuple) else (idx,), self.ndim)
 
         def keep(i: Any) -> Any:
             return slice(i, i + 1 if i != -1 else None) if isinstance(i, int) else i
 
-        lead = idx[:n_lead]
         A, B = self.A[lead], self.B[lead]
-        rest = idx[n_lead:]
         if rest:
             A = A[..., keep(rest[0]), :]
         if len(rest) == 2:
@@ -197,15 +260,24 @@ class FactoredMatrix:
     def unsqueeze(self, k: int) -> FactoredMatrix:
         """Insert a leading dimension of size 1 at position `k` (k <= number of leading dims).
 
+        A `k` past the tensor's dims is a FactoredMatrixIndexError; one that would land among the
+        matrix's rows and columns is a FactoredMatrixShapeError (an AssertionError, as in
+        TransformerLens, whose factors stop matching there).
+
         Example:
             >>> model.OV[0].unsqueeze(0).shape                 # [1, n_heads, d_model, d_model]
         """
         n_lead = self.ndim - 2
+        if not -self.ndim - 1 <= k <= self.ndim:
+            raise FactoredMatrixIndexError(
+                f"unsqueeze({k}) is out of range for a {self.ndim}-D FactoredMatrix"
+            )
         if k < 0:
             k += self.ndim + 1
-        if not 0 <= k <= n_lead:
-            raise IndexError(
-                f"unsqueeze({k}) would not be a leading dimension of a {self.ndim}-D FactoredMatrix"
+        if k > n_lead:
+            raise FactoredMatrixShapeError(
+                f"unsqueeze({k}) would split the rows and columns of a {self.ndim}-D "
+                f"FactoredMatrix; insert a leading dimension (k <= {n_lead})"
             )
         return FactoredMatrix(self.A.unsqueeze(k), self.B.unsqueeze(k))
 
@@ -217,7 +289,6 @@ class FactoredMatrix:
         """
         return FactoredMatrix(self.A.to(*args, **kwargs), self.B.to(*args, **kwargs))
 
-    # -- spectral ----------------------------------------------------------------------------------
     def svd(
         self,
     ) -> tuple[
@@ -225,15 +296,15 @@ class FactoredMatrix:
         Float[Tensor, "*leading k"],
         Float[Tensor, "*leading rdim k"],
     ]:
-        """Thin SVD `(U, S, Vh)` with `U @ S.diag() @ Vh.T == AB` (TransformerLens's convention:
-        `Vh` holds the right singular vectors as columns, the transpose of `torch.linalg.svd`'s).
+        """Thin SVD `(U, S, V)` with `U @ S.diag() @ V.T == AB` (TransformerLens's convention:
+        `V` holds the right singular vectors as columns, the transpose of `torch.linalg.svd`'s Vh).
 
         k = min(ldim, mdim, rdim). Computed from QR factors of A and B^T and the SVD of a small
         k x k core, so it costs O((ldim + rdim) mdim²). Cached on the object.
 
         Example:
-            >>> U, S, Vh = model.OV[2, 1].svd()
-            >>> torch.allclose(U @ S.diag() @ Vh.T, model.OV[2, 1].AB, atol=1e-5)
+            >>> U, S, V = model.OV[2, 1].svd()
+            >>> torch.allclose(U @ S.diag() @ V.T, model.OV[2, 1].AB, atol=1e-5)
             True
         """
         if self._svd is None:
@@ -266,12 +337,28 @@ class FactoredMatrix:
         return self.svd()[1]
 
     @property
-    def Vh(self) -> Float[Tensor, "*leading rdim k"]:
-        """Right singular vectors as columns (TransformerLens's name; `AB = U diag(S) Vh^T`).
+    def V(self) -> Float[Tensor, "*leading rdim k"]:
+        """Right singular vectors as columns: `AB == U @ S.diag() @ V.transpose(-2, -1)`.
 
         Example:
-            >>> model.OV[2, 1].Vh.shape                        # [d_model, d_head]
+            >>> model.OV[2, 1].V.shape                         # [d_model, d_head]
         """
+        return self.svd()[2]
+
+    @property
+    def Vh(self) -> Float[Tensor, "*leading rdim k"]:
+        """Deprecated alias of `V` (as in TransformerLens 3.9, it warns): the right singular
+        vectors as columns, not their transpose.
+
+        Example:
+            >>> model.OV[2, 1].V                               # use V; Vh warns
+        """
+        warnings.warn(
+            "FactoredMatrix.Vh returns V (the right singular vectors as columns), not its "
+            "transpose; use .V (TransformerLens 3.9 deprecates .Vh the same way)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.svd()[2]
 
     @property
@@ -296,13 +383,13 @@ class FactoredMatrix:
         return self.S.pow(2).sum(-1).sqrt()
 
     def collapse_l(self) -> Float[Tensor, "*leading k rdim"]:
-        """`diag(S) Vh^T`: the matrix with its left orthogonal factor U removed (same norms, and
+        """`diag(S) V^T`: the matrix with its left orthogonal factor U removed (same norms, and
         same norms of products with anything on the right).
 
         Example:
             >>> model.OV[1, 0].collapse_l().shape              # [d_head, d_model]
         """
-        return self.S[..., :, None] * self.Vh.transpose(-2, -1)
+        return self.S[..., :, None] * self.V.transpose(-2, -1)
 
     def collapse_r(self) -> Float[Tensor, "*leading ldim k"]:
         """`U diag(S)`: the matrix with its right orthogonal factor removed.
@@ -313,7 +400,7 @@ class FactoredMatrix:
         return self.U * self.S[..., None, :]
 
     def make_even(self) -> FactoredMatrix:
-        """The same matrix as `(U sqrt(S)) (sqrt(S) Vh^T)`: both factors carry half the spectrum and
+        """The same matrix as `(U sqrt(S)) (sqrt(S) V^T)`: both factors carry half the spectrum and
         have orthogonal columns / rows.
 
         Example:
@@ -321,7 +408,7 @@ class FactoredMatrix:
         """
         root = self.S.sqrt()
         return FactoredMatrix(
-            self.U * root[..., None, :], root[..., :, None] * self.Vh.transpose(-2, -1)
+            self.U * root[..., None, :], root[..., :, None] * self.V.transpose(-2, -1)
         )
 
     def get_corner(self, k: int = 3) -> Tensor:
@@ -331,6 +418,58 @@ class FactoredMatrix:
             >>> model.OV[0, 0].get_corner(2)                   # AB[:2, :2] from 2 rows and columns
         """
         return _dense_corner(self.A[..., :k, :] @ self.B[..., :, :k], k)
+
+
+def _index_axes(i: Any) -> int:
+    """How many dimensions one index entry consumes (a boolean mask: its own ndim)."""
+    if i is None:
+        return 0
+    if isinstance(i, (list, tuple)):
+        try:
+            i = torch.as_tensor(i)
+        except (TypeError, ValueError):
+            return 1
+    dtype = getattr(i, "dtype", None)
+    if dtype is not None and str(dtype) in ("torch.bool", "bool"):
+        return i.ndim
+    return 1
+
+
+def _split_index(idx: tuple, ndim: int) -> tuple[tuple, tuple]:
+    """Split an index into the part for the leading dims (with any `None`) and the (at most two)
+    entries for rows and columns, expanding `...`; raise for an index that does not fit."""
+    if sum(i is Ellipsis for i in idx) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(_index_axes(i) for i in idx if i is not Ellipsis)
+    if used > ndim:
+        raise FactoredMatrixIndexError(
+            f"{idx} is too long an index for a FactoredMatrix of {ndim} dimensions"
+        )
+    at = next((n for n, i in enumerate(idx) if i is Ellipsis), None)
+    if at is not None:
+        idx = idx[:at] + (slice(None),) * (ndim - used) + idx[at + 1 :]
+    n_lead, consumed, pos = ndim - 2, 0, 0
+    while pos < len(idx) and (consumed < n_lead or idx[pos] is None):
+        consumed += _index_axes(idx[pos])
+        pos += 1
+    lead, rest = idx[:pos], idx[pos:]
+    if consumed > n_lead or any(_index_axes(i) != 1 for i in rest):
+        raise IndexError(
+            f"index {idx} mixes the leading dimensions with the matrix's rows and columns (a mask "
+            "or None across them); index the leading dimensions, then rows, then columns"
+        )
+    return lead, rest
+
+
+def _check_broadcast(left: torch.Size, right: torch.Size, op: str) -> None:
+    """Raise FactoredMatrixBroadcastError unless two leading shapes broadcast."""
+    try:
+        torch.broadcast_shapes(left, right)
+    except RuntimeError as err:
+        raise FactoredMatrixBroadcastError(
+            f"shape mismatch: leading dimensions {tuple(left)} and {tuple(right)} of {op} do not "
+            "broadcast"
+        ) from err
 
 
 def product_norms(

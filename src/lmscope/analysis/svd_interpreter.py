@@ -62,7 +62,7 @@ class SVDInterpreter:
         if vector_type == "OV":
             if head_index is None:
                 raise ValueError("vector_type 'OV' needs a head_index")
-            V = self._get_OV_matrix(layer_index, head_index).Vh.T  # [k, d_model] rows
+            V = self._get_OV_matrix(layer_index, head_index).V.T  # [k, d_model] rows
         elif vector_type in ("w_in", "w_gate", "w_out"):
             if head_index is not None:
                 raise ValueError(f"vector_type {vector_type!r} takes no head_index")
