@@ -21,6 +21,7 @@ PAGES = [
     "docs/export.md",
     "docs/loading.md",
     "docs/gguf-cache.md",
+    "docs/hooks.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
