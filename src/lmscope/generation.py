@@ -706,6 +706,11 @@ def generate(
             is_eos = torch.isin(generated, torch.tensor(eos_ids, device=out.device))
             after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
             keep[:, prompt_len:] &= ~after_eos
+        if _is_text(input) and (
+            model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        ):
+            # the BOS lmscope put before the text is not part of it (TransformerLens drops it too)
+            keep[torch.arange(len(keep)), mask.argmax(dim=1)] = False
         texts = [model.to_string(row[k]) for row, k in zip(out, keep, strict=True)]
         result = texts[0] if isinstance(input, str) else texts
     return (result, capture.assemble()) if capture is not None else result
