@@ -141,8 +141,12 @@ def test_device_map_on_cpu_equals_plain_load(
     assert cache.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(cache[name], expected[name], rtol=0, atol=0)
-    got = model.generate(tokens[:1, :5], max_new_tokens=6, do_sample=False, verbose=False)
-    want = plain.generate(tokens[:1, :5], max_new_tokens=6, do_sample=False, verbose=False)
+    got = model.generate(
+        tokens[:1, :5], max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False
+    )
+    want = plain.generate(
+        tokens[:1, :5], max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False
+    )
     assert torch.equal(got, want)
 
 
