@@ -22,6 +22,7 @@ PAGES = [
     "docs/loading.md",
     "docs/gguf-cache.md",
     "docs/hooks.md",
+    "docs/migration.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
