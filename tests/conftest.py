@@ -46,6 +46,25 @@ TRAINING_TEXT = [
 ]
 
 
+def fake_hub_cache(
+    cache: Path,
+    repo_id: str,
+    files_from: Path | None = None,
+    revision: str = "main",
+    commit: str = "0123456789abcdef0123456789abcdef01234567",
+) -> Path:
+    """Lay out `files_from` (or nothing) as huggingface_hub caches `repo_id` at branch or
+    revision `revision`; returns the snapshot folder, so the hub code runs offline on it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in files_from.iterdir() if files_from is not None else ():
+        shutil.copy(f, snapshot / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """A checkpoint directory and the transformers model holding the same weights."""

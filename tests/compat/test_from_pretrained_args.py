@@ -4,19 +4,14 @@ tokenizer, torch_dtype, refactor_factored_attn_matrices, and the BOS default per
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import huggingface_hub
 import pytest
 import torch
-from conftest import TinyModel
+from conftest import TinyModel, fake_hub_cache
 
 from lmscope import HookedTransformer
 from lmscope.loading import registry
 from lmscope.loading.training_checkpoints import PYTHIA_STEPS, checkpoint_revision
-
-COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 def test_first_n_layers_loads_the_first_blocks(tiny_llama: TinyModel, tokens) -> None:
@@ -54,23 +49,12 @@ def test_checkpoint_value_and_index_name_pythia_revisions() -> None:
         checkpoint_revision("EleutherAI/pythia-70m", checkpoint_index=154)
 
 
-def _fake_revision(cache: Path, repo_id: str, revision: str, files_from: Path) -> None:
-    """Lay out `files_from` as huggingface_hub caches `repo_id` at branch `revision`."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for f in files_from.iterdir():
-        shutil.copy(f, snapshot / f.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / revision).write_text(COMMIT)
-
-
 def test_checkpoint_value_loads_that_hub_revision(tiny_neox: TinyModel, tmp_path, monkeypatch):
     """checkpoint_value=1000 of pythia-70m reads the hub revision step1000 (from the cache,
     offline); a revision that is not cached is the hub's clear offline error."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    _fake_revision(tmp_path, "EleutherAI/pythia-70m", "step1000", tiny_neox.path)
+    fake_hub_cache(tmp_path, "EleutherAI/pythia-70m", tiny_neox.path, revision="step1000")
     model = HookedTransformer.from_pretrained_no_processing(
         "pythia-70m", checkpoint_value=1000, cache_dir=tmp_path
     )

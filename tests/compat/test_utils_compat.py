@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
+from conftest import fake_hub_cache
 
 from lmscope import utilities, utils
 
@@ -129,13 +130,9 @@ def test_activation_functions() -> None:
 def test_download_file_from_hf_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    commit = "a" * 40
-    snapshot = tmp_path / "models--org--repo" / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = fake_hub_cache(tmp_path, "org/repo")
     (snapshot / "cfg.json").write_text('{"n_layers": 3}')
     torch.save({"w": torch.ones(2)}, snapshot / "w.pth")
-    (tmp_path / "models--org--repo" / "refs").mkdir()
-    (tmp_path / "models--org--repo" / "refs" / "main").write_text(commit)
     assert utils.download_file_from_hf("org/repo", "cfg.json", cache_dir=str(tmp_path)) == {
         "n_layers": 3
     }

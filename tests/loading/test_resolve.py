@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
+from conftest import fake_hub_cache
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmscope import HookedTransformer
 from lmscope.loading import MODEL_ALIASES, open_checkpoint
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.gguf import GGUFCheckpoint
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +35,6 @@ def tiny_llama_dir(tmp_path_factory) -> tuple[Path, LlamaForCausalLM]:
     return path, model
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, files_from: Path) -> Path:
-    """Lay out `files_from` as huggingface_hub caches a downloaded snapshot of `repo_id`."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for f in files_from.iterdir():
-        shutil.copy(f, snapshot / f.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    return snapshot
-
-
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -57,7 +43,7 @@ def offline(monkeypatch):
 
 def test_hub_id_loads_from_cache_offline(tmp_path, tiny_llama_dir, offline):
     path, hf = tiny_llama_dir
-    _fake_hub_cache(tmp_path, "someorg/tiny-llama", path)
+    fake_hub_cache(tmp_path, "someorg/tiny-llama", path)
     model = HookedTransformer.from_pretrained_no_processing(
         "someorg/tiny-llama", cache_dir=tmp_path
     )
@@ -69,7 +55,7 @@ def test_hub_id_loads_from_cache_offline(tmp_path, tiny_llama_dir, offline):
 def test_alias_resolves_to_its_hub_id(tmp_path, tiny_llama_dir, offline):
     path, _ = tiny_llama_dir
     assert MODEL_ALIASES["llama-3.2-1b"] == "meta-llama/Llama-3.2-1B"
-    snapshot = _fake_hub_cache(tmp_path, "meta-llama/Llama-3.2-1B", path)
+    snapshot = fake_hub_cache(tmp_path, "meta-llama/Llama-3.2-1B", path)
     checkpoint = open_checkpoint("Llama-3.2-1B", cache_dir=tmp_path)  # aliases ignore case
     assert isinstance(checkpoint, DirectoryCheckpoint)
     assert checkpoint.path == snapshot
