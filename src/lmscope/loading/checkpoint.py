@@ -20,7 +20,7 @@ import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -235,6 +235,24 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointNotFoundError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
 
 
+def resolve_key(name: str, keys: Collection[str], where: str) -> str:
+    """The key among `keys` that holds the HF tensor `name`: `name` itself, or `name` without
+    its base-model prefix ("transformer.", "model."), which checkpoints keep or drop.
+
+    Example:
+        >>> resolve_key("transformer.h.0.attn.c_attn.weight", {"h.0.attn.c_attn.weight"}, "x")
+        'h.0.attn.c_attn.weight'
+    """
+    if name in keys:
+        return name
+    rest = name.partition(".")[2]
+    if rest in keys:
+        return rest
+    raise MissingTensorError(
+        f"{where} is missing tensor {name!r}; it holds {len(keys)} tensors such as {list(keys)[:4]}"
+    )
+
+
 def copy_checked(name: str, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """`out.copy_(tensor)`, refusing a shape mismatch (which copy_ would broadcast silently)."""
     if tensor.shape != out.shape:
@@ -333,15 +351,7 @@ class DirectoryCheckpoint:
 
     def resolve(self, name: str) -> str:
         """The stored key for `name`; checkpoints differ on the base-model prefix ("transformer.")."""
-        if name in self._files:
-            return name
-        head, _, rest = name.partition(".")
-        if rest in self._files:
-            return rest
-        raise MissingTensorError(
-            f"checkpoint {self.path} is missing tensor {name!r}; it holds {len(self._files)} tensors "
-            f"such as {list(self._files)[:4]}"
-        )
+        return resolve_key(name, self._files, f"checkpoint {self.path}")
 
     def unread_tensors(self, used: set[str]) -> list[str]:
         return [key for key in self._files if key not in used]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lmscope.errors import CheckpointError, MissingTensorError
-from lmscope.loading.checkpoint import copy_checked
+from lmscope.errors import CheckpointError
+from lmscope.loading.checkpoint import copy_checked, resolve_key
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,15 +55,7 @@ class HFModelCheckpoint:
 
     def resolve(self, name: str) -> str:
         """The state_dict key for `name` (the base-model prefix, "transformer.", may differ)."""
-        if name in self._tensors:
-            return name
-        rest = name.partition(".")[2]
-        if rest in self._tensors:
-            return rest
-        raise MissingTensorError(
-            f"hf_model has no tensor {name!r}; its state_dict holds {len(self._tensors)} "
-            f"tensors such as {list(self._tensors)[:4]}"
-        )
+        return resolve_key(name, self._tensors, "hf_model's state_dict")
 
     def unread_tensors(self, used: set[str]) -> list[str]:
         return [key for key in self._tensors if key not in used]
