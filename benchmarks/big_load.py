@@ -46,6 +46,18 @@ SHAPE = {
     "num_key_value_heads": 4,
     "vocab_size": 32000,
 }
+# Llama 3 8B's shape (8.0 B parameters, 16 GB in bfloat16), for a GPU machine: --shape llama3-8b
+SHAPES = {
+    "tinyllama": SHAPE,
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
+}
 _ST_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
 
@@ -83,9 +95,12 @@ def llama_tensors(shape: dict[str, int]) -> Iterator[tuple[str, list[int]]]:
     yield "lm_head.weight", [v, d]
 
 
-def write_checkpoint(path: Path, dtype_name: str, shape: dict[str, int], seed: int = 0) -> int:
+def write_checkpoint(
+    path: Path, dtype_name: str, shape: dict[str, int], seed: int = 0, device: str = "cpu"
+) -> int:
     """Write config.json and a model.safetensors of seeded random weights (matrices N(0, 0.02),
-    norm weights 1 + N(0, 0.1)) in `dtype_name`, one tensor at a time; returns the file's bytes."""
+    norm weights 1 + N(0, 0.1)) in `dtype_name`, one tensor at a time; returns the file's bytes.
+    The values are drawn on `device` (a GPU draws an 8B checkpoint's in a second)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -104,14 +119,14 @@ def write_checkpoint(path: Path, dtype_name: str, shape: dict[str, int], seed: i
         offset += size
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "model.safetensors", "wb") as f:
         f.write(len(blob).to_bytes(8, "little") + blob)
         for _, dims in tensors:
-            values = torch.randn(dims, generator=generator)
+            values = torch.randn(dims, generator=generator, device=device)
             values = 1.0 + 0.1 * values if len(dims) == 1 else values.mul_(0.02)
-            f.write(values.to(dtype).view(torch.uint8).numpy().tobytes())
+            f.write(values.to(dtype).cpu().view(torch.uint8).numpy().tobytes())
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -130,8 +145,11 @@ def write_checkpoint(path: Path, dtype_name: str, shape: dict[str, int], seed: i
     return (path / "model.safetensors").stat().st_size
 
 
-def worker(kind: str, path: str, dtype_name: str, threads: int) -> dict[str, Any]:
-    """In a fresh interpreter: import, load once, read every parameter once; times and RSS."""
+def worker(
+    kind: str, path: str, dtype_name: str, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """In a fresh interpreter: import, load once (onto `device`), read every parameter once;
+    times, host RSS and, on a GPU, its peak allocated memory."""
     run = RUN
     import torch
     from transformers import AutoModelForCausalLM
@@ -143,13 +161,20 @@ def worker(kind: str, path: str, dtype_name: str, threads: int) -> dict[str, Any
     run._warm_lazy_imports(path)
     rss_after_import = run._rss_bytes()
     run._reset_peak_rss()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.zeros(1, device=device)  # the CUDA context, outside the timings
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     if kind == "hf":
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        on = {"device_map": device} if cuda else {}
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **on)
     elif kind == "lmscope":
-        model = HookedTransformer.from_pretrained(path, dtype=dtype)
+        model = HookedTransformer.from_pretrained(path, dtype=dtype, device=device)
     else:
-        model = HookedTransformer.from_pretrained_no_processing(path, dtype=dtype)
+        model = HookedTransformer.from_pretrained_no_processing(path, dtype=dtype, device=device)
+    if cuda:
+        torch.cuda.synchronize(device)
     load_s = time.perf_counter() - start
     peak_load = run._peak_rss_bytes()
     start = time.perf_counter()
@@ -161,7 +186,9 @@ def worker(kind: str, path: str, dtype_name: str, threads: int) -> dict[str, Any
         )
     touch_s = time.perf_counter() - start
     params = list(model.parameters())
+    gpu = {"gpu_peak": torch.cuda.max_memory_allocated(device)} if cuda else {}
     return {
+        **gpu,
         "kind": kind,
         "load_s": load_s,
         "touch_s": touch_s,
@@ -173,9 +200,11 @@ def worker(kind: str, path: str, dtype_name: str, threads: int) -> dict[str, Any
     }
 
 
-def run_worker(kind: str, path: Path, dtype_name: str, threads: int) -> dict[str, Any]:
+def run_worker(
+    kind: str, path: Path, dtype_name: str, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_worker", kind, "--_path", str(path)]
-    cmd += ["--dtypes", dtype_name, "--threads", str(threads)]
+    cmd += ["--dtypes", dtype_name, "--threads", str(threads), "--device", device]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -185,22 +214,22 @@ def run_worker(kind: str, path: Path, dtype_name: str, threads: int) -> dict[str
 
 
 def bench_dtype(
-    dtype_name: str, repeats: int, threads: int, shape: dict[str, int]
+    dtype_name: str, repeats: int, threads: int, shape: dict[str, int], device: str = "cpu"
 ) -> dict[str, Any]:
     """Write the checkpoint, load it `repeats` times per kind (interleaved), delete it; medians."""
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="lmscope-big-load-") as tmp:
         path = Path(tmp) / dtype_name
         start = time.perf_counter()
-        disk = write_checkpoint(path, dtype_name, shape)
+        disk = write_checkpoint(path, dtype_name, shape, device=device)
         print(
             f"  wrote {disk / 2**30:.2f} GiB in {time.perf_counter() - start:.0f} s",
             file=sys.stderr,
         )
-        run_worker("hf", path, dtype_name, threads)  # untimed: warms the page cache
+        run_worker("hf", path, dtype_name, threads, device)  # untimed: warms the page cache
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
         for _ in range(repeats):
             for kind in KINDS:
-                runs[kind].append(run_worker(kind, path, dtype_name, threads))
+                runs[kind].append(run_worker(kind, path, dtype_name, threads, device))
                 print(f"  {kind}: {_brief(runs[kind][-1])}", file=sys.stderr, flush=True)
     out: dict[str, Any] = {
         "weights_bytes": disk,
@@ -221,15 +250,18 @@ def bench_dtype(
             "dtypes": ok[0]["dtypes"],
             "runs": len(ok),
         }
+        if "gpu_peak" in ok[0]:
+            out["kinds"][kind]["gpu_peak"] = statistics.median(r["gpu_peak"] for r in ok)
     return out
 
 
 def _brief(r: dict[str, Any]) -> str:
     if "error" in r:
         return r["error"]
+    gpu = f", GPU peak {r['gpu_peak'] / r['param_bytes']:.3f}x" if "gpu_peak" in r else ""
     return (
         f"load {r['load_s']:.2f} s + read {r['touch_s']:.2f} s, peak RSS growth "
-        f"{r['rss_growth_touch'] / r['param_bytes']:.3f}x the weights"
+        f"{r['rss_growth_touch'] / r['param_bytes']:.3f}x the weights{gpu}"
     )
 
 
@@ -244,7 +276,7 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
             continue
         out[kind] = {
             "time": k["load_touch_s"] / hf,
-            "memory": k["rss_growth_touch"] / k["param_bytes"],
+            "memory": k.get("gpu_peak", k["rss_growth_touch"]) / k["param_bytes"],
         }
     return out
 
@@ -256,7 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    parser.add_argument("--shape", choices=list(SHAPES), default="tinyllama")
+    parser.add_argument("--layers", type=int, help="override the shape's number of layers")
+    parser.add_argument(
+        "--device", default="cpu", help="load onto this device (cuda: memory is the GPU's peak)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="the JSON's path")
     parser.add_argument(
         "--no-render", action="store_true", help="do not re-render docs/benchmarks.md"
     )
@@ -264,12 +301,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--_path", dest="path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.path, args.dtypes[0], args.threads)))
+        print(json.dumps(worker(args.worker, args.path, args.dtypes[0], args.threads, args.device)))
         return
-    shape = dict(SHAPE, num_hidden_layers=args.layers)
+    shape = dict(SHAPES[args.shape])
+    if args.layers is not None:
+        shape["num_hidden_layers"] = args.layers
     run = RUN
     doc: dict[str, Any] = {
-        "machine": run.machine_info("cpu"),
+        "machine": run.machine_info(args.device),
+        "device": args.device,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "shape": shape,
         "repeats": args.repeats,
@@ -278,18 +318,20 @@ def main(argv: list[str] | None = None) -> None:
     }
     for dtype_name in args.dtypes:
         print(f"== {dtype_name} checkpoint", file=sys.stderr, flush=True)
-        result = bench_dtype(dtype_name, args.repeats, args.threads, shape)
+        result = bench_dtype(dtype_name, args.repeats, args.threads, shape, args.device)
         doc["checkpoints"][dtype_name] = result
         for kind, r in ratios(result).items():
             time_target, memory_target = RUN.BIG_LOAD_TARGETS[kind]
             print(
                 f"{dtype_name} {kind}: load + read {r['time']:.2f}x HF (target <= {time_target}x), "
-                f"peak RSS growth {r['memory']:.3f}x the weights (target <= {memory_target}x)"
+                f"peak {'GPU memory' if args.device != 'cpu' else 'RSS growth'} "
+                f"{r['memory']:.3f}x the weights (target <= {memory_target}x)"
             )
-    run.BIG_LOAD_JSON.parent.mkdir(parents=True, exist_ok=True)
-    run.BIG_LOAD_JSON.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {run.BIG_LOAD_JSON}", file=sys.stderr)
-    if not args.no_render:
+    out = args.out or run.BIG_LOAD_JSON
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    if not args.no_render and args.out is None:
         run.DOC_MD.write_text(run.render(run.load_results()))
         print(f"wrote {run.DOC_MD}", file=sys.stderr)
 

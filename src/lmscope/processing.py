@@ -194,7 +194,8 @@ def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
     cfg = model.cfg
     if _folds(cfg, steps):
         cfg.normalization_type = "LNPre" if cfg.normalization_type == "LN" else "RMSPre"
-        model.to(model.W_E.device)
+        if model._placement is None:  # a model spread over devices keeps its placement
+            model.to(model.W_E.device)
         model.setup()
     cfg.processing.update(steps)
 

@@ -625,7 +625,9 @@ def from_pretrained(
         devices.check_layers(cfg.n_layers)
     _check_fits(cfg, checkpoint)
     weight_map = family.weight_map(cfg, checkpoint.hf_config)
-    model = HookedTransformer(cfg)  # in `dtype`: no float32 copy of a half-precision model
+    model = _empty_model(cfg, device if move_to_device and devices is None else None)
+    if devices is not None:
+        place(model, devices.plan(model))  # before the weights, so each streams to its device
     model.hf_config = dict(checkpoint.hf_config)  # what export writes back (save_pretrained)
     steps = plan_steps(
         cfg,
@@ -649,10 +651,18 @@ def from_pretrained(
         cfg.default_prepend_bos = default_prepend_bos
     if default_padding_side is not None:
         cfg.default_padding_side = default_padding_side
-    if devices is not None:
-        place(model, devices.plan(model))
-    elif device is not None:
-        if move_to_device:
-            model.to(device)
+    if devices is None and device is not None:
         cfg.device = str(device)
     return model
+
+
+def _empty_model(
+    cfg: HookedTransformerConfig, device: str | torch.device | None
+) -> HookedTransformer:
+    """The model with uninitialised weights in `cfg.dtype`, built on `device` (default: the CPU),
+    so that the weights load (and are processed) straight into it: a model for a GPU never has
+    a copy in host memory, and no float32 copy of a half-precision model exists anywhere."""
+    if device is None or torch.device(device).type == "cpu":
+        return HookedTransformer(cfg)
+    with torch.device(device):
+        return HookedTransformer(cfg)
