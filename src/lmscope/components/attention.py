@@ -65,8 +65,15 @@ class AttentionMask:
         device: torch.device,
         window: int | None = None,
         bias: Tensor | None = None,
+        causal: bool = True,
     ) -> AttentionMask:
-        """Causal mask, with padding (`key_valid`) and a sliding window (key i - window < j <= i)."""
+        """Causal mask, with padding (`key_valid`) and a sliding window (key i - window < j <= i).
+        With `causal=False` (encoders, cross-attention) every query sees every real key: the mask
+        is `key_valid` alone, [batch, 1, 1, k_pos], or None without padding."""
+        if not causal:
+            if key_valid is None:
+                return cls(None, False, bias)
+            return cls(key_valid[:, None, None, :].bool(), False, bias)
         windowed = window is not None and k_len > window
         if key_valid is None and not windowed:
             if q_len == k_len:
@@ -255,10 +262,12 @@ class Attention(nn.Module):
         `cache_start`, to which this call's keys and values are appended)."""
         cfg = self.cfg
         b, p = query_input.shape[:2]
-        if query_input.ndim == 3 and query_input is key_input and key_input is value_input:
+        if query_input.ndim == 3 and key_input.ndim == 3 and value_input.ndim == 3:
+            # (keys and values may read another sequence: cross-attention reads the encoder's)
+            kp = key_input.shape[1]
             q = linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
-            k = linear(query_input, self.k_weight, self.k_bias).view(b, p, -1, cfg.d_head)
-            v = linear(query_input, self.v_weight, self.v_bias).view(b, p, -1, cfg.d_head)
+            k = linear(key_input, self.k_weight, self.k_bias).view(b, kp, -1, cfg.d_head)
+            v = linear(value_input, self.v_weight, self.v_bias).view(b, kp, -1, cfg.d_head)
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
