@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -59,6 +59,9 @@ def check_dtype_runs(dtype: torch.dtype, device: str | torch.device | None) -> N
 @dataclass
 class HookedTransformerConfig:
     """Shape and behaviour of a HookedTransformer (TransformerLens field names)."""
+
+    # what the models of this config implement (an encoder's config adds T5's relative positions)
+    _positional_embedding_types: ClassVar[tuple[str, ...]] = POSITIONAL_EMBEDDING_TYPES
 
     d_model: int
     n_layers: int
@@ -165,10 +168,10 @@ class HookedTransformerConfig:
             raise ValueError(
                 f"normalization_type {self.normalization_type!r} is not supported; choose one of {NORMALIZATION_TYPES}"
             )
-        if self.positional_embedding_type not in POSITIONAL_EMBEDDING_TYPES:
+        if self.positional_embedding_type not in self._positional_embedding_types:
             raise ValueError(
                 f"positional_embedding_type {self.positional_embedding_type!r} is not supported; "
-                f"choose one of {POSITIONAL_EMBEDDING_TYPES}"
+                f"choose one of {self._positional_embedding_types}"
             )
         if self.positional_embedding_type == "rotary":
             if self.rotary_dim > self.d_head or self.rotary_dim % 2:
