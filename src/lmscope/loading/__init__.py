@@ -21,7 +21,7 @@ from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dt
 from lmscope.devices import DeviceRequest, place
 from lmscope.errors import CheckpointError, CheckpointNotFoundError
 from lmscope.loading import gguf_cache as _gguf_cache
-from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint
+from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint, copy_into
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.hf_model import HFModelCheckpoint
@@ -383,9 +383,9 @@ def _load_views(
         if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
             # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
             # torch use its blocked transpose kernel, several times faster than a strided copy.
-            view.T.copy_(tensor.T)
+            copy_into(view.T, tensor.T)
         else:
-            view.copy_(tensor)
+            copy_into(view, tensor)
     return owners
 
 
@@ -598,6 +598,8 @@ def from_pretrained(
     if not move_to_device and (device_map is not None or (n_devices or 1) > 1):
         raise ValueError("move_to_device=False cannot spread the model (device_map/n_devices)")
     devices = DeviceRequest.check(device_map, n_devices, device, dtype)
+    if devices is None and n_devices is not None and device is None:
+        device = "cuda"  # n_devices=1: the first GPU, as TransformerLens
     if devices is None:
         check_dtype_runs(dtype, device)
     if default_padding_side is not None:
