@@ -266,8 +266,8 @@ class Attention(nn.Module):
             # (keys and values may read another sequence: cross-attention reads the encoder's)
             kp = key_input.shape[1]
             q = linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
-            k = linear(key_input, self.k_weight, self.k_bias).view(b, kp, -1, cfg.d_head)
-            v = linear(value_input, self.v_weight, self.v_bias).view(b, kp, -1, cfg.d_head)
+            k = linear(key_input, self.k_weight, self.k_bias).unflatten(-1, (-1, cfg.d_head))
+            v = linear(value_input, self.v_weight, self.v_bias).unflatten(-1, (-1, cfg.d_head))
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
