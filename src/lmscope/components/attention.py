@@ -263,8 +263,8 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and key_input.ndim == 3 and value_input.ndim == 3:
-            # (keys and values may read another sequence: cross-attention reads the encoder's)
-            kp = key_input.shape[1]
+            # (keys and values may read another sequence: cross-attention reads the encoder's,
+            # and reads no new positions once a cache holds them)
             q = linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
             k = linear(key_input, self.k_weight, self.k_bias).unflatten(-1, (-1, cfg.d_head))
             v = linear(value_input, self.v_weight, self.v_bias).unflatten(-1, (-1, cfg.d_head))
