@@ -24,7 +24,13 @@ $(VENV)/.dev: $(VENV)/.runtime requirements/dev.txt
 demo: $(VENV)/.runtime
 	$(PY) -m lmscope demo
 
-test: $(VENV)/.dev
+# Headless Chromium for the viz browser tests (tests/viz) and PNG export: Debian's package,
+# installed only when /usr/bin/chromium is missing (CI: a fresh root Debian machine).
+/usr/bin/chromium:
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium
+
+test: $(VENV)/.dev /usr/bin/chromium
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev

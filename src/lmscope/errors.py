@@ -11,8 +11,10 @@ from __future__ import annotations
 import pickle
 
 __all__ = [
+    "BrowserNotFoundError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "FigureTooLargeError",
     "MissingTensorError",
     "RemoteCodeError",
     "UnsafeCheckpointError",
@@ -42,3 +44,13 @@ class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
 class RemoteCodeError(CheckpointError):
     """The checkpoint's tokenizer needs Python code shipped with the checkpoint, and
     ``trust_remote_code=True`` was not given."""
+
+
+class FigureTooLargeError(ValueError):
+    """A `lmscope.viz` input too large for one self-contained page; the message gives its size,
+    the limit, and how to slice or down-sample it."""
+
+
+class BrowserNotFoundError(RuntimeError):
+    """Saving a figure as PNG needs a headless Chromium and none was found; the message says how
+    to install one or which format to save instead."""

@@ -1,0 +1,93 @@
+"""Browser fixtures for the viz tests: one headless Chromium per session (Debian's `chromium`,
+driven by Playwright's Python API with the system binary; `make test` installs it when missing).
+
+`open_figure(fig, name)` saves the figure as HTML under the test's tmp dir, opens the file, and
+returns the page once the figure's script has run. When the test ends, every opened page must
+have made no request other than its own file:// URL and logged no console error; a screenshot of
+each is saved next to its HTML.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmscope.viz import Figure
+
+BROWSER_PATHS = ("/usr/bin/chromium", "chromium", "chromium-browser")
+
+
+def _chromium() -> str:
+    for name in BROWSER_PATHS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "the viz tests need a headless Chromium: run `make test` (it installs Debian's chromium "
+        "when /usr/bin/chromium is missing) or apt-get install chromium"
+    )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+class FigurePage:
+    """An opened figure: `page` (Playwright), and what it requested or logged."""
+
+    def __init__(self, page: Any, path: Path) -> None:
+        self.page = page
+        self.path = path
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+
+    def root(self, index: int = 0) -> Any:
+        return self.page.locator(".lmv").nth(index)
+
+    def tip(self) -> str:
+        """The visible tooltip's text ('' when none is shown)."""
+        tip = self.page.locator(".lmv-tip:visible")
+        return tip.first.inner_text() if tip.count() else ""
+
+
+@pytest.fixture
+def open_figure(browser: Any, tmp_path: Path) -> Iterator[Callable[[Figure, str], FigurePage]]:
+    opened: list[tuple[Any, FigurePage]] = []
+
+    def open_(fig: Figure, name: str) -> FigurePage:
+        path = fig.save(tmp_path / f"{name}.html")
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        shown = FigurePage(page, path)
+
+        def route(r: Any) -> None:
+            if r.request.url.startswith("file://"):
+                r.continue_()
+            else:
+                shown.requests.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.on("console", lambda m: shown.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: shown.errors.append(str(e)))
+        page.goto(path.as_uri())
+        page.wait_for_selector(".lmv[data-ready]", state="attached")
+        opened.append((context, shown))
+        return shown
+
+    yield open_
+    for context, shown in opened:
+        shown.page.screenshot(path=str(shown.path.with_suffix(".png")), full_page=True)
+        context.close()
+        assert shown.requests == [], f"{shown.path.name} made requests: {shown.requests}"
+        assert shown.errors == [], f"{shown.path.name} logged errors: {shown.errors}"
