@@ -56,6 +56,8 @@ def test_bad_input_in_process(
         (["--model", str(tmp_path / "missing.gguf")], "no such file or directory"),
         (["--model", str(tmp_path)], "has no config.json"),  # a directory that is no checkpoint
         (["--model", str(tiny_gpt2_tok.path), "--prompt", "word " * 100], "shorten it"),
+        (["--html", str(tmp_path / "page.png")], "must name an .html file"),
+        (["--html", str(tmp_path / "no" / "page.html")], "does not exist"),
     ]
     for args, phrase in cases:
         with pytest.raises(SystemExit) as exit_info:

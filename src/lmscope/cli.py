@@ -1,4 +1,5 @@
-"""Command line: `python -m lmscope demo` runs the main job on the embedded model.
+"""Command line: `python -m lmscope demo` runs the main job on the embedded model;
+`--html out.html` also writes its tokens, logit lens and induction heads as one `lmscope.viz` page.
 
 Bad input (an unknown or unreachable model, an empty or too long prompt) prints one line,
 `lmscope: error: <what is wrong and what to do>`, and exits with status 2, as argparse does for
@@ -11,9 +12,12 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from lmscope import viz
+from lmscope.cache import ActivationCache
 from lmscope.model import HookedTransformer
 
 
@@ -49,38 +53,101 @@ def _prompt_tokens(model: HookedTransformer, prompt: str) -> torch.Tensor:
     return tokens
 
 
+def _html_path(html: str | None) -> Path | None:
+    """The --html file, checked before any work: an .html name in an existing folder."""
+    if html is None:
+        return None
+    path = Path(html)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--html {html!r} must name an .html file, e.g. --html demo.html")
+    if not path.parent.is_dir():
+        raise UsageError(f"--html {html!r}: the folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def _induction_scores(
     model: HookedTransformer, seq_len: int = 24, batch: int = 4, seed: int = 0
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean attention from each token of a repeated random sequence to the token after its
-    previous occurrence, per [layer, head]: high for induction heads."""
+    previous occurrence, per [layer, head]: high for induction heads. Also returns the first
+    sequence's tokens [2 * seq_len] and attention patterns [layer, head, q, k] (for the page)."""
     gen = torch.Generator().manual_seed(seed)
-    rand = torch.randint(1000, model.cfg.d_vocab - 1000, (batch, seq_len), generator=gen)
+    vocab = model.cfg.d_vocab
+    low, high = (1000, vocab - 1000) if vocab > 4000 else (0, vocab)  # skip special/rare ids
+    rand = torch.randint(low, high, (batch, seq_len), generator=gen)
     tokens = torch.cat([rand, rand], dim=1).to(model.W_E.device)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    patterns = []
     for layer in range(model.cfg.n_layers):
         pattern = cache["pattern", layer]  # [batch, head, q, k]
         stripe = pattern.diagonal(
             offset=1 - seq_len, dim1=-2, dim2=-1
         )  # q attends to q - seq_len + 1
         scores[layer] = stripe[..., 1:].mean(dim=(0, -1)).cpu()
-    return scores
+        patterns.append(pattern[0].float().cpu())
+    return scores, tokens[0].cpu(), torch.stack(patterns)
+
+
+def _write_page(
+    path: Path,
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    cache: ActivationCache,
+    answer: int,
+    induction: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    top_k: int,
+) -> None:
+    """The demo as one viz page: the prompt's tokens coloured by surprisal, the next-token
+    prediction, the logit lens, and the induction heads (scores and attention patterns)."""
+    str_tokens = model.to_str_tokens(tokens[0])
+    log_probs = logits[0].float().log_softmax(-1)
+    surprisal = torch.full((tokens.shape[1],), float("nan"))
+    surprisal[1:] = -log_probs[:-1].gather(-1, tokens[0, 1:, None].to(log_probs.device))[:, 0].cpu()
+    top = log_probs[-1].exp().topk(top_k)
+    scores, rand_tokens, patterns = induction
+    best = divmod(int(scores.flatten().argmax()), model.cfg.n_heads)
+    figures = [
+        viz.colored_tokens(
+            str_tokens, surprisal, title="Prompt tokens coloured by surprisal (-log p, nats)"
+        ),
+        viz.bars(
+            top.values.cpu(), [repr(model.to_string(int(i))) for i in top.indices],
+            title=f"Top-{top_k} next tokens (probability)",
+        ),
+        viz.logit_lens_from_cache(cache, tokens, answer, kind="prob"),
+        viz.heatmap(
+            scores, title="Induction score per head (repeated random tokens)", xlabel="head",
+            ylabel="layer", value_name="induction score",
+        ),
+        viz.attention_heads(
+            patterns, model.to_str_tokens(rand_tokens), selected=best,
+            title=f"Attention on repeated random tokens (L{best[0]}H{best[1]}: top induction head)",
+        ),
+    ]  # fmt: skip
+    title = f"lmscope demo: {model.cfg.model_name}, {model.to_string(tokens[0])!r}"
+    viz.page(*figures, title=title).save(path)
 
 
 @torch.no_grad()
 def demo(
-    model_name: str = "smollm2-135m", prompt: str = "The capital of France is", top_k: int = 5
+    model_name: str = "smollm2-135m",
+    prompt: str = "The capital of France is",
+    top_k: int = 5,
+    html: str | None = None,
 ) -> None:
-    """Load a model and print next-token predictions, a logit lens and the top induction heads.
+    """Load a model and print next-token predictions, a logit lens and the top induction heads;
+    with `html`, also write them as one viz page to that file.
 
-    Raises UsageError for an empty prompt (before loading) and for a model or prompt that does not
-    load or run.
+    Raises UsageError for an empty prompt or a bad `html` path (before loading) and for a model or
+    prompt that does not load or run.
     """
     if not prompt:
         raise UsageError(
             "--prompt is empty; pass some text, e.g. --prompt 'The capital of France is'"
         )
+    html_path = _html_path(html)
     t0 = time.perf_counter()
     model = _load(model_name)
     load_s = time.perf_counter() - t0
@@ -114,7 +181,8 @@ def demo(
     run_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = _induction_scores(model)
+    induction = _induction_scores(model)
+    scores = induction[0]
     best = scores.flatten().topk(5)
     print(
         "\nTop induction heads (attention to the token after the previous occurrence, repeated random tokens):"
@@ -123,9 +191,13 @@ def demo(
         layer, head = divmod(flat, cfg.n_heads)
         print(f"  L{layer}H{head}  {score:.3f}")
     induction_s = time.perf_counter() - t0
-    print(
-        f"\nTimes: load {load_s:.1f} s, prompt + logit lens {run_s:.2f} s, induction scan {induction_s:.2f} s"
-    )
+    times = f"load {load_s:.1f} s, prompt + logit lens {run_s:.2f} s, induction scan {induction_s:.2f} s"
+    if html_path is not None:
+        t0 = time.perf_counter()
+        _write_page(html_path, model, tokens, logits, cache, answer, induction, top_k)
+        times += f", page {time.perf_counter() - t0:.2f} s"
+        print(f"\nWrote {html_path} (open it in a browser; it loads nothing from the network)")
+    print(f"\nTimes: {times}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -137,10 +209,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--model", default="smollm2-135m", help="alias, hub id, directory or .gguf file"
     )
     p_demo.add_argument("--prompt", default="The capital of France is")
+    p_demo.add_argument(
+        "--html", metavar="FILE", help="also write the results as one self-contained HTML page"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            demo(args.model, args.prompt)
+            demo(args.model, args.prompt, html=args.html)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the loader's message held
         print(f"{parser.prog}: error: {message}", file=sys.stderr)

@@ -61,11 +61,11 @@ class FigurePage:
 
 
 @pytest.fixture
-def open_figure(browser: Any, tmp_path: Path) -> Iterator[Callable[[Figure, str], FigurePage]]:
+def open_page(browser: Any) -> Iterator[Callable[[Path], FigurePage]]:
+    """Open an HTML file holding viz figures; checked for requests and errors at teardown."""
     opened: list[tuple[Any, FigurePage]] = []
 
-    def open_(fig: Figure, name: str) -> FigurePage:
-        path = fig.save(tmp_path / f"{name}.html")
+    def open_(path: Path) -> FigurePage:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         shown = FigurePage(page, path)
@@ -86,8 +86,20 @@ def open_figure(browser: Any, tmp_path: Path) -> Iterator[Callable[[Figure, str]
         return shown
 
     yield open_
-    for context, shown in opened:
+    for context, shown in opened:  # a screenshot of each page next to its file, then the checks
         shown.page.screenshot(path=str(shown.path.with_suffix(".png")), full_page=True)
         context.close()
         assert shown.requests == [], f"{shown.path.name} made requests: {shown.requests}"
         assert shown.errors == [], f"{shown.path.name} logged errors: {shown.errors}"
+
+
+@pytest.fixture
+def open_figure(
+    open_page: Callable[[Path], FigurePage], tmp_path: Path
+) -> Callable[[Figure, str], FigurePage]:
+    """Save a figure as `<name>.html` under the test's tmp dir and open it (see `open_page`)."""
+
+    def open_(fig: Figure, name: str) -> FigurePage:
+        return open_page(fig.save(tmp_path / f"{name}.html"))
+
+    return open_

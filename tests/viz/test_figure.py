@@ -55,3 +55,18 @@ def test_png_without_a_browser_says_what_to_do(tmp_path, monkeypatch) -> None:
 def test_unknown_suffix(tmp_path) -> None:
     with pytest.raises(ValueError, match="use a .html, .svg or .png"):
         viz.line([1.0]).save(tmp_path / "x.pdf")
+
+
+def test_the_checks_catch_requests_and_errors(open_page, tmp_path) -> None:
+    """What the fixture fails a figure for: a request to a non-file URL, a console error."""
+    page = tmp_path / "leaky.html"
+    page.write_text(
+        "<div class='lmv' data-ready='1'></div><img src='http://127.0.0.1:9/x.png'>"
+        "<script>console.error('boom')</script>"
+    )
+    shown = open_page(page)
+    shown.page.wait_for_load_state("load")
+    assert shown.requests == ["http://127.0.0.1:9/x.png"]
+    assert "boom" in shown.errors
+    shown.requests.clear()
+    shown.errors.clear()  # (teardown would fail the test otherwise)

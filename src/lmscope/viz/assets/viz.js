@@ -169,6 +169,8 @@
       inp.addEventListener("change", clear);
     });
     select(cur[0], cur[1]);
+    var wrap = root.querySelector(".lmv-grid-wrap"), sel = root.querySelector(".lmv-thumb.lmv-sel");
+    if (sel) wrap.scrollTop = Math.max(0, sel.offsetTop - wrap.offsetTop - wrap.clientHeight / 2);
   }
 
   window.lmscopeViz1 = {
