@@ -10,12 +10,14 @@ norm weight actually matters: a mapping bug cannot hide behind zeros and ones.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import transformers as T
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -227,6 +229,88 @@ def tokens() -> torch.Tensor:
     """A fixed [2, 12] batch of token ids (no padding)."""
     gen = torch.Generator().manual_seed(1)
     return torch.randint(0, D_VOCAB, (2, 12), generator=gen)
+
+
+# -- encoders and encoder-decoders (tests/encoders) --------------------------------------------
+# Tiny random checkpoints (odd sizes, perturbed norms and biases) written by transformers, one per
+# supported architecture; one parametrised parity suite runs over them.
+ENC_VOCAB = 61
+
+
+def _enc_bert(**kw: Any) -> T.BertConfig:
+    return T.BertConfig(
+        vocab_size=ENC_VOCAB, hidden_size=30, num_hidden_layers=2, num_attention_heads=3,
+        intermediate_size=37, max_position_embeddings=24, type_vocab_size=3, **kw,
+    )  # fmt: skip
+
+
+def _enc_t5(**kw: Any) -> T.T5Config:
+    return T.T5Config(
+        vocab_size=ENC_VOCAB, d_model=30, d_kv=7, d_ff=37, num_layers=2, num_heads=3,
+        relative_attention_num_buckets=8, relative_attention_max_distance=12,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **kw,
+    )  # fmt: skip
+
+
+# name -> (transformers class, config factory); one parametrised parity suite runs over them
+ENCODERS: dict[str, tuple[type, Callable[[], Any]]] = {
+    "bert": (T.BertModel, _enc_bert),
+    "bert_mlm": (T.BertForMaskedLM, _enc_bert),
+    "bert_pretraining": (T.BertForPreTraining, lambda: _enc_bert(hidden_act="gelu_new")),
+    "roberta": (
+        T.RobertaForMaskedLM,
+        lambda: T.RobertaConfig(
+            vocab_size=ENC_VOCAB, hidden_size=30, num_hidden_layers=2, num_attention_heads=3,
+            intermediate_size=37, max_position_embeddings=26, type_vocab_size=1, pad_token_id=1,
+        ),
+    ),  # fmt: skip
+    "distilbert": (
+        T.DistilBertForMaskedLM,
+        lambda: T.DistilBertConfig(
+            vocab_size=ENC_VOCAB, dim=30, n_layers=2, n_heads=3, hidden_dim=37,
+            max_position_embeddings=24,
+        ),
+    ),  # fmt: skip
+}
+ENCODER_DECODERS: dict[str, tuple[type, Callable[[], Any]]] = {
+    "t5": (T.T5ForConditionalGeneration, lambda: _enc_t5(num_decoder_layers=3)),
+    "t5_v11": (
+        T.T5ForConditionalGeneration,
+        lambda: _enc_t5(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def encoder_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyModel]:
+    """Every tiny encoder and encoder-decoder, built on first use."""
+    built: dict[str, TinyModel] = {}
+    for name, (cls, config) in {**ENCODERS, **ENCODER_DECODERS}.items():
+        built[name] = build_tiny(tmp_path_factory, f"enc_{name}", cls, config())
+    return built
+
+
+@pytest.fixture(params=sorted(ENCODERS))
+def tiny_encoder(request: pytest.FixtureRequest, encoder_models: dict) -> TinyModel:
+    return encoder_models[request.param]
+
+
+@pytest.fixture(params=sorted(ENCODER_DECODERS))
+def tiny_t5(request: pytest.FixtureRequest, encoder_models: dict) -> TinyModel:
+    return encoder_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def encoder_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [3, 9] (ids >= 2) and a right-padded mask; padded positions hold id 1 (RoBERTa's
+    padding id, so its positions count as transformers counts them)."""
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(2, ENC_VOCAB, (3, 9), generator=gen)
+    mask = torch.ones_like(tokens)
+    mask[1, 6:] = 0
+    mask[2, 4:] = 0
+    tokens[mask == 0] = 1
+    return tokens, mask
 
 
 # -- a real (trained, byte-level BPE) tokenizer -------------------------------------------------

@@ -8,6 +8,7 @@ from lmscope import config, memory, past_key_value_caching, utils
 from lmscope.analysis.svd_interpreter import SVDInterpreter
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
+from lmscope.encoders import EncoderConfig, HookedEncoder, HookedEncoderDecoder
 from lmscope.factored_matrix import FactoredMatrix
 from lmscope.hooks import HookedRootModule, HookPoint
 from lmscope.loading.registry import list_models
@@ -35,8 +36,11 @@ _compat.install_finder()
 
 __all__ = [
     "ActivationCache",
+    "EncoderConfig",
     "FactoredMatrix",
     "HookPoint",
+    "HookedEncoder",
+    "HookedEncoderDecoder",
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",

@@ -20,7 +20,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-_ENCODERS = "encoders (BERT, T5, audio) are not in lmscope yet; load a decoder-only model"
+_ENCODERS = (
+    "lmscope has HookedEncoder (BERT family) and HookedEncoderDecoder (T5); audio encoders and "
+    "the next-sentence wrapper are not in lmscope: use HookedEncoder(...)(tokens, "
+    "return_type='pooled') and model.nsp_head"
+)
 _BRIDGE = (
     "TransformerLens's TransformerBridge is not part of its classic API; use HookedTransformer"
 )
@@ -33,6 +37,8 @@ _LOADER = (
 ALIAS_MODULES = (
     "ActivationCache",
     "FactoredMatrix",
+    "HookedEncoder",
+    "HookedEncoderDecoder",
     "HookedRootModule",
     "HookedTransformer",
     "HookedTransformerConfig",
@@ -50,8 +56,6 @@ ALIAS_MODULES = (
 NOT_PROVIDED_MODULES: dict[str, str] = {
     "BertNextSentencePrediction": _ENCODERS,
     "HookedAudioEncoder": _ENCODERS,
-    "HookedEncoder": _ENCODERS,
-    "HookedEncoderDecoder": _ENCODERS,
     "benchmarks": "TransformerLens's own benchmarks; lmscope's are benchmarks/run.py in its repo",
     "components": "TransformerLens's layer classes; lmscope's layers are model.blocks[l].attn / .mlp "
     "/ .ln1, built from the config (lmscope.components.*)",
@@ -87,9 +91,9 @@ NOT_PROVIDED: dict[str, dict[str, str]] = {
         "TransformerBridgeConfig": _BRIDGE,
         "BertNextSentencePrediction": _ENCODERS,
         "HookedAudioEncoder": _ENCODERS,
-        "HookedEncoder": _ENCODERS,
-        "HookedEncoderDecoder": _ENCODERS,
     },
+    "HookedEncoder": {"T": _TYPING},
+    "HookedEncoderDecoder": {"T": _TYPING},
     "FactoredMatrix": {"TensorLike": _TYPING},
     "HookedTransformer": {
         "Loss": _TYPING,

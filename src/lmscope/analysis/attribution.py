@@ -76,9 +76,10 @@ def corrupted_activations_and_grads(
     def make_leaf(t: Tensor, hook: Any) -> Tensor:
         return t.detach().requires_grad_(True)
 
-    leaves = [("hook_embed", make_leaf)]
-    if "hook_pos_embed" in model.hook_dict:
-        leaves.append(("hook_pos_embed", make_leaf))
+    # the embeddings become leaves, so the frozen model still builds a graph to the hooks
+    # (BERT-family encoders hook their embedding sum after its LayerNorm: hook_full_embed)
+    inputs = ("hook_embed", "hook_pos_embed", "hook_full_embed")
+    leaves = [(name, make_leaf) for name in inputs if name in model.hook_dict]
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)

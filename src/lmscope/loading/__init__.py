@@ -117,7 +117,10 @@ def open_checkpoint(
     read (`lmscope.loading.gguf_cache`; `verbose` shows the first read's progress)."""
     name = str(name_or_path)
     if name.lower() in EMBEDDED_MODELS:
-        return _gguf_cache.open_gguf(embedded_model_path(name.lower()), gguf_cache, verbose)
+        path = embedded_model_path(name.lower())
+        if path.is_dir():  # a model directory shipped zipped (an encoder)
+            return DirectoryCheckpoint(path)
+        return _gguf_cache.open_gguf(path, gguf_cache, verbose)
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
@@ -475,6 +478,7 @@ def _model_config(
     source = checkpoint.config_file
     hf_config = checkpoint.hf_config
     _check_layer_count(checkpoint)
+    _refuse_encoder(checkpoint)
     try:
         family = family_for(hf_config)
     except ValueError as err:
@@ -511,6 +515,21 @@ def _model_config(
     if bad:
         raise CheckpointError(f"{source}{given}: not a valid model config: {bad} must be >= 1")
     return family, cfg
+
+
+def _refuse_encoder(checkpoint: Checkpoint) -> None:
+    """Refuse an encoder or encoder-decoder checkpoint (BERT, T5), naming the class that loads
+    it: a HookedTransformer is a decoder-only model."""
+    from lmscope.loading.encoder_families import encoder_family_for
+
+    found = encoder_family_for(checkpoint.hf_config)
+    if found is not None:
+        archs = checkpoint.hf_config.get("architectures") or [found[0].name]
+        raise CheckpointError(
+            f"{checkpoint.config_file}: {archs[0]} is an encoder"
+            f"{'-decoder' if found[1] == 'HookedEncoderDecoder' else ''} checkpoint, not a "
+            f"decoder-only language model: load it with lmscope.{found[1]}.from_pretrained"
+        )
 
 
 def _check_layer_count(checkpoint: Checkpoint) -> None:

