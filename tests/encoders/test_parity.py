@@ -266,3 +266,33 @@ def test_t5_fold_ln_keeps_logits(tiny_t5: TinyModel, encoder_inputs) -> None:
     )
     with pytest.raises(ValueError, match="RMSNorm"):
         model.process_weights_(center_writing_weights=True)
+
+
+@torch.no_grad()
+def test_t5_own_lm_head(encoder_models, encoder_inputs, tmp_path) -> None:
+    """A T5 1.1 checkpoint as transformers 4 wrote it: its own lm_head.weight, copies of the
+    shared embedding, tie_word_embeddings false (no output scaling)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import T5ForConditionalGeneration
+
+    tokens, mask, decoder = _t5_inputs(encoder_inputs)
+    path = tmp_path / "t5_v11_own_head"
+    shutil.copytree(encoder_models["t5_v11"].path, path)
+    weights = load_file(path / "model.safetensors")
+    weights["lm_head.weight"] = torch.randn_like(weights["shared.weight"])
+    for stack in ("encoder", "decoder"):
+        weights[f"{stack}.embed_tokens.weight"] = weights["shared.weight"].clone()
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    hf_config = json.loads((path / "config.json").read_text())
+    for key in ("scale_decoder_outputs", "is_gated_act", "dense_act_fn"):
+        hf_config.pop(key, None)
+    (path / "config.json").write_text(json.dumps({**hf_config, "tie_word_embeddings": False}))
+    hf = T5ForConditionalGeneration.from_pretrained(path, attn_implementation="eager").eval()
+    model = HookedEncoderDecoder.from_pretrained(path)
+    assert not model.cfg.tie_word_embeddings and not model.cfg.scale_decoder_outputs
+    torch.testing.assert_close(model.W_U, weights["lm_head.weight"].T)
+    ref = hf(input_ids=tokens, attention_mask=mask, decoder_input_ids=decoder).logits
+    torch.testing.assert_close(model(tokens, decoder, attention_mask=mask), ref, atol=ATOL, rtol=0)
