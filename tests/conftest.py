@@ -10,7 +10,7 @@ norm weight actually matters: a mapping bug cannot hide behind zeros and ones.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,3 +384,22 @@ def tiny_gpt2_tok_bos(
             shutil.copy(file, path / file.name)
     tokenizer_bos.save_pretrained(path)
     return TinyModel(path, tiny_gpt2_tok.hf_model, "gpt2_tok_bos")
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_model(tiny_gpt2_tok: TinyModel) -> Any:
+    """lmscope's model of `tiny_gpt2_tok` (weights as stored, with its trained tokenizer), for
+    tests that feed text; shared, so tests must leave it as they found it."""
+    from lmscope import HookedTransformer
+
+    return HookedTransformer.from_pretrained_no_processing(tiny_gpt2_tok.path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster with this machine's 2 CPUs, started once per session (slow to start)
+    and shut down at its end; skips when Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

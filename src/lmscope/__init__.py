@@ -4,7 +4,7 @@ import importlib as _importlib
 import sys as _sys
 
 from lmscope import compat as _compat
-from lmscope import config, memory, past_key_value_caching, utils
+from lmscope import config, harvest, memory, past_key_value_caching, utils
 from lmscope.analysis.svd_interpreter import SVDInterpreter
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
@@ -48,6 +48,7 @@ __all__ = [
     "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry",
     "evals",
+    "harvest",
     "head_detector",
     "hook_points",
     "list_models",

@@ -1,5 +1,6 @@
 """Command line: `python -m lmscope demo` runs the main job on the embedded model;
 `--html out.html` also writes its tokens, logit lens and induction heads as one `lmscope.viz` page.
+`python -m lmscope harvest` stores activations over a dataset (docs/harvest.md).
 
 Bad input (an unknown or unreachable model, an empty or too long prompt) prints one line,
 `lmscope: error: <what is wrong and what to do>`, and exits with status 2, as argparse does for
@@ -200,6 +201,32 @@ def demo(
     print(f"\nTimes: {times}")
 
 
+def harvest_command(args: argparse.Namespace) -> None:
+    """`lmscope harvest`: lmscope.harvest with the command line's arguments; bad input (a model,
+    dataset, hook, reducer or out folder it cannot use) is a UsageError."""
+    from lmscope import harvest
+    from lmscope.harvest.reducers import parse
+
+    try:
+        reducers = [parse(r) for r in args.reducer] or None
+    except ValueError as err:
+        raise UsageError(f"--reducer: {err}") from err
+    model = _load(args.model)
+    start = time.perf_counter()
+    try:
+        h = harvest.harvest(
+            model, args.dataset, hooks=args.hooks, out=args.out, batch_size=args.batch_size,
+            seq_len=args.seq_len, dtype=args.dtype, shard_tokens=args.shard_tokens, reducers=reducers,
+            column=args.column, engine=args.engine, workers=args.workers,
+        )  # fmt: skip
+    except (ValueError, ImportError) as err:
+        raise UsageError(str(err)) from err
+    took = time.perf_counter() - start
+    tokens = h.manifest["tokens"]["n_tokens"]
+    hooks = ", ".join(h.hooks)
+    print(f"{args.out}: {len(h.shards)} shards, {tokens:,} tokens, hooks {hooks} ({took:.1f} s)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m lmscope` and the `lmscope` script."""
     parser = argparse.ArgumentParser(prog="lmscope", description=__doc__)
@@ -212,10 +239,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_demo.add_argument(
         "--html", metavar="FILE", help="also write the results as one self-contained HTML page"
     )
+    p_harvest = sub.add_parser(
+        "harvest", help="store activations (or statistics) over a dataset: docs/harvest.md"
+    )
+    p_harvest.add_argument("--model", required=True, help="alias, hub id, directory or .gguf file")
+    p_harvest.add_argument(
+        "--dataset", required=True, help=".txt/.jsonl/.parquet file, folder, or datasets folder"
+    )
+    p_harvest.add_argument("--hooks", nargs="+", required=True, help="hook point names")
+    p_harvest.add_argument("--out", required=True, help="output folder (resumed when rerun)")
+    p_harvest.add_argument("--batch-size", type=int, default=8)
+    p_harvest.add_argument("--seq-len", type=int, default=128)
+    p_harvest.add_argument("--dtype", help="storage dtype (default: the model's)")
+    p_harvest.add_argument("--shard-tokens", type=int, default=65536)
+    p_harvest.add_argument("--column", default="text", help="text field of .jsonl/.parquet")
+    p_harvest.add_argument(
+        "--reducer",
+        action="append",
+        default=[],
+        help="mean_var, covariance, top_k[:k=16,context=8] or histogram[:low=-10,high=10,bins=64]"
+        " (repeat for several; then raw activations are not stored)",
+    )
+    p_harvest.add_argument("--engine", choices=["local", "ray"], default="local")
+    p_harvest.add_argument("--workers", type=int, default=2, help="Ray workers")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             demo(args.model, args.prompt, html=args.html)
+        elif args.command == "harvest":
+            harvest_command(args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the loader's message held
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
