@@ -23,6 +23,8 @@ PAGES = [
     "docs/gguf-cache.md",
     "docs/hooks.md",
     "docs/migration.md",
+    "docs/encoders.md",
+    "docs/viz.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

