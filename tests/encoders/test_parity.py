@@ -296,3 +296,18 @@ def test_t5_own_lm_head(encoder_models, encoder_inputs, tmp_path) -> None:
     torch.testing.assert_close(model.W_U, weights["lm_head.weight"].T)
     ref = hf(input_ids=tokens, attention_mask=mask, decoder_input_ids=decoder).logits
     torch.testing.assert_close(model(tokens, decoder, attention_mask=mask), ref, atol=ATOL, rtol=0)
+
+
+def test_cache_analysis_on_an_encoder(encoder_models, encoder_inputs) -> None:
+    """What applies to a post-LN encoder's cache works; what sums outputs into the residual
+    stream is refused, saying why."""
+    model = _load(encoder_models["bert_mlm"])
+    tokens, mask = encoder_inputs
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    resid, labels = cache.accumulated_resid(return_labels=True)
+    assert resid.shape == (3, 3, 9, 30) and labels == ["0_pre", "1_pre", "final_post"]
+    assert cache.stack_activation("pattern").shape == (2, 3, 3, 9, 9)
+    with pytest.raises(ValueError, match="re-normalises the residual stream"):
+        cache.decompose_resid()
+    _, single = model.run_with_cache(tokens[:1], remove_batch_dim=True)
+    assert not single.has_batch_dim and single["resid_pre", 1].shape == (9, 30)
