@@ -47,9 +47,15 @@ class _ThreadState(threading.local):
 
 
 _LOCAL = _ThreadState()
+_current_thread = threading.current_thread
+_compiling = torch.compiler.is_compiling
+
+# What a hook point's plan holds, in a compiled run, where a caching hook stores the activation: the
+# compiled graph returns it, and the run's CacheHook stores it afterwards (see `lmscope.compiled`).
+CAPTURE = object()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class HookHandle:
     """A registered hook; `remove()` detaches it. Returned by `HookPoint.add_hook`.
 
@@ -96,7 +102,73 @@ def _detach(handles: list[HookHandle]) -> None:
     with _EDIT_LOCK:
         for handle in handles:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
-            attrs[key] = [h for h in attrs[key] if h is not handle]
+            old = attrs[key]
+            if len(old) == 1 and old[0] is handle:
+                attrs[key] = []
+            else:
+                attrs[key] = [h for h in old if h is not handle]
+
+
+# How many hooks were ever given a context level other than by `hooks()` itself (add_hook's
+# `level`). While none were, leaving a context need not search the model for hooks of its level.
+_LEVELLED_ELSEWHERE = [0]
+
+
+class CacheHook:
+    """A hook that stores the activation (detached) in `cache` under the hook's name + `suffix`,
+    on `device` and in `dtype`, without the batch dim, only `positions`: what `get_caching_hooks`
+    returns. A hook point stores a plain one (no move, cast or slice) itself, without calling it,
+    so caching every activation costs a dict store per hook point.
+
+    Example:
+        >>> cache = {}
+        >>> model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", CacheHook(cache))])
+        >>> cache["hook_embed"].shape
+    """
+
+    __slots__ = (
+        "cache",
+        "suffix",
+        "device",
+        "dtype",
+        "non_blocking",
+        "remove_batch_dim",
+        "positions",
+        "plain",
+    )
+
+    def __init__(
+        self,
+        cache: dict[str, Tensor],
+        suffix: str = "",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        non_blocking: bool = False,
+        remove_batch_dim: bool = False,
+        positions: Slice | None = None,
+    ) -> None:
+        self.cache, self.suffix = cache, suffix
+        self.device, self.dtype, self.non_blocking = device, dtype, non_blocking
+        self.remove_batch_dim = remove_batch_dim
+        self.positions = (
+            positions if positions is not None and positions.mode != "identity" else None
+        )
+        self.plain = not suffix and device is None and dtype is None and not remove_batch_dim
+        self.plain = self.plain and self.positions is None
+
+    def __call__(self, tensor: Tensor, hook: HookPoint) -> None:
+        self.cache[hook.name + self.suffix] = self.prepare(tensor, hook.name)  # type: ignore[operator]
+
+    def prepare(self, tensor: Tensor, name: str | None) -> Tensor:
+        """`tensor` as this hook stores it: detached, batch dim dropped, positions sliced, moved."""
+        t = tensor.detach()
+        if self.remove_batch_dim:
+            t = t[0]
+        if self.positions is not None and t.ndim >= -_pos_dim(name):  # type: ignore[arg-type]
+            t = self.positions.apply(t, dim=_pos_dim(name))  # type: ignore[arg-type]
+        if self.device is not None or self.dtype is not None:
+            t = t.to(device=self.device, dtype=self.dtype, non_blocking=self.non_blocking)
+        return t
 
 
 def _any_fires_in(handles: list[HookHandle], thread: threading.Thread) -> bool:
@@ -158,11 +230,14 @@ class HookPoint(nn.Module):
     dict hooks may keep state in (`clear_context()` empties it), as in TransformerLens.
     """
 
+    _plan: tuple[Any, ...] = ()  # a compiled run's hooks here (see `_run_plan`)
+
     def __init__(self) -> None:
         super().__init__()
         self.name: str | None = None
         self._fwd: list[HookHandle] = []
         self._bwd: list[HookHandle] = []
+        self._captured: list[Tensor] = []
         self.ctx: dict[Any, Any] = {}
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -184,17 +259,23 @@ class HookPoint(nn.Module):
         return list(self._bwd)
 
     def _run_hooks(self, x: Tensor) -> Tensor:
-        if self._is_silenced():
+        """Run the hooks in order: a scoped one only in its owner's thread, a plain CacheHook as
+        a dict store (no call; the activation itself when autograd does not track it, since
+        `detach()` would share its memory anyway)."""
+        if _compiling():
+            return self._run_plan(x)
+        if _LOCAL.silenced and self in _LOCAL.silenced:
             return x
-        me = threading.current_thread()
+        me = _current_thread()
         for handle in self._fwd:  # copy-on-write: never changes while it is iterated
-            if handle.owner is not None and handle.owner is not me:
+            owner = handle.owner
+            if owner is not None and owner is not me:
                 continue
-            out = handle.fn(x, hook=self)
-            if out is not None:
-                if out is not x:
-                    _check_hook_output(out, x, self, handle.fn, "activation")
-                x = out
+            fn = handle.fn
+            if fn.__class__ is CacheHook and fn.plain:  # a dict store, without a call
+                fn.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
+                continue
+            x = self._call(fn, x)
         bwd = [h for h in self._bwd if h.fires_in(me)] if self._bwd else ()
         if bwd and x.requires_grad:
             # A fresh view gives the hook a node of its own, so two hook points that see the
@@ -207,6 +288,40 @@ class HookPoint(nn.Module):
     def _is_silenced(self) -> bool:
         """Whether `silenced()` mutes this point in the calling thread."""
         return self in _LOCAL.silenced
+
+    def _run_plan(self, x: Tensor) -> Tensor:
+        """The hooks of a compiled run, traced into its graph: `_plan` (set by
+        `lmscope.compiled` before the run, from the hooks that fire in its thread) in order;
+        a caching hook's value becomes an output of the graph (`_captured`)."""
+        for fn in self._plan:
+            if fn is CAPTURE:
+                self._captured.append(x.detach())
+                continue
+            x = self._call(fn, x)
+        return x
+
+    def _call(self, fn: HookFn, x: Tensor) -> Tensor:
+        """Run hook `fn` on `x`; what it returns (a tensor like `x`, checked) replaces `x`."""
+        out = fn(x, hook=self)
+        if out is None:
+            return x
+        if out is not x:
+            _check_hook_output(out, x, self, fn, "activation")
+        return out
+
+    def fires(self) -> bool:
+        """Whether a hook (forward or backward) fires here in the calling thread: what a component
+        asks before it computes values only its hooks need (in a compiled run: whether the run's
+        plan has a hook here).
+
+        Example:
+            >>> if attn.hook_pattern.fires(): ...   # materialise the pattern
+        """
+        if not self._fwd and not self._bwd:
+            return False
+        if _compiling():
+            return bool(self._plan)
+        return self.has_hooks()
 
     def _edit(self, dir: Direction, change: Callable[[list[HookHandle]], list[HookHandle]]) -> None:
         """Replace the `dir` hook list by `change(old)`, atomically across threads."""
@@ -244,6 +359,8 @@ class HookPoint(nn.Module):
             )
         owner = threading.current_thread() if thread_scoped else None
         handle = HookHandle(self, hook, dir, is_permanent, owner, level)
+        if level is not None:
+            _LEVELLED_ELSEWHERE[0] += 1
         _attach([handle], prepend)
         return handle
 
@@ -444,6 +561,26 @@ class HookedRootModule(nn.Module):
             if isinstance(module, HookPoint):
                 module.name = name
                 self.hook_dict[name] = module
+        self.__dict__.pop("_enabled_names_memo", None)
+
+    def _hook_gate_key(self) -> Any:
+        """What `_disabled_reason` depends on (e.g. config flags), so the enabled hook names are
+        worked out once per state; None when unknown (worked out on every call). Subclasses that
+        override `_disabled_reason` override this too."""
+        same = type(self)._disabled_reason is HookedRootModule._disabled_reason
+        return () if same else None
+
+    def _enabled_names(self) -> list[str]:
+        """The names of the hook points that fire now (all but flag-gated ones whose flag is
+        off), in module order; remembered per `_hook_gate_key()` (do not mutate)."""
+        key = self._hook_gate_key()
+        memo = self.__dict__.get("_enabled_names_memo")
+        if key is not None and memo is not None and memo[0] == key and memo[1] is self.hook_dict:
+            return memo[2]
+        names = [name for name in self.hook_dict if self._disabled_reason(name) is None]
+        if key is not None:
+            self.__dict__["_enabled_names_memo"] = (key, self.hook_dict, names)
+        return names
 
     @property
     def context_level(self) -> int:
@@ -567,7 +704,8 @@ class HookedRootModule(nn.Module):
         """`remove_hooks(direction, including_permanent, level)` on every hook point."""
         _check_dir(direction, "direction", ("fwd", "bwd", "both"))
         for hp in self.hook_dict.values():
-            hp.remove_hooks(direction, including_permanent, level)
+            if hp._fwd or hp._bwd:
+                hp.remove_hooks(direction, including_permanent, level)
 
     def clear_contexts(self) -> None:
         """Empty every hook point's `ctx`."""
@@ -638,7 +776,7 @@ class HookedRootModule(nn.Module):
             >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", steer)]):
             ...     logits = model("Hello")
         """
-        me = threading.current_thread()
+        me = _current_thread()
         level = self.context_level + 1
         handles = [
             HookHandle(point, fn, dir, False, me, level)  # type: ignore[arg-type]
@@ -649,18 +787,52 @@ class HookedRootModule(nn.Module):
             for name, fn in pairs
             for point in self._resolve(name)
         ]  # every name resolved before any hook is attached
-        self.context_level = level
-        _attach(handles)
+        self._enter_level(handles, level)
         try:
             yield self
         finally:
+            self._exit_level(handles, level, reset_hooks_end, clear_contexts)
+
+    def _enter_level(self, handles: list[HookHandle], level: int) -> None:
+        """Enter `hooks()` context `level` with `handles` (scoped to the calling thread)."""
+        self.context_level = level
+        _attach(handles)
+
+    def _exit_level(
+        self, handles: list[HookHandle], level: int, reset_hooks_end: bool, clear_contexts: bool
+    ) -> None:
+        """Leave context `level`: detach `handles` and the level's other hooks (or, without
+        `reset_hooks_end`, keep them as global hooks)."""
+        try:
             if reset_hooks_end:
                 _detach(handles)
-                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+                if _LEVELLED_ELSEWHERE[0]:  # hooks of this level may remain: remove them too
+                    self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+                else:  # what reset_hooks does when the level's only hooks were `handles`
+                    if clear_contexts:
+                        self.clear_contexts()
+                    self.__dict__["is_caching"] = False
             else:
                 for handle in handles:
                     handle.owner = None
+        finally:
             self.context_level = level - 1
+
+    def _forward(self, args: tuple[Any, ...], kwargs: dict[str, Any], compile: Any) -> Any:
+        """`self(*args, **kwargs)`, compiled with the hooks in its graph when `compile` asks
+        (see `lmscope.compiled.run_compiled`)."""
+        if not compile:
+            return self(*args, **kwargs)
+        from lmscope.compiled import run_compiled
+
+        return run_compiled(self, args, kwargs, compile)
+
+    def _compile_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The forward's arguments as a compiled run takes them (checked and converted eagerly);
+        raise `lmscope.compiled.NotCompilable` naming what a compiled run cannot take."""
+        return args, kwargs
 
     def run_with_hooks(
         self,
@@ -669,6 +841,7 @@ class HookedRootModule(nn.Module):
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         reset_hooks_end: bool = True,
         clear_contexts: bool = False,
+        compile: bool | str | dict[str, Any] = False,
         **model_kwargs: Any,
     ) -> Any:
         """Run the forward pass with temporary hooks.
@@ -676,9 +849,16 @@ class HookedRootModule(nn.Module):
         Backward hooks attach to the autograd graph built during this forward pass, so they fire
         on a later `.backward()` even though the hooks are detached when the call returns (in
         TransformerLens they are already gone by then).
+
+        `compile=True` runs the forward under `torch.compile` with the hooks traced into its
+        graph (a torch.compile mode name or a dict of torch.compile arguments choose how; see
+        `lmscope.compiled`); a hook that cannot be traced runs the call eagerly, with a warning.
+
+        Example:
+            >>> model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", ablate)])
         """
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
-            return self(*model_args, **model_kwargs)
+            return self._forward(model_args, model_kwargs, compile)
 
     def add_caching_hooks(
         self,
@@ -734,6 +914,20 @@ class HookedRootModule(nn.Module):
         )
         return self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
 
+    def _caching_names(self, names_filter: NameFilter) -> list[str]:
+        """The enabled hook names that pass `names_filter`, in module order; a misspelt or
+        flag-gated name in it raises (do not mutate the result)."""
+        if isinstance(names_filter, str):
+            self._resolve(names_filter)  # fail early on a misspelt name
+        elif isinstance(names_filter, (list, tuple, set)):
+            for name in names_filter:
+                self._resolve(name)
+        enabled = self._enabled_names()
+        if names_filter is None:
+            return enabled
+        keep = _as_filter(names_filter)
+        return [name for name in enabled if keep(name)]
+
     def get_caching_hooks(
         self,
         names_filter: NameFilter = None,
@@ -751,37 +945,23 @@ class HookedRootModule(nn.Module):
         from a GPU never holds more than one activation there. `non_blocking=True` queues those
         copies without waiting (the caller must synchronise before reading the cache, as
         `run_with_cache` does). `pos_slice` keeps only those positions (a `Slice` or what makes
-        one), on the position axis of each activation, as TransformerLens."""
+        one), on the position axis of each activation, as TransformerLens. The hooks are
+        `CacheHook`s, which hook points store without a call.
+
+        Example:
+            >>> cache, fwd, bwd = model.get_caching_hooks(lambda name: "resid" in name)
+        """
         cache = {} if cache is None else cache
-        keep = _as_filter(names_filter)
         positions = Slice.unwrap(pos_slice)
-        sliced = positions.mode != "identity"
-        self.is_caching = True
-        if isinstance(names_filter, str):
-            self._resolve(names_filter)  # fail early on a misspelt name
-        elif isinstance(names_filter, (list, tuple, set)):
-            for name in names_filter:
-                self._resolve(name)
-
-        def store(suffix: str) -> HookFn:
-            def save(tensor: Tensor, hook: HookPoint) -> None:
-                t = tensor.detach()
-                if remove_batch_dim:
-                    t = t[0]
-                if sliced and t.ndim >= -_pos_dim(hook.name):  # type: ignore[arg-type]
-                    t = positions.apply(t, dim=_pos_dim(hook.name))  # type: ignore[arg-type]
-                if device is not None or dtype is not None:
-                    t = t.to(device=device, dtype=dtype, non_blocking=non_blocking)
-                cache[hook.name + suffix] = t  # type: ignore[operator]
-
-            return save
-
-        names = [
-            name for name in self.hook_dict if keep(name) and self._disabled_reason(name) is None
-        ]
-        save, save_grad = store(""), store("_grad")
-        fwd = [(name, save) for name in names]
-        bwd = [(name, save_grad) for name in names] if incl_bwd else []
+        names = self._caching_names(names_filter)
+        self.__dict__["is_caching"] = True
+        options = (device, dtype, non_blocking, remove_batch_dim, positions)
+        save = CacheHook(cache, "", *options)
+        fwd: list[tuple[str, HookFn]] = [(name, save) for name in names]
+        bwd: list[tuple[str, HookFn]] = []
+        if incl_bwd:
+            save_grad = CacheHook(cache, "_grad", *options)
+            bwd = [(name, save_grad) for name in names]
         return cache, fwd, bwd
 
     def run_with_cache(
@@ -796,6 +976,7 @@ class HookedRootModule(nn.Module):
         pos_slice: Slice | SliceInput = None,
         return_cache_object: bool = True,
         cache_dtype: torch.dtype | None = None,
+        compile: bool | str | dict[str, Any] = False,
         **model_kwargs: Any,
     ) -> tuple[Any, Any]:
         """Run the model and return `(output, cache)` of the activations that pass `names_filter`.
@@ -804,7 +985,9 @@ class HookedRootModule(nn.Module):
         and gradients are stored as `name + "_grad"`. `device="cpu"` offloads each activation as
         it is made (GPU memory then holds one at a time; copies overlap the forward), and
         `cache_dtype` (e.g. `torch.bfloat16`) stores the cache in a smaller dtype. `pos_slice`
-        keeps only some positions (`pos_slice=-1`: the last), as TransformerLens.
+        keeps only some positions (`pos_slice=-1`: the last), as TransformerLens. `compile=True`
+        runs the forward under `torch.compile`, the cached activations returned by its graph
+        (see `run_with_hooks` and `lmscope.compiled`).
 
         Example:
             >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "resid" in n)
@@ -812,7 +995,6 @@ class HookedRootModule(nn.Module):
         """
         offload = device is not None and torch.device(device).type == "cpu"
         gpus = {p.device for p in self.parameters() if p.is_cuda} if offload else set()
-        non_blocking = bool(gpus)
         cache, fwd, bwd = self.get_caching_hooks(
             names_filter,
             incl_bwd,
@@ -820,14 +1002,20 @@ class HookedRootModule(nn.Module):
             remove_batch_dim,
             pos_slice=pos_slice,
             dtype=cache_dtype,
-            non_blocking=non_blocking,
+            non_blocking=bool(gpus),
         )
-        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
-            out = self(*model_args, **model_kwargs)
+        me, level, points = _current_thread(), self.context_level + 1, self.hook_dict
+        handles = [HookHandle(points[name], fn, "fwd", False, me, level) for name, fn in fwd]
+        handles += [HookHandle(points[name], fn, "bwd", False, me, level) for name, fn in bwd]
+        self._enter_level(handles, level)
+        try:
+            out = self._forward(model_args, model_kwargs, compile)
             if incl_bwd:
                 if not isinstance(out, Tensor) or out.numel() != 1:
                     raise ValueError("incl_bwd=True needs a scalar output: pass return_type='loss'")
                 out.backward()
+        finally:
+            self._exit_level(handles, level, reset_hooks_end, clear_contexts)
         for gpu in gpus:  # every GPU a spread model runs on has queued copies
             torch.cuda.synchronize(gpu)  # the device-to-host copies are now complete
         if return_cache_object:

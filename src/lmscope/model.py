@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -361,6 +362,10 @@ class HookedTransformer(HookedRootModule):
             return f"hook {name!r} only fires after model.{setter}(True)"
         return None
 
+    def _hook_gate_key(self) -> tuple[bool, ...]:
+        """The config flags `_disabled_reason` reads."""
+        return tuple(bool(getattr(self.cfg, flag)) for flag in _FLAG_OF_SETTER.values())
+
     def _make_cache(self, cache: dict[str, Tensor]) -> ActivationCache:
         from lmscope.cache import ActivationCache
 
@@ -531,8 +536,40 @@ class HookedTransformer(HookedRootModule):
 
     def _check_token_ids(self, input: Any) -> Int[Tensor, "batch pos"]:
         """Token ids as a [batch, pos] integer tensor on the model's device, after checking their
-        shape, dtype and range (`lmscope.tokens.check_token_ids`)."""
+        shape, dtype and range (`lmscope.tokens.check_token_ids`). A compiled run checks them
+        before it is traced (`_compile_inputs`: the range check reads the ids)."""
+        if torch.compiler.is_compiling():
+            return input
         return check_token_ids(input, self.cfg.d_vocab, self.W_E.device)
+
+    def _compile_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A compiled run's forward arguments (see `lmscope.compiled`): text tokenized and token
+        ids checked eagerly, an attention mask without padding dropped. Raises NotCompilable
+        for what a compiled graph cannot take (padding, a KV cache, a model over devices)."""
+        from lmscope.compiled import NotCompilable
+
+        bound = inspect.signature(self.forward).bind(*args, **kwargs)
+        call = bound.arguments
+        if self._placement is not None:
+            raise NotCompilable("the model is spread over devices (device_map)")
+        if call.get("past_kv_cache") is not None:
+            raise NotCompilable("past_kv_cache: a KV cache grows, so its shapes change")
+        mask = call.pop("attention_mask", None)
+        if call.get("start_at_layer") is None:
+            tokens, mask = self._input_to_tokens(
+                call["input"], call.pop("prepend_bos", None), call.pop("padding_side", None), mask
+            )
+            call["input"] = tokens
+        elif call.get("tokens") is not None:
+            call["tokens"] = self._check_token_ids(call["tokens"])
+        if mask is not None:
+            batch, n_pos = call["input"].shape[:2]
+            mask = check_attention_mask(mask, (batch, n_pos), self.W_E.device)
+            if not bool(mask.all()):
+                raise NotCompilable("padding (an attention mask with zeros)")
+        return (), call
 
     def forward(
         self,

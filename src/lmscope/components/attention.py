@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from lmscope.components.exact import fused_value, needs_grad, untouched, version
+from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
 from lmscope.components.linear import linear
 from lmscope.components.norm import RMSNorm
 from lmscope.components.precision import HALF_DTYPES
@@ -34,8 +34,26 @@ from lmscope.hooks import HookPoint
 if TYPE_CHECKING:
     from lmscope.generation import KVCacheEntry
 
+_compiling = torch.compiler.is_compiling
+
 # `enable_gqa` (torch >= 2.5) lets SDPA read each kv head for its query group without copying.
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# Small causal biases (the explicit path's causal mask, see `AttentionMask.causal_bias`), shared by
+# every forward: a batch of short sequences would otherwise spend ops rebuilding one per call.
+_CAUSAL_BIAS: dict[tuple[torch.device, torch.dtype, int, int], Tensor] = {}
+_SHARED_BIAS_BITS = 8 * 2**20 * 4  # 4 MiB
+
+
+def _causal_bias(
+    device: torch.device, dtype: torch.dtype, groups: int, q_len: int
+) -> Float[Tensor, "rows k"]:
+    """0 on and below the diagonal, -inf above, [groups * q_len, q_len]; a normal tensor that
+    needs no gradient, whatever the grad or inference mode."""
+    with torch.inference_mode(False), torch.no_grad():
+        square = torch.full((q_len, q_len), float("-inf"), dtype=dtype, device=device).triu_(1)
+        return square.repeat(groups, 1)
 
 
 @dataclass
@@ -103,6 +121,24 @@ class AttentionMask:
         key = ("blocked", q_len, k_len)
         if key not in self._sdpa:
             self._sdpa[key] = ~self.dense(q_len, k_len, device)
+        return self._sdpa[key]
+
+    def causal_bias(
+        self, groups: int, q_len: int, device: torch.device, dtype: torch.dtype
+    ) -> Float[Tensor, "rows k"]:
+        """The implicit causal square as an additive 0 / -inf bias, repeated for `groups` query
+        heads folded into the rows ([groups * q_len, q_len]): made once per process when small
+        (`_causal_bias`), else once per forward."""
+        key = (device, dtype, groups, q_len)
+        if groups * q_len * q_len * torch.finfo(dtype).bits <= _SHARED_BIAS_BITS:
+            bias = _CAUSAL_BIAS.get(key)
+            if bias is None:
+                if len(_CAUSAL_BIAS) >= 64:
+                    _CAUSAL_BIAS.clear()
+                bias = _CAUSAL_BIAS[key] = _causal_bias(*key)
+            return bias
+        if key not in self._sdpa:
+            self._sdpa[key] = _causal_bias(*key)
         return self._sdpa[key]
 
     def sdpa_mask(
@@ -246,6 +282,16 @@ class Attention(nn.Module):
         cfg = self.cfg
         return self.o_weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0)
 
+    def weights(self) -> dict[str, Tensor]:
+        """This layer's weights under their TransformerLens names (views of the storage); keys and
+        values per key/value head, as stored (never ungrouped copies).
+
+        Example:
+            >>> block.attn.weights()["W_Q"].shape     # [head, d_model, d_head]
+        """
+        names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+        return {name: getattr(self, f"_{name}" if name[-1] in "KV" else name) for name in names}
+
     # -- forward -------------------------------------------------------------------------------
     def forward(
         self,
@@ -300,7 +346,7 @@ class Attention(nn.Module):
             k, v = kv_cache.append(k, v, cache_start)
         if cfg.attn_scores_soft_cap > 0:
             z = self._explicit_attention(q, k, v, mask)
-        elif self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+        elif self.hook_attn_scores.fires() or self.hook_pattern.fires():
             z = self._hooked_attention(q, k, v, mask)
         else:
             z = self._fast_attention(q, k, v, mask)
@@ -362,9 +408,9 @@ class Attention(nn.Module):
         """Scores and pattern made for their hooks, while z stays SDPA's (the unhooked numbers,
         see `lmscope.components.exact`) unless a hook edited the scores or the pattern. When autograd
         records, gradients run through the explicit pattern (so hooks and `autograd.grad` on it
-        see them)."""
+        see them). Traced by torch.compile (`lmscope.compiled`), z is pattern @ v."""
         pattern, edited = self._pattern(q, k, mask)
-        if edited:
+        if edited or _compiling():
             return self._mix(pattern, v)
         if needs_grad(q, k, v):
             fast = lambda: self._fast_attention(q, k, v, mask)  # noqa: E731
@@ -381,28 +427,47 @@ class Attention(nn.Module):
         self, q: Tensor, k: Tensor, mask: AttentionMask
     ) -> tuple[Float[Tensor, "batch head q k"], bool]:
         """The attention pattern, after `hook_attn_scores` and `hook_pattern`, and whether a hook
-        edited or replaced the scores or the pattern."""
+        edited or replaced the scores or the pattern (always False when traced by
+        torch.compile, where whatever the hooks return flows on)."""
+        if _compiling():
+            scores = self.hook_attn_scores(self._scores(q, k, mask))
+            return self.hook_pattern(_softmax(scores)), False
+        with HookValues():
+            scores = self._scores(q, k, mask)
+        before = version(scores)
+        seen = self.hook_attn_scores(scores)
+        edited = not untouched(seen, scores, before)
+        with HookValues():
+            pattern = _softmax(seen)
+        before = version(pattern)
+        seen = self.hook_pattern(pattern)
+        return seen, edited or not untouched(seen, pattern, before)
+
+    def _scores(self, q: Tensor, k: Tensor, mask: AttentionMask) -> Float[Tensor, "batch head q k"]:
+        """Scaled, capped and masked attention scores. Causal self-attention takes one kernel:
+        the matmul scales and adds the causal bias (`baddbmm`)."""
         # Grouped heads fold into the query positions ([batch, kv_head, group * pos, d_head]), so
         # each key/value head is read where it is, never copied per query head.
         b, h, p, dh = q.shape
         kv = k.shape[1]
+        cap = self.cfg.attn_scores_soft_cap
+        causal = mask.mask is None and mask.bias is None and mask.is_causal and p > 1
+        if causal and cap <= 0 and not _compiling():
+            bias = mask.causal_bias(h // kv, p, q.device, q.dtype)
+            alpha = 1.0 / self.cfg.attn_scale if self.cfg.use_attn_scale else 1.0
+            q3 = q.reshape(b * kv, (h // kv) * p, dh)
+            k3 = k.reshape(b * kv, p, dh).transpose(1, 2)
+            return torch.baddbmm(bias, q3, k3, alpha=alpha).view(b, h, p, p)
         scores = (q.reshape(b, kv, (h // kv) * p, dh) @ k.transpose(-1, -2)).view(b, h, p, -1)
         if self.cfg.use_attn_scale:
             scores.div_(self.cfg.attn_scale)  # in place: the matmul's output is not saved
-        cap = self.cfg.attn_scores_soft_cap
         if cap > 0:
             scores = cap * torch.tanh(scores / cap)
         if mask.mask is not None or mask.bias is not None:
             scores += mask.sdpa_mask(p, scores.shape[-1], q.device, q.dtype)  # 0/-inf (+ bias)
         elif mask.is_causal and p > 1:
             scores.masked_fill_(mask.blocked(p, scores.shape[-1], q.device), float("-inf"))
-        before = version(scores)
-        seen = self.hook_attn_scores(scores)
-        edited = not untouched(seen, scores, before)
-        pattern = _softmax(seen)
-        before = version(pattern)
-        seen = self.hook_pattern(pattern)
-        return seen, edited or not untouched(seen, pattern, before)
+        return scores
 
     @staticmethod
     def _mix(

@@ -13,6 +13,7 @@ intermediates still fire.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,3 +66,31 @@ def untouched(seen: Tensor, shown: Tensor, before: int | Tensor) -> bool:
     if isinstance(before, Tensor):
         return torch.equal(seen, before)
     return seen._version == before
+
+
+class HookValues:
+    """Context in which a component computes the values it shows its hooks (a norm's scale,
+    attention scores and pattern). Under inference mode they are made as normal tensors without
+    autograd recording, so `version` reads their in-place edit counter instead of copying them
+    (an inference tensor has no counter); elsewhere it changes nothing.
+
+    Example:
+        >>> with HookValues():
+        ...     scale = rstd.reciprocal()     # a normal tensor even under torch.inference_mode()
+    """
+
+    __slots__ = ("_guard",)
+
+    def __init__(self) -> None:
+        self._guard: Any = None
+
+    def __enter__(self) -> HookValues:
+        if torch.is_inference_mode_enabled():
+            # the guard torch.inference_mode(False) holds; it also enables autograd, so switch
+            # that off (deleting the guard restores both)
+            self._guard = torch._C._InferenceMode(False)
+            torch._C._set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._guard = None

@@ -4,7 +4,8 @@ Bias-free checkpoints (Llama, Mistral, Qwen's o_proj, ...) still get Transformer
 (`b_Q`, `b_O`, `b_in`, `b_U`, ...), so every bias can be hooked, edited and folded into. Adding a
 zero bias costs a full copy of it into every output (addmm): ~6% of a SmolLM2 forward on CPU.
 Whether a bias is zero is checked once and again only after it changes (its memory or its
-in-place version counter), and never skipped when autograd needs its gradient.
+in-place version counter), and never skipped when autograd needs its gradient (nor in a graph
+traced by torch.compile, where the bias add is fused anyway).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Example:
         >>> linear(x, attn.q_weight, attn.q_bias)  # == F.linear(x, attn.q_weight, attn.q_bias)
     """
+    if torch.compiler.is_compiling():  # traced: the check reads values; Inductor fuses the add
+        return F.linear(x, weight, bias)
     if bias is not None and not (bias.requires_grad and torch.is_grad_enabled()):
         key = (bias.data_ptr(), bias._version, bias.dtype, bias.device)
         memo = getattr(bias, "_lmscope_zero", None)

@@ -1,15 +1,20 @@
 """Normalisation layers with TransformerLens hooks: `hook_scale` [..., 1] and `hook_normalized`.
 
 LN and RMS hold weights; LNPre and RMSPre are what remains after `fold_ln` moved the weights into
-the next layer. The output is always the fused kernel's (`F.layer_norm` / `F.rms_norm`): with a
-hook in use the scale and normalised values are also computed step by step for the hooks, and
-the step-by-step output replaces the fused one only when a hook edits or replaces its value (see
-`lmscope.components.exact`), so hooking or caching a norm never changes a bit downstream.
+the next layer. The output is always the fused kernel's (`F.layer_norm` / `F.rms_norm`), so
+hooking or caching a norm never changes a bit downstream. With a hook in use the hooks' values
+come from the same kernels where they can: LayerNorm's `hook_normalized` is the fused output, its
+scale is `1 / rstd` of the same `native_layer_norm` call, and RMSNorm's normalised values and
+scale come from one `_fused_rms_norm` call. A value a hook edits or replaces is then used
+step by step (see `lmscope.components.exact`). When autograd records (or in float16/bfloat16),
+the hooks' values are computed step by step, so gradients reach them.
 
 In float16/bfloat16 models the statistics, the division and the weights are computed in float32
 and the result rounded once to the model's dtype, as nn.LayerNorm, Gemma's and OLMo 2's RMSNorm
 and torch's fused kernels do (LlamaRMSNorm rounds before its weight too, so it is a little less
 exact). Both hooks see the model's dtype; after an edit the float32 values go on.
+
+In a compiled run (`lmscope.compiled`) a hooked norm is traced step by step, hooks included.
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from lmscope.components.exact import fused_value, needs_grad, untouched, version
-from lmscope.components.precision import upcast
+from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
+from lmscope.components.precision import HALF_DTYPES, upcast
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
+
+_compiling = torch.compiler.is_compiling
+
+# Devices where `_fused_rms_norm` has no kernel (the hooked RMSNorm then works step by step).
+_NO_FUSED_RMS: set[str] = set()
 
 
 def _hooked(
@@ -37,6 +47,23 @@ def _hooked(
     if not untouched(seen, shown, before):
         return seen.to(value.dtype), True
     return (value if seen is shown else seen.to(value.dtype)), False
+
+
+def _by_kernels(x: Tensor) -> bool:
+    """Whether a hooked norm takes its hooks' values from the fused kernels (no autograd
+    recording, full precision, not traced by torch.compile)."""
+    return x.dtype not in HALF_DTYPES and not _compiling()
+
+
+def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor] | None:
+    """(x / rms, 1 / rms) from one fused kernel, or None where it has no kernel."""
+    if x.device.type in _NO_FUSED_RMS:
+        return None
+    try:
+        return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError, RuntimeError):
+        _NO_FUSED_RMS.add(x.device.type)
+        return None
 
 
 class LayerNorm(nn.Module):
@@ -54,30 +81,50 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
-            return self._fused(x)
+        if not self.hook_scale.fires():
+            return self.hook_normalized(self._fused(x))
+        if _compiling():
+            return self.hook_normalized(self._traced(x))
+        if _by_kernels(x) and not needs_grad(x, self.w, self.b):
+            return self.hook_normalized(self._scale_by_kernel(x))
         return self.hook_normalized(self._hooked_scale(x))
 
     def _fused(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         return F.layer_norm(x, (self.length,), self.w, self.b, self.eps)
 
+    def _affine(self, normalized: Tensor) -> Tensor:
+        return normalized * self.w + self.b if self.w is not None else normalized
+
+    def _scale_by_kernel(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """The fused output, `hook_scale` shown `1 / rstd` of the same kernel call; step by step
+        only when the hook edits the scale."""
+        out, mean, rstd = torch.native_layer_norm(x, (self.length,), self.w, self.b, self.eps)
+        with HookValues():
+            scale = rstd.reciprocal()
+        scale, edited = _hooked(self.hook_scale, scale, x.dtype)
+        return self._affine((x - mean) / scale) if edited else out
+
     def _hooked_scale(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """The norm with `hook_scale` run on the step-by-step scale: the fused output unless the
         hook edits the scale (autograd, when recording, runs through the step-by-step form)."""
-        if not self.hook_scale.has_hooks():
-            return self._fused(x)
         grad = needs_grad(x, self.w, self.b)
         dtype = x.dtype
         centred = upcast(x) - upcast(x).mean(-1, keepdim=True)
-        scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        with HookValues():
+            scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
         scale, edited = _hooked(self.hook_scale, scale, dtype)
         if not (edited or grad):
             return self._fused(x)
-        out = centred / scale
-        if self.w is not None:
-            out = out * self.w + self.b
-        out = out.to(dtype)
+        out = self._affine(centred / scale).to(dtype)
         return out if edited else fused_value(lambda: self._fused(x), out)
+
+    def _traced(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """Step by step with the hook in line, for torch.compile (no edit detection)."""
+        dtype = x.dtype
+        centred = upcast(x) - upcast(x).mean(-1, keepdim=True)
+        scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        scale = self.hook_scale(scale.to(dtype)).to(scale.dtype)
+        return self._affine(centred / scale).to(dtype)
 
 
 class LayerNormPre(LayerNorm):
@@ -101,22 +148,61 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
+        if not (self.hook_scale.fires() or self.hook_normalized.fires()):
             return self._fused(x)
+        if _compiling():
+            return self._traced(x)
+        if _by_kernels(x) and not needs_grad(x, self.w):
+            with HookValues():
+                stats = _rms_stats(x, self.length, self.eps)
+            if stats is not None:
+                return self._by_kernels(x, *stats)
         dtype = x.dtype
         xf = upcast(x)
-        scale = (xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        with HookValues():
+            scale = (xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
         scale, scale_edited = _hooked(self.hook_scale, scale, dtype)
-        normalized, edited = _hooked(self.hook_normalized, xf / scale, dtype)
+        with HookValues():
+            normalized = xf / scale
+        normalized, edited = _hooked(self.hook_normalized, normalized, dtype)
         edited = edited or scale_edited
         grad = needs_grad(x, self.w)
         if not (edited or grad):
             return self._fused(x)
-        out = (normalized * self.w if self.w is not None else normalized).to(dtype)
+        out = self._weighted(normalized).to(dtype)
         return out if edited else fused_value(lambda: self._fused(x), out)
 
     def _fused(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         return F.rms_norm(x, (self.length,), self.w, self.eps)
+
+    def _weighted(self, normalized: Tensor) -> Tensor:
+        return normalized * self.w if self.w is not None else normalized
+
+    def _by_kernels(
+        self, x: Float[Tensor, "... d"], normalized: Tensor, rstd: Tensor
+    ) -> Float[Tensor, "... d"]:
+        """The fused output; the hooks see the fused kernel's normalised values and `1 / rstd`,
+        and a value they edit is used step by step."""
+        edited = False
+        if self.hook_scale.fires():
+            with HookValues():
+                scale = rstd.reciprocal()
+            scale, edited = _hooked(self.hook_scale, scale, x.dtype)
+            if edited:
+                normalized = x / scale
+        if self.hook_normalized.fires():
+            normalized, edited_here = _hooked(self.hook_normalized, normalized, x.dtype)
+            edited = edited or edited_here
+        return self._weighted(normalized) if edited else self._fused(x)
+
+    def _traced(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """Step by step with the hooks in line, for torch.compile (no edit detection)."""
+        dtype = x.dtype
+        xf = upcast(x)
+        scale = (xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        scale = self.hook_scale(scale.to(dtype)).to(scale.dtype)
+        normalized = self.hook_normalized((xf / scale).to(dtype)).to(xf.dtype)
+        return self._weighted(normalized).to(dtype)
 
 
 class RMSNormPre(RMSNorm):
