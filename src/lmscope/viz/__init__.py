@@ -20,6 +20,7 @@ from lmscope.viz.heatmap import heatmap
 from lmscope.viz.lines import line
 from lmscope.viz.logit_lens import logit_lens, logit_lens_from_cache
 from lmscope.viz.patching import patching_heatmap
+from lmscope.viz.scatter import scatter
 from lmscope.viz.table import prompt_table, prompt_table_from_model
 from lmscope.viz.tokens import colored_tokens
 
@@ -42,5 +43,6 @@ __all__ = [
     "patching_heatmap",
     "prompt_table",
     "prompt_table_from_model",
+    "scatter",
     "top_neurons",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float
 
+from lmscope.viz._axes import legend, make_axes
 from lmscope.viz._figure import Figure
 from lmscope.viz._svg import (
     PALETTE,
@@ -19,16 +20,12 @@ from lmscope.viz._svg import (
     esc,
     figure_from_panel,
     fmt,
-    nice_ticks,
-    text_width,
-    title_text,
     to_numpy,
 )
 
 MAX_POINTS = 2_000  # drawn per series; longer series are thinned evenly (first and last kept)
 MAX_MARKERS = 300  # points with a hover marker per series
 MAX_SERIES = 50
-PLOT_W, PLOT_H = 560, 300
 
 
 def _thin(n: int) -> np.ndarray:
@@ -75,45 +72,9 @@ def line(
     else:
         ys = series
     keep = _thin(n)
-    finite = ys[np.isfinite(ys)]
-    y_lo, y_hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if y_hi == y_lo:
-        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    pad = (y_hi - y_lo) * 0.05
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-    x_lo, x_hi = float(xs.min()), float(xs.max())
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
-    y_ticks = [t for t in nice_ticks(y_lo, y_hi, 6) if y_lo <= t <= y_hi]
-    x_ticks = [t for t in nice_ticks(x_lo, x_hi, 7) if x_lo <= t <= x_hi]
-    tick_labels = [fmt(10**t) if log_y else fmt(t) for t in y_ticks]
-    left = max([text_width(s) for s in tick_labels] + [10]) + (26 if ylabel else 10)
-    top = 26 if title else 8
-
-    def px(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * PLOT_W
-
-    def py(v: float) -> float:
-        return top + (y_hi - v) / (y_hi - y_lo) * PLOT_H
-
-    parts = [title_text(title, left)]
-    parts.append(
-        f"<rect x='{left}' y='{top}' width='{PLOT_W}' height='{PLOT_H}' fill='none' stroke='#999' "
-        "stroke-width='0.5'/>"
-    )
-    for t, lab in zip(y_ticks, tick_labels, strict=True):
-        y = py(t)
-        parts.append(
-            f"<line x1='{left}' x2='{left + PLOT_W}' y1='{y:.1f}' y2='{y:.1f}' stroke='#eee'/>"
-            f"<text x='{left - 5}' y='{y + 3.5:.1f}' text-anchor='end'>{lab}</text>"
-        )
-    for t in x_ticks:
-        xp = px(t)
-        parts.append(
-            f"<line x1='{xp:.1f}' x2='{xp:.1f}' y1='{top + PLOT_H}' y2='{top + PLOT_H + 4}' "
-            f"stroke='#555'/><text x='{xp:.1f}' y='{top + PLOT_H + 16}' text-anchor='middle'>"
-            f"{fmt(t)}</text>"
-        )
+    axes = make_axes(xs, ys, title=title, ylabel=ylabel, log_y=log_y)
+    parts = axes.draw(title, xlabel, ylabel)
+    px, py = axes.px, axes.py
     for s in range(series.shape[0]):
         color = PALETTE[s % len(PALETTE)]
         pts = [(px(xs[i]), py(ys[s, i]), i) for i in keep if np.isfinite(ys[s, i])]
@@ -132,26 +93,7 @@ def line(
             for a, b, i in pts[::marker_every]
         ]
         parts.append(f"<g class='lmv-points'>{''.join(markers)}</g>")
-    if xlabel:
-        parts.append(
-            f"<text x='{left + PLOT_W / 2}' y='{top + PLOT_H + 34}' text-anchor='middle' "
-            f"font-weight='600'>{esc(xlabel)}</text>"
-        )
-    if ylabel:
-        cy = top + PLOT_H / 2
-        parts.append(
-            f"<text x='12' y='{cy}' text-anchor='middle' font-weight='600' "
-            f"transform='rotate(-90 12 {cy})'>{esc(ylabel)}</text>"
-        )
-    width = left + PLOT_W
-    for s, name in enumerate(names):
-        y = top + 8 + s * 16
-        parts.append(
-            f"<line x1='{width + 14}' x2='{width + 34}' y1='{y}' y2='{y}' "
-            f"stroke='{PALETTE[s % len(PALETTE)]}' stroke-width='2'/>"
-            f"<text class='lmv-legend' x='{width + 38}' y='{y + 4}'>{esc(name)}</text>"
-        )
-    if names:
-        width += 40 + max(text_width(nm) for nm in names)
-    height = top + PLOT_H + (40 if xlabel else 22)
+    entries, legend_w = legend(names, axes.right, axes.top)
+    parts += entries
+    width, height = axes.right + legend_w, axes.bottom if xlabel else axes.bottom - 18
     return figure_from_panel(Panel("".join(parts), width, height), "line", title or "line")
