@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from lmscope.cache import ActivationCache
     from lmscope.config import HookedTransformerConfig
+    from lmscope.factored_matrix import FactoredMatrix
 
 TextInput = str | Sequence[str]
 
@@ -140,6 +141,25 @@ class EncoderModel(HookedRootModule):
 
     def _stack(self, blocks: Sequence[nn.Module], get: Callable[[nn.Module], Tensor]) -> Tensor:
         return torch.stack([get(block) for block in blocks], dim=0)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Each self-attention head's W_Q W_K^T as a FactoredMatrix [layer, head, d_model,
+        d_model] (a T5's encoder layers, then its decoder layers).
+
+        Example:
+            >>> model.QK.AB.shape
+        """
+        from lmscope.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Each self-attention head's W_V W_O as a FactoredMatrix [layer, head, d_model, d_model]."""
+        from lmscope.factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
 
 
 def is_text(input: Any) -> bool:

@@ -78,15 +78,6 @@ class EncoderConfig(HookedTransformerConfig):
             )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        """A config from a dict of field names (TransformerLens's names work)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig fields: {unknown}")
-        return cls(**d)
-
-    @classmethod
     def wrap(cls, cfg: HookedTransformerConfig | dict[str, Any]) -> EncoderConfig:
         """`cfg` as an EncoderConfig: a dict, or a HookedTransformerConfig's fields (a copy).
 

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from lmscope.config import HookedTransformerConfig
-    from lmscope.factored_matrix import FactoredMatrix
 
 EncoderReturnType = Literal["logits", "predictions", "embeddings", "pooled"] | None
 _AUTO = "auto"
@@ -391,9 +390,7 @@ class HookedEncoder(EncoderModel):
             views["embed.token_type_embed.W_token_type"] = self.embed.token_type_embed.W_token_type
         for layer, block in enumerate(self.blocks):
             prefix = f"blocks.{layer}."
-            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
-                stored = f"_{name}" if name[-1] in "KV" else name
-                views[f"{prefix}attn.{name}"] = getattr(block.attn, stored)
+            views.update({f"{prefix}attn.{k}": v for k, v in block.attn.weights().items()})
             views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
         for head in ("mlm_head", "pooler", "nsp_head"):
             if hasattr(self, head):
@@ -452,20 +449,6 @@ class HookedEncoder(EncoderModel):
     W_out = property(lambda self: self._blocks_stack("mlp", "W_out"))
     b_in = property(lambda self: self._blocks_stack("mlp", "b_in"))
     b_out = property(lambda self: self._blocks_stack("mlp", "b_out"))
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """Each head's W_Q W_K^T as a FactoredMatrix [n_layers, head, d_model, d_model]."""
-        from lmscope.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """Each head's W_V W_O as a FactoredMatrix [n_layers, head, d_model, d_model]."""
-        from lmscope.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_V, self.W_O)
 
     def all_head_labels(self) -> list[str]:
         """Labels "L{layer}H{head}" in layer-major order."""

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from lmscope.config import HookedTransformerConfig
-    from lmscope.factored_matrix import FactoredMatrix
     from lmscope.generation import KVCache
 
 
@@ -252,14 +251,14 @@ class HookedEncoderDecoder(EncoderModel):
         Example:
             >>> model.generate("summarize: The cat sat on the mat.", max_new_tokens=5, do_sample=False)
         """
-        from lmscope.generation import KVCache, _check_sampling, sample_logits
+        from lmscope.generation import KVCache, _check_sampling, _eos_ids, sample_logits
 
         if return_type not in ("input", "str", "tokens", None):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         _check_sampling(do_sample, top_k, top_p, temperature)
-        stop = self._stop_tokens(eos_token_id) if stop_at_eos else []
+        stop = _eos_ids(self, eos_token_id) if stop_at_eos else []
         tokens, mask = self._encoder_inputs(input, one_zero_attention_mask)
         batch = tokens.shape[0]
         out = self._start_tokens(batch)
@@ -293,24 +292,6 @@ class HookedEncoderDecoder(EncoderModel):
         texts = self.to_string(out)
         return texts[0] if isinstance(input, str) and batch == 1 else texts
 
-    def _stop_tokens(self, eos_token_id: int | Sequence[int] | None) -> list[int]:
-        if eos_token_id is None:
-            tok = self.tokenizer
-            if tok is None or tok.eos_token_id is None:
-                raise ValueError(
-                    "stop_at_eos needs an EOS id: pass eos_token_id=..., or stop_at_eos=False"
-                )
-            eos_token_id = tok.eos_token_id
-        ids = (
-            [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
-        )
-        bad = [i for i in ids if not 0 <= i < self.cfg.d_vocab]
-        if bad:
-            raise ValueError(
-                f"eos_token_id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})"
-            )
-        return ids
-
     # -- weights (TransformerLens names) -----------------------------------------------------------
     def named_weights(self) -> dict[str, Tensor]:
         """Every weight under its TransformerLens name, as a view of the stored parameters.
@@ -324,10 +305,8 @@ class HookedEncoderDecoder(EncoderModel):
                 prefix = f"{stack}.{layer}."
                 attns = ("attn", "cross_attn") if stack == "decoder" else ("attn",)
                 for attn in attns:
-                    module = getattr(block, attn)
-                    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
-                        stored = f"_{name}" if name[-1] in "KV" else name
-                        views[f"{prefix}{attn}.{name}"] = getattr(module, stored)
+                    weights = getattr(block, attn).weights()
+                    views.update({f"{prefix}{attn}.{k}": v for k, v in weights.items()})
                 if layer == 0:
                     views[f"{prefix}attn.rel_pos_bias.weight"] = block.attn.rel_pos_bias.weight
                 views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
@@ -378,20 +357,6 @@ class HookedEncoderDecoder(EncoderModel):
     W_out = property(lambda self: self._both_stack("mlp", "W_out"))
     b_in = property(lambda self: self._both_stack("mlp", "b_in"))
     b_out = property(lambda self: self._both_stack("mlp", "b_out"))
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """Each self-attention head's W_Q W_K^T, encoder layers then decoder layers."""
-        from lmscope.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """Each self-attention head's W_V W_O, encoder layers then decoder layers."""
-        from lmscope.factored_matrix import FactoredMatrix
-
-        return FactoredMatrix(self.W_V, self.W_O)
 
     def all_head_labels(self) -> list[str]:
         """ "EL{l}H{h}" for the encoder's heads, then "DL{l}H{h}" for the decoder's."""
