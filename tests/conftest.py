@@ -260,17 +260,27 @@ ENCODERS: dict[str, tuple[type, Callable[[], Any]]] = {
     "roberta": (
         T.RobertaForMaskedLM,
         lambda: T.RobertaConfig(
-            vocab_size=ENC_VOCAB, hidden_size=30, num_hidden_layers=2, num_attention_heads=3,
-            intermediate_size=37, max_position_embeddings=26, type_vocab_size=1, pad_token_id=1,
+            vocab_size=ENC_VOCAB,
+            hidden_size=30,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=37,
+            max_position_embeddings=26,
+            type_vocab_size=1,
+            pad_token_id=1,
         ),
-    ),  # fmt: skip
+    ),
     "distilbert": (
         T.DistilBertForMaskedLM,
         lambda: T.DistilBertConfig(
-            vocab_size=ENC_VOCAB, dim=30, n_layers=2, n_heads=3, hidden_dim=37,
+            vocab_size=ENC_VOCAB,
+            dim=30,
+            n_layers=2,
+            n_heads=3,
+            hidden_dim=37,
             max_position_embeddings=24,
         ),
-    ),  # fmt: skip
+    ),
 }
 ENCODER_DECODERS: dict[str, tuple[type, Callable[[], Any]]] = {
     "t5": (T.T5ForConditionalGeneration, lambda: _enc_t5(num_decoder_layers=3)),
