@@ -415,22 +415,23 @@ def test_checkpoint_with_a_wrong_shape_names_it(tiny_gpt2: TinyModel, tmp_path: 
         HookedTransformer.from_pretrained(path)
 
 
-@pytest.mark.parametrize("model_type", [None, "bert"])
+@pytest.mark.parametrize("model_type", [None, "xlnet"])
 def test_unsupported_architecture_is_named_with_the_supported_list(
     tiny_gpt2: TinyModel, tmp_path: Path, model_type: str | None
 ) -> None:
-    path = _copy_checkpoint(tiny_gpt2.path, tmp_path / "bert")
+    path = _copy_checkpoint(tiny_gpt2.path, tmp_path / "xlnet")
     config = json.loads((path / "config.json").read_text())
-    config["architectures"] = ["BertForMaskedLM"]
+    config["architectures"] = ["XLNetLMHeadModel"]
     if model_type is not None:
         config["model_type"] = model_type
     (path / "config.json").write_text(json.dumps(config))
     message = (
-        r"architecture \['BertForMaskedLM'\] is not supported by lmscope\..*"
+        r"architecture \['XLNetLMHeadModel'\] is not supported by lmscope\..*"
         r"Supported architectures: .*GPT2LMHeadModel.*GPTNeoXForCausalLM.*LlamaForCausalLM.*MistralForCausalLM"
     )
     with pytest.raises(ValueError, match=message):
         HookedTransformer.from_pretrained(path)
+    # (BERT is an encoder: its error names HookedEncoder, tests/encoders/test_encoder_errors.py)
 
 
 def test_directory_without_config_or_weights(tmp_path: Path, tiny_gpt2: TinyModel) -> None:
