@@ -70,3 +70,16 @@ def test_the_checks_catch_requests_and_errors(open_page, tmp_path) -> None:
     assert "boom" in shown.errors
     shown.requests.clear()
     shown.errors.clear()  # (teardown would fail the test otherwise)
+
+
+def test_low_precision_and_grad_tensors_are_accepted() -> None:
+    """bfloat16 / float16 activations and tensors that need grad draw like float32 ones."""
+    pattern = torch.rand(2, 3, 3).tril()
+    pattern = (pattern / pattern.sum(-1, keepdim=True)).requires_grad_()
+    ref = viz.heatmap(pattern[0].detach()).to_svg()
+    for dtype in (torch.bfloat16, torch.float16):
+        low = pattern.detach().to(dtype)
+        assert viz.heatmap(low[0].float()).to_svg() == viz.heatmap(low[0]).to_svg()
+        assert "lmv-thumb" in viz.attention_heads(low, ["a", "b", "c"]).to_html()
+    assert viz.heatmap(pattern[0]).to_svg() == ref
+    assert "lmv-thumb" in viz.attention_heads(pattern, ["a", "b", "c"]).to_html()
