@@ -24,6 +24,7 @@ from lmscope.harvest import MeanVar, TopK, data, store
 KWARGS: dict[str, Any] = dict(
     hooks=HOOKS, seq_len=16, batch_size=8, shard_tokens=16 * 40, verbose=False,
     reducers={HOOKS[0]: [MeanVar(), TopK(k=3, context=1)]}, save_activations=True,
+    fsync=True,  # the durable path (the rest of the tests write without fsync)
 )  # fmt: skip
 TEXTS = corpus(1100)  # two runs of texts to tokenise; 33 shards of 5 batches
 
@@ -90,7 +91,7 @@ def _mid_shard_write() -> None:
 def _mid_manifest_write() -> None:
     calls = [0]
 
-    def half_then_die(path: Path, doc: Any) -> None:
+    def half_then_die(path: Path, doc: Any, **kwargs: Any) -> None:
         calls[0] += 1
         if calls[0] == 5:
             import json
@@ -98,7 +99,7 @@ def _mid_manifest_write() -> None:
             text = json.dumps(doc, indent=1)
             (path.with_name(path.name + store.TMP_SUFFIX)).write_text(text[: len(text) // 2])
             _die()
-        original(path, doc)
+        original(path, doc, **kwargs)
 
     original = store.write_json
     store.write_json = half_then_die

@@ -176,6 +176,7 @@ def _tokenize(
     column: str,
     prepend_bos: bool,
     verbose: bool,
+    fsync: bool,
 ) -> dict[str, Any]:
     """Pack the dataset into `tokens.safetensors` ([n_seqs, seq_len] int32) and describe it."""
     raw = out / ("tokens.bin" + store.TMP_SUFFIX)
@@ -193,7 +194,7 @@ def _tokenize(
         )
     shape = (n_rows, seq_len)
     sha, size = store.write_safetensors_from_raw(
-        out / TOKENS_FILE, "tokens", torch.int32, shape, raw
+        out / TOKENS_FILE, "tokens", torch.int32, shape, raw, fsync=fsync
     )
     return {
         "file": TOKENS_FILE,
@@ -233,6 +234,7 @@ def harvest(
     ray_num_cpus: float | None = None,
     ray_num_gpus: float | None = None,
     stall_timeout_s: float | None = None,
+    fsync: bool = False,
     verbose: bool = True,
 ) -> Any:
     """Run `model` over a dataset and store the activations at `hooks` (or reducers' statistics
@@ -257,6 +259,9 @@ def harvest(
         ray_num_cpus / ray_num_gpus: resources per Ray worker (default: 1 GPU each when the
             cluster has GPUs, else 0.5 CPU each).
         stall_timeout_s: with Ray, give up (TimeoutError) when no shard finishes for this long.
+        fsync: wait for every file to reach the disk before renaming it into place (survives
+            power cuts and OS crashes, not only killed processes; slower where the disk is the
+            bottleneck).
 
     Example:
         >>> h = lmscope.harvest(model, "corpus.jsonl", hooks=["blocks.0.hook_resid_post"],
@@ -323,9 +328,9 @@ def harvest(
     store.remove_temporaries(out)
     if manifest["tokens"] is None:
         manifest["tokens"] = _tokenize(
-            out, source, model.tokenizer, seq_len, column, prepend_bos, verbose
+            out, source, model.tokenizer, seq_len, column, prepend_bos, verbose, fsync
         )
-        store.write_json(out / MANIFEST, manifest)
+        store.write_json(out / MANIFEST, manifest, fsync=fsync)
     from lmscope.harvest.reader import open_tokens
 
     tokens = open_tokens(out / TOKENS_FILE)
@@ -339,6 +344,7 @@ def harvest(
         stop_at_layer=stop_layer(hooks, model),
         reducers=specs,
         save_activations=keep,
+        fsync=fsync,
     )
     manifest["n_shards"] = plan.n_shards
     manifest["stop_at_layer"] = plan.stop_at_layer
@@ -354,7 +360,7 @@ def harvest(
         manifest["updated"] = _now()
         if "shapes" in record:
             manifest["shapes"] = record["shapes"]
-        store.write_json(out / MANIFEST, manifest)
+        store.write_json(out / MANIFEST, manifest, fsync=fsync)
 
     total = plan.n_seqs * seq_len
     initial = sum(r["tokens"][1] - r["tokens"][0] for r in done.values())
@@ -379,11 +385,12 @@ def harvest(
             run_local(model, plan, tokens, out, pending, on_record, bar.update)
     if specs and "reduced" not in manifest:
         states = [store.mmap_safetensors(out / done[s]["reducer_file"]) for s in sorted(done)]
-        sha, size = store.write_safetensors(out / REDUCED_FILE, merge_states(plan, states))
+        merged = merge_states(plan, states)
+        sha, size = store.write_safetensors(out / REDUCED_FILE, merged, fsync=fsync)
         manifest["reduced"] = {"file": REDUCED_FILE, "sha256": sha, "bytes": size}
     manifest["complete"] = True
     manifest["updated"] = _now()
-    store.write_json(out / MANIFEST, manifest)
+    store.write_json(out / MANIFEST, manifest, fsync=fsync)
     from lmscope.harvest.reader import open as open_harvest
 
     return open_harvest(out)

@@ -1,9 +1,11 @@
 """Files of a harvest directory: safetensors written without copies and published atomically,
 read back memory-mapped, and the JSON manifest.
 
-Every file appears under its final name only when it is complete: it is written to `NAME.tmp`,
-flushed to disk and renamed (`os.replace` is atomic), so a process killed at any instant leaves
-either the old file, the new one, or a `.tmp` that the next run deletes.
+Every file appears under its final name only when it is complete: it is written to `NAME.tmp`
+and renamed (`os.replace` is atomic), so a process killed at any instant leaves either the old
+file, the new one, or a `.tmp` that the next run deletes. A killed process loses nothing it
+wrote (the kernel holds it); `fsync=True` also waits for each file to reach the disk before the
+rename, which is what survives a power cut or an OS crash, at the cost of waiting for the disk.
 
 Shards are plain safetensors files (the format of the `safetensors` package, which reads them
 too): an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and
@@ -49,10 +51,13 @@ def _raw_bytes(t: Tensor) -> memoryview:
 
 
 def write_safetensors(
-    path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+    path: Path,
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+    fsync: bool = False,
 ) -> tuple[str, int]:
-    """Write `tensors` as a safetensors file at `path`, atomically (`path.tmp`, fsync, rename);
-    returns the file's SHA-256 (hex) and size.
+    """Write `tensors` as a safetensors file at `path`, atomically (`path.tmp`, rename; with
+    `fsync`, flushed to the disk first); returns the file's SHA-256 (hex) and size.
 
     Example:
         >>> sha, size = write_safetensors(Path("x.safetensors"), {"a": torch.zeros(2, 3)})
@@ -83,10 +88,15 @@ def write_safetensors(
         write_chunk(f, digest, head)
         for t in parts:
             write_chunk(f, digest, _raw_bytes(t))
-        f.flush()
-        os.fsync(f.fileno())
+        _finish(f, fsync)
     publish(tmp, path)
     return digest.hexdigest(), 8 + len(head) + offset
+
+
+def _finish(f: BinaryIO | Any, fsync: bool) -> None:
+    f.flush()
+    if fsync:
+        os.fsync(f.fileno())
 
 
 def write_chunk(f: BinaryIO, digest: Any, chunk: bytes | memoryview) -> None:
@@ -146,13 +156,13 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write `doc` as JSON at `path`, atomically (`path.tmp`, fsync, rename)."""
+def write_json(path: Path, doc: Mapping[str, Any], fsync: bool = False) -> None:
+    """Write `doc` as JSON at `path`, atomically (`path.tmp`, rename; with `fsync`, flushed to
+    the disk first)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "w") as f:
         f.write(json.dumps(doc, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
+        _finish(f, fsync)
     publish(tmp, path)
 
 
@@ -165,7 +175,12 @@ def remove_temporaries(folder: Path) -> list[Path]:
 
 
 def write_safetensors_from_raw(
-    path: Path, name: str, dtype: torch.dtype, shape: tuple[int, ...], raw: Path
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    raw: Path,
+    fsync: bool = False,
 ) -> tuple[str, int]:
     """Write one tensor whose bytes are already in the file `raw` (written as they were made,
     before the shape was known) as a safetensors file at `path`, atomically; returns its SHA-256
@@ -181,8 +196,7 @@ def write_safetensors_from_raw(
         write_chunk(f, digest, head)
         while block := src.read(1 << 24):
             write_chunk(f, digest, block)
-        f.flush()
-        os.fsync(f.fileno())
+        _finish(f, fsync)
     publish(tmp, path)
     raw.unlink()
     return digest.hexdigest(), 8 + len(head) + size

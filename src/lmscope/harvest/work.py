@@ -39,6 +39,7 @@ class Plan:
     stop_at_layer: int | None
     reducers: tuple[tuple[str, tuple[dict[str, Any], ...]], ...]  # hook -> reducer specs
     save_activations: bool
+    fsync: bool = False  # wait for each file to reach the disk (not part of the harvest's identity)
 
     @property
     def n_shards(self) -> int:
@@ -177,11 +178,15 @@ def write_shard(out: Path, plan: Plan, result: ShardOutput) -> dict[str, Any]:
     }
     if plan.save_activations:
         ordered = {name: result.activations[name] for name in plan.hooks}
-        sha, size = store.write_safetensors(out / shard_file(result.shard), ordered)
+        sha, size = store.write_safetensors(
+            out / shard_file(result.shard), ordered, fsync=plan.fsync
+        )
         record["file"], record["sha256"], record["bytes"] = shard_file(result.shard), sha, size
         record["shapes"] = {name: list(t.shape[1:]) for name, t in ordered.items()}
     if result.states:
-        sha, size = store.write_safetensors(out / reducer_file(result.shard), result.states)
+        sha, size = store.write_safetensors(
+            out / reducer_file(result.shard), result.states, fsync=plan.fsync
+        )
         record["reducer_file"] = reducer_file(result.shard)
         record["reducer_sha256"], record["reducer_bytes"] = sha, size
     return record
