@@ -11,7 +11,8 @@ import torch
 from conftest import TinyModel
 
 from lmscope import HookedTransformer, HookPoint
-from lmscope.hooks import HookedRootModule
+from lmscope.hooks import CacheHook, HookedRootModule
+from lmscope.utils import Slice
 
 FLAG_SETTERS = (
     "set_use_attn_result",
@@ -566,3 +567,19 @@ def test_unhooked_hook_point_is_the_identity_on_the_object() -> None:
     handle.remove()
     assert point(x) is x
     assert not point.has_hooks()
+
+
+def test_cache_hooks_store_what_run_with_cache_stores(gpt2: HookedTransformer, tokens) -> None:
+    """get_caching_hooks gives CacheHooks: hook points store plain ones without calling them;
+    one with options (here pos_slice) is called; both may be passed as ordinary hooks."""
+    name = "blocks.1.attn.hook_z"
+    cache, fwd, _ = gpt2.get_caching_hooks(name)
+    [(_, store)] = fwd
+    assert isinstance(store, CacheHook) and store.plain
+    sliced: dict[str, torch.Tensor] = {}
+    last = CacheHook(sliced, "_last", positions=Slice.unwrap(-1))
+    assert not last.plain
+    gpt2.run_with_hooks(tokens, fwd_hooks=[(name, store), (name, last)])
+    _, want = gpt2.run_with_cache(tokens, names_filter=name)
+    assert torch.equal(cache[name], want[name]) and not cache[name].requires_grad
+    assert torch.equal(sliced[name + "_last"], want[name][:, -1])

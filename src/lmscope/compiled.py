@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import threading
+import types
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -79,11 +80,20 @@ def _key(kwargs: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _compiled_forward(root: HookedRootModule, kwargs: dict[str, Any]) -> Any:
-    """The model's forward compiled with `kwargs`, made once per model and options."""
+    """The model's forward compiled with `kwargs`, made once per model and options.
+
+    torch.compile keeps compiled graphs per code object, up to a recompile limit (8), so every
+    model and options get a forward of their own (a copy of the class's code): one model's hook
+    sets and shapes never use up another's limit."""
     store = root.__dict__.setdefault("_compiled_forwards", {})
     key = _key(kwargs)
     if key not in store:
-        store[key] = torch.compile(root.forward, **kwargs)
+        fn = type(root).forward
+        own = types.FunctionType(
+            fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+        )
+        own.__kwdefaults__ = fn.__kwdefaults__
+        store[key] = torch.compile(types.MethodType(own, root), **kwargs)
     return store[key]
 
 

@@ -252,3 +252,28 @@ def test_start_at_layer_and_batching_are_exact_on_other_layouts(layout) -> None:
         fast = fn(*args)
         slow = fn(*args, use_start_at_layer=False, patches_per_forward=1)
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_compiled_sweep_equals_the_eager_sweep(setup, request: pytest.FixtureRequest) -> None:
+    """compile=...: one graph (traced here with Dynamo's eager backend) serves every chunk of
+    the sweep and gives the eager sweep's numbers; a setter of another kind runs eagerly."""
+    from lmscope.compiled import CompileFallbackWarning
+
+    if request.node.callspec.params["setup"] != "rms_gqa":
+        pytest.skip("tracing takes seconds: one family (GQA) stands for all")
+    model, _, corrupted, clean_cache, metric, _, _ = setup
+    traced = {"backend": "eager"}
+    for sweep in (P.get_act_patch_attn_head_out_all_pos, P.get_act_patch_attn_head_pattern_all_pos):
+        eager = sweep(model, corrupted, clean_cache, metric)
+        compiled = sweep(
+            model, corrupted, clean_cache, metric, compile=traced, patches_per_forward=3
+        )
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+    def double_clean(corrupted_act, index, clean_act):
+        corrupted_act[:, index[1]] = 2 * clean_act[:, index[1]]
+
+    args = (model, corrupted, clean_cache, metric, double_clean, "resid_pre", ("layer", "pos"))
+    with pytest.warns(CompileFallbackWarning, match="double_clean"):
+        compiled = P.generic_activation_patch(*args, compile=traced)
+    torch.testing.assert_close(compiled, P.generic_activation_patch(*args), atol=0, rtol=0)

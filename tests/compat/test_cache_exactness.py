@@ -134,3 +134,34 @@ def test_gradients_reach_hooked_intermediates(
     for n, p in model.named_parameters():
         if n in hooked:
             torch.testing.assert_close(hooked[n], p.grad, atol=1e-6, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("processed", [True, False], ids=["processed", "no_processing"])
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_inference_mode_subsets_logits_and_edits(
+    request: pytest.FixtureRequest, fixture: str, processed: bool, tokens: torch.Tensor
+) -> None:
+    """Under inference_mode (no version counters on inference tensors) the hooked norms and
+    attention take their values from the fused kernels: every subset still equals the full
+    cache, the cached logits equal the forward's, and in-place edits still take effect."""
+    model = _load(request, fixture, processed)
+    with torch.inference_mode():
+        n = _assert_subsets_equal_full(model, tokens)
+        assert n == len(model.hook_dict) - 6 * model.cfg.n_layers
+        cached, full = model.run_with_cache(tokens)
+        assert torch.equal(cached, model(tokens))
+
+        def zero_head_0(pattern: torch.Tensor, hook) -> None:
+            pattern[:, 0] = 0.0
+
+        def double_scale(scale: torch.Tensor, hook) -> None:
+            scale.mul_(2.0)
+
+        z = "blocks.0.attn.hook_z"
+        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", zero_head_0)]):
+            _, zeroed = model.run_with_cache(tokens, names_filter=z)
+        assert torch.equal(zeroed[z][:, :, 0], torch.zeros_like(zeroed[z][:, :, 0]))
+        torch.testing.assert_close(zeroed[z][:, :, 1:], full[z][:, :, 1:], atol=1e-6, rtol=1e-5)
+        with model.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", double_scale)]):
+            halved = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")[0]
+        assert (halved - cached).abs().max() > 1e-3

@@ -124,6 +124,7 @@ def generic_activation_patch(
     return_index_df: bool = False,
     patches_per_forward: int | None = None,
     use_start_at_layer: bool = True,
+    compile: bool | str | dict[str, Any] = False,
 ) -> Float[Tensor, "..."] | tuple[Float[Tensor, " rows"], Any]:
     """Patch `activation_name` from `clean_cache` into the corrupted run at each index and return
     `patching_metric(patched_logits)` for each.
@@ -140,6 +141,11 @@ def generic_activation_patch(
             batch of about 32 sequences). The results do not depend on it.
         use_start_at_layer: start each patched run at the patched layer from the cached
             corrupted residual stream (default; exact).
+        compile: run the sweep's forwards compiled (`lmscope.compiled`; True, a torch.compile
+            mode or a dict of its arguments): every forward is a full one of the same shape,
+            the patch a `torch.where` at each layer's hook point, so one graph serves the whole
+            sweep. It needs one of this module's setters (it writes the positions the setter
+            copies); another setter runs eagerly, with a CompileFallbackWarning.
 
     Example:
         >>> grid = generic_activation_patch(model, corrupted, clean_cache, metric,
@@ -165,8 +171,13 @@ def generic_activation_patch(
     for i, row in enumerate(rows):
         by_layer.setdefault(row[0], []).append(i)
 
+    if compile and _compiled_sweep(
+        model, corrupted_tokens, clean_cache, patching_metric, patch_setter, activation_name,
+        rows, per_forward, results, compile,
+    ):  # fmt: skip
+        by_layer = {}  # done
     starts: dict[int, Tensor] = {}
-    if use_start_at_layer:
+    if use_start_at_layer and by_layer:
         names = [f"blocks.{layer}.hook_resid_pre" for layer in by_layer]
         _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=names)
         starts = {layer: corrupted_cache[f"blocks.{layer}.hook_resid_pre"] for layer in by_layer}
@@ -203,6 +214,74 @@ def generic_activation_patch(
         return (results, index_df) if return_index_df else results
     out = results.reshape(ranges)
     return (out, index_df) if return_index_df else out
+
+
+class _WherePatch:
+    """The hook of a compiled sweep, at one activation's hook point in every layer: where
+    `masks[layer]` is set, the clean activation replaces the corrupted one. The masks change in
+    place between forwards, so one compiled graph serves every chunk of the sweep."""
+
+    def __init__(self, layer_of: dict[str, int], masks: Tensor, cleans: Tensor, batch: int):
+        self.layer_of, self.masks, self.cleans, self.batch = layer_of, masks, cleans, batch
+
+    def __call__(self, activation: Tensor, hook: Any) -> Tensor:
+        layer = self.layer_of[hook.name]
+        rows = activation.view(-1, self.batch, *activation.shape[1:])  # [patch, batch, ...]
+        return torch.where(self.masks[layer], self.cleans[layer], rows).view_as(activation)
+
+
+def _compiled_sweep(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    patch_setter: PatchSetter,
+    activation_name: str,
+    rows: list[tuple[int, ...]],
+    per_forward: int,
+    results: Tensor,
+    compile: Any,
+) -> bool:
+    """`generic_activation_patch`'s forwards compiled (see its `compile`); fills `results` and
+    returns True, or returns False (after a warning) for a setter it cannot turn into masks."""
+    import warnings
+
+    from lmscope.compiled import CompileFallbackWarning
+
+    if patch_setter not in _MASKABLE_SETTERS:
+        warnings.warn(
+            f"compile: ran eagerly: {getattr(patch_setter, '__name__', patch_setter)!r} is not "
+            "one of lmscope.patching's setters (a compiled sweep writes the positions they copy)",
+            CompileFallbackWarning,
+            stacklevel=3,
+        )
+        return False
+    batch = corrupted_tokens.shape[0]
+    layers = sorted({row[0] for row in rows})
+    names = {get_act_name(activation_name, layer): layer for layer in layers}
+    cleans = torch.stack([clean_cache[name] for name in names])  # [layer, batch, ...]
+    masks = torch.zeros(
+        len(layers), per_forward, 1, *cleans.shape[2:], dtype=torch.bool, device=cleans.device
+    )
+    slot = {layer: i for i, layer in enumerate(layers)}
+    ones = torch.ones(1, *cleans.shape[2:], dtype=torch.bool, device=cleans.device)
+    patch = _WherePatch(
+        {n: slot[n_layer] for n, n_layer in names.items()}, masks, cleans[:, None], batch
+    )
+    tokens = corrupted_tokens.repeat(per_forward, 1)
+    hooks = [(name, patch) for name in names]
+    for start in range(0, len(rows), per_forward):
+        chunk = range(start, min(start + per_forward, len(rows)))
+        masks.zero_()
+        for j, row_id in enumerate(chunk):
+            view = masks[slot[rows[row_id][0]], j]
+            out = patch_setter(view, rows[row_id], ones)
+            if out is not None and out is not view:
+                view.copy_(out)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, compile=compile)
+        for j, row_id in enumerate(chunk):
+            results[row_id] = float(patching_metric(logits[j * batch : (j + 1) * batch]))
+    return True
 
 
 # -- patch setters (TransformerLens names) --------------------------------------------------------
@@ -296,6 +375,17 @@ def layer_head_dest_src_pos_pattern_patch_setter(
     _, head, dest, src = index
     corrupted_activation[:, head, dest, src] = clean_activation[:, head, dest, src]
     return corrupted_activation
+
+
+# setters that copy the clean values at their index, which a compiled sweep turns into masks
+_MASKABLE_SETTERS = (
+    layer_pos_patch_setter,
+    layer_pos_head_vector_patch_setter,
+    layer_head_vector_patch_setter,
+    layer_head_pattern_patch_setter,
+    layer_head_pos_pattern_patch_setter,
+    layer_head_dest_src_pos_pattern_patch_setter,
+)
 
 
 # -- the standard patches ---------------------------------------------------------------------------
