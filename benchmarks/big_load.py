@@ -169,6 +169,10 @@ def worker(
     if kind == "hf":
         on = {"device_map": device} if cuda else {}
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **on)
+    elif kind == "copy":  # the floor of any load that writes every weight to fresh memory
+        from safetensors.torch import load_file
+
+        model = load_file(Path(path) / "model.safetensors", device=device)
     elif kind == "lmscope":
         model = HookedTransformer.from_pretrained(path, dtype=dtype, device=device)
     else:
@@ -177,15 +181,15 @@ def worker(
         torch.cuda.synchronize(device)
     load_s = time.perf_counter() - start
     peak_load = run._peak_rss_bytes()
+    params = list(model.values() if isinstance(model, dict) else model.parameters())
     start = time.perf_counter()
     with torch.inference_mode():  # in slices: a half-precision sum would upcast a whole copy
         checksum = sum(
             float(part.sum(dtype=torch.float32))
-            for p in model.parameters()
+            for p in params
             for part in p.split(max(1, 2**20 // max(1, p[0].numel())) if p.ndim > 1 else 2**20)
         )
     touch_s = time.perf_counter() - start
-    params = list(model.parameters())
     gpu = {"gpu_peak": torch.cuda.max_memory_allocated(device)} if cuda else {}
     return {
         **gpu,

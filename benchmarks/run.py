@@ -62,6 +62,7 @@ BENCH_DIR = ROOT / "benchmarks"
 DEFAULT_CACHE = BENCH_DIR / ".cache"
 RESULTS_JSON = BENCH_DIR / "results" / "latest.json"
 BIG_LOAD_JSON = BENCH_DIR / "results" / "big_load.json"  # written by benchmarks/big_load.py
+HARVEST_JSON = BENCH_DIR / "results" / "harvest.json"  # written by benchmarks/harvest.py
 DOC_MD = ROOT / "docs" / "benchmarks.md"
 
 # -- what is compared -------------------------------------------------------------------------------
@@ -1540,6 +1541,7 @@ BIG_LOAD_LABELS = {
     "hf": "HF `AutoModelForCausalLM.from_pretrained(dir, dtype=...)`",
     "lmscope": "lmscope `HookedTransformer.from_pretrained(dir, dtype=...)` (fold_ln, centring)",
     "lmscope_no_processing": "lmscope `from_pretrained_no_processing(dir, dtype=...)`",
+    "copy": "floor: `safetensors.torch.load_file` (every weight copied to fresh memory, no processing)",
 }
 # lmscope kind -> (most load + read time over HF's, most peak RSS growth over the loaded weights)
 BIG_LOAD_TARGETS = {"lmscope": (1.0, 1.15), "lmscope_no_processing": (0.6, 1.05)}
@@ -1565,7 +1567,8 @@ def render_big_load(doc: dict[str, Any]) -> list[str]:
         "| peak RSS growth (after the read) | / loaded weights |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    targets = []
+    targets: list[Any] = []
+    floors: list[str] = []
     for dtype, result in doc["checkpoints"].items():
         kinds = result["kinds"]
         hf = kinds.get("hf", {}).get("load_touch_s")
@@ -1584,6 +1587,12 @@ def render_big_load(doc: dict[str, Any]) -> list[str]:
                 f"{f'{vs:.2f}x' if vs else '-'} | {_mib(k['rss_growth'])} "
                 f"({_mib(k['rss_growth_touch'])}) | {grow:.3f}x |"
             )
+            floor = kinds.get("copy", {}).get("load_touch_s")
+            if kind == "lmscope" and floor:
+                floors.append(
+                    f"{dtype}: the processed load + read takes {k['load_touch_s'] / floor:.2f}x "
+                    "the copy floor."
+                )
             if kind in BIG_LOAD_TARGETS and vs:
                 time_target, memory_target = BIG_LOAD_TARGETS[kind]
                 targets.append(
@@ -1602,12 +1611,62 @@ def render_big_load(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {text} | {value:.3f}{unit} | {'hold' if value <= limit else '**missed**'} |"
         )
+    lines += ["", *floors] if floors else []
     lines += [
         "",
         "The loaded weights are the bytes of the model's parameters. Load time is measured after "
         "the imports, and the ratio uses load + one read of every weight, since HF (and lmscope's "
         "adopted weights) map the file and read a page when it is first used. Why the targets "
         "hold or are missed: [performance.md](performance.md#loading).",
+        "",
+    ]
+    return lines
+
+
+def render_harvest(doc: dict[str, Any]) -> list[str]:
+    """The activation-harvesting section (benchmarks/harvest.py's results): tokens/s of
+    lmscope.harvest against run_with_cache by hand, Ray against one process, bytes per token."""
+    m = doc["machine"]
+    lines = [
+        "## Activation harvesting (cpu)",
+        "",
+        f"`lmscope.harvest` on {doc['model']} ({doc['n_layers']} layers) over {doc['tokens']:,} "
+        f"tokens of this repository's docs (rows of {doc['seq_len']}, batches of {doc['batch']}, "
+        f"shards of {doc['shard_tokens']} tokens, float32), against the same batches run by hand "
+        "(`run_with_cache` in a loop, each shard saved with `safetensors.torch.save_file`); end "
+        f"to end, interleaved, median of {doc['repeats']}. Machine: {m['cpu']}, {m['cpu_count']} "
+        f"CPUs, torch {m['torch']}, torch threads {m['torch_threads']}; {doc['date']}, load "
+        f"average {doc['loadavg_start']} -> {doc['loadavg_end']}. Re-run: "
+        "`.venv/bin/python benchmarks/harvest.py`.",
+        "",
+        "| hooks | stop_at_layer | by hand | harvest | speed-up (target >= 1.0x) | bytes written "
+        "/ token | ideal |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for case in doc["cases"].values():
+        tps = case["tokens_per_s"]
+        lines.append(
+            f"| {', '.join(f'`{h}`' for h in case['hooks'])} | {case['stop_at_layer']} | "
+            f"{tps['by_hand']:.0f} tok/s | {tps['harvest']:.0f} tok/s | {case['speedup']:.2f}x "
+            f"({'hold' if case['speedup'] >= 1.0 else '**missed**'}) | "
+            f"{case['bytes_per_token']:.1f} | {case['ideal_bytes_per_token']:.0f} |"
+        )
+    ray = doc.get("ray")
+    if ray:
+        tps = ray["tokens_per_s"]
+        lines += [
+            "",
+            f"Ray: `engine='ray'` with {ray['workers']} workers (0.5 CPU, one torch thread each; "
+            "Ray started before the timing, the actors' start and the model's trip through the "
+            f"object store included) {tps['ray']:.0f} tok/s against `engine='local'` "
+            f"{tps['local']:.0f} tok/s ({ray['speedup']:.2f}x), hooks "
+            f"{', '.join(f'`{h}`' for h in ray['hooks'])}.",
+        ]
+    lines += [
+        "",
+        "Bytes written per token count every file of the harvest folder (shards, the int32 "
+        "tokens, the manifest); the ideal is the activations' own float32 bytes. Why: "
+        "[harvest.md](harvest.md#performance).",
         "",
     ]
     return lines
@@ -1643,6 +1702,8 @@ def render(merged: dict[str, Any]) -> str:
         lines += render_device(device, results)
     if BIG_LOAD_JSON.exists():
         lines += render_big_load(json.loads(BIG_LOAD_JSON.read_text()))
+    if HARVEST_JSON.exists():
+        lines += render_harvest(json.loads(HARVEST_JSON.read_text()))
     lines += ["## How each tool is driven", ""]
     lines += [f"- **{TOOL_LABELS[t]}**: {TOOL_HOW[t]}" for t in TOOLS]
     lines += [
