@@ -135,7 +135,7 @@ def test_packing_is_tokenize_and_concatenate_on_a_datasets_dataset(
     sources = {
         "list": (texts, "text"), "dataset": (ds, "text"), "txt": (tmp_path / "a.txt", "text"),
         "jsonl": (str(tmp_path / "a.jsonl"), "text"), "parquet": (tmp_path / "a.parquet", "body"),
-        "save_to_disk": (tmp_path / "hf", "text"),
+        "save_to_disk": (tmp_path / "hf", "text"), "paths": ([str(tmp_path / "a.txt")], "text"),
     }  # fmt: skip
     for name, (source, column) in sources.items():
         h = lmscope.harvest(
@@ -192,7 +192,7 @@ def test_refuses_other_arguments_and_foreign_folders(tiny_tok_model: Any, tmp_pa
         HarvestDirectoryError, match=r"other arguments \(seq_len: 16 now, 32 there\)"
     ):
         _call(tiny_tok_model, tmp_path / "out", seq_len=16)
-    with pytest.raises(HarvestDirectoryError, match="dataset"):
+    with pytest.raises(HarvestDirectoryError, match="dataset: another one, or its files changed"):
         _call(tiny_tok_model, tmp_path / "out", dataset=corpus(21))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -22,9 +22,10 @@ import types
 from typing import Any
 
 from lmscope.harvest.data import DatasetError
-from lmscope.harvest.engine import HarvestDirectoryError, harvest, weights_sha256
+from lmscope.harvest.engine import harvest, weights_sha256
 from lmscope.harvest.reader import Harvest, TokenActivations, open
 from lmscope.harvest.reducers import Covariance, Histogram, MeanVar, Reducer, TopK
+from lmscope.harvest.store import HarvestDirectoryError
 
 __all__ = [
     "Covariance",

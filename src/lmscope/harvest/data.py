@@ -128,14 +128,11 @@ def resolve(dataset: Any) -> Source:
         return _files_source([path], f"file {str(path)!r}")
     if _is_hf_dataset(dataset):
         return _hf_source(dataset, f"datasets.Dataset ({dataset.num_rows} rows)")
-    if isinstance(dataset, Sequence) and dataset and all(isinstance(t, str) for t in dataset):
-        return Source("texts", f"{len(dataset)} texts", _sha(list(dataset)), list(dataset))
     if isinstance(dataset, Sequence) and dataset and all(_is_path(p) for p in dataset):
         files = [Path(p) for p in dataset]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise DatasetError(f"dataset files {missing} do not exist")
         return _files_source(files, f"{len(files)} files")
+    if isinstance(dataset, Sequence) and dataset and all(isinstance(t, str) for t in dataset):
+        return Source("texts", f"{len(dataset)} texts", _sha(list(dataset)), list(dataset))
     raise DatasetError(
         f"cannot read a dataset from {type(dataset).__name__}; pass a path (.txt, .jsonl, "
         ".parquet, a folder, a datasets save_to_disk folder), a datasets.Dataset, a list of "
@@ -144,9 +141,11 @@ def resolve(dataset: Any) -> Source:
 
 
 def _is_path(p: object) -> bool:
-    return isinstance(p, os.PathLike) or (
-        isinstance(p, str) and p.endswith(TEXT_SUFFIXES) and "\n" not in p
-    )
+    """A path object, or a string naming an existing .txt/.jsonl/.parquet file (any other
+    string in a list is a text)."""
+    if isinstance(p, os.PathLike):
+        return True
+    return isinstance(p, str) and p.endswith(TEXT_SUFFIXES) and Path(p).is_file()
 
 
 def _is_hf_dataset(obj: object) -> bool:

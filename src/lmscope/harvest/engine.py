@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from lmscope.harvest import data, store
+from lmscope.harvest.reader import Harvest, open_tokens
 from lmscope.harvest.reducers import Reducer
+from lmscope.harvest.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    REDUCED_FILE,
+    TOKENS_FILE,
+    HarvestDirectoryError,
+)
 from lmscope.harvest.work import (
     REDUCER_DIR,
     SHARDS_DIR,
@@ -33,18 +43,8 @@ from lmscope.harvest.work import (
     write_shard,
 )
 
-FORMAT = "lmscope.harvest"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TOKENS_FILE = "tokens.safetensors"
-REDUCED_FILE = "reduced.safetensors"
 ENGINES = ("local", "ray")
 _PROGRESS_DELAY_S = 2.0
-
-
-class HarvestDirectoryError(ValueError):
-    """`out` holds something harvest will not write into: another harvest (made with other
-    arguments) or files that are not a harvest."""
 
 
 def _dtype_name(dtype: torch.dtype | str | None, model: Any) -> str:
@@ -120,21 +120,27 @@ def _bar(total: int, initial: int, desc: str, verbose: bool) -> tqdm:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {new.get(k)!r} now, {old.get(k)!r} there" for k in keys if old.get(k) != new.get(k)
-    ]
+    """What differs between two harvests' arguments, one phrase each."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "dataset":
+            out.append("dataset: another one, or its files changed (size or modification time)")
+        elif key == "model_weights_sha256":
+            out.append("model: other weights")
+        else:
+            out.append(f"{key}: {new.get(key)!r} now, {old.get(key)!r} there")
+    return out
 
 
 def _open_manifest(
-    out: Path, arguments: dict[str, Any], model_info: dict[str, Any]
+    out: Path, arguments: dict[str, Any], model_info: dict[str, Any], dataset: dict[str, Any]
 ) -> dict[str, Any]:
     """The folder's manifest, after checking it records these arguments; a new one for a new
     or empty folder."""
     path = out / MANIFEST
     if path.exists():
-        import json
-
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT:
             raise HarvestDirectoryError(f"{path} is not an lmscope harvest manifest")
@@ -160,6 +166,7 @@ def _open_manifest(
         "created": _now(),
         "arguments": arguments,
         "model": model_info,
+        "dataset": dataset,
         "tokens": None,
         "shards": [],
         "complete": False,
@@ -236,7 +243,7 @@ def harvest(
     stall_timeout_s: float | None = None,
     fsync: bool = False,
     verbose: bool = True,
-) -> Any:
+) -> Harvest:
     """Run `model` over a dataset and store the activations at `hooks` (or reducers' statistics
     of them) in `out`: sharded safetensors plus `manifest.json`. Killed and run again with the
     same arguments, it goes on from the last complete shard. Returns `lmscope.harvest.open(out)`.
@@ -268,20 +275,7 @@ def harvest(
         ...                     out="acts", seq_len=128, shard_tokens=2**16)
         >>> h.read("blocks.0.hook_resid_post").shape
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    for label, value, low in (
-        ("batch_size", batch_size, 1),
-        ("seq_len", seq_len, 2),
-        ("workers", workers, 1),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-    if not isinstance(shard_tokens, int) or shard_tokens < seq_len:
-        raise ValueError(
-            f"shard_tokens={shard_tokens!r} holds no whole sequence of seq_len={seq_len}; "
-            f"pass shard_tokens >= {seq_len}"
-        )
+    _check_sizes(engine, batch_size, seq_len, workers, shard_tokens)
     if isinstance(hooks, str):
         hooks = [hooks]
     hooks = tuple(dict.fromkeys(hooks))
@@ -320,19 +314,17 @@ def harvest(
         "weights_sha256": weights,
         "n_layers": model.cfg.n_layers,
         "d_model": model.cfg.d_model,
-        "dataset": source.description,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _open_manifest(out, arguments, model_info)
+    dataset_info = {"description": source.description, "fingerprint": source.fingerprint}
+    manifest = _open_manifest(out, arguments, model_info, dataset_info)
     store.remove_temporaries(out)
     if manifest["tokens"] is None:
         manifest["tokens"] = _tokenize(
             out, source, model.tokenizer, seq_len, column, prepend_bos, verbose, fsync
         )
         store.write_json(out / MANIFEST, manifest, fsync=fsync)
-    from lmscope.harvest.reader import open_tokens
-
     tokens = open_tokens(out / TOKENS_FILE)
     plan = Plan(
         hooks=hooks,
@@ -384,16 +376,40 @@ def harvest(
         else:
             run_local(model, plan, tokens, out, pending, on_record, bar.update)
     if specs and "reduced" not in manifest:
-        states = [store.mmap_safetensors(out / done[s]["reducer_file"]) for s in sorted(done)]
-        merged = merge_states(plan, states)
-        sha, size = store.write_safetensors(out / REDUCED_FILE, merged, fsync=fsync)
-        manifest["reduced"] = {"file": REDUCED_FILE, "sha256": sha, "bytes": size}
+        manifest["reduced"] = _merge_reducers(out, plan, [done[s] for s in sorted(done)])
     manifest["complete"] = True
     manifest["updated"] = _now()
     store.write_json(out / MANIFEST, manifest, fsync=fsync)
-    from lmscope.harvest.reader import open as open_harvest
+    return Harvest(out)
 
-    return open_harvest(out)
+
+def _check_sizes(
+    engine: str, batch_size: int, seq_len: int, workers: int, shard_tokens: int
+) -> None:
+    """A ValueError naming the first of these arguments that harvest cannot use."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    for label, value, low in (
+        ("batch_size", batch_size, 1),
+        ("seq_len", seq_len, 2),
+        ("workers", workers, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    if not isinstance(shard_tokens, int) or shard_tokens < seq_len:
+        raise ValueError(
+            f"shard_tokens={shard_tokens!r} holds no whole sequence of seq_len={seq_len}; "
+            f"pass shard_tokens >= {seq_len}"
+        )
+
+
+def _merge_reducers(out: Path, plan: Plan, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge every shard's reducer states (in shard order) into reduced.safetensors; returns
+    its manifest entry."""
+    states = [store.mmap_safetensors(out / r["reducer_file"]) for r in records]
+    merged = merge_states(plan, states)
+    sha, size = store.write_safetensors(out / REDUCED_FILE, merged, fsync=plan.fsync)
+    return {"file": REDUCED_FILE, "sha256": sha, "bytes": size}
 
 
 def run_local(

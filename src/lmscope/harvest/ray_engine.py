@@ -12,6 +12,7 @@ half a CPU by default, so that Ray Data's read task still finds a CPU on a small
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import queue
 import threading
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmscope.harvest.reader import open_tokens
+from lmscope.harvest.store import TOKENS_FILE
 from lmscope.harvest.work import Plan, run_shard, write_shard
 
 DEFAULT_CPU_PER_ACTOR = 0.5
@@ -58,13 +61,9 @@ class ShardWorker:
         if torch.cuda.is_available() and ray.get_gpu_ids():
             model = model.to("cuda")
         self.model, self.plan, self.out = model.eval(), plan, Path(out)
-        from lmscope.harvest.reader import open_tokens
-
-        self.tokens = open_tokens(self.out / "tokens.safetensors")
+        self.tokens = open_tokens(self.out / TOKENS_FILE)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import json
-
         records = []
         for shard in batch["shard"].tolist():
             result = run_shard(self.model, self.plan, self.tokens, int(shard))
@@ -145,8 +144,6 @@ def _drain(
 ) -> None:
     """Run the pipeline, handing each shard record to `on_record` as it arrives; a
     TimeoutError when none arrives for `stall_timeout_s`."""
-    import json
-
     records: queue.Queue[Any] = queue.Queue()
 
     def pump() -> None:

@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lmscope.harvest import store
-from lmscope.harvest.engine import FORMAT, MANIFEST, REDUCED_FILE, HarvestDirectoryError
 from lmscope.harvest.reducers import from_spec
+from lmscope.harvest.store import FORMAT, MANIFEST, REDUCED_FILE, HarvestDirectoryError
 
 
 def open_tokens(path: Path) -> Int[Tensor, "n_seqs seq_len"]:

@@ -28,6 +28,11 @@ import torch
 from torch import Tensor
 
 TMP_SUFFIX = ".tmp"
+FORMAT = "lmscope.harvest"  # the manifest's "format"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENS_FILE = "tokens.safetensors"
+REDUCED_FILE = "reduced.safetensors"
 _DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -40,6 +45,11 @@ _DTYPES = {
     torch.bool: "BOOL",
 }
 _TORCH = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+class HarvestDirectoryError(ValueError):
+    """A folder harvest will not write into or read: another harvest (made with other
+    arguments), or files that are not a harvest."""
 
 
 def _raw_bytes(t: Tensor) -> memoryview:
