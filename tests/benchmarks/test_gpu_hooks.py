@@ -1,0 +1,39 @@
+"""benchmarks/gpu_hooks.py in its --quick CPU mode (tiny GPT-2 shape, Dynamo's eager backend), so
+the script the GPU machine runs cannot rot: every row is measured, the checks hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+GPU_HOOKS_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_hooks.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lmscope_bench_gpu_hooks", GPU_HOOKS_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_mode_measures_every_row(tmp_path: Path) -> None:
+    doc = _script().main(["--device", "cpu", "--quick", "--models", "gpt2", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "gpu_hooks.json").read_text())["models"].keys() == {"gpt2"}
+    result = doc["models"]["gpt2"]
+    for row in (
+        "hf_eager", "hf_sdpa", "forward", "cache_all", "cache_resid_post", "cache_all_compiled",
+        "fwd_bwd", "fwd_bwd_cache", "sweep", "sweep_compiled",
+    ):  # fmt: skip
+        assert result["seconds"][row] > 0, row
+    assert result["ratios"]["cache_all"] > 0 and result["ratios"]["fwd_bwd_cache"] > 0
+    checks = result["checks"]
+    for key in ("forward", "cache_all", "cache_all_compiled", "sweep_compiled"):
+        assert checks[f"{key}_max_abs_diff"] < 1e-5, (key, checks)
+    assert "cache_all_compiled_warnings" not in checks
+    assert result["launches"]["cache_all"] > result["launches"]["forward"] > 0
+    assert checks["heads"] == 8 and doc["skipped"] == {}
