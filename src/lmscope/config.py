@@ -26,6 +26,8 @@ POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
 ATTN_TYPES = ("global", "local")
 ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+# TransformerLens's weight initialisations (HookedTransformer.init_weights; lmscope.initialization)
+INIT_MODES = ("gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "muP")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -126,6 +128,8 @@ class HookedTransformerConfig:
     device: str | None = None
     seed: int | None = None
     init_weights: bool = True
+    init_mode: str = "gpt2"  # one of INIT_MODES
+    # gpt2: the normal's std (default 0.8 / sqrt(d_model)); xavier/kaiming: their gain (default 1)
     initializer_range: float = -1.0
     # set by weight processing
     from_checkpoint: bool = False
@@ -156,12 +160,14 @@ class HookedTransformerConfig:
             self.attn_scale = self.d_head**0.5
         if self.rotary_dim is None:
             self.rotary_dim = self.d_head
-        if self.initializer_range == -1.0:
-            self.initializer_range = 0.8 / self.d_model**0.5
+        if self.initializer_range < 0:  # unset, as TransformerLens: a std for gpt2, else a gain
+            self.initializer_range = 0.8 / self.d_model**0.5 if self.init_mode == "gpt2" else 1.0
         self.dtype = resolve_dtype(self.dtype)
         self._validate()
 
     def _validate(self) -> None:
+        if self.init_mode not in INIT_MODES:
+            raise ValueError(f"init_mode {self.init_mode!r} is not one of {INIT_MODES}")
         if not self.attn_only and self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn {self.act_fn!r} is not supported; choose one of {ACT_FNS}")
         if self.normalization_type not in NORMALIZATION_TYPES:

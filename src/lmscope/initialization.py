@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 from torch import Tensor, nn
@@ -119,11 +120,54 @@ def init_kaiming_normal_(
     return nn.init.normal_(param, mean=0.0, std=std)
 
 
+def init_weights_(
+    weights: Mapping[str, Tensor], init_mode: str = "gpt2", initializer_range: float = 0.02
+) -> None:
+    """Fill every matrix of `weights` (TransformerLens names and layouts, as
+    `HookedTransformer.named_weights()` gives them: views that write into the model) in place the
+    way TransformerLens's `init_mode` does; names without `W_` (biases, norm weights) are left.
+
+    - "gpt2": N(0, initializer_range²) (`initializer_range` is the std);
+    - "xavier_uniform" / "xavier_normal" / "kaiming_uniform" / "kaiming_normal" (relu gain,
+      fan_in): the functions above with gain `initializer_range`;
+    - "muP": N(0, s²) with s = 1 for names containing "embed" (W_E, W_pos, and also W_U, whose
+      name "unembed" contains "embed": TransformerLens checks "embed" first), else 1/sqrt(fan_in).
+
+    Fans are read from the TransformerLens layout (W_O [head, d_head, d_model]: fan_in = d_head),
+    which is why the views, not the stored [out, in] parameters, are initialised.
+
+    Example:
+        >>> init_weights_(model.named_weights(), "xavier_uniform", 1.0)
+    """
+    for name, param in weights.items():
+        if "W_" not in name:
+            continue
+        if init_mode == "gpt2":
+            nn.init.normal_(param, std=initializer_range)
+        elif init_mode == "xavier_uniform":
+            init_xavier_uniform_(param, gain=initializer_range)
+        elif init_mode == "xavier_normal":
+            init_xavier_normal_(param, gain=initializer_range)
+        elif init_mode == "kaiming_uniform":
+            init_kaiming_uniform_(param, gain=initializer_range, nonlinearity="relu")
+        elif init_mode == "kaiming_normal":
+            init_kaiming_normal_(param, gain=initializer_range, nonlinearity="relu")
+        elif init_mode == "muP":
+            scale = 1.0 if "embed" in name else calc_fan_in_and_fan_out(param)[0] ** -0.5
+            nn.init.normal_(param, std=scale)
+        else:
+            raise ValueError(
+                f"init_mode {init_mode!r} is not one of gpt2, xavier_uniform, xavier_normal, "
+                "kaiming_uniform, kaiming_normal, muP"
+            )
+
+
 __all__ = [
     "NonlinearityType",
     "calc_fan_in_and_fan_out",
     "init_kaiming_normal_",
     "init_kaiming_uniform_",
+    "init_weights_",
     "init_xavier_normal_",
     "init_xavier_uniform_",
 ]

@@ -30,6 +30,7 @@ from lmscope.components.rotary import Rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.devices import Placement, read_device_map
 from lmscope.hooks import HookedRootModule, HookPoint
+from lmscope.initialization import init_weights_
 from lmscope.tokens import (  # noqa: F401 (importable from here, as before)
     check_attention_mask,
     check_attention_mask_values,
@@ -220,12 +221,12 @@ class HookedTransformer(HookedRootModule):
         return self
 
     def init_weights(self) -> None:
-        """Random normal weights (std `cfg.initializer_range`), zero biases, unit norm weights."""
+        """Random weights as TransformerLens's `cfg.init_mode` draws them (default "gpt2":
+        N(0, initializer_range²)), zero biases, unit norm weights (`lmscope.initialization`)."""
         if self.cfg.seed is not None:
             torch.manual_seed(self.cfg.seed)
-        for name, param in self.named_parameters():
-            if name.endswith(("weight", "W_E", "W_pos")):
-                nn.init.normal_(param, std=self.cfg.initializer_range)
+        with torch.no_grad():
+            init_weights_(self.named_weights(), self.cfg.init_mode, self.cfg.initializer_range)
 
     @classmethod
     def from_pretrained(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
