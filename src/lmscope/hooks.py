@@ -309,6 +309,19 @@ class HookPoint(nn.Module):
             _check_hook_output(out, x, self, fn, "activation")
         return out
 
+    def only_caches(self) -> bool:
+        """Whether every hook that fires here in the calling thread is a forward `CacheHook`:
+        it stores the value detached, so no gradient through this point can be seen (a hooked
+        component then need not build the step-by-step autograd graph of its value).
+
+        Example:
+            >>> model.blocks[0].attn.hook_pattern.only_caches()
+        """
+        me = _current_thread()
+        if any(h.owner is None or h.owner is me for h in self._bwd):
+            return False
+        return all(type(h.fn) is CacheHook for h in self._fwd if h.owner is None or h.owner is me)
+
     def fires(self) -> bool:
         """Whether a hook (forward or backward) fires here in the calling thread: what a component
         asks before it computes values only its hooks need (in a compiled run: whether the run's

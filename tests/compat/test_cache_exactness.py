@@ -165,3 +165,22 @@ def test_inference_mode_subsets_logits_and_edits(
         with model.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", double_scale)]):
             halved = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_pre")[0]
         assert (halved - cached).abs().max() > 1e-3
+
+
+def test_caching_under_autograd_keeps_the_forwards_graph(
+    request: pytest.FixtureRequest, tokens: torch.Tensor
+) -> None:
+    """With caching hooks alone (they store detached values), a cached run under autograd takes
+    the fused kernels' path: the same loss bits and the same parameter gradients as a plain
+    forward, and no hooked intermediate records a graph of its own."""
+    model = _load(request, "tiny_llama", processed=False)
+    loss, cache = model.run_with_cache(tokens, return_type="loss")
+    assert not any(t.requires_grad for t in cache.values())
+    loss.backward()
+    cached = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    plain = model(tokens, return_type="loss")
+    plain.backward()
+    assert torch.equal(loss, plain)
+    for name, param in model.named_parameters():
+        assert torch.equal(cached[name], param.grad), name

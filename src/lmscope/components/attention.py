@@ -408,11 +408,15 @@ class Attention(nn.Module):
         """Scores and pattern made for their hooks, while z stays SDPA's (the unhooked numbers,
         see `lmscope.components.exact`) unless a hook edited the scores or the pattern. When autograd
         records, gradients run through the explicit pattern (so hooks and `autograd.grad` on it
-        see them). Traced by torch.compile (`lmscope.compiled`), z is pattern @ v."""
-        pattern, edited = self._pattern(q, k, mask)
+        see them), unless caching hooks alone fire there (they store the values detached).
+        Traced by torch.compile (`lmscope.compiled`), z is pattern @ v."""
+        grad = needs_grad(q, k, v) and not (
+            self.hook_attn_scores.only_caches() and self.hook_pattern.only_caches()
+        )
+        pattern, edited = self._pattern(q, k, mask, detached=not grad)
         if edited or _compiling():
             return self._mix(pattern, v)
-        if needs_grad(q, k, v):
+        if grad:
             fast = lambda: self._fast_attention(q, k, v, mask)  # noqa: E731
             return fused_value(fast, self._mix(pattern, v))
         return self._fast_attention(q, k, v, mask)
@@ -424,20 +428,21 @@ class Attention(nn.Module):
         return self._mix(self._pattern(q, k, mask)[0], v)
 
     def _pattern(
-        self, q: Tensor, k: Tensor, mask: AttentionMask
+        self, q: Tensor, k: Tensor, mask: AttentionMask, detached: bool = False
     ) -> tuple[Float[Tensor, "batch head q k"], bool]:
         """The attention pattern, after `hook_attn_scores` and `hook_pattern`, and whether a hook
         edited or replaced the scores or the pattern (always False when traced by
-        torch.compile, where whatever the hooks return flows on)."""
+        torch.compile, where whatever the hooks return flows on). `detached`: autograd does not
+        record them (see `HookValues`)."""
         if _compiling():
             scores = self.hook_attn_scores(self._scores(q, k, mask))
             return self.hook_pattern(_softmax(scores)), False
-        with HookValues():
+        with HookValues(detached):
             scores = self._scores(q, k, mask)
         before = version(scores)
         seen = self.hook_attn_scores(scores)
         edited = not untouched(seen, scores, before)
-        with HookValues():
+        with HookValues(detached):
             pattern = _softmax(seen)
         before = version(pattern)
         seen = self.hook_pattern(pattern)

@@ -72,17 +72,19 @@ class HookValues:
     """Context in which a component computes the values it shows its hooks (a norm's scale,
     attention scores and pattern). Under inference mode they are made as normal tensors without
     autograd recording, so `version` reads their in-place edit counter instead of copying them
-    (an inference tensor has no counter); elsewhere it changes nothing.
+    (an inference tensor has no counter). With `detached=True` autograd does not record them
+    either way: for values that only caching hooks see (they store them detached).
 
     Example:
         >>> with HookValues():
         ...     scale = rstd.reciprocal()     # a normal tensor even under torch.inference_mode()
     """
 
-    __slots__ = ("_guard",)
+    __slots__ = ("_guard", "_detached", "_grad")
 
-    def __init__(self) -> None:
+    def __init__(self, detached: bool = False) -> None:
         self._guard: Any = None
+        self._detached, self._grad = detached, False
 
     def __enter__(self) -> HookValues:
         if torch.is_inference_mode_enabled():
@@ -90,7 +92,13 @@ class HookValues:
             # that off (deleting the guard restores both)
             self._guard = torch._C._InferenceMode(False)
             torch._C._set_grad_enabled(False)
+        elif self._detached and torch.is_grad_enabled():
+            self._grad = True
+            torch._C._set_grad_enabled(False)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._guard = None
+        if self._grad:
+            self._grad = False
+            torch._C._set_grad_enabled(True)

@@ -5,9 +5,11 @@ the next layer. The output is always the fused kernel's (`F.layer_norm` / `F.rms
 hooking or caching a norm never changes a bit downstream. With a hook in use the hooks' values
 come from the same kernels where they can: LayerNorm's `hook_normalized` is the fused output, its
 scale is `1 / rstd` of the same `native_layer_norm` call, and RMSNorm's normalised values and
-scale come from one `_fused_rms_norm` call. A value a hook edits or replaces is then used
-step by step (see `lmscope.components.exact`). When autograd records (or in float16/bfloat16),
-the hooks' values are computed step by step, so gradients reach them.
+scale come from one `_fused_rms_norm` call (on the CPU, where that op is a composite, from four
+ops). A value a hook edits or replaces is then used step by step (see
+`lmscope.components.exact`). When autograd records and a hook other than a cache's could see
+gradients (or in float16/bfloat16), the hooks' values are computed step by step, so gradients
+reach them.
 
 In float16/bfloat16 models the statistics, the division and the weights are computed in float32
 and the result rounded once to the model's dtype, as nn.LayerNorm, Gemma's and OLMo 2's RMSNorm
@@ -31,7 +33,7 @@ from lmscope.hooks import HookPoint
 
 _compiling = torch.compiler.is_compiling
 
-# Devices where `_fused_rms_norm` has no kernel (the hooked RMSNorm then works step by step).
+# Devices where `_fused_rms_norm` has no kernel (the hooked RMSNorm then computes its statistics).
 _NO_FUSED_RMS: set[str] = set()
 
 
@@ -55,15 +57,24 @@ def _by_kernels(x: Tensor) -> bool:
     return x.dtype not in HALF_DTYPES and not _compiling()
 
 
-def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor] | None:
-    """(x / rms, 1 / rms) from one fused kernel, or None where it has no kernel."""
-    if x.device.type in _NO_FUSED_RMS:
-        return None
-    try:
-        return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError, RuntimeError):
-        _NO_FUSED_RMS.add(x.device.type)
-        return None
+def _needs_step_by_step(norm: nn.Module, *tensors: Tensor | None) -> bool:
+    """Whether autograd records the norm and a hook could see a gradient through its hooked
+    values (not when caching hooks alone fire: they store the values detached)."""
+    return needs_grad(*tensors) and not (
+        norm.hook_scale.only_caches() and norm.hook_normalized.only_caches()
+    )
+
+
+def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor]:
+    """(x / rms, 1 / rms): one fused kernel on accelerators (`_fused_rms_norm`); on the CPU,
+    where that op is a composite of several anyway, the statistics in four ops."""
+    if x.device.type != "cpu" and x.device.type not in _NO_FUSED_RMS:
+        try:
+            return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
+        except (AttributeError, NotImplementedError, RuntimeError):
+            _NO_FUSED_RMS.add(x.device.type)
+    rstd = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+    return x * rstd, rstd
 
 
 class LayerNorm(nn.Module):
@@ -85,7 +96,7 @@ class LayerNorm(nn.Module):
             return self.hook_normalized(self._fused(x))
         if _compiling():
             return self.hook_normalized(self._traced(x))
-        if _by_kernels(x) and not needs_grad(x, self.w, self.b):
+        if _by_kernels(x) and not _needs_step_by_step(self, x, self.w, self.b):
             return self.hook_normalized(self._scale_by_kernel(x))
         return self.hook_normalized(self._hooked_scale(x))
 
@@ -99,7 +110,7 @@ class LayerNorm(nn.Module):
         """The fused output, `hook_scale` shown `1 / rstd` of the same kernel call; step by step
         only when the hook edits the scale."""
         out, mean, rstd = torch.native_layer_norm(x, (self.length,), self.w, self.b, self.eps)
-        with HookValues():
+        with HookValues(detached=True):
             scale = rstd.reciprocal()
         scale, edited = _hooked(self.hook_scale, scale, x.dtype)
         return self._affine((x - mean) / scale) if edited else out
@@ -152,11 +163,10 @@ class RMSNorm(nn.Module):
             return self._fused(x)
         if _compiling():
             return self._traced(x)
-        if _by_kernels(x) and not needs_grad(x, self.w):
-            with HookValues():
+        if _by_kernels(x) and not _needs_step_by_step(self, x, self.w):
+            with HookValues(detached=True):
                 stats = _rms_stats(x, self.length, self.eps)
-            if stats is not None:
-                return self._by_kernels(x, *stats)
+            return self._by_kernels(x, *stats)
         dtype = x.dtype
         xf = upcast(x)
         with HookValues():
@@ -185,7 +195,7 @@ class RMSNorm(nn.Module):
         and a value they edit is used step by step."""
         edited = False
         if self.hook_scale.fires():
-            with HookValues():
+            with HookValues(detached=True):
                 scale = rstd.reciprocal()
             scale, edited = _hooked(self.hook_scale, scale, x.dtype)
             if edited:
