@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from lmscope import HookedTransformer
-from lmscope.loading import _adopted_strides
+from lmscope.loading import _adopt
 from lmscope.loading.checkpoint import DirectoryCheckpoint
+from lmscope.loading.transforms import Chain, Part, Transpose
 from tests.conftest import TinyModel
 
 
@@ -124,15 +125,16 @@ def test_get_out_reads_the_file_and_refuses_another_shape(tiny_llama: TinyModel)
         checkpoint.get(name, out=torch.empty(reference.shape[0] + 1, reference.shape[1]))
 
 
-def test_adopted_strides_solve_views_and_refuse_overlap() -> None:
-    param = torch.empty(6, 4)  # a [out, in] parameter; the model views it as [in, out] = .T
-    conv1d = torch.arange(24.0).view(4, 6)  # a checkpoint's [in, out]
-    assert _adopted_strides(param, param.T, conv1d) == (1, 6)
-    fused = torch.arange(48.0).view(4, 12)  # [in, 3 * out]: the k block is columns 6..11
-    k_block = fused[:, 6:]
-    heads = param.view(3, 2, 4).transpose(1, 2)  # [head, in, d_head], as W_K views k_weight
-    strides = _adopted_strides(param, heads, k_block.reshape(4, 3, 2).transpose(0, 1))
-    assert strides == (1, 12)
-    adopted = torch.empty(0).set_(fused.untyped_storage(), 6, (6, 4), strides)
-    torch.testing.assert_close(adopted, k_block.T, atol=0, rtol=0)
-    assert _adopted_strides(param, param, torch.zeros(1).expand(6, 4)) is None  # overlapping
+def test_adopt_takes_views_and_refuses_overlap() -> None:
+    """The weight map gives a parameter its checkpoint tensor in the parameter's own layout, so
+    a view of the file (a Conv1D's k column block, transposed) becomes the parameter as it is."""
+    fused = torch.arange(48.0).view(4, 12)  # a Conv1D c_attn [in, 3 * out]: k is columns 6..11
+    k_block = Chain((Part(1, 6, 12, 12), Transpose()))(fused)  # k_weight [out, in]
+    param = torch.nn.Parameter(torch.empty(6, 4))
+    assert _adopt(param, k_block)
+    assert param.stride() == (1, 12)
+    assert param.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    torch.testing.assert_close(param.data, fused[:, 6:].T, atol=0, rtol=0)
+    fresh = torch.nn.Parameter(torch.empty(6, 4))
+    assert not _adopt(fresh, torch.zeros(1).expand(6, 4))  # overlapping elements
+    assert not _adopt(fresh, k_block.double())  # another dtype: read and cast instead

@@ -25,6 +25,7 @@ from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint, copy_int
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.hf_model import HFModelCheckpoint
+from lmscope.loading.pieces import view_name
 from lmscope.loading.pretrained_args import (
     first_layers,
     hf_keyword_arguments,
@@ -32,6 +33,7 @@ from lmscope.loading.pretrained_args import (
 )
 from lmscope.loading.registry import MODEL_ALIASES
 from lmscope.loading.registry import default_prepend_bos as architecture_prepends_bos
+from lmscope.loading.transforms import Transform
 from lmscope.memory import release_freed_memory
 from lmscope.model import HookedTransformer, check_padding_side
 from lmscope.processing import (
@@ -163,63 +165,37 @@ def _looks_like_path(name: str, path: Path) -> bool:
     )
 
 
-def _adopted_strides(param: Tensor, view: Tensor, tensor: Tensor) -> tuple[int, ...] | None:
-    """Strides for `param` under which the model's `view` of it has `tensor`'s strides (None if
-    there are none).
-
-    `view` splits and permutes the dimensions of the contiguous `param`, so each of its
-    dimensions steps through one dimension j of `param` at k times that dimension's stride.
-    Giving dimension j the stride `tensor.stride(i) / k` makes the same view step through
-    `tensor`'s memory: a Conv1D weight [in, out] becomes the transposed view of an [out, in]
-    parameter, and a q/k/v slice of a fused projection a strided parameter over it.
-    """
-    contiguous = param.stride()
-    strides: list[int | None] = [None] * param.ndim
-    for size, step, target in zip(view.shape, view.stride(), tensor.stride(), strict=True):
-        if size == 1:
-            continue
-        dims = [j for j in range(param.ndim) if param.shape[j] > 1 and contiguous[j] <= step]
-        if not dims:
-            return None
-        j = max(dims, key=lambda d: contiguous[d])  # the dimension this one steps through
-        k, rest = divmod(step, contiguous[j])
-        if rest or target % k or strides[j] not in (None, target // k):
-            return None
-        strides[j] = target // k
-    solved = tuple(s if s is not None else 1 for s in strides)
-    reach = 0  # every element must have its own place: each stride passes all before it
-    for stride, size in sorted((s, n) for n, s in zip(param.shape, solved, strict=True) if n > 1):
+def _overlaps(tensor: Tensor) -> bool:
+    """Whether two elements of `tensor` share memory (a stride-0 expand): such a tensor cannot
+    become a parameter, whose every element must have its own place."""
+    reach = 0
+    for stride, size in sorted(
+        (s, n) for n, s in zip(tensor.shape, tensor.stride(), strict=True) if n > 1
+    ):
         if stride <= reach:
-            return None
+            return True
         reach += stride * (size - 1)
-    return solved
+    return False
 
 
-def _adopt(param: Tensor, view: Tensor, tensor: Tensor) -> bool:
-    """Make `param` use `tensor`'s memory, laid out so that the model's `view` of the whole of
-    `param` is `tensor`. Then no copy is made: a safetensors tensor stays a copy-on-write map of
+def _adopt(param: Tensor, tensor: Tensor) -> bool:
+    """Make `param` use `tensor`'s memory: a checkpoint tensor read for keeping, or a view of one
+    (a row block of a fused projection, a transposed Conv1D: then `param` is strided over the
+    file's memory). No copy is made: a safetensors tensor stays a private copy-on-write map of
     the file, and a load costs what HF's does (every weight of Llama-like and GPT-2 checkpoints
-    is adopted; the weights that need a real transform, such as rotary permutations, are copied).
+    is adopted; weights that need a real rewrite are adopted as the rewrite's fresh result).
     """
     if (
         tensor.dtype != param.dtype
         or tensor.device != param.device
         or tensor.requires_grad
-        or not param.is_contiguous()
-        or view.storage_offset() != param.storage_offset()
+        or tensor.shape != param.shape
+        or param.numel() == 0
+        or _overlaps(tensor)
     ):
         return False
-    strides = _adopted_strides(param, view, tensor)
-    if strides is None:
-        return False
-    storage = tensor.untyped_storage()
-    last = tensor.storage_offset() + sum(
-        (n - 1) * s for n, s in zip(param.shape, strides, strict=True)
-    )
-    if param.numel() == 0 or (last + 1) * param.element_size() > storage.nbytes():
-        return False
     param.data = torch.empty(0, dtype=param.dtype, device=param.device).set_(
-        storage, tensor.storage_offset(), param.shape, strides
+        tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride()
     )
     return True
 
@@ -233,29 +209,52 @@ def load_weights(
     process: dict[str, bool] | None = None,
     unread: frozenset[str] = frozenset(),
 ) -> None:
-    """Load each mapped checkpoint tensor, transformed, into the model's view of that weight.
+    """Load each mapped checkpoint tensor into the model parameter the weight map names.
 
-    A weight that is a whole parameter, reached by a view-only transform, is adopted without a
-    copy (`_adopt`) when `adopt` and the dtypes agree; the rest are read or copied (cast when the
-    model's dtype differs) into the model's memory, tensor by tensor.
-    `process` (steps from `lmscope.processing.plan_steps`) loads and processes one unit
+    A weight map names the model's storage parameters (`model.named_parameters()`), which hold
+    the weights in the checkpoint's own layout, each with a checkpoint tensor name or
+    `(transform, name, ...)` (`lmscope.loading.families`). With `adopt`, a parameter whose
+    source (or a view of it) has its dtype takes the source's memory without a copy (`_adopt`);
+    the rest are read (cast when the model's dtype differs) into the model's memory, tensor by
+    tensor. `process` (steps from `lmscope.processing.plan_steps`) loads and processes one unit
     (embeddings, block, unembedding) at a time instead: see `_load_processed`.
     Every weight matrix must be mapped; biases and norm weights left out keep their defaults
     (zeros and ones), which is what a checkpoint without them means. `unread` names checkpoint
-    tensors left out on purpose (the blocks `first_n_layers` drops).
+    tensors left out on purpose (the blocks `first_n_layers` drops). A map may also name
+    TransformerLens weight views (`named_weights`: `blocks.0.attn.W_Q`); those are copied into
+    the view.
 
     Example:
         >>> load_weights(model, family.weight_map(model.cfg, checkpoint.hf_config), checkpoint)
     """
+    params = dict(model.named_parameters())
     views = model.named_weights()
-    unknown = sorted(set(weight_map) - set(views))
+    unknown = sorted(set(weight_map) - set(params) - set(views))
     if unknown:
         raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
+    _check_matrices_mapped(weight_map, params, views)
     check_sources(weight_map, checkpoint, unread)
     if process is None:
-        _load_views(model, weight_map, checkpoint, adopt)
+        _load_params(model, weight_map, checkpoint, adopt)
     else:
         _load_processed(model, weight_map, checkpoint, process)
+
+
+def _check_matrices_mapped(
+    weight_map: dict[str, Any], params: dict[str, Tensor], views: dict[str, Tensor]
+) -> None:
+    """Every parameter that is a matrix needs a source, in the map under its own name or under
+    a view of it (a bias or norm weight left out keeps its default)."""
+    covered = {id(params[n]) for n in weight_map if n in params}
+    for name in weight_map:
+        if name not in params:
+            covered |= {id(p) for p in _owner(name, views[name], params).values()}
+    for name, param in params.items():
+        if param.ndim >= 2 and id(param) not in covered:
+            raise KeyError(
+                f"the family adapter does not map {view_name(name)} ({name}); every weight "
+                "matrix needs a source"
+            )
 
 
 def _load_processed(
@@ -294,8 +293,8 @@ def _load_processed(
             stage_all = kept if block else stage_all
         del staging
         release_freed_memory()  # tune_malloc would keep them
-    rest = {n for n in model.named_weights() if not any(u.owns(n) for u in units)}
-    _load_views(model, weight_map, checkpoint, False, (model,), rest.__contains__)
+    rest = {n for n in weight_map if not any(u.owns(n) for u in units)}
+    _load_params(model, weight_map, checkpoint, False, rest.__contains__)
     finish_processing(model, steps)
 
 
@@ -315,81 +314,102 @@ def _load_unit(
     a working buffer as it was (and so it was adopted, or read, from the checkpoint again)."""
     modules = unit.modules
     if not unit_has_work(model, unit, steps):
-        _load_views(model, weight_map, checkpoint, True, modules, unit.owns)
+        _load_params(model, weight_map, checkpoint, True, unit.owns)
         return True
     with staged_params(modules, staging, fill=False, every=every) as staged:
-        owners = _load_views(model, weight_map, checkpoint, False, modules, unit.owns)
+        owners = _load_params(model, weight_map, checkpoint, False, unit.owns)
         staged.mark()
         process_unit(model, unit, steps)
         unwritten = {id(p) for p in staged.unwritten()} if checkpoint.reads_into else set()
-    unwritten &= {id(p) for m in modules for p in m.parameters()}  # not a folded norm's
+    unwritten &= {id(p) for p in model.parameters()}  # not a folded norm's (replaced)
     again = {name for name, param in owners.items() if id(param) in unwritten}
     if again:
-        _load_views(model, weight_map, checkpoint, True, modules, again.__contains__)
+        _load_params(model, weight_map, checkpoint, True, again.__contains__)
     return bool(again)
 
 
-def _load_views(
+def _load_params(
     model: HookedTransformer,
     weight_map: dict[str, Any],
     checkpoint: Checkpoint,
     adopt: bool,
-    modules: tuple[torch.nn.Module, ...] | None = None,
     owns: Callable[[str], bool] = lambda name: True,
 ) -> dict[str, Tensor]:
-    """Load the model's weights whose `named_weights` names `owns` accepts, all in parameters of
-    `modules` (default: the model) (see `load_weights`). Returns {name: the parameter it is in}."""
-    views = {n: v for n, v in model.named_weights().items() if owns(n)}
-    params = {p.data_ptr(): p for m in modules or (model,) for p in m.parameters()}
-    owners = {name: params[_param_ptr(v)] for name, v in views.items() if _param_ptr(v) in params}
-    views_per_param: dict[int, int] = {}
-    for view in views.values():
-        ptr = _param_ptr(view)
-        views_per_param[ptr] = views_per_param.get(ptr, 0) + 1
-    for name, view in views.items():
-        source = weight_map.get(name)
-        if source is None:
-            if ".W_" in name or name.endswith(("W_E", "W_pos")):
-                raise KeyError(
-                    f"the family adapter does not map {name}; every weight matrix needs a source"
-                )
+    """Load the mapped weights whose names `owns` accepts (see `load_weights`). Returns {name:
+    the parameter that holds it}."""
+    params = dict(model.named_parameters())
+    views: dict[str, Tensor] | None = None
+    loaded: dict[str, Tensor] = {}
+    for name, source in weight_map.items():
+        if not owns(name):
             continue
-        ptr = _param_ptr(view)
-        param = params.get(ptr)
-        whole = param is not None and views_per_param[ptr] == 1 and view.numel() == param.numel()
-        transform, *names = (_same, source) if isinstance(source, str) else source
+        transform, *names = (None, source) if isinstance(source, str) else source
+        param = params.get(name)
         try:
-            if transform is _same and view.is_contiguous() and not (whole and adopt):
-                checkpoint.get(source, out=view)  # read straight into the parameter
+            if param is None:  # a weight view (`named_weights`): copied into it
+                views = model.named_weights() if views is None else views
+                view = views[name]
+                tensor = _read(transform, names, view, checkpoint, keep=False)
+                if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
+                    view, tensor = view.T, tensor.T  # torch's blocked transpose, not a strided copy
+                copy_into(view, tensor)
+                loaded.update(_owner(name, views[name], params))
                 continue
-            sources = [checkpoint.get(n, keep=whole and adopt) for n in names]
-            tensor = transform(*sources)
-            if tensor.shape != view.shape:
-                raise ValueError(
-                    f"the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(view.shape)}"
-                )
-            if whole and adopt and _adopt(param, view, tensor):
+            loaded[name] = param
+            if transform is None and not adopt:
+                checkpoint.get(names[0], out=param)  # read straight into the parameter
                 continue
-            if (
-                whole
-                and checkpoint.reads_into
-                and len(sources) == 1
-                and _same_layout(param, view, tensor, sources[0])
-            ):
-                checkpoint.get(names[0], out=param.view(sources[0].shape))
+            tensor = _read(transform, names, param, checkpoint, keep=adopt)
+            if adopt and _adopt(param, tensor):
+                continue
+            if transform is None and checkpoint.reads_into:
+                checkpoint.get(names[0], out=param)  # another dtype: read and cast in chunks
                 continue
         except (ValueError, RuntimeError) as err:  # RuntimeError: a transform's reshape
             if isinstance(err, CheckpointError) and str(checkpoint.path) in str(err):
                 raise
             files = ", ".join(sorted({str(checkpoint.file_of(n)) for n in names}))
-            raise CheckpointError(f"{files}: {name}: {err} (reading {', '.join(names)})") from None
-        if view.ndim == 2 and not view.is_contiguous() and view.T.is_contiguous():
-            # A transposed view (W_in, W_out of Conv1D checkpoints): copying through .T lets
-            # torch use its blocked transpose kernel, several times faster than a strided copy.
-            copy_into(view.T, tensor.T)
-        else:
-            copy_into(view, tensor)
-    return owners
+            raise CheckpointError(
+                f"{files}: {view_name(name)}: {err} (reading {', '.join(names)})"
+            ) from None
+        copy_into(param, tensor)
+    return loaded
+
+
+def _read(
+    transform: Transform | None,
+    names: list[str],
+    target: Tensor,
+    checkpoint: Checkpoint,
+    keep: bool,
+) -> Tensor:
+    """The checkpoint tensors `names` through `transform`: the weight for `target`. Their shapes
+    are checked first, in the checkpoint's own layout, so an error names the file's shapes."""
+    sources = [checkpoint.get(n, keep=keep) for n in names]
+    try:
+        shapes = (
+            [tuple(target.shape)] if transform is None else transform.source_shapes(target.shape)
+        )
+    except NotImplementedError:  # a transform that cannot say (a product): its result is checked
+        shapes = [tuple(s.shape) for s in sources]
+    for tensor, shape in zip(sources, shapes, strict=True):
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"the checkpoint gives shape {tuple(tensor.shape)}, the model expects {tuple(shape)}"
+            )
+    result = sources[0] if transform is None else transform(*sources)
+    if result.shape != target.shape:
+        raise ValueError(
+            f"the checkpoint gives shape {tuple(result.shape)}, the model expects {tuple(target.shape)}"
+        )
+    return result
+
+
+def _owner(name: str, view: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """{name: the parameter the weight view `view` lies in} ({} if none of `params`)."""
+    ptr = view.untyped_storage().data_ptr()
+    found = [p for p in params.values() if p.untyped_storage().data_ptr() == ptr]
+    return {name: found[0]} if found else {}
 
 
 # Buffers some checkpoints carry beside their weights, holding nothing a model needs: causal
@@ -434,7 +454,8 @@ def check_sources(
 def _is_tied_copy(name: str, weight_map: dict[str, Any], checkpoint: Checkpoint) -> bool:
     """Whether the unread `name` is a tied model's duplicate `lm_head.weight`, equal to the
     embedding the unembedding reads (a different head is an error: it would be ignored)."""
-    unembed = _source_names(weight_map.get("unembed.W_U") or ())
+    head = weight_map.get("unembed.weight") or weight_map.get("unembed.W_U")  # W_U: a view map
+    unembed = _source_names(head or ())
     if not name.endswith("lm_head.weight") or len(unembed) != 1:
         return False
     head, embedding = checkpoint.get(name), checkpoint.get(unembed[0])
@@ -445,28 +466,6 @@ def _is_tied_copy(name: str, weight_map: dict[str, Any], checkpoint: Checkpoint)
         f"(tie_word_embeddings), but the checkpoint's {name} differs from {unembed[0]}; if the "
         'model has its own output head, set "tie_word_embeddings": false in config.json'
     )
-
-
-def _same(tensor: Tensor) -> Tensor:
-    return tensor
-
-
-def _same_layout(param: Tensor, view: Tensor, tensor: Tensor, source: Tensor) -> bool:
-    """Whether `tensor` (a view of the checkpoint's `source`) puts every element where the
-    contiguous `param` has it, so `source`'s bytes can be read into `param` as they are."""
-    return (
-        source.is_contiguous()
-        and source.numel() == param.numel()
-        and tensor.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
-        and tensor.storage_offset() == source.storage_offset()
-        and param.is_contiguous()
-        and _adopted_strides(param, view, tensor) == param.stride()
-    )
-
-
-def _param_ptr(view: Tensor) -> int:
-    """The data pointer of the parameter a weight view starts in (its storage's first element)."""
-    return view.untyped_storage().data_ptr()
 
 
 def _model_config(

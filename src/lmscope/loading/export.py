@@ -1,8 +1,9 @@
 """Export: a HookedTransformer back to a Hugging Face checkpoint of its family, weights as they
 are now (fine-tuned, ablated, or processed where HF can express it).
 
-The family's weight map is read backwards: each model weight goes through its transform's
-inverse into preallocated checkpoint tensors (`lmscope.loading.transforms`). The config.json is
+The family's weight map is read backwards: each storage parameter (already in the checkpoint's
+own layout) is copied into its checkpoint tensor, or goes through its transform's inverse into
+preallocated checkpoint tensors (`lmscope.loading.transforms`). The config.json is
 the one the model was loaded from (`model.hf_config`); it must still describe the model, which
 `_check_config` verifies by reading it again with the family's `config_from_hf`. What HF cannot
 express is refused before any file is written: a config the model no longer matches, a weight
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, family_for
+from lmscope.loading.pieces import view_name
 from lmscope.loading.transforms import Transform
 
 if TYPE_CHECKING:
@@ -70,8 +72,9 @@ class _Conflict(ValueError):
 
     def __init__(self, names: tuple[str, str], tensor: str) -> None:
         self.names, self.tensor = names, tensor
+        shown = [view_name(name) for name in names]
         super().__init__(
-            f"{names[0]} and {names[1]} are both stored in the checkpoint tensor {tensor!r}, but "
+            f"{shown[0]} and {shown[1]} are both stored in the checkpoint tensor {tensor!r}, but "
             "the model holds different values in them, which HF cannot express: make them equal "
             f"(edit both), or {_FIX}"
         )
@@ -96,7 +99,7 @@ def hf_checkpoint(
     try:
         tensors = _tensors(model, family, hf, fields, tied)
     except _Conflict as err:
-        if not (tied and "unembed.W_U" in err.names):
+        if not (tied and "unembed.weight" in err.names):
             raise
         tied = False  # the unembedding was edited apart from the embedding: give it its own head
         tensors = _tensors(model, family, hf, fields, tied)
@@ -241,11 +244,12 @@ def _tensors(
     fields: dict[str, Any],
     tied: bool,
 ) -> dict[str, Tensor]:
-    """Every checkpoint tensor, written from the model's weights through the inverse transforms."""
+    """Every checkpoint tensor, written from the model's parameters (copied, or through the
+    inverse transforms)."""
     cfg = HookedTransformerConfig(**{**fields, "init_weights": False, "tie_word_embeddings": tied})
     weight_map = family.weight_map(cfg, {**hf, "tie_word_embeddings": tied})
-    views = model.named_weights()
-    _check_unmapped(views, weight_map, hf)
+    params = dict(model.named_parameters())
+    _check_unmapped(params, weight_map, hf)
     writers: dict[str, int] = {}
     for source in weight_map.values():
         for name in _names(source)[1]:
@@ -255,9 +259,10 @@ def _tensors(
     with torch.no_grad():
         for ours, source in weight_map.items():
             transform, names = _names(source)
-            value = views.get(ours)
+            value = params.get(ours)
             if value is None:  # a norm folded away by fold_ln: weight 1, bias 0
                 value = _folded_norm(ours, model)
+            value = value.detach()
             shapes = transform.source_shapes(value.shape) if transform else [tuple(value.shape)]
             outs = []
             for name, shape in zip(names, shapes, strict=True):
@@ -317,24 +322,25 @@ def _folded_norm(ours: str, model: HookedTransformer) -> Tensor:
 
 
 def _check_unmapped(
-    views: dict[str, Tensor], weight_map: dict[str, Any], hf: dict[str, Any]
+    params: dict[str, Tensor], weight_map: dict[str, Any], hf: dict[str, Any]
 ) -> None:
     """Refuse, before any work, a transform with no inverse and a model weight with no
     checkpoint tensor that is not at its default (a bias 0, a norm weight 1)."""
     for ours, source in weight_map.items():
         transform, names = _names(source)
-        if ours in views and transform is not None and not transform.invertible:
+        if ours in params and transform is not None and not transform.invertible:
             raise ValueError(
-                f"cannot export {ours}: it was computed from {', '.join(names)} by {transform}, "
-                "which cannot be undone, so this checkpoint layout cannot be written back"
+                f"cannot export {view_name(ours)}: it was computed from {', '.join(names)} by "
+                f"{transform}, which cannot be undone, so this checkpoint layout cannot be "
+                "written back"
             )
     arch = (hf.get("architectures") or [hf.get("model_type")])[0]
-    for ours, view in views.items():
+    for ours, param in params.items():
         if ours in weight_map:
             continue
-        norm_weight = ours.endswith(".w") and ".W_" not in ours
+        norm_weight = ours.endswith(".w")
         default = 1.0 if norm_weight else 0.0
-        if bool((view == default).all()):
+        if bool((param == default).all()):
             continue
         why = {
             "unembed.b_U": " (fold_ln folds the final norm's bias into it)",
@@ -342,7 +348,7 @@ def _check_unmapped(
         }
         hint = next((v for k, v in why.items() if ours.endswith(k)), "")
         raise ValueError(
-            f"cannot export {ours}: {arch} has no tensor for it, and it is not "
+            f"cannot export {view_name(ours)}: {arch} has no tensor for it, and it is not "
             f"{default:g}{hint}, so HF would compute something else; {_FIX}"
         )
 

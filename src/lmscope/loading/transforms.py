@@ -1,17 +1,25 @@
-"""Weight-map transforms: the real rewrites between a checkpoint's layout and lmscope's, each a
-small frozen dataclass that knows its inverse, so export is the weight map read backwards.
+"""Weight-map transforms: the real rewrites between a checkpoint's layout and lmscope's storage
+parameters, each a small frozen dataclass that knows its inverse, so export is the weight map
+read backwards.
 
-A transform's call (`forward`) turns checkpoint tensors into one model weight. Most are views
-(reshapes, transposes, slices of a fused tensor): their inverse needs no code of its own, since
-the forward view of a preallocated checkpoint tensor is exactly where the weight goes back
-(`Transform.inverse`). The rest (Gemma's `1 + w` norms, a scaled embedding) override `inverse`;
-one that cannot be undone (a product of two checkpoint tensors) sets `invertible = False`.
+lmscope stores weights as checkpoints store them (`nn.Linear` [out, in]), so most weight-map
+entries are a plain tensor name and need no transform. What remains is real: a slice of a fused
+projection (`Part`, `FusedHeads`), a GPT-2 Conv1D stored [in, out] (`Transpose`), Gemma's `1 + w`
+norms (`PlusOne`) and scaled embedding (`Scale`), llama.cpp's rotary permutation of q/k rows
+(`RotaryUnpermute`, applied by the GGUF reader).
+
+A transform's call turns checkpoint tensors into one model parameter. Most are views (a slice, a
+transpose): the loader then adopts the checkpoint's memory without a copy, and their inverse needs
+no code of its own, since the forward view of a preallocated checkpoint tensor is exactly where
+the weight goes back (`Transform.inverse`). The others (`PlusOne`, `Scale`, `FusedHeads`,
+`RotaryUnpermute`) override `inverse`; one that cannot be undone (a product of two checkpoint
+tensors) sets `invertible = False`.
 
 Example:
-    >>> w = torch.randn(8, 6)                       # q_proj.weight [n_heads * d_head, d_model]
-    >>> W_Q = HeadsIn(2)(w)                         # [n_heads, d_model, d_head]
-    >>> back = torch.empty(HeadsIn(2).source_shapes(W_Q.shape)[0])
-    >>> HeadsIn(2).inverse(W_Q, back); torch.equal(back, w)
+    >>> fused = torch.randn(2, 6)                    # a Conv1D c_attn [d_model, 3 * d_model]
+    >>> k = Chain((Part(1, 2, 4, 6), Transpose()))  # its k columns as k_weight [out, in]
+    >>> back = torch.zeros(k.source_shapes((2, 2))[0])
+    >>> k.inverse(k(fused), back); torch.equal(back[:, 2:4], fused[:, 2:4])
     True
 """
 
@@ -27,7 +35,7 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Transform:
-    """Checkpoint tensors -> one model weight, and back."""
+    """Checkpoint tensors -> one model parameter, and back."""
 
     # False for a transform whose checkpoint tensors cannot be recovered from the weight
     invertible = True
@@ -36,11 +44,11 @@ class Transform:
         raise NotImplementedError
 
     def source_shapes(self, shape: Shape) -> list[Shape]:
-        """The shapes of the checkpoint tensors behind a model weight of `shape`."""
+        """The shapes of the checkpoint tensors behind a model parameter of `shape`."""
         raise NotImplementedError
 
     def inverse(self, value: Tensor, *outs: Tensor) -> None:
-        """Write the model weight `value` into the checkpoint tensors `outs` (allocated with
+        """Write the model parameter `value` into the checkpoint tensors `outs` (allocated with
         `source_shapes`). By default through the forward view of `outs`, which must be a view."""
         view = self(*outs)
         if not any(_same_storage(view, out) for out in outs):
@@ -54,7 +62,8 @@ def _same_storage(a: Tensor, b: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Transpose(Transform):
-    """nn.Linear [out, in] -> [in, out] (W_in, W_out, W_U), and a Conv1D [in, out] -> [out, in]."""
+    """A GPT-2 Conv1D [in, out] -> our [out, in] (a view; and TransformerLens's [in, out] views
+    of an nn.Linear, for weight maps that name views)."""
 
     def __call__(self, w: Tensor) -> Tensor:
         return w.T
@@ -63,6 +72,146 @@ class Transpose(Transform):
         return [tuple(shape)[::-1]]
 
 
+@dataclass(frozen=True)
+class Part(Transform):
+    """Elements `start:stop` along `dim` of a fused tensor `size` long there (one of q/k/v in a
+    fused projection, gate or up in a fused MLP, the used rows of a position table): a view."""
+
+    dim: int
+    start: int
+    stop: int
+    size: int
+
+    def __call__(self, w: Tensor) -> Tensor:
+        if w.shape[self.dim] != self.size:
+            raise ValueError(
+                f"the fused tensor has {w.shape[self.dim]} entries along dimension {self.dim}, "
+                f"the model's layout needs {self.size}"
+            )
+        return w.narrow(self.dim, self.start, self.stop - self.start)
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        full = list(shape)
+        full[self.dim] = self.size
+        return [tuple(full)]
+
+
+@dataclass(frozen=True)
+class FusedHeads(Transform):
+    """Part `index` of a projection fused per head, its rows laid out [head, part, d_head]
+    (GPT-NeoX, BLOOM, GPT-BigCode without multi-query): [n_heads * n_parts * d_head, d_model] ->
+    [n_heads * d_head, d_model], or for a bias [n_heads * n_parts * d_head] -> [n_heads * d_head].
+    The part's rows are not contiguous, so this copies (and inverts by scattering them back)."""
+
+    n_heads: int
+    index: int
+    n_parts: int = 3
+
+    def _part(self, w: Tensor) -> Tensor:
+        return w.view(self.n_heads, self.n_parts, -1, *w.shape[1:])[:, self.index]
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return self._part(w).reshape(-1, *w.shape[1:])
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [(shape[0] * self.n_parts, *shape[1:])]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        part = self._part(out)
+        part.copy_(value.reshape(part.shape))
+
+
+@dataclass(frozen=True)
+class Chain(Transform):
+    """`steps` applied in order to one checkpoint tensor (e.g. a column block of a Conv1D
+    c_attn, then transposed)."""
+
+    steps: tuple[Transform, ...]
+
+    def __call__(self, w: Tensor) -> Tensor:
+        for step in self.steps:
+            w = step(w)
+        return w
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        for step in reversed(self.steps):
+            (shape,) = step.source_shapes(shape)
+        return [shape]
+
+
+@dataclass(frozen=True)
+class Offset(Transform):
+    """`w + delta` in float32 (GGUF's Gemma norms are stored as `1 + w`: `Offset(-1.0)`)."""
+
+    delta: float
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return w.float() + self.delta
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [tuple(shape)]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        out.copy_(value.float() - self.delta)
+
+
+@dataclass(frozen=True)
+class PlusOne(Offset):
+    """A norm weight applied as `1 + w` (Gemma) as an ordinary multiplicative weight, in float32
+    as transformers computes it."""
+
+    delta: float = 1.0
+
+
+@dataclass(frozen=True)
+class Scale(Transform):
+    """`w * factor` in float32 (Gemma's embedding, multiplied by sqrt(d_model))."""
+
+    factor: float
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return w.float() * torch.tensor(self.factor, dtype=torch.float32)
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [tuple(shape)]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        out.copy_(value.float() / torch.tensor(self.factor, dtype=torch.float32))
+
+
+@dataclass(frozen=True)
+class RotaryUnpermute(Transform):
+    """Undo llama.cpp's rotary permutation of q/k rows (`convert_hf_to_gguf.LlamaModel.permute`):
+    it stores each head's rows as `reshape(n_heads, 2, d_head / 2).swapaxes(1, 2)` of HF's order
+    (the two rotary halves interleaved, for its "normal" rope). The inverse is that permutation,
+    so the GGUF file's own tensor comes back.
+
+    Example:
+        >>> RotaryUnpermute(1)(torch.arange(4.0))   # stored [a0, b0, a1, b1] -> HF [a0, a1, b0, b1]
+        tensor([0., 2., 1., 3.])
+    """
+
+    n_heads: int
+
+    def _split(self, w: Tensor, *inner: int) -> Tensor:
+        rows = w.shape[0]
+        if rows % (2 * self.n_heads):
+            raise ValueError(f"cannot un-permute {rows} rows over {self.n_heads} heads")
+        return w.reshape(self.n_heads, *inner, *w.shape[1:])
+
+    def __call__(self, w: Tensor) -> Tensor:
+        half = w.shape[0] // self.n_heads // 2
+        return self._split(w, half, 2).transpose(1, 2).reshape(w.shape)
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [tuple(shape)]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        half = value.shape[0] // self.n_heads // 2
+        out.copy_(self._split(value, 2, half).transpose(1, 2).reshape(value.shape))
+
+
+# -- TransformerLens layouts, for weight maps that name weight views (`named_weights`) ------------
 @dataclass(frozen=True)
 class HeadsIn(Transform):
     """[n_heads * d_head, d_model] -> [n_heads, d_model, d_head] (W_Q, W_K, W_V)."""
@@ -103,114 +252,3 @@ class HeadsBias(Transform):
     def source_shapes(self, shape: Shape) -> list[Shape]:
         n, d_head = shape
         return [(n * d_head,)]
-
-
-@dataclass(frozen=True)
-class Part(Transform):
-    """Elements `start:stop` along `dim` of a fused tensor `size` long there (one of q/k/v in a
-    fused projection, gate or up in a fused MLP, the used rows of a position table)."""
-
-    dim: int
-    start: int
-    stop: int
-    size: int
-
-    def __call__(self, w: Tensor) -> Tensor:
-        if w.shape[self.dim] != self.size:
-            raise ValueError(
-                f"the fused tensor has {w.shape[self.dim]} entries along dimension {self.dim}, "
-                f"the model's layout needs {self.size}"
-            )
-        return w.narrow(self.dim, self.start, self.stop - self.start)
-
-    def source_shapes(self, shape: Shape) -> list[Shape]:
-        full = list(shape)
-        full[self.dim] = self.size
-        return [tuple(full)]
-
-
-@dataclass(frozen=True)
-class FusedHeads(Transform):
-    """Part `index` of a projection fused per head, its rows laid out [head, part, d_head]
-    (GPT-NeoX, BLOOM): [n_heads * n_parts * d_head, d_model] -> [n_heads, d_model, d_head], or
-    for a bias [n_heads * n_parts * d_head] -> [n_heads, d_head]."""
-
-    n_heads: int
-    index: int
-    n_parts: int = 3
-
-    def __call__(self, w: Tensor) -> Tensor:
-        part = w.reshape(self.n_heads, self.n_parts, -1, *w.shape[1:])[:, self.index]
-        return part.transpose(1, 2) if w.ndim == 2 else part
-
-    def source_shapes(self, shape: Shape) -> list[Shape]:
-        if len(shape) == 2:
-            n, d_head = shape
-            return [(n * self.n_parts * d_head,)]
-        n, d_model, d_head = shape
-        return [(n * self.n_parts * d_head, d_model)]
-
-
-@dataclass(frozen=True)
-class Chain(Transform):
-    """`steps` applied in order to one checkpoint tensor (e.g. a column block of a Conv1D
-    c_attn, transposed, split into heads)."""
-
-    steps: tuple[Transform, ...]
-
-    def __call__(self, w: Tensor) -> Tensor:
-        for step in self.steps:
-            w = step(w)
-        return w
-
-    def source_shapes(self, shape: Shape) -> list[Shape]:
-        for step in reversed(self.steps):
-            (shape,) = step.source_shapes(shape)
-        return [shape]
-
-
-@dataclass(frozen=True)
-class PlusOne(Transform):
-    """A norm weight applied as `1 + w` (Gemma) as an ordinary multiplicative weight, in float32
-    as transformers computes it."""
-
-    def __call__(self, w: Tensor) -> Tensor:
-        return w.float() + 1.0
-
-    def source_shapes(self, shape: Shape) -> list[Shape]:
-        return [tuple(shape)]
-
-    def inverse(self, value: Tensor, out: Tensor) -> None:
-        out.copy_(value.float() - 1.0)
-
-
-@dataclass(frozen=True)
-class Scale(Transform):
-    """`w * factor` in float32 (Gemma's embedding, multiplied by sqrt(d_model))."""
-
-    factor: float
-
-    def __call__(self, w: Tensor) -> Tensor:
-        return w.float() * torch.tensor(self.factor, dtype=torch.float32)
-
-    def source_shapes(self, shape: Shape) -> list[Shape]:
-        return [tuple(shape)]
-
-    def inverse(self, value: Tensor, out: Tensor) -> None:
-        out.copy_(value.float() / torch.tensor(self.factor, dtype=torch.float32))
-
-
-def conv1d_heads_in(n_heads: int, part: Part | None = None) -> Chain:
-    """A Conv1D projection [d_model, n_heads * d_head] (optionally one `part` of a fused one)
-    -> [n_heads, d_model, d_head]."""
-    return Chain(((part,) if part else ()) + (Transpose(), HeadsIn(n_heads)))
-
-
-def conv1d_heads_out(n_heads: int) -> Chain:
-    """A Conv1D output projection [n_heads * d_head, d_model] -> [n_heads, d_head, d_model]."""
-    return Chain((Transpose(), HeadsOut(n_heads)))
-
-
-def part_of(part: Part, then: Transform) -> Chain:
-    """`then` applied to one `part` of a fused tensor."""
-    return Chain((part, then))

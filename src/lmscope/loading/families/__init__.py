@@ -1,12 +1,16 @@
 """Architecture families: each maps a Hugging Face checkpoint onto lmscope's layout.
 
 A family is data: `read_config(hf_config) -> dict` of HookedTransformerConfig fields, the HF
-config keys it handles (`config_keys`; `Family.config_from_hf` refuses, through `check_config`, any
-other key that changes the computation), and `weight_map(cfg, hf_config) -> {our TransformerLens name: source}` where a source is a checkpoint tensor name,
-or `(transform, name, ...)` whose transform (a `lmscope.loading.transforms.Transform`, which also
-knows its inverse, so `lmscope.loading.export` reads the same table backwards) turns those tensors
-into our layout. Transforms that several families share live in `lmscope.loading.transforms`. Adding a family is one file in this package that defines
-`FAMILY = Family(...)` (or `FAMILIES = [...]`); it is discovered automatically.
+config keys it handles (`config_keys`; `Family.config_from_hf` refuses, through `check_config`,
+any other key that changes the computation), and `weight_map(cfg, hf_config) -> {our storage
+parameter name: source}`. lmscope stores weights in the checkpoints' own `nn.Linear` layout, so
+a source is mostly a plain checkpoint tensor name (adopted without a copy); only real rewrites
+are `(transform, name, ...)`, whose transform (`lmscope.loading.transforms`) also knows its
+inverse, so `lmscope.loading.export` reads the same table backwards. The pieces every family
+shares (embeddings with tied weights, norms, llama-style attention, fused q/k/v, MLPs) are
+written once in `lmscope.loading.pieces`; a family file says only what is peculiar to it.
+Adding a family is one file in this package that defines `FAMILY = Family(...)` (or
+`FAMILIES = [...]`); it is discovered automatically (docs/loading.md shows one).
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.embedded import cache_dir, write_json_atomic
-from lmscope.loading.transforms import HeadsBias, HeadsIn, HeadsOut, Transpose
-
-Source = str | tuple  # "name" or (Transform, "name", ...)
-WeightMap = dict[str, Source]
+from lmscope.loading.pieces import TRANSPOSE, WeightMap
+from lmscope.loading.pieces import Source as Source  # re-exported: families name it
+from lmscope.loading.transforms import HeadsBias, HeadsIn, HeadsOut
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Family:
         return self.read_config(hf)
 
 
+# TransformerLens layouts, for weight maps that name weight views (`named_weights`: `W_Q`, ...)
+# rather than storage parameters; such entries are copied into the view, never adopted.
 def heads_in(n_heads: int) -> HeadsIn:
     """[n_heads * d_head, d_model] -> [n_heads, d_model, d_head] (W_Q, W_K, W_V)."""
     return HeadsIn(n_heads)
@@ -76,7 +81,7 @@ def heads_bias(n_heads: int) -> HeadsBias:
     return HeadsBias(n_heads)
 
 
-transpose = Transpose()  # nn.Linear [out, in] -> [in, out] (W_in, W_out, W_U)
+transpose = TRANSPOSE  # a Conv1D [in, out] -> [out, in]; nn.Linear [out, in] -> a view [in, out]
 
 
 # -- shared config readers ---------------------------------------------------------------------------

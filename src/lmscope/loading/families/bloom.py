@@ -7,8 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_out, transpose
-from lmscope.loading.transforms import FusedHeads
+from lmscope.loading.families import Family, WeightMap
+from lmscope.loading.pieces import (
+    attention_out,
+    embeddings,
+    fused_qkv_per_head,
+    layers,
+    linear_mlp,
+    norm,
+    norms,
+)
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -37,33 +45,15 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    m: WeightMap = {
-        "embed.W_E": "transformer.word_embeddings.weight",
-        "ln_embed.w": "transformer.word_embeddings_layernorm.weight",
-        "ln_embed.b": "transformer.word_embeddings_layernorm.bias",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.word_embeddings.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for i, name in enumerate("QKV"):
-            qkv = f"{h}self_attention.query_key_value."
-            m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{qkv}weight")
-            m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{qkv}bias")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attention.dense.weight")
-        m[f"{b}attn.b_O"] = f"{h}self_attention.dense.bias"
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.dense_h_to_4h.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.dense_h_to_4h.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.dense_4h_to_h.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.dense_4h_to_h.bias"
+    m = embeddings(cfg, "transformer.word_embeddings.weight")
+    m |= norm("ln_embed", "transformer.word_embeddings_layernorm", bias=True)
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", bias=True)
+        attn = f"{h}.self_attention"
+        m |= fused_qkv_per_head(f"{ours}.attn", f"{attn}.query_key_value", cfg.n_heads)
+        m |= attention_out(f"{ours}.attn", f"{attn}.dense")
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.dense_h_to_4h", f"{h}.mlp.dense_4h_to_h")
     return m
 
 

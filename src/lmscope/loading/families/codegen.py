@@ -10,7 +10,16 @@ from typing import Any
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, gptj, heads_in, heads_out, transpose
+from lmscope.loading.families import Family, WeightMap, gptj
+from lmscope.loading.pieces import (
+    ATTENTION,
+    attention_out,
+    embeddings,
+    layers,
+    linear_mlp,
+    norm,
+    norms,
+)
 from lmscope.loading.transforms import Shape, Transform
 
 MP_NUM = 4  # fixed in transformers' CodeGenAttention
@@ -26,12 +35,11 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class QKVPart(Transform):
-    """qkv_proj.weight [3 d_model, d_model] -> W_Q / W_K / W_V [n_heads, d_model, d_head]
-    (`which` is "Q", "K" or "V"). Gathering the part's rows from the four chunks copies, so the
-    inverse scatters them back itself."""
+    """qkv_proj.weight [3 d_model, d_model] -> q, k or v [d_model, d_model] (`which` is "Q", "K"
+    or "V"). Gathering the part's rows from the four chunks copies, so the inverse scatters them
+    back itself."""
 
     which: str
-    n_heads: int
 
     def _rows(self, w: Tensor) -> Tensor:
         """The part's rows of each chunk, as a view: [MP_NUM, d_model / MP_NUM, d_model]."""
@@ -40,41 +48,28 @@ class QKVPart(Transform):
 
     def __call__(self, w: Tensor) -> Tensor:
         d_model = w.shape[-1]
-        return heads_in(self.n_heads)(self._rows(w).reshape(d_model, d_model))
+        return self._rows(w).reshape(d_model, d_model)
 
     def source_shapes(self, shape: Shape) -> list[Shape]:
-        _, d_model, _ = shape
+        _, d_model = shape
         return [(3 * d_model, d_model)]
 
     def inverse(self, value: Tensor, out: Tensor) -> None:
         rows = self._rows(out)
-        rows.copy_(value.transpose(1, 2).reshape(rows.shape))
+        rows.copy_(value.reshape(rows.shape))
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    m: WeightMap = {
-        "embed.W_E": "transformer.wte.weight",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-        "unembed.b_U": "lm_head.bias",
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        for ours in ("ln1", "ln2"):  # one shared LayerNorm, as in GPT-J
-            m[f"{b}{ours}.w"] = f"{h}ln_1.weight"
-            m[f"{b}{ours}.b"] = f"{h}ln_1.bias"
-        for name in "QKV":
-            m[f"{b}attn.W_{name}"] = (QKVPart(name, nh), f"{h}attn.qkv_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.out_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc_in.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.fc_in.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.fc_out.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.fc_out.bias"
+    """GPT-J's layout, except that q, k and v come fused in `qkv_proj`'s model-parallel chunks."""
+    m = embeddings(cfg, "transformer.wte.weight", head_bias="lm_head.bias")
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.ln_1", f"{h}.ln_1", bias=True)  # one shared LayerNorm, as in GPT-J
+        for which in "QKV":
+            weight = ATTENTION[which.lower()][0]
+            m[f"{ours}.attn.{weight}"] = (QKVPart(which), f"{h}.attn.qkv_proj.weight")
+        m |= attention_out(f"{ours}.attn", f"{h}.attn.out_proj", bias=False)
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.fc_in", f"{h}.mlp.fc_out")
     return m
 
 

@@ -17,17 +17,8 @@ import math
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import (
-    DECODER_KEYS,
-    ROPE_KEYS,
-    Family,
-    WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
-    rope_settings,
-    transpose,
-)
+from lmscope.loading.families import DECODER_KEYS, ROPE_KEYS, Family, WeightMap, rope_settings
+from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
 from lmscope.loading.transforms import PlusOne, Scale
 
 _ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
@@ -166,38 +157,33 @@ def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
+    """Llama's layout, with every norm (q/k norms too) through `1 + w`, the embedding scaled,
+    and Gemma 2/3's extra norms after attention and after the MLP."""
     post = cfg.norm_placement == "pre_and_post"  # Gemma 2 and 3
-    embed = "model.embed_tokens.weight"
-    m: WeightMap = {
-        "embed.W_E": (scaled_embedding(math.sqrt(cfg.d_model)), embed),
-        "ln_final.w": (plus_one, "model.norm.weight"),
-        "unembed.W_U": (transpose, embed if cfg.tie_word_embeddings else "lm_head.weight"),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        m[f"{b}ln1.w"] = (plus_one, f"{h}input_layernorm.weight")
+    embed = scaled_embedding(math.sqrt(cfg.d_model))
+    m = embeddings(cfg, "model.embed_tokens.weight", scale=embed)
+    m |= norm("ln_final", "model.norm", transform=plus_one)
+    for ours, h in layers(cfg, "model.layers"):
         if post:
-            m[f"{b}ln1_post.w"] = (plus_one, f"{h}post_attention_layernorm.weight")
-            m[f"{b}ln2.w"] = (plus_one, f"{h}pre_feedforward_layernorm.weight")
-            m[f"{b}ln2_post.w"] = (plus_one, f"{h}post_feedforward_layernorm.weight")
+            m |= norms(
+                ours, f"{h}.input_layernorm", f"{h}.pre_feedforward_layernorm", transform=plus_one
+            )
+            m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm", transform=plus_one)
+            m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm", transform=plus_one)
         else:
-            m[f"{b}ln2.w"] = (plus_one, f"{h}post_attention_layernorm.weight")
-        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{h}self_attn.q_proj.weight")
-        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{h}self_attn.k_proj.weight")
-        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{h}self_attn.v_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
-        if hf.get("attention_bias"):
-            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{h}self_attn.q_proj.bias")
-            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{h}self_attn.k_proj.bias")
-            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{h}self_attn.v_proj.bias")
-            m[f"{b}attn.b_O"] = f"{h}self_attn.o_proj.bias"
-        if cfg.use_qk_norm:
-            m[f"{b}attn.q_norm.w"] = (plus_one, f"{h}self_attn.q_norm.weight")
-            m[f"{b}attn.k_norm.w"] = (plus_one, f"{h}self_attn.k_norm.weight")
-        m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.up_proj.weight")
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+            m |= norms(
+                ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", transform=plus_one
+            )
+        bias = bool(hf.get("attention_bias"))
+        m |= llama_attention(
+            f"{ours}.attn",
+            f"{h}.self_attn",
+            qkv_bias=bias,
+            o_bias=bias,
+            qk_norm=cfg.use_qk_norm,
+            norm_transform=plus_one,
+        )
+        m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
     return m
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_bias, transpose
-from lmscope.loading.transforms import Part, conv1d_heads_in, conv1d_heads_out, part_of
+from lmscope.loading.families import Family, WeightMap
+from lmscope.loading.pieces import (
+    attention_out,
+    embeddings,
+    fused_qkv,
+    layers,
+    linear_mlp,
+    norm,
+    norms,
+)
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -32,36 +40,14 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, dm = cfg.n_heads, cfg.d_model
-
-    m: WeightMap = {
-        "embed.W_E": "transformer.wte.weight",
-        "pos_embed.W_pos": "transformer.wpe.weight",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for i, name in enumerate("QKV"):  # c_attn: Conv1D [d_model, (q|k|v) d_model]
-            columns, rows = (
-                Part(1, i * dm, (i + 1) * dm, 3 * dm),
-                Part(0, i * dm, (i + 1) * dm, 3 * dm),
-            )
-            m[f"{b}attn.W_{name}"] = (conv1d_heads_in(nh, columns), f"{h}attn.c_attn.weight")
-            m[f"{b}attn.b_{name}"] = (part_of(rows, heads_bias(nh)), f"{h}attn.c_attn.bias")
-        m[f"{b}attn.W_O"] = (conv1d_heads_out(nh), f"{h}attn.c_proj.weight")
-        m[f"{b}attn.b_O"] = f"{h}attn.c_proj.bias"
-        m[f"{b}mlp.W_in"] = f"{h}mlp.c_fc.weight"
-        m[f"{b}mlp.b_in"] = f"{h}mlp.c_fc.bias"
-        m[f"{b}mlp.W_out"] = f"{h}mlp.c_proj.weight"
-        m[f"{b}mlp.b_out"] = f"{h}mlp.c_proj.bias"
+    """Every projection is a Conv1D ([in, out]); q, k and v are column blocks of one `c_attn`."""
+    m = embeddings(cfg, "transformer.wte.weight", positions="transformer.wpe.weight")
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.ln_1", f"{h}.ln_2", bias=True)
+        m |= fused_qkv(f"{ours}.attn", f"{h}.attn.c_attn", (cfg.d_model,) * 3, conv1d=True)
+        m |= attention_out(f"{ours}.attn", f"{h}.attn.c_proj", conv1d=True)
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.c_fc", f"{h}.mlp.c_proj", conv1d=True)
     return m
 
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import (
-    Family,
-    WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
-    transpose,
-)
+from lmscope.loading.families import Family, WeightMap
 from lmscope.loading.families.gpt2 import GPT2_STYLE_KEYS
-from lmscope.loading.transforms import FusedHeads, Part, part_of
+from lmscope.loading.pieces import (
+    attention_out,
+    embeddings,
+    fused_qkv,
+    fused_qkv_per_head,
+    layers,
+    linear_mlp,
+    norm,
+    norms,
+)
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -42,39 +44,17 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, dh, dm = cfg.n_heads, cfg.d_head, cfg.d_model
-    multi_query = hf.get("multi_query", True)
-    m: WeightMap = {
-        "embed.W_E": "transformer.wte.weight",
-        "pos_embed.W_pos": "transformer.wpe.weight",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    spans = {"Q": (0, dm, nh), "K": (dm, dm + dh, 1), "V": (dm + dh, dm + 2 * dh, 1)}
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for i, name in enumerate("QKV"):
-            if multi_query:
-                start, end, n = spans[name]
-                rows = Part(0, start, end, dm + 2 * dh)
-                m[f"{b}attn.W_{name}"] = (part_of(rows, heads_in(n)), f"{h}attn.c_attn.weight")
-                m[f"{b}attn.b_{name}"] = (part_of(rows, heads_bias(n)), f"{h}attn.c_attn.bias")
-            else:
-                m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{h}attn.c_attn.weight")
-                m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{h}attn.c_attn.bias")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.c_proj.weight")
-        m[f"{b}attn.b_O"] = f"{h}attn.c_proj.bias"
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.c_fc.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.c_fc.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.c_proj.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.c_proj.bias"
+    m = embeddings(cfg, "transformer.wte.weight", positions="transformer.wpe.weight")
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.ln_1", f"{h}.ln_2", bias=True)
+        qkv = f"{h}.attn.c_attn"
+        if hf.get("multi_query", True):  # rows [q (d_model) | k (d_head) | v (d_head)]
+            m |= fused_qkv(f"{ours}.attn", qkv, (cfg.d_model, cfg.d_head, cfg.d_head))
+        else:
+            m |= fused_qkv_per_head(f"{ours}.attn", qkv, cfg.n_heads)
+        m |= attention_out(f"{ours}.attn", f"{h}.attn.c_proj")
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.c_fc", f"{h}.mlp.c_proj")
     return m
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_in, heads_out, transpose
+from lmscope.loading.families import Family, WeightMap
+from lmscope.loading.pieces import attention, embeddings, layers, linear_mlp, norm, norms
 
 
 def _layer_types(hf: dict[str, Any]) -> list[str]:
@@ -46,30 +47,15 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    m: WeightMap = {
-        "embed.W_E": "transformer.wte.weight",
-        "pos_embed.W_pos": "transformer.wpe.weight",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for name in "QKV":  # q/k/v_proj have no bias
-            m[f"{b}attn.W_{name}"] = (heads_in(nh), f"{h}attn.attention.{name.lower()}_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.attention.out_proj.weight")
-        m[f"{b}attn.b_O"] = f"{h}attn.attention.out_proj.bias"
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.c_fc.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.c_fc.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.c_proj.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.c_proj.bias"
+    """q/k/v projections without biases, an output projection with one."""
+    m = embeddings(cfg, "transformer.wte.weight", positions="transformer.wpe.weight")
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.ln_1", f"{h}.ln_2", bias=True)
+        a = f"{h}.attn.attention"
+        qkv = (f"{a}.{p}_proj" for p in "qkv")
+        m |= attention(f"{ours}.attn", *qkv, f"{a}.out_proj", o_bias=True)
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.c_fc", f"{h}.mlp.c_proj")
     return m
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_in, heads_out, transpose
+from lmscope.loading.families import Family, WeightMap
 from lmscope.loading.families.gpt2 import GPT2_STYLE_KEYS
+from lmscope.loading.pieces import attention, embeddings, layers, linear_mlp, norm, norms
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -35,31 +36,14 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    m: WeightMap = {
-        "embed.W_E": "transformer.wte.weight",
-        "ln_final.w": "transformer.ln_f.weight",
-        "ln_final.b": "transformer.ln_f.bias",
-        "unembed.W_U": (
-            transpose,
-            "transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-        "unembed.b_U": "lm_head.bias",
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"transformer.h.{layer}.", f"blocks.{layer}."
-        # One LayerNorm feeds both branches: ln1 and ln2 hold the same weights, so each branch
-        # keeps its own norm hooks and fold_ln folds it into each reader separately.
-        for ours in ("ln1", "ln2"):
-            m[f"{b}{ours}.w"] = f"{h}ln_1.weight"
-            m[f"{b}{ours}.b"] = f"{h}ln_1.bias"
-        for name in "QKV":
-            m[f"{b}attn.W_{name}"] = (heads_in(nh), f"{h}attn.{name.lower()}_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attn.out_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc_in.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.fc_in.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.fc_out.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.fc_out.bias"
+    """One LayerNorm feeds both branches: ln1 and ln2 hold the same weights, so each branch
+    keeps its own norm hooks and fold_ln folds it into each reader separately."""
+    m = embeddings(cfg, "transformer.wte.weight", head_bias="lm_head.bias")
+    m |= norm("ln_final", "transformer.ln_f", bias=True)
+    for ours, h in layers(cfg, "transformer.h"):
+        m |= norms(ours, f"{h}.ln_1", f"{h}.ln_1", bias=True)
+        m |= attention(f"{ours}.attn", *(f"{h}.attn.{p}_proj" for p in "qkv"), f"{h}.attn.out_proj")
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.fc_in", f"{h}.mlp.fc_out")
     return m
 
 

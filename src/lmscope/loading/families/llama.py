@@ -6,7 +6,8 @@ Rope scaling "default", "linear" and "llama3" (Llama 3.1/3.2), optional attentio
 
 The helpers here (`llama_like_config`, `llama_like_weight_map`, `sliding_window_fields`) are
 shared by the other Llama-shaped families (Qwen2/Qwen3 in `qwen.py`, the MoE families in `moe.py`),
-which differ only in data: which projections have biases, q/k norms, window rules, experts.
+which differ only in data: which projections have biases, q/k norms, window rules, experts. Every
+weight is stored as the checkpoint stores it, so the weight map is names only.
 """
 
 from __future__ import annotations
@@ -15,17 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import (
-    DECODER_KEYS,
-    ROPE_KEYS,
-    Family,
-    WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
-    rope_settings,
-    transpose,
-)
+from lmscope.loading.families import DECODER_KEYS, ROPE_KEYS, Family, WeightMap, rope_settings
+from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
 
 
 def sliding_window_fields(
@@ -93,49 +85,14 @@ def llama_like_weight_map(
 ) -> WeightMap:
     """Embeddings, norms and attention of a `model.layers.{l}.self_attn` checkpoint, plus (with
     `dense_mlp`) its gate/up/down MLP. MoE families add their experts on top."""
-    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
-    m: WeightMap = {
-        "embed.W_E": "model.embed_tokens.weight",
-        "ln_final.w": "model.norm.weight",
-        "unembed.W_U": (
-            transpose,
-            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        a = f"{h}self_attn."
-        m[f"{b}ln1.w"] = f"{h}input_layernorm.weight"
-        m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
-        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{a}q_proj.weight")
-        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{a}k_proj.weight")
-        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{a}v_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{a}o_proj.weight")
-        if qkv_bias:
-            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{a}q_proj.bias")
-            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{a}k_proj.bias")
-            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{a}v_proj.bias")
-        if o_bias:
-            m[f"{b}attn.b_O"] = f"{a}o_proj.bias"
-        if qk_norm:
-            m[f"{b}attn.q_norm.w"] = f"{a}q_norm.weight"
-            m[f"{b}attn.k_norm.w"] = f"{a}k_norm.weight"
+    m = embeddings(cfg, "model.embed_tokens.weight") | norm("ln_final", "model.norm")
+    for ours, h in layers(cfg, "model.layers"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
+        m |= llama_attention(
+            f"{ours}.attn", f"{h}.self_attn", qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm
+        )
         if dense_mlp:
-            m.update(gated_mlp_map(f"{b}mlp.", f"{h}mlp.", mlp_bias))
-    return m
-
-
-def gated_mlp_map(ours: str, theirs: str, bias: bool = False) -> WeightMap:
-    """One gated MLP stored as `gate_proj` / `up_proj` / `down_proj` under `theirs`."""
-    m: WeightMap = {
-        f"{ours}W_gate": (transpose, f"{theirs}gate_proj.weight"),
-        f"{ours}W_in": (transpose, f"{theirs}up_proj.weight"),
-        f"{ours}W_out": (transpose, f"{theirs}down_proj.weight"),
-    }
-    if bias:
-        m[f"{ours}b_gate"] = f"{theirs}gate_proj.bias"
-        m[f"{ours}b_in"] = f"{theirs}up_proj.bias"
-        m[f"{ours}b_out"] = f"{theirs}down_proj.bias"
+            m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp", bias=mlp_bias)
     return m
 
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, transpose
+from lmscope.loading.families import Family, WeightMap
 from lmscope.loading.families.llama import (
     LLAMA_LIKE_KEYS,
-    gated_mlp_map,
     llama_like_config,
     llama_like_weight_map,
     sliding_window_fields,
 )
+from lmscope.loading.pieces import experts, gated_mlp, layers
 
 
 def _num_experts(hf: dict[str, Any]) -> int:
@@ -62,14 +62,10 @@ def mixtral_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 def mixtral_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     m = llama_like_weight_map(cfg, dense_mlp=False)
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.block_sparse_moe.", f"blocks.{layer}.mlp."
-        m[f"{b}W_gate"] = (transpose, f"{h}gate.weight")
-        for e in range(cfg.num_experts):
-            x, ours = f"{h}experts.{e}.", f"{b}experts.{e}."
-            m[f"{ours}W_gate"] = (transpose, f"{x}w1.weight")
-            m[f"{ours}W_in"] = (transpose, f"{x}w3.weight")
-            m[f"{ours}W_out"] = (transpose, f"{x}w2.weight")
+    for ours, h in layers(cfg, "model.layers"):
+        moe = f"{h}.block_sparse_moe"
+        n = cfg.num_experts
+        m |= experts(f"{ours}.mlp", f"{moe}.gate", f"{moe}.experts", n, names=("w1", "w3", "w2"))
     return m
 
 
@@ -108,14 +104,11 @@ def qwen3_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.mlp.", f"blocks.{layer}.mlp."
-        m[f"{b}W_gate"] = (transpose, f"{h}gate.weight")
-        for e in range(cfg.num_experts):
-            m.update(gated_mlp_map(f"{b}experts.{e}.", f"{h}experts.{e}."))
+    for ours, h in layers(cfg, "model.layers"):
+        m |= experts(f"{ours}.mlp", f"{h}.mlp.gate", f"{h}.mlp.experts", cfg.num_experts)
         if cfg.shared_expert_d_mlp:
-            m.update(gated_mlp_map(f"{b}shared_expert.", f"{h}shared_expert."))
-            m[f"{b}W_shared_expert_gate"] = (transpose, f"{h}shared_expert_gate.weight")
+            m |= gated_mlp(f"{ours}.mlp.shared_expert", f"{h}.mlp.shared_expert")
+            m[f"{ours}.mlp.shared_expert_gate"] = f"{h}.mlp.shared_expert_gate.weight"
     return m
 
 

@@ -11,11 +11,17 @@ from lmscope.loading.families import (
     ROPE_KEYS,
     Family,
     WeightMap,
-    heads_out,
     rope_settings,
-    transpose,
 )
-from lmscope.loading.transforms import FusedHeads
+from lmscope.loading.pieces import (
+    attention_out,
+    embeddings,
+    fused_qkv_per_head,
+    layers,
+    linear_mlp,
+    norm,
+    norms,
+)
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -43,33 +49,17 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    m: WeightMap = {
-        "embed.W_E": "gpt_neox.embed_in.weight",
-        "ln_final.w": "gpt_neox.final_layer_norm.weight",
-        "ln_final.b": "gpt_neox.final_layer_norm.bias",
-        "unembed.W_U": (
-            transpose,
-            "gpt_neox.embed_in.weight" if cfg.tie_word_embeddings else "embed_out.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"gpt_neox.layers.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        attention_bias = hf.get("attention_bias", True)  # GPTNeoXConfig(attention_bias=False)
-        for i, name in enumerate("QKV"):  # query_key_value rows: [head, (q|k|v), d_head]
-            m[f"{b}attn.W_{name}"] = (FusedHeads(nh, i), f"{h}attention.query_key_value.weight")
-            if attention_bias:
-                m[f"{b}attn.b_{name}"] = (FusedHeads(nh, i), f"{h}attention.query_key_value.bias")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}attention.dense.weight")
-        if attention_bias:
-            m[f"{b}attn.b_O"] = f"{h}attention.dense.bias"
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.dense_h_to_4h.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.dense_h_to_4h.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.dense_4h_to_h.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.dense_4h_to_h.bias"
+    """`query_key_value` fuses q, k and v per head; `attention_bias=False` drops every
+    attention bias (GPTNeoXConfig's option)."""
+    bias = hf.get("attention_bias", True)
+    m = embeddings(cfg, "gpt_neox.embed_in.weight", "embed_out.weight")
+    m |= norm("ln_final", "gpt_neox.final_layer_norm", bias=True)
+    for ours, h in layers(cfg, "gpt_neox.layers"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", bias=True)
+        qkv = f"{h}.attention.query_key_value"
+        m |= fused_qkv_per_head(f"{ours}.attn", qkv, cfg.n_heads, bias=bias)
+        m |= attention_out(f"{ours}.attn", f"{h}.attention.dense", bias=bias)
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.dense_h_to_4h", f"{h}.mlp.dense_4h_to_h")
     return m
 
 

@@ -22,11 +22,16 @@ from lmscope.loading.families import (
     ROPE_KEYS,
     Family,
     WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
     rope_settings,
-    transpose,
+)
+from lmscope.loading.pieces import (
+    embeddings,
+    experts,
+    gated_mlp,
+    layers,
+    llama_attention,
+    norm,
+    norms,
 )
 
 
@@ -86,47 +91,25 @@ def olmoe_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
-    m: WeightMap = {
-        "embed.W_E": "model.embed_tokens.weight",
-        "unembed.W_U": (
-            transpose,
-            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
+    """OLMo 1 has no norm weights; OLMo 2 has norms after each sublayer; OLMoE has experts."""
+    m = embeddings(cfg, "model.embed_tokens.weight")
     if cfg.normalization_type == "RMS":
-        m["ln_final.w"] = "model.norm.weight"
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{h}self_attn.q_proj.weight")
-        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{h}self_attn.k_proj.weight")
-        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{h}self_attn.v_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
-        if hf.get("attention_bias"):
-            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{h}self_attn.q_proj.bias")
-            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{h}self_attn.k_proj.bias")
-            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{h}self_attn.v_proj.bias")
-            m[f"{b}attn.b_O"] = f"{h}self_attn.o_proj.bias"
-        if cfg.use_qk_norm:
-            m[f"{b}attn.q_norm.w"] = f"{h}self_attn.q_norm.weight"
-            m[f"{b}attn.k_norm.w"] = f"{h}self_attn.k_norm.weight"
+        m |= norm("ln_final", "model.norm")
+    bias = bool(hf.get("attention_bias"))
+    for ours, h in layers(cfg, "model.layers"):
+        attn = f"{h}.self_attn"
+        m |= llama_attention(
+            f"{ours}.attn", attn, qkv_bias=bias, o_bias=bias, qk_norm=cfg.use_qk_norm
+        )
         if cfg.norm_placement == "post":  # OLMo 2
-            m[f"{b}ln1_post.w"] = f"{h}post_attention_layernorm.weight"
-            m[f"{b}ln2_post.w"] = f"{h}post_feedforward_layernorm.weight"
+            m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm")
+            m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm")
         elif cfg.normalization_type == "RMS":  # OLMoE
-            m[f"{b}ln1.w"] = f"{h}input_layernorm.weight"
-            m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
+            m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
         if cfg.num_experts:
-            m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate.weight")
-            for e in range(cfg.num_experts):
-                x, p = f"{b}mlp.experts.{e}.", f"{h}mlp.experts.{e}."
-                m[f"{x}W_gate"] = (transpose, f"{p}gate_proj.weight")
-                m[f"{x}W_in"] = (transpose, f"{p}up_proj.weight")
-                m[f"{x}W_out"] = (transpose, f"{p}down_proj.weight")
+            m |= experts(f"{ours}.mlp", f"{h}.mlp.gate", f"{h}.mlp.experts", cfg.num_experts)
         else:
-            m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate_proj.weight")
-            m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.up_proj.weight")
-            m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+            m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
     return m
 
 

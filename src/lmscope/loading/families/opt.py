@@ -12,7 +12,8 @@ from typing import Any
 from torch import Tensor
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import Family, WeightMap, heads_bias, heads_in, heads_out, transpose
+from lmscope.loading.families import Family, WeightMap
+from lmscope.loading.pieces import attention, embeddings, layers, linear_mlp, norm, norms
 from lmscope.loading.transforms import Part, Transform
 
 POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding.offset
@@ -44,59 +45,42 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Projected(Transform):
-    """A narrow embedding and its projection multiplied into one matrix: W_E = embed_tokens @
-    project_in^T [d_vocab, d_model], or (`output`) W_U = (lm_head @ project_out)^T. The two
-    factors cannot be recovered from their product, so this has no inverse."""
+    """A narrow embedding and its projection multiplied into one matrix [d_vocab, d_model]:
+    W_E = embed_tokens @ project_in^T, or (`output`) the unembedding lm_head @ project_out. The
+    two factors cannot be recovered from their product, so this has no inverse."""
 
     invertible = False
     output: bool = False
 
     def __call__(self, embedding: Tensor, projection: Tensor) -> Tensor:
-        if self.output:
-            return (embedding @ projection).T
-        return embedding @ projection.T
+        return embedding @ (projection if self.output else projection.T)
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh = cfg.n_heads
-    d = "model.decoder."
-    lm_head = f"{d}embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-    projected = (hf.get("word_embed_proj_dim") or cfg.d_model) != cfg.d_model
-    # the rows from POSITION_OFFSET on; export leaves the first rows zero (HF never reads them
-    # for an unpadded position)
-    positions = Part(0, POSITION_OFFSET, POSITION_OFFSET + cfg.n_ctx, POSITION_OFFSET + cfg.n_ctx)
-    m: WeightMap = {
-        "pos_embed.W_pos": (positions, f"{d}embed_positions.weight"),
-    }
-    if projected:
-        m["embed.W_E"] = (Projected(), f"{d}embed_tokens.weight", f"{d}project_in.weight")
-        m["unembed.W_U"] = (Projected(output=True), lm_head, f"{d}project_out.weight")
-    else:
-        m["embed.W_E"] = f"{d}embed_tokens.weight"
-        m["unembed.W_U"] = (transpose, lm_head)
+    """Positions start at row POSITION_OFFSET of `embed_positions` (export leaves the rows
+    before it zero: HF never reads them for an unpadded position); narrow word embeddings are
+    multiplied by their projections (`Projected`)."""
+    d = "model.decoder"
+    offset = POSITION_OFFSET
+    positions = Part(0, offset, offset + cfg.n_ctx, offset + cfg.n_ctx)
+    m = embeddings(
+        cfg, f"{d}.embed_tokens.weight", positions=(positions, f"{d}.embed_positions.weight")
+    )
+    if (hf.get("word_embed_proj_dim") or cfg.d_model) != cfg.d_model:
+        m["embed.W_E"] = (Projected(), f"{d}.embed_tokens.weight", f"{d}.project_in.weight")
+        head = (Projected(output=True), m["unembed.weight"], f"{d}.project_out.weight")
+        m["unembed.weight"] = head
     affine = hf.get("layer_norm_elementwise_affine", True)
     bias = hf.get("enable_bias", True)
     if affine and cfg.norm_placement == "pre":
-        m["ln_final.w"] = f"{d}final_layer_norm.weight"
-        m["ln_final.b"] = f"{d}final_layer_norm.bias"
-    for layer in range(cfg.n_layers):
-        h, b = f"{d}layers.{layer}.", f"blocks.{layer}."
+        m |= norm("ln_final", f"{d}.final_layer_norm", bias=True)
+    for ours, h in layers(cfg, f"{d}.layers"):
         if affine:
-            for ours, theirs in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
-                m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-                m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        for name in "QKV":
-            proj = f"{h}self_attn.{name.lower()}_proj."
-            m[f"{b}attn.W_{name}"] = (heads_in(nh), f"{proj}weight")
-            if bias:
-                m[f"{b}attn.b_{name}"] = (heads_bias(nh), f"{proj}bias")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.out_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}fc1.weight")
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}fc2.weight")
-        if bias:
-            m[f"{b}attn.b_O"] = f"{h}self_attn.out_proj.bias"
-            m[f"{b}mlp.b_in"] = f"{h}fc1.bias"
-            m[f"{b}mlp.b_out"] = f"{h}fc2.bias"
+            m |= norms(ours, f"{h}.self_attn_layer_norm", f"{h}.final_layer_norm", bias=True)
+        a = f"{h}.self_attn"
+        qkv = (f"{a}.{p}_proj" for p in "qkv")
+        m |= attention(f"{ours}.attn", *qkv, f"{a}.out_proj", qkv_bias=bias, o_bias=bias)
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.fc1", f"{h}.fc2", bias=bias)
     return m
 
 

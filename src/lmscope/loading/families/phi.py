@@ -20,13 +20,19 @@ from lmscope.loading.families import (
     ROPE_KEYS,
     Family,
     WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
     rope_settings,
-    transpose,
 )
-from lmscope.loading.transforms import Part, part_of
+from lmscope.loading.pieces import (
+    MLP,
+    embeddings,
+    fused_qkv,
+    layers,
+    linear_mlp,
+    llama_attention,
+    norm,
+    norms,
+)
+from lmscope.loading.transforms import Part
 
 
 def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
@@ -72,31 +78,13 @@ def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def phi_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
-    m: WeightMap = {
-        "embed.W_E": "model.embed_tokens.weight",
-        "ln_final.w": "model.final_layernorm.weight",
-        "ln_final.b": "model.final_layernorm.bias",
-        "unembed.W_U": (
-            transpose,
-            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-        "unembed.b_U": "lm_head.bias",
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        for ln in ("ln1", "ln2"):  # one LayerNorm feeds both attention and MLP
-            m[f"{b}{ln}.w"] = f"{h}input_layernorm.weight"
-            m[f"{b}{ln}.b"] = f"{h}input_layernorm.bias"
-        for name, proj, n in (("Q", "q_proj", nh), ("K", "k_proj", nkv), ("V", "v_proj", nkv)):
-            m[f"{b}attn.W_{name}"] = (heads_in(n), f"{h}self_attn.{proj}.weight")
-            m[f"{b}attn.b_{name}"] = (heads_bias(n), f"{h}self_attn.{proj}.bias")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.dense.weight")
-        m[f"{b}attn.b_O"] = f"{h}self_attn.dense.bias"
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.fc1.weight")
-        m[f"{b}mlp.b_in"] = f"{h}mlp.fc1.bias"
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.fc2.weight")
-        m[f"{b}mlp.b_out"] = f"{h}mlp.fc2.bias"
+    m = embeddings(cfg, "model.embed_tokens.weight", head_bias="lm_head.bias")
+    m |= norm("ln_final", "model.final_layernorm", bias=True)
+    for ours, h in layers(cfg, "model.layers"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.input_layernorm", bias=True)
+        attn = f"{h}.self_attn"
+        m |= llama_attention(f"{ours}.attn", attn, qkv_bias=True, o_bias=True, o_proj="dense")
+        m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.fc1", f"{h}.mlp.fc2")
     return m
 
 
@@ -123,34 +111,22 @@ def phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def phi3_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    """Llama's layout with q/k/v fused in `qkv_proj` and gate/up in `gate_up_proj` (row blocks:
+    views, adopted without a copy)."""
     nh, nkv, dh, d_mlp = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp
-    q_end, k_end = nh * dh, (nh + nkv) * dh
-    qkv_rows = k_end + nkv * dh
-
-    def qkv_part(start: int, stop: int, n: int):  # qkv_proj rows: [q | k | v]
-        return part_of(Part(0, start, stop, qkv_rows), heads_in(n))
-
-    m: WeightMap = {
-        "embed.W_E": "model.embed_tokens.weight",
-        "ln_final.w": "model.norm.weight",
-        "unembed.W_U": (
-            transpose,
-            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        qkv = f"{h}self_attn.qkv_proj.weight"
-        m[f"{b}ln1.w"] = f"{h}input_layernorm.weight"
-        m[f"{b}ln2.w"] = f"{h}post_attention_layernorm.weight"
-        m[f"{b}attn.W_Q"] = (qkv_part(0, q_end, nh), qkv)
-        m[f"{b}attn.W_K"] = (qkv_part(q_end, k_end, nkv), qkv)
-        m[f"{b}attn.W_V"] = (qkv_part(k_end, qkv_rows, nkv), qkv)
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
-        gate_up = f"{h}mlp.gate_up_proj.weight"
-        m[f"{b}mlp.W_gate"] = (part_of(Part(0, 0, d_mlp, 2 * d_mlp), transpose), gate_up)
-        m[f"{b}mlp.W_in"] = (part_of(Part(0, d_mlp, 2 * d_mlp, 2 * d_mlp), transpose), gate_up)
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+    m = embeddings(cfg, "model.embed_tokens.weight") | norm("ln_final", "model.norm")
+    for ours, h in layers(cfg, "model.layers"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
+        qkv = f"{h}.self_attn.qkv_proj"
+        m |= fused_qkv(f"{ours}.attn", qkv, (nh * dh, nkv * dh, nkv * dh), bias=False)
+        m[f"{ours}.attn.o_weight"] = f"{h}.self_attn.o_proj.weight"
+        gate_up = f"{h}.mlp.gate_up_proj.weight"
+        for i, role in enumerate(("gate", "in")):  # rows [gate | up]
+            m[f"{ours}.mlp.{MLP[role][0]}"] = (
+                Part(0, i * d_mlp, (i + 1) * d_mlp, 2 * d_mlp),
+                gate_up,
+            )
+        m[f"{ours}.mlp.out_weight"] = f"{h}.mlp.down_proj.weight"
     return m
 
 

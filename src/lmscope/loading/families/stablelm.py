@@ -19,12 +19,9 @@ from lmscope.loading.families import (
     ROPE_KEYS,
     Family,
     WeightMap,
-    heads_bias,
-    heads_in,
-    heads_out,
     rope_settings,
-    transpose,
 )
+from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
 
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
@@ -62,33 +59,16 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    nh, nkv = cfg.n_heads, cfg.n_key_value_heads
-    m: WeightMap = {
-        "embed.W_E": "model.embed_tokens.weight",
-        "ln_final.w": "model.norm.weight",
-        "ln_final.b": "model.norm.bias",
-        "unembed.W_U": (
-            transpose,
-            "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight",
-        ),
-    }
+    """Llama's layout with LayerNorms (with biases); a parallel block reads `input_layernorm`
+    for both branches."""
+    m = embeddings(cfg, "model.embed_tokens.weight")
+    m |= norm("ln_final", "model.norm", bias=True)
     mlp_norm = "input_layernorm" if cfg.parallel_attn_mlp else "post_attention_layernorm"
-    for layer in range(cfg.n_layers):
-        h, b = f"model.layers.{layer}.", f"blocks.{layer}."
-        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", mlp_norm)):
-            m[f"{b}{ours}.w"] = f"{h}{theirs}.weight"
-            m[f"{b}{ours}.b"] = f"{h}{theirs}.bias"
-        m[f"{b}attn.W_Q"] = (heads_in(nh), f"{h}self_attn.q_proj.weight")
-        m[f"{b}attn.W_K"] = (heads_in(nkv), f"{h}self_attn.k_proj.weight")
-        m[f"{b}attn.W_V"] = (heads_in(nkv), f"{h}self_attn.v_proj.weight")
-        m[f"{b}attn.W_O"] = (heads_out(nh), f"{h}self_attn.o_proj.weight")
-        if hf.get("use_qkv_bias"):
-            m[f"{b}attn.b_Q"] = (heads_bias(nh), f"{h}self_attn.q_proj.bias")
-            m[f"{b}attn.b_K"] = (heads_bias(nkv), f"{h}self_attn.k_proj.bias")
-            m[f"{b}attn.b_V"] = (heads_bias(nkv), f"{h}self_attn.v_proj.bias")
-        m[f"{b}mlp.W_gate"] = (transpose, f"{h}mlp.gate_proj.weight")
-        m[f"{b}mlp.W_in"] = (transpose, f"{h}mlp.up_proj.weight")
-        m[f"{b}mlp.W_out"] = (transpose, f"{h}mlp.down_proj.weight")
+    for ours, h in layers(cfg, "model.layers"):
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.{mlp_norm}", bias=True)
+        qkv_bias = bool(hf.get("use_qkv_bias"))
+        m |= llama_attention(f"{ours}.attn", f"{h}.self_attn", qkv_bias=qkv_bias)
+        m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
     return m
 
 
