@@ -260,6 +260,43 @@ def test_synthetic_round_trip(tmp_path: Path, arch: str, qkv_bias: bool) -> None
         assert cfg["head_dim"] == 8
 
 
+def test_rewrites_invert_to_the_files_own_tensors(tmp_path: Path) -> None:
+    """llama.cpp's q/k permutation is undone by an invertible transform: its inverse gives the
+    tensor the file stores, and tensors llama.cpp left alone have no rewrite."""
+    path = tmp_path / "tiny-llama.gguf"
+    originals = _write_tiny(path, "llama", tied=False, qkv_bias=True)
+    ck = read_gguf(path)
+    heads = {"q_proj": 4, "k_proj": 2}
+    for name, value in originals.items():
+        rewrite = ck.rewrite(name)
+        proj = name.split(".")[-2]
+        if proj not in heads:
+            assert rewrite is None, name
+            continue
+        stored = torch.empty(value.shape)
+        rewrite.inverse(ck.get(name), stored)
+        assert torch.equal(stored, torch.from_numpy(_llama_cpp_permute(value, heads[proj]))), name
+
+
+def test_a_gguf_loaded_model_exports_to_transformers(tmp_path: Path) -> None:
+    """Export reads the family's table backwards, so a model loaded from a GGUF file writes an
+    HF checkpoint (HF's layout: llama.cpp's rewrites undone) that transformers runs alike."""
+    transformers = pytest.importorskip("transformers")
+    from lmscope import HookedTransformer
+
+    path = tmp_path / "tiny-llama.gguf"
+    originals = _write_tiny(path, "llama", tied=False)
+    model = HookedTransformer.from_pretrained_no_processing(path, gguf_cache=False)
+    model.save_pretrained(tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    state = hf.state_dict()
+    for name, value in originals.items():
+        assert torch.equal(state[name], torch.from_numpy(value)), name
+    tokens = torch.tensor([[1, 5, 9, 33, 2, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+
+
 def test_rope_scaling_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "tiny-scaled.gguf"
     _write_tiny(path, "llama", rope_scaling=True)

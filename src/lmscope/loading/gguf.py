@@ -34,6 +34,7 @@ import torch
 
 from lmscope.errors import CheckpointError, MissingTensorError
 from lmscope.loading.checkpoint import copy_checked, load_tokenizer
+from lmscope.loading.transforms import Offset, RotaryUnpermute, Transform
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -45,35 +46,26 @@ _CORRUPT = "it is truncated or corrupt: download or convert it again"
 
 # --------------------------------------------------------------------------- weight rewrites
 
-
-def _unpermute_rows(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's rotary permute of Q/K rows (``convert_hf_to_gguf.LlamaModel.permute``).
-
-    llama.cpp stores each head's rows as ``reshape(n_head, 2, d/2).swapaxes(1, 2)`` of the HF
-    order (halves interleaved, for its "normal" rope); this is the inverse.
-    """
-    rows = weight.shape[0]
-    if rows % (2 * n_head):
-        raise ValueError(f"cannot un-permute {rows} rows over {n_head} heads")
-    half = rows // n_head // 2
-    return weight.reshape(n_head, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+# llama.cpp's conversion-time rewrites, undone as invertible transforms (so `inverse` gives the
+# file's tensor back): HF-name suffix -> the transform, given the HF config.
+_Rewrites = Mapping[str, Callable[[Mapping[str, Any]], Transform]]
 
 
-def _llama_fix(gguf_name: str, weight: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
-    """llama.cpp permutes Q rows over ``n_head`` and K rows over ``n_head_kv``."""
-    if ".attn_q." in gguf_name:
-        return _unpermute_rows(weight, config["num_attention_heads"])
-    if ".attn_k." in gguf_name:
-        return _unpermute_rows(weight, config["num_key_value_heads"])
-    return weight
+def _unpermute(heads: str) -> Callable[[Mapping[str, Any]], Transform]:
+    """llama.cpp's rotary permutation undone over the config's `heads` heads."""
+    return lambda config: RotaryUnpermute(config[heads])
 
 
-def _gemma_fix(gguf_name: str, weight: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
-    """llama.cpp stores Gemma's RMSNorm weights as ``1 + w`` (HF keeps ``w`` and adds the 1 in
-    the norm); transformers subtracts 1 again from every ``*norm.weight``, and so do we."""
-    if gguf_name.endswith("norm.weight"):
-        return weight - 1
-    return weight
+# llama.cpp permutes the rows of Q over `n_head` and of K over `n_head_kv` for its rope.
+_LLAMA_REWRITES: _Rewrites = {
+    "self_attn.q_proj.weight": _unpermute("num_attention_heads"),
+    "self_attn.q_proj.bias": _unpermute("num_attention_heads"),
+    "self_attn.k_proj.weight": _unpermute("num_key_value_heads"),
+    "self_attn.k_proj.bias": _unpermute("num_key_value_heads"),
+}
+# llama.cpp stores Gemma's RMSNorm weights as `1 + w` (HF keeps `w` and adds the 1 in the norm);
+# transformers subtracts 1 again from every `*norm.weight`, and so do we.
+_GEMMA_REWRITES: _Rewrites = {"norm.weight": lambda cfg: Offset(-1.0)}
 
 
 def _gemma3_config(cfg: dict[str, Any]) -> None:
@@ -92,8 +84,6 @@ def _gemma3_config(cfg: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- architecture table
-
-_TensorFix = Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor]
 
 # GGUF key (after "<arch>.") -> HF config key, common to the llama-like decoders.
 _COMMON_CONFIG_KEYS: dict[str, str] = {
@@ -139,7 +129,7 @@ class _ArchSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     # HF config flag -> GGUF tensor whose presence sets it.
     flags_from_tensors: Mapping[str, str] = field(default_factory=dict)
-    fix: _TensorFix | None = None
+    rewrites: _Rewrites = field(default_factory=dict)
     # Last step of the config: fills keys derived from others (e.g. Gemma 3's layer_types).
     finish_config: Callable[[dict[str, Any]], None] | None = None
 
@@ -151,7 +141,7 @@ _ARCHITECTURES: dict[str, _ArchSpec] = {
         head_dim_from_rope_dims=True,
         defaults={"hidden_act": "silu"},
         flags_from_tensors={"attention_bias": "blk.0.attn_q.bias", "mlp_bias": "blk.0.ffn_up.bias"},
-        fix=_llama_fix,
+        rewrites=_LLAMA_REWRITES,
     ),
     # llama.cpp's Qwen2 conversion neither permutes Q/K nor rewrites norms.
     "qwen2": _ArchSpec(
@@ -189,7 +179,7 @@ _ARCHITECTURES: dict[str, _ArchSpec] = {
             "final_logit_softcapping": None,
             "attention_bias": False,
         },
-        fix=_gemma_fix,
+        rewrites=_GEMMA_REWRITES,
         finish_config=_gemma3_config,
     ),
 }
@@ -443,12 +433,26 @@ class GGUFCheckpoint:
         if not array.flags.writeable:  # F32 comes back as a read-only view of the memory map
             array = array.copy()
         tensor = torch.from_numpy(array)
-        if self._spec.fix is not None:
+        rewrite = self.rewrite(hf_name)
+        if rewrite is not None:
             try:
-                tensor = self._spec.fix(name, tensor, self.hf_config)
+                tensor = rewrite(tensor)
             except (ValueError, RuntimeError) as err:
                 raise CheckpointError(f"{self.path}: tensor {name!r}: {err}") from None
         return tensor.contiguous()
+
+    def rewrite(self, hf_name: str) -> Transform | None:
+        """The transform that undoes llama.cpp's rewrite of a tensor (its rotary permutation of
+        q/k rows, Gemma's `1 + w` norms), or None; its `inverse` gives the file's tensor back.
+
+        Example:
+            >>> checkpoint.rewrite("model.layers.0.self_attn.q_proj.weight")
+            RotaryUnpermute(n_heads=9)
+        """
+        for suffix, make in self._spec.rewrites.items():
+            if hf_name.endswith(suffix):
+                return make(self.hf_config)
+        return None
 
     def tokenizer_loader(self) -> Callable[[], PreTrainedTokenizerBase] | None:
         """Builds a fresh HF tokenizer from the GGUF metadata when called (takes seconds); None
