@@ -25,6 +25,7 @@ PAGES = [
     "docs/migration.md",
     "docs/encoders.md",
     "docs/viz.md",
+    "docs/harvest.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
