@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,6 +37,7 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lmscope.utils import get_act_name
 
@@ -125,6 +127,7 @@ def generic_activation_patch(
     patches_per_forward: int | None = None,
     use_start_at_layer: bool = True,
     compile: bool | str | dict[str, Any] = False,
+    verbose: bool = True,
 ) -> Float[Tensor, "..."] | tuple[Float[Tensor, " rows"], Any]:
     """Patch `activation_name` from `clean_cache` into the corrupted run at each index and return
     `patching_metric(patched_logits)` for each.
@@ -146,6 +149,8 @@ def generic_activation_patch(
             the patch a `torch.where` at each layer's hook point, so one graph serves the whole
             sweep. It needs one of this module's setters (it writes the positions the setter
             copies); another setter runs eagerly, with a CompileFallbackWarning.
+        verbose: a progress bar over the patches (as TransformerLens's tqdm bar), shown after
+            two seconds on a terminal or in a Jupyter kernel; False: never.
 
     Example:
         >>> grid = generic_activation_patch(model, corrupted, clean_cache, metric,
@@ -182,6 +187,13 @@ def generic_activation_patch(
         _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=names)
         starts = {layer: corrupted_cache[f"blocks.{layer}.hook_resid_pre"] for layer in by_layer}
 
+    bar = tqdm(
+        total=sum(len(m) for m in by_layer.values()),
+        desc=f"patching {activation_name}",
+        unit="patch",
+        disable=not (verbose and _interactive()),
+        delay=2,
+    )
     for layer, members in by_layer.items():
         hook_name = get_act_name(activation_name, layer)
         clean_activation = clean_cache[hook_name]
@@ -210,10 +222,22 @@ def generic_activation_patch(
             for j, row_id in enumerate(chunk):
                 value = patching_metric(logits[j * batch : (j + 1) * batch])
                 results[row_id] = float(value)
+            bar.update(len(chunk))
+    bar.close()
     if flat:
         return (results, index_df) if return_index_df else results
     out = results.reshape(ranges)
     return (out, index_df) if return_index_df else out
+
+
+def _interactive() -> bool:
+    """True on a terminal or in a Jupyter/IPython kernel (whose stderr is not a tty but shows
+    progress bars), False in CI logs and redirected output."""
+    if sys.stderr.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None else None
+    return ip is not None and hasattr(ip, "kernel")
 
 
 class _WherePatch:
