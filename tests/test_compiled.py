@@ -157,3 +157,22 @@ def test_compile_argument_forms() -> None:
     assert compile_kwargs({"backend": "eager"})["backend"] == "eager"
     with pytest.raises(TypeError, match="compile must be True, a torch.compile mode name"):
         compile_kwargs(3)
+
+
+def test_with_cuda_graphs_the_cache_is_one_copy_out_of_the_graph(
+    gpt2: HookedTransformer, tokens: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compile="reduce-overhead" (CUDA graphs, whose next replay reuses their memory): the graph
+    gathers the cached values into one flat tensor, copied once; the cache is views of it.
+    Checked on the CPU by taking the CUDA-graph path with Dynamo's eager backend."""
+    import lmscope.compiled as compiled_module
+
+    monkeypatch.setattr(compiled_module, "_uses_cudagraphs", lambda options: True)
+    names = lambda name: "resid" in name or "pattern" in name  # noqa: E731
+    with torch.no_grad():
+        logits, cache = gpt2.run_with_cache(tokens, names_filter=names)
+        got, graphed = gpt2.run_with_cache(tokens, names_filter=names, compile=DYNAMO)
+    _assert_caches_close(graphed, cache)
+    torch.testing.assert_close(got, logits, atol=1e-5, rtol=1e-5)
+    storages = {t.untyped_storage().data_ptr() for t in graphed.values()}
+    assert len(storages) == 1

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import types
@@ -80,21 +81,46 @@ def _key(kwargs: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _compiled_forward(root: HookedRootModule, kwargs: dict[str, Any]) -> Any:
-    """The model's forward compiled with `kwargs`, made once per model and options.
+    """The model's forward compiled with `kwargs`, made once per model and options; with CUDA
+    graphs, `_forward_gathering` (what the hooks captured comes back as one flat tensor).
 
     torch.compile keeps compiled graphs per code object, up to a recompile limit (8), so every
-    model and options get a forward of their own (a copy of the class's code): one model's hook
-    sets and shapes never use up another's limit."""
+    model and options get a function of their own (a copy of the code): one model's hook sets
+    and shapes never use up another's limit."""
     store = root.__dict__.setdefault("_compiled_forwards", {})
-    key = _key(kwargs)
+    gathering = _uses_cudagraphs(kwargs)
+    key = (_key(kwargs), gathering)
     if key not in store:
-        fn = type(root).forward
+        fn = _forward_gathering if gathering else type(root).forward
         own = types.FunctionType(
             fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
         )
         own.__kwdefaults__ = fn.__kwdefaults__
         store[key] = torch.compile(types.MethodType(own, root), **kwargs)
     return store[key]
+
+
+def _forward_gathering(root: HookedRootModule, *args: Any, **kwargs: Any) -> Any:
+    """The forward, then the tensors the hook points captured (`_capture_points`, in order)
+    gathered into one flat tensor and their shapes: out of a CUDA graph's memory, which its next
+    replay reuses, one copy then serves the whole cache (or, for mixed dtypes, the tensors)."""
+    out = root.forward(*args, **kwargs)
+    values = [t for point in root._capture_points for t in point._captured]
+    for point in root._capture_points:
+        point._captured.clear()
+    if not values or any(v.dtype != values[0].dtype for v in values):
+        return out, None, values
+    return out, torch.cat([v.reshape(-1) for v in values]), [v.shape for v in values]
+
+
+def _ungathered(flat: Tensor | None, shapes_or_values: list[Any]) -> list[Tensor]:
+    """The captured tensors back from `_forward_gathering`, copied out of the graph's memory:
+    views of one copy of the flat tensor, or (mixed dtypes) one copy each."""
+    if flat is None:
+        return [v.clone() for v in shapes_or_values]
+    sizes = [math.prod(shape) for shape in shapes_or_values]
+    parts = flat.clone().split(sizes)
+    return [part.view(shape) for part, shape in zip(parts, shapes_or_values, strict=True)]
 
 
 def _lock(root: HookedRootModule) -> threading.Lock:
@@ -202,36 +228,49 @@ def run_compiled(
     if signature in failures:  # failed before: not traced again (it takes seconds)
         return _eager(root, args, kwargs, failures[signature])
     forward = _compiled_forward(root, options)
+    graphs = _uses_cudagraphs(options)
     with _lock(root):
         for point, fns in planned:
             point.__dict__["_plan"] = tuple(CAPTURE if type(fn) is CacheHook else fn for fn in fns)
             point._captured.clear()
+        root.__dict__["_capture_points"] = tuple(point for point, _ in planned)
         try:
-            if _uses_cudagraphs(options):
+            if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            out = forward(*args, **kwargs)
-            captured = [(point, fns, list(point._captured)) for point, fns in planned]
+                out, flat, gathered = forward(*args, **kwargs)
+                out, values = _cloned(out), _ungathered(flat, gathered)
+            else:
+                out = forward(*args, **kwargs)
+                values = [t for point, _ in planned for t in point._captured]
+            captured = _by_point(planned, values)
         except torch._dynamo.exc.TorchDynamoException as exc:
             captured = None
             reason = _reason(exc)
         finally:
             for point, _ in planned:
                 point.__dict__.pop("_plan", None)
-                point._captured.clear()
+                point._captured.clear()  # the same list: the compiled code's guards check it
     if captured is None:
         if len(failures) >= 64:
             failures.clear()
         failures[signature] = reason
         return _eager(root, args, kwargs, reason)
-    copy = _uses_cudagraphs(options)
-    for point, fns, values in captured:
-        stores = [fn for fn in fns if type(fn) is CacheHook]
-        if len(values) != len(stores):
-            continue  # torch.compile ran this call eagerly (e.g. its recompile limit): stored
-        for fn, value in zip(stores, values, strict=True):
-            value = value.clone() if copy else value
+    for point, stores, taken in captured:
+        for fn, value in zip(stores, taken, strict=True):
             fn.cache[point.name + fn.suffix] = fn.prepare(value, point.name)  # type: ignore[operator]
-    return _cloned(out) if copy else out
+    return out
+
+
+def _by_point(
+    planned: list[tuple[HookPoint, list[Any]]], values: list[Tensor]
+) -> list[tuple[HookPoint, list[CacheHook], list[Tensor]]]:
+    """The captured `values` (in plan order) dealt to each point's caching hooks; none when
+    torch.compile ran the call eagerly (its recompile limit, say: the hooks stored already)."""
+    stores = [(point, [fn for fn in fns if type(fn) is CacheHook]) for point, fns in planned]
+    if len(values) != sum(len(s) for _, s in stores):
+        return []
+    it = iter(values)
+    return [(point, s, [next(it) for _ in s]) for point, s in stores]
 
 
 def _eager(root: HookedRootModule, args: tuple[Any, ...], kwargs: dict[str, Any], why: str) -> Any:

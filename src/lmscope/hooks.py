@@ -134,6 +134,7 @@ class CacheHook:
         "non_blocking",
         "remove_batch_dim",
         "positions",
+        "direct",
         "plain",
     )
 
@@ -153,8 +154,9 @@ class CacheHook:
         self.positions = (
             positions if positions is not None and positions.mode != "identity" else None
         )
-        self.plain = not suffix and device is None and dtype is None and not remove_batch_dim
-        self.plain = self.plain and self.positions is None
+        self.direct = device is None and dtype is None and not remove_batch_dim
+        self.direct = self.direct and self.positions is None  # stores the tensor as it is
+        self.plain = self.direct and not suffix
 
     def __call__(self, tensor: Tensor, hook: HookPoint) -> None:
         self.cache[hook.name + self.suffix] = self.prepare(tensor, hook.name)  # type: ignore[operator]
@@ -276,7 +278,7 @@ class HookPoint(nn.Module):
                 fn.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
                 continue
             x = self._call(fn, x)
-        bwd = [h for h in self._bwd if h.fires_in(me)] if self._bwd else ()
+        bwd = [h for h in self._bwd if h.owner is None or h.owner is me] if self._bwd else ()
         if bwd and x.requires_grad:
             # A fresh view gives the hook a node of its own, so two hook points that see the
             # same tensor object (resid_post of layer l, resid_pre of l+1) each get called once.
@@ -456,7 +458,11 @@ class _BackwardCall:
         self.fn, self.point = fn, point
 
     def __call__(self, grad: Tensor) -> Tensor | None:
-        out = self.fn(grad, hook=self.point)
+        fn = self.fn
+        if fn.__class__ is CacheHook and fn.direct:  # a dict store, without a call
+            fn.cache[self.point.name + fn.suffix] = grad.detach()  # type: ignore[operator]
+            return None
+        out = fn(grad, hook=self.point)
         if out is not None and out is not grad:
             _check_hook_output(out, grad, self.point, self.fn, "gradient")
         return out
