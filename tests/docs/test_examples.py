@@ -22,6 +22,7 @@ PAGES = [
     "docs/loading.md",
     "docs/gguf-cache.md",
     "docs/hooks.md",
+    "docs/performance.md",
     "docs/migration.md",
     "docs/encoders.md",
     "docs/viz.md",
