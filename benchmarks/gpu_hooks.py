@@ -25,10 +25,12 @@ over the faster HF forward, backward rows over the faster HF forward + backward.
 Timing: CUDA events around `--calls` calls (wall clock with a synchronize on the CPU), after
 warm-up calls; the contenders take turns in each of `--repeats` rounds; the median round.
 Kernel launches per run come from torch.profiler (CUDA runtime launch calls; on the CPU, aten
-operations). Compiled rows are skipped, with the reason, once `--budget-s` seconds are spent
-(compiling GPT-2 small takes tens of seconds).
+operations). The eager rows of both shapes run first; then the compiled rows (each timed beside
+HF's forward measured again), each skipped, with the reason, when it could not finish within
+`--budget-s` seconds (compiling GPT-2 small takes tens of seconds).
 
-Writes `gpu_hooks.json` to `--out` and prints a table.
+Writes `gpu_hooks.json` to `--out` after every step (a run killed by a timeout keeps what it
+measured) and prints a table.
 """
 
 from __future__ import annotations
@@ -199,25 +201,17 @@ class Budget:
         return False
 
 
-def forward_rows(
-    models: dict[str, Any], tokens: torch.Tensor, args: argparse.Namespace, budget: Budget
-) -> dict[str, Any]:
-    """Forward, cached and backward rows of one model shape, their launch counts and checks."""
+def eager_rows(models: dict[str, Any], tokens: torch.Tensor, args: argparse.Namespace) -> dict:
+    """Forward, cached and backward rows of one model shape (eager), launch counts and checks."""
     lms: HookedTransformer = models["lmscope"]
     device = args.device
-    compiled = True if args.compile_backend == "inductor" else {"backend": args.compile_backend}
-    cuda_graphs = "reduce-overhead" if args.compile_backend == "inductor" else None
 
     def resid_post(name: str) -> bool:
         return name.endswith("hook_resid_post")
 
-    out: dict[str, Any] = {"seconds": {}, "launches": {}, "checks": {}}
+    out: dict[str, Any] = {"seconds": {}, "launches": {}, "checks": {}, "baseline_s": {}}
     with torch.inference_mode():
-        fwd: dict[str, Callable[[], Any]] = {
-            name: (lambda m=m: m(tokens, use_cache=False).logits)
-            for name, m in models.items()
-            if name.startswith("hf_")
-        }
+        fwd = hf_forwards(models, tokens)
         fwd["forward"] = lambda: lms(tokens)
         fwd["cache_all"] = lambda: lms.run_with_cache(tokens)
         fwd["cache_resid_post"] = lambda: lms.run_with_cache(tokens, names_filter=resid_post)
@@ -225,27 +219,9 @@ def forward_rows(
         out["checks"]["forward_max_abs_diff"] = (lms(tokens) - reference).abs().max().item()
         cached, _ = lms.run_with_cache(tokens)
         out["checks"]["cache_all_max_abs_diff"] = (cached - reference).abs().max().item()
-        for row, option, cost in (
-            ("cache_all_compiled", compiled, args.compile_cost),
-            ("cache_all_cudagraphs", cuda_graphs, args.compile_cost),
-        ):
-            if option is None or not budget.allows(row, cost):
-                continue
-            start = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                logits, _ = lms.run_with_cache(tokens, compile=option)
-                logits, _ = lms.run_with_cache(tokens, compile=option)  # a CUDA graph records
-            out["checks"][f"{row}_compile_s"] = round(time.perf_counter() - start, 1)
-            out["checks"][f"{row}_max_abs_diff"] = (logits - cached).abs().max().item()
-            if caught:
-                out["checks"][f"{row}_warnings"] = [str(w.message)[:300] for w in caught]
-            fwd[row] = lambda option=option: lms.run_with_cache(tokens, compile=option)
         out["seconds"].update(round_robin(fwd, args.repeats, args.calls, args.warmup, device))
-        for row in ("forward", "cache_all", "cache_all_compiled", "cache_all_cudagraphs"):
-            if row in fwd:
-                out["launches"][row] = launches(fwd[row], device)
-        out["launches"]["hf_sdpa"] = launches(fwd["hf_sdpa"], device)
+        for row in ("forward", "cache_all", "hf_sdpa"):
+            out["launches"][row] = launches(fwd[row], device)
 
     def hf_fwd_bwd(m: Any) -> None:
         m.zero_grad(set_to_none=True)
@@ -273,6 +249,45 @@ def forward_rows(
     return out
 
 
+def hf_forwards(models: dict[str, Any], tokens: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """HF's forwards (eager and sdpa attention), the baseline of every forward row."""
+    return {
+        name: (lambda m=m: m(tokens, use_cache=False).logits)
+        for name, m in models.items()
+        if name.startswith("hf_")
+    }
+
+
+def compiled_row(
+    models: dict[str, Any],
+    tokens: torch.Tensor,
+    args: argparse.Namespace,
+    row: str,
+    option: Any,
+    result: dict[str, Any],
+) -> None:
+    """Compile `run_with_cache(compile=option)` (the first calls), check it against the eager
+    cache, then time it against HF's forwards measured again beside it (`baseline_s`)."""
+    lms: HookedTransformer = models["lmscope"]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        cached, _ = lms.run_with_cache(tokens)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lms.run_with_cache(tokens, compile=option)
+            logits, _ = lms.run_with_cache(tokens, compile=option)  # a CUDA graph records
+        result["checks"][f"{row}_compile_s"] = round(time.perf_counter() - start, 1)
+        result["checks"][f"{row}_max_abs_diff"] = (logits - cached).abs().max().item()
+        if caught:
+            result["checks"][f"{row}_warnings"] = [str(w.message)[:300] for w in caught]
+        fns = hf_forwards(models, tokens)
+        fns[row] = lambda: lms.run_with_cache(tokens, compile=option)
+        times = round_robin(fns, args.repeats, args.calls, args.warmup, args.device)
+        result["launches"][row] = launches(fns[row], args.device)
+    result["seconds"][row] = times[row]
+    result["baseline_s"][row] = min(t for name, t in times.items() if name.startswith("hf_"))
+
+
 def tl_model(hf: Any, device: str) -> Any:
     """TransformerLens 3.9's HookedTransformer of GPT-2 shape `hf` with its weights."""
     from transformer_lens import HookedTransformer as TLHookedTransformer
@@ -294,75 +309,91 @@ def tl_model(hf: Any, device: str) -> Any:
     return model.eval()
 
 
+class Sweep:
+    """The patching sweep over every head's output (GPT-2 shape): its inputs and metric."""
+
+    def __init__(self, lms: HookedTransformer, tokens: torch.Tensor) -> None:
+        self.lms, self.corrupted = lms, tokens.roll(1, dims=-1)
+        self.answer, self.wrong = tokens[:, -1], (tokens[:, -1] + 1) % lms.cfg.d_vocab
+        self.rows = torch.arange(tokens.shape[0], device=tokens.device)
+        with torch.inference_mode():
+            _, self.clean = lms.run_with_cache(tokens)
+        self.tokens = tokens
+        self.eager: torch.Tensor | None = None  # the eager sweep's result, once run
+
+    def metric(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits[self.rows, -1, self.answer] - logits[self.rows, -1, self.wrong]).mean()
+
+    def run(self, compile: Any = False) -> torch.Tensor:
+        return patching.get_act_patch_attn_head_out_all_pos(
+            self.lms, self.corrupted, self.clean, self.metric, compile=compile
+        )
+
+
 def sweep_rows(
-    models: dict[str, Any], tokens: torch.Tensor, args: argparse.Namespace, budget: Budget
-) -> dict[str, Any]:
-    """A patching sweep over every head's output (GPT-2 shape): lmscope eager and compiled,
-    TransformerLens 3.9 when importable."""
-    lms: HookedTransformer = models["lmscope"]
-    device = args.device
-    corrupted = tokens.roll(1, dims=-1)
-    answer, wrong = tokens[:, -1], (tokens[:, -1] + 1) % lms.cfg.d_vocab
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        return (logits[rows, -1, answer] - logits[rows, -1, wrong]).mean()
-
-    out: dict[str, Any] = {"seconds": {}, "checks": {}}
-    n_heads = lms.cfg.n_layers * lms.cfg.n_heads
-    out["checks"]["heads"] = n_heads
-    with torch.inference_mode():
-        _, clean = lms.run_with_cache(tokens)
-    sweeps: dict[str, Callable[[], Any]] = {
-        "sweep": lambda: patching.get_act_patch_attn_head_out_all_pos(lms, corrupted, clean, metric)
-    }
-    eager = sweeps["sweep"]()
-    compiled = True if args.compile_backend == "inductor" else {"backend": args.compile_backend}
-    if budget.allows("sweep_compiled", args.compile_cost):
-        start = time.perf_counter()
-
-        def sweep_compiled() -> Any:
-            return patching.get_act_patch_attn_head_out_all_pos(
-                lms, corrupted, clean, metric, compile=compiled
-            )
-
-        got = sweep_compiled()
-        out["checks"]["sweep_compiled_compile_s"] = round(time.perf_counter() - start, 1)
-        out["checks"]["sweep_compiled_max_abs_diff"] = (got - eager).abs().max().item()
-        sweeps["sweep_compiled"] = sweep_compiled
+    models: dict[str, Any], sweep: Sweep, args: argparse.Namespace, result: dict[str, Any]
+) -> None:
+    """lmscope's eager sweep against TransformerLens 3.9's (when importable)."""
+    checks = result["checks"]
+    checks["heads"] = sweep.lms.cfg.n_layers * sweep.lms.cfg.n_heads
+    sweeps: dict[str, Callable[[], Any]] = {"sweep": sweep.run}
+    sweep.eager = sweep.run()
     try:
         import transformer_lens.patching as tl_patching
 
-        tl = tl_model(models["hf_eager"], device)
+        tl = tl_model(models["hf_eager"], args.device)
         with torch.inference_mode():
-            _, tl_clean = tl.run_with_cache(tokens)
+            _, tl_clean = tl.run_with_cache(sweep.tokens)
         sweeps["tl_sweep"] = lambda: tl_patching.get_act_patch_attn_head_out_all_pos(
-            tl, corrupted, tl_clean, metric
+            tl, sweep.corrupted, tl_clean, sweep.metric
         )
-        tl_result = sweeps["tl_sweep"]().to(eager.device)
-        out["checks"]["tl_sweep_max_abs_diff"] = (tl_result - eager).abs().max().item()
+        tl_result = sweeps["tl_sweep"]().to(sweep.eager.device)
+        checks["tl_sweep_max_abs_diff"] = (tl_result - sweep.eager).abs().max().item()
     except Exception as exc:  # not installed, or its pandas
-        out["checks"]["tl_sweep"] = f"skipped: {type(exc).__name__}: {exc}"[:300]
-        print(f"  TransformerLens sweep {out['checks']['tl_sweep']}", flush=True)
-    out["seconds"].update(round_robin(sweeps, args.sweep_repeats, 1, 1, device))
-    return out
+        checks["tl_sweep"] = f"skipped: {type(exc).__name__}: {exc}"[:300]
+        print(f"  TransformerLens sweep {checks['tl_sweep']}", flush=True)
+    result["seconds"].update(round_robin(sweeps, args.sweep_repeats, 1, 1, args.device))
+
+
+def sweep_compiled_row(sweep: Sweep, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """The sweep with compile=...: checked against the eager sweep, timed beside it."""
+    option = compile_option(args)
+    start = time.perf_counter()
+    got = sweep.run(option)
+    result["checks"]["sweep_compiled_compile_s"] = round(time.perf_counter() - start, 1)
+    result["checks"]["sweep_compiled_max_abs_diff"] = (got - sweep.eager).abs().max().item()
+    times = round_robin(
+        {"sweep": sweep.run, "sweep_compiled": lambda: sweep.run(option)},
+        args.sweep_repeats, 1, 1, args.device,
+    )  # fmt: skip
+    result["seconds"]["sweep_compiled"] = times["sweep_compiled"]
+    result["baseline_s"]["sweep_compiled"] = times["sweep"]
+
+
+def compile_option(args: argparse.Namespace) -> Any:
+    """compile=True (Inductor), or the backend `--compile-backend` names."""
+    return True if args.compile_backend == "inductor" else {"backend": args.compile_backend}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
-    """Each row over its baseline: forward rows over the faster HF forward, backward rows over
-    the faster HF forward + backward; TL's sweep over lmscope's (a speed-up)."""
-    s = result["seconds"]
+    """Each row over its baseline: forward rows over the faster HF forward (compiled rows over
+    the one timed beside them), backward rows over the faster HF forward + backward; TL's sweep
+    over lmscope's (a speed-up)."""
+    s, own = result["seconds"], result.get("baseline_s", {})
     out: dict[str, float] = {}
     hf = min(s.get("hf_eager", float("inf")), s.get("hf_sdpa", float("inf")))
     hf_bwd = min(s.get("hf_eager_fwd_bwd", float("inf")), s.get("hf_sdpa_fwd_bwd", float("inf")))
     for row, t in s.items():
         if row.startswith("hf_") or row.startswith(("sweep", "tl_sweep")):
             continue
-        out[row] = t / (hf_bwd if "bwd" in row else hf)
+        out[row] = t / own.get(row, hf_bwd if "bwd" in row else hf)
     if "tl_sweep" in s:
-        for row in ("sweep", "sweep_compiled"):
-            if row in s:
-                out[f"tl_over_{row}"] = s["tl_sweep"] / s[row]
+        out["tl_over_sweep"] = s["tl_sweep"] / s["sweep"]
+        if "sweep_compiled" in s:  # the compiled sweep over the eager one timed beside it
+            eager_again = own.get("sweep_compiled", s["sweep"])
+            out["tl_over_sweep_compiled"] = (
+                s["tl_sweep"] / s["sweep"] * eager_again / s["sweep_compiled"]
+            )
     return out
 
 
@@ -391,7 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=None, help="calls per round (10; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls (3; quick 1)")
     parser.add_argument("--sweep-repeats", type=int, default=None, help="sweep rounds (3)")
-    parser.add_argument("--budget-s", type=float, default=200.0, help="for compiled rows")
+    parser.add_argument(
+        "--budget-s", type=float, default=180.0, help="no compiled row starts after this"
+    )
     parser.add_argument(
         "--compile-cost", type=float, default=None, help="seconds a compiled row may take (60)"
     )
@@ -423,29 +456,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compile_backend": args.compile_backend,
         "targets": TARGETS,
         "models": {},
+        "skipped": budget.skipped,
     }
     print(f"device {doc['device']}, torch {doc['torch']}, {batch} x {seq} tokens", flush=True)
     configs = hf_configs(args.quick)
-    for name in args.models:
-        with built(name, configs[name], args.device) as models:
+    with contextlib.ExitStack() as stack:
+        models, tokens, results = {}, {}, doc["models"]
+        for name in args.models:  # eager rows first, both shapes; compiled rows while time lasts
+            models[name] = stack.enter_context(built(name, configs[name], args.device))
             gen = torch.Generator().manual_seed(1)
-            vocab = models["lmscope"].cfg.d_vocab
-            tokens = torch.randint(0, vocab, (batch, seq), generator=gen).to(args.device)
-            print(f"{name}: built in {budget.spent():.0f} s; timing", flush=True)
-            result = forward_rows(models, tokens, args, budget)
-            if name == "gpt2":
-                sweep = sweep_rows(models, tokens, args, budget)
-                result["seconds"].update(sweep["seconds"])
-                result["checks"].update(sweep["checks"])
-            result["ratios"] = ratios(result)
-            doc["models"][name] = result
-            print_table(name, result)
-    doc["skipped"] = budget.skipped
-    doc["seconds_total"] = round(budget.spent(), 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_hooks.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out / 'gpu_hooks.json'} after {doc['seconds_total']} s", flush=True)
+            vocab = models[name]["lmscope"].cfg.d_vocab
+            tokens[name] = torch.randint(0, vocab, (batch, seq), generator=gen).to(args.device)
+            print(f"{name}: built after {budget.spent():.0f} s; timing", flush=True)
+            results[name] = eager_rows(models[name], tokens[name], args)
+            write(doc, args.out, budget)
+        sweep = None
+        if "gpt2" in models:
+            sweep = Sweep(models["gpt2"]["lmscope"], tokens["gpt2"])
+            sweep_rows(models["gpt2"], sweep, args, results["gpt2"])
+            write(doc, args.out, budget)
+        graphs = "reduce-overhead" if args.compile_backend == "inductor" else None
+        plan = [
+            ("gpt2", "cache_all_compiled", compile_option(args)),
+            ("smollm2", "cache_all_compiled", compile_option(args)),
+            ("gpt2", "cache_all_cudagraphs", graphs),
+            ("gpt2", "sweep_compiled", None),
+            ("smollm2", "cache_all_cudagraphs", graphs),
+        ]
+        for name, row, option in plan:
+            if name not in models or (option is None and row != "sweep_compiled"):
+                continue
+            if not budget.allows(f"{name}/{row}", args.compile_cost):
+                continue
+            print(f"{name}: {row} after {budget.spent():.0f} s", flush=True)
+            if row == "sweep_compiled":
+                sweep_compiled_row(sweep, args, results[name])
+            else:
+                compiled_row(models[name], tokens[name], args, row, option, results[name])
+            write(doc, args.out, budget)
+    for name, result in results.items():
+        print_table(name, result)
+    path = write(doc, args.out, budget)
+    print(f"\nwrote {path} after {doc['seconds_total']} s", flush=True)
     return doc
+
+
+def write(doc: dict[str, Any], out: Path, budget: Budget) -> Path:
+    """Write the JSON as it stands (after every step: a killed run keeps what it measured)."""
+    for result in doc["models"].values():
+        result["ratios"] = ratios(result)
+    doc["seconds_total"] = round(budget.spent(), 1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gpu_hooks.json"
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path
 
 
 if __name__ == "__main__":
