@@ -67,7 +67,8 @@ def test_hooks_that_edit_are_traced_into_the_graph(
     gpt2: HookedTransformer, tokens: torch.Tensor
 ) -> None:
     """In-place edits, returned replacements and a norm scale edit act in the compiled graph as
-    they do eagerly, next to caching hooks (which store what follows the edits)."""
+    they do eagerly, next to caching hooks (which store what follows the edits). (run_with_hooks
+    compiles the same way: the patching sweeps' test runs it.)"""
 
     def ablate_head_1(z: torch.Tensor, hook) -> None:
         z[:, :, 1] = 0.0
@@ -89,13 +90,10 @@ def test_hooks_that_edit_are_traced_into_the_graph(
         with gpt2.hooks(fwd_hooks=hooks):
             logits, cache = gpt2.run_with_cache(tokens, names_filter=names)
             compiled_logits, compiled = gpt2.run_with_cache(tokens, names_filter=names, compile=AOT)
-        plain = gpt2.run_with_hooks(tokens, fwd_hooks=hooks)
-        compiled_plain = gpt2.run_with_hooks(tokens, fwd_hooks=hooks, compile=AOT)
     assert torch.equal(compiled["blocks.0.attn.hook_z"][:, :, 1], torch.zeros(2, 12, 16))
     _assert_caches_close(compiled, cache)
     torch.testing.assert_close(compiled_logits, logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(compiled_plain, plain, atol=1e-5, rtol=1e-5)
-    assert (plain - gpt2(tokens)).abs().max() > 1e-2  # the hooks changed the output
+    assert (logits - gpt2(tokens)).abs().max() > 1e-2  # the hooks changed the output
 
 
 def test_an_untraceable_hook_runs_eagerly_with_a_warning_naming_it(
