@@ -426,6 +426,16 @@ def _last_logits(
     return logits.to(tokens.device)  # from the unembedding's device, if the model is spread
 
 
+def _invalidates_cache(model: HookedTransformer, cached: int, length: int) -> bool:
+    """Whether growing from `cached` to `length` positions switches LongRoPE from its short to
+    its long factors, so the cached keys (rotated with the short ones) are recomputed, as
+    transformers' Phi-3 generation does."""
+    rotary = getattr(model, "rotary", None)
+    if rotary is None or getattr(rotary, "kind", None) != "longrope":
+        return False
+    return 0 < cached <= rotary.context < length
+
+
 def _step_flags(
     bad_rows: Bool[Tensor, " batch"], finished: Bool[Tensor, " batch"] | None
 ) -> tuple[bool, bool]:
@@ -479,6 +489,11 @@ def _steps(
     length = prompt_len
     for step in range(max_new_tokens):
         seen = full_mask[:, :length] if full_mask is not None else None
+        if kv is not None and _invalidates_cache(model, kv.length, length):
+            kv = KVCache(model.cfg, batch, max(total, 1), device, model.W_E.dtype, blocks)
+            pending, pending_mask = out[:, :length], seen
+            if capture is not None:
+                capture.steps.clear()  # the rebuilt cache re-runs every position
         if kv is not None:
             logits = _last_logits(model, pending, pending_mask, kv, tail)
         else:
@@ -573,10 +588,37 @@ def _stream(
             yield rest
 
 
+def _chunks(
+    stream: Iterator[Int[Tensor, " batch"] | list[str]],
+    prompt: Int[Tensor, "batch pos"],
+    size: int,
+) -> Iterator[Int[Tensor, "batch n"] | list[str]]:
+    """TransformerLens's `max_tokens_per_yield`: the steps joined into chunks of `size` tokens
+    ([batch, n] tensors; the first starts with the prompt, which counts towards its size), or of
+    `size` text pieces per row."""
+    held: list[Any] = []
+    count = prompt.shape[1]
+    for step in stream:
+        held.append(step)
+        count += 1
+        if count >= size:
+            yield _join(held, prompt)
+            held, count, prompt = [], 0, prompt[:, :0]
+    if held:
+        yield _join(held, prompt)
+
+
+def _join(held: list[Any], prompt: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch n"] | list[str]:
+    if isinstance(held[0], list):
+        return ["".join(row) for row in zip(*held, strict=True)]
+    return torch.cat([prompt, torch.stack(held, dim=1)], dim=1)
+
+
 def generate_stream(
     model: HookedTransformer,
-    input: str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
+    input: str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"] = "",
     max_new_tokens: int = 10,
+    max_tokens_per_yield: int | None = None,
     stop_at_eos: bool = True,
     eos_token_id: int | Sequence[int] | None = None,
     do_sample: bool = True,
@@ -591,10 +633,16 @@ def generate_stream(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     return_type: Literal["tokens", "str"] = "tokens",
     fwd_hooks: HookList = (),
-) -> Iterator[Int[Tensor, " batch"] | list[str]]:
+    verbose: bool = False,
+) -> Iterator[Int[Tensor, " batch"] | Int[Tensor, "batch n"] | list[str]]:
     """Yield new tokens as they are generated: a [batch] tensor per step, or with
     `return_type="str"` a list with each sequence's new text piece (see `generate` for the other
     arguments). The arguments are checked when it is called, not at the first step.
+
+    `max_tokens_per_yield=N` yields as TransformerLens does instead: [batch, n] chunks of up to N
+    tokens, the first one starting with the prompt (which counts towards N); with
+    `return_type="str"`, each row's text of up to N steps. `verbose=True` shows a progress bar
+    over the steps.
 
     Text pieces are decoded incrementally: joined, a row's pieces are the decoded continuation.
     A piece is "" while a multi-byte character is incomplete and after the row's EOS; if the
@@ -615,11 +663,20 @@ def generate_stream(
         stop_at_eos, eos_token_id,
     )  # fmt: skip
     pieces = _TextPieces(model, tokens, eos_ids) if return_type == "str" else None
+    if max_tokens_per_yield is not None and (
+        not isinstance(max_tokens_per_yield, int) or max_tokens_per_yield < 1
+    ):
+        raise ValueError(f"max_tokens_per_yield must be an int >= 1, got {max_tokens_per_yield!r}")
     steps = _steps(
         model, tokens, mask, max_new_tokens, eos_ids, do_sample, top_k, top_p, temperature,
         freq_penalty, use_past_kv_cache, seed,
     )  # fmt: skip
-    return _stream(model, steps, fwd_hooks, pieces)
+    if verbose:
+        steps = iter(tqdm(steps, total=max_new_tokens, desc="generating"))
+    stream = _stream(model, steps, fwd_hooks, pieces)
+    if max_tokens_per_yield is None:
+        return stream
+    return _chunks(stream, tokens if pieces is None else tokens[:, :0], max_tokens_per_yield)
 
 
 def generate(

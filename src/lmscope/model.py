@@ -79,6 +79,37 @@ def _flag_setter(hook_name: str) -> str | None:
     return None
 
 
+# TransformerLens 3.9's positional order of these methods' parameters after the first one or two,
+# so calls written for it positionally (`model.generate(text, 20, False)`) mean the same here.
+_FROM_PRETRAINED_ORDER = (
+    "fold_ln", "center_writing_weights", "center_unembed", "refactor_factored_attn_matrices",
+    "checkpoint_index", "checkpoint_value", "checkpoint_label", "hf_model", "device", "n_devices",
+    "tokenizer", "move_to_device", "fold_value_biases", "default_prepend_bos",
+    "default_padding_side", "dtype", "first_n_layers", "n_ctx",
+)  # fmt: skip
+_NO_PROCESSING_ORDER = (
+    "fold_ln", "center_writing_weights", "center_unembed", "refactor_factored_attn_matrices",
+    "fold_value_biases", "dtype", "default_prepend_bos", "default_padding_side",
+)  # fmt: skip
+_GENERATE_ORDER = (
+    "stop_at_eos", "eos_token_id", "do_sample", "top_k", "top_p", "temperature", "freq_penalty",
+    "use_past_kv_cache", "prepend_bos", "padding_side", "return_type", "verbose",
+)  # fmt: skip
+
+
+def _positional(
+    args: tuple[Any, ...], names: tuple[str, ...], method: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Name positional `args` by `names`, refusing too many and a value given twice."""
+    if len(args) > len(names):
+        raise TypeError(f"{method}() takes at most {len(names)} more positional arguments")
+    named = dict(zip(names, args, strict=False))  # len(args) <= len(names)
+    twice = sorted(set(named) & set(kwargs))
+    if twice:
+        raise TypeError(f"{method}() got multiple values for {twice[0]!r}")
+    return named
+
+
 def _prepends_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer puts BOS first on its own (the model's default for `prepend_bos`)."""
     ids = tokenizer("hello")["input_ids"]
@@ -112,10 +143,15 @@ class HookedTransformer(HookedRootModule):
         self,
         cfg: HookedTransformerConfig | dict[str, Any],
         tokenizer: PreTrainedTokenizerBase | None = None,
+        move_to_device: bool = True,
+        default_padding_side: Literal["left", "right"] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(cfg, dict):
             cfg = HookedTransformerConfig.from_dict(cfg)
+        if default_padding_side is not None:
+            check_padding_side(default_padding_side, "default_padding_side")
+            cfg.default_padding_side = default_padding_side
         self.cfg = cfg
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -136,7 +172,7 @@ class HookedTransformer(HookedRootModule):
         self._placement: Placement | None = None
         if cfg.init_weights:
             self.init_weights()
-        if cfg.device is not None:
+        if cfg.device is not None and move_to_device:
             self.to(cfg.device)
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_loader: tuple[Callable[[], PreTrainedTokenizerBase], bool | None] | None
@@ -229,7 +265,7 @@ class HookedTransformer(HookedRootModule):
             init_weights_(self.named_weights(), self.cfg.init_mode, self.cfg.initializer_range)
 
     @classmethod
-    def from_pretrained(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
+    def from_pretrained(cls, model_name: str, *args: Any, **kwargs: Any) -> HookedTransformer:
         """Load a checkpoint (alias, hub id, local directory or .gguf file) with weight processing.
 
         Defaults follow TransformerLens: fold_ln, center_writing_weights, center_unembed and
@@ -239,19 +275,21 @@ class HookedTransformer(HookedRootModule):
         """
         from lmscope.loading import from_pretrained
 
+        kwargs.update(_positional(args, _FROM_PRETRAINED_ORDER, "from_pretrained", kwargs))
         return from_pretrained(model_name, **kwargs)
 
     @classmethod
-    def from_pretrained_no_processing(cls, model_name: str, **kwargs: Any) -> HookedTransformer:
+    def from_pretrained_no_processing(
+        cls, model_name: str, *args: Any, **kwargs: Any
+    ) -> HookedTransformer:
         """Load a checkpoint with its weights exactly as stored (no folding or centring)."""
         from lmscope.loading import from_pretrained
 
         kwargs.update(
-            fold_ln=False,
-            center_writing_weights=False,
-            center_unembed=False,
-            fold_value_biases=False,
+            _positional(args, _NO_PROCESSING_ORDER, "from_pretrained_no_processing", kwargs)
         )
+        for step in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"):
+            kwargs.setdefault(step, False)  # each step stays off unless asked for, as in TL
         return from_pretrained(model_name, **kwargs)
 
     def save_pretrained(
@@ -281,7 +319,10 @@ class HookedTransformer(HookedRootModule):
         return to_hf(self, hf_config, **kwargs)
 
     def set_tokenizer(
-        self, tokenizer: PreTrainedTokenizerBase, default_prepend_bos: bool | None = None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        default_padding_side: Literal["left", "right"] | None = None,
+        default_prepend_bos: bool | None = None,
     ) -> None:
         """Attach a Hugging Face tokenizer. Without a pad token, EOS (or BOS) pads; without a
         BOS token, EOS is prepended as BOS (as TransformerLens does)."""
@@ -292,6 +333,9 @@ class HookedTransformer(HookedRootModule):
         self._tokenizer, self._tokenizer_loader = tokenizer, None
         if default_prepend_bos is not None:
             self.cfg.default_prepend_bos = default_prepend_bos
+        if default_padding_side is not None:
+            check_padding_side(default_padding_side, "default_padding_side")
+            self.cfg.default_padding_side = default_padding_side
 
     def set_tokenizer_loader(
         self,
@@ -325,7 +369,8 @@ class HookedTransformer(HookedRootModule):
         if self._tokenizer is None and self._tokenizer_loader is not None:
             load, prepend = self._tokenizer_loader
             tokenizer = load()
-            self.set_tokenizer(tokenizer, _prepends_bos(tokenizer) if prepend is None else prepend)
+            prepend = _prepends_bos(tokenizer) if prepend is None else prepend
+            self.set_tokenizer(tokenizer, default_prepend_bos=prepend)
         return self._tokenizer
 
     @tokenizer.setter
@@ -333,29 +378,29 @@ class HookedTransformer(HookedRootModule):
         self._tokenizer, self._tokenizer_loader = tokenizer, None
 
     # -- hook flags --------------------------------------------------------------------------------
-    def set_use_attn_result(self, use: bool) -> None:
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Compute `attn.hook_result` [batch, pos, head, d_model], each head's output (memory heavy)."""
-        self.cfg.use_attn_result = use
+        self.cfg.use_attn_result = use_attn_result
 
-    def set_use_split_qkv_input(self, use: bool) -> None:
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """Give each head its own copy of the residual: `hook_q_input`, `hook_k_input`, `hook_v_input`."""
-        self.cfg.use_split_qkv_input = use
+        self.cfg.use_split_qkv_input = use_split_qkv_input
 
-    def set_use_attn_in(self, use: bool) -> None:
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
         """Give each head its own copy of the residual at `hook_attn_in` (also with grouped-query
         attention, which TransformerLens refuses)."""
-        self.cfg.use_attn_in = use
+        self.cfg.use_attn_in = use_attn_in
 
-    def set_use_hook_mlp_in(self, use: bool) -> None:
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
         """Fire `hook_mlp_in`, the MLP's input before ln2."""
-        if use and self.cfg.attn_only:
+        if use_hook_mlp_in and self.cfg.attn_only:
             raise ValueError("this model is attention-only: it has no MLP, so no hook_mlp_in")
-        self.cfg.use_hook_mlp_in = use
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
 
-    def set_ungroup_grouped_query_attention(self, use: bool) -> None:
+    def set_ungroup_grouped_query_attention(self, ungroup_grouped_query_attention: bool) -> None:
         """Give keys and values one head per query head (`cfg.ungroup_grouped_query_attention`)
         in models with grouped-query attention, as TransformerLens does."""
-        self.cfg.ungroup_grouped_query_attention = use
+        self.cfg.ungroup_grouped_query_attention = ungroup_grouped_query_attention
 
     def _disabled_reason(self, name: str) -> str | None:
         setter = _flag_setter(name)
@@ -579,10 +624,11 @@ class HookedTransformer(HookedRootModule):
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
         start_at_layer: int | None = None,
-        stop_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
+        shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        stop_at_layer: int | None = None,
         past_kv_cache: KVCache | None = None,
     ) -> Any:
         """Run the model.
@@ -599,7 +645,17 @@ class HookedTransformer(HookedRootModule):
                 the loss when starting from a residual.
             past_kv_cache: a `KVCache`: attend to the positions it holds and append these (see
                 `lmscope.generation.KVCache`); `attention_mask` then covers the new tokens only.
+            shortformer_pos_embed: TransformerLens's positional input for shortformer models,
+                which lmscope does not load; refused.
+
+        Example:
+            >>> loss = model("The cat sat on the mat", return_type="loss")
         """
+        if shortformer_pos_embed is not None:
+            raise ValueError(
+                "shortformer_pos_embed is for TransformerLens's shortformer models, which "
+                "lmscope does not load; start_at_layer takes the residual stream alone"
+            )
         if start_at_layer is None:
             tokens, attention_mask = self._input_to_tokens(
                 input, prepend_bos, padding_side, attention_mask
@@ -743,7 +799,7 @@ class HookedTransformer(HookedRootModule):
             positions = torch.arange(n_pos, device=tokens.device).expand(batch, n_pos)
         return self._embed(tokens, positions), tokens, None, mask
 
-    def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
+    def generate(self, input: Any = "", max_new_tokens: int = 10, *args: Any, **kwargs: Any) -> Any:
         """Continue `input` by up to `max_new_tokens` tokens; see `lmscope.generation.generate`.
 
         Example:
@@ -751,12 +807,17 @@ class HookedTransformer(HookedRootModule):
         """
         from lmscope.generation import generate
 
+        kwargs.update(_positional(args, _GENERATE_ORDER, "generate", kwargs))
         return generate(self, input, max_new_tokens, **kwargs)
 
-    def generate_stream(self, input: Any, max_new_tokens: int = 10, **kwargs: Any) -> Any:
+    def generate_stream(
+        self, input: Any = "", max_new_tokens: int = 10, *args: Any, **kwargs: Any
+    ) -> Any:
         """Yield new tokens as they are generated; see `lmscope.generation.generate_stream`."""
         from lmscope.generation import generate_stream
 
+        order = ("max_tokens_per_yield", *_GENERATE_ORDER)
+        kwargs.update(_positional(args, order, "generate_stream", kwargs))
         return generate_stream(self, input, max_new_tokens, **kwargs)
 
     def _layer_inputs(

@@ -533,7 +533,7 @@ def get_act_patch_block_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
-    patching_metric: MetricFn,
+    metric: MetricFn,
     **kwargs: Any,
 ) -> Float[Tensor, "3 layer pos"]:
     """resid_pre, attn_out and mlp_out patched at each [layer, pos], stacked: [3, layer, pos].
@@ -543,11 +543,9 @@ def get_act_patch_block_every(
     """
     return torch.stack(
         [
-            get_act_patch_resid_pre(
-                model, corrupted_tokens, clean_cache, patching_metric, **kwargs
-            ),
-            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, patching_metric, **kwargs),
-            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, patching_metric, **kwargs),
+            get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
+            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
         ],
         dim=0,
     )
@@ -557,7 +555,7 @@ def get_act_patch_attn_head_all_pos_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
-    patching_metric: MetricFn,
+    metric: MetricFn,
     kv_layout: Literal["pad", "repeat"] = "pad",
     **kwargs: Any,
 ) -> Float[Tensor, "5 layer head"]:
@@ -569,7 +567,7 @@ def get_act_patch_attn_head_all_pos_every(
         >>> every = get_act_patch_attn_head_all_pos_every(model, corrupted_tokens, clean_cache, metric)
     """
     _check_kv_layout(kv_layout)
-    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    args = (model, corrupted_tokens, clean_cache, metric)
     k = get_act_patch_attn_head_k_all_pos(*args, **kwargs)
     v = get_act_patch_attn_head_v_all_pos(*args, **kwargs)
     return torch.stack(
@@ -588,7 +586,7 @@ def get_act_patch_attn_head_by_pos_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
     clean_cache: ActivationCache,
-    patching_metric: MetricFn,
+    metric: MetricFn,
     kv_layout: Literal["pad", "repeat"] = "pad",
     **kwargs: Any,
 ) -> Float[Tensor, "5 layer pos head"]:
@@ -600,7 +598,7 @@ def get_act_patch_attn_head_by_pos_every(
         >>> every = get_act_patch_attn_head_by_pos_every(model, corrupted_tokens, clean_cache, metric)
     """
     _check_kv_layout(kv_layout)
-    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    args = (model, corrupted_tokens, clean_cache, metric)
     pattern = get_act_patch_attn_head_pattern_by_pos(*args, **kwargs)
     return torch.stack(
         [

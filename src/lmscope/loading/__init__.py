@@ -664,7 +664,7 @@ def from_pretrained(
     if default_prepend_bos is None:
         default_prepend_bos = architecture_prepends_bos(cfg.original_architecture)
     if tokenizer is not None:
-        model.set_tokenizer(tokenizer, default_prepend_bos)
+        model.set_tokenizer(tokenizer, default_prepend_bos=default_prepend_bos)
     elif load_tokenizer is not None:
         model.set_tokenizer_loader(load_tokenizer, default_prepend_bos)
     else:
