@@ -102,6 +102,9 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "olmo2": _norm_variant("olmo2"),
     "olmoe": _norm_variant("olmoe"),
     "stablelm": _norm_variant("stablelm"),
+    "llama_yarn": _llama_like("llama_yarn"),
+    "phi3_longrope": _norm_variant("phi3_longrope"),
+    "stablelm_qk_norm": _norm_variant("stablelm_parallel"),
 }
 
 

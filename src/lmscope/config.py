@@ -25,7 +25,8 @@ NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
 ATTN_TYPES = ("global", "local")
-ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+# every rope_type transformers defines (modeling_rope_utils.ROPE_INIT_FUNCTIONS, and "default")
+ROPE_SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 # TransformerLens's weight initialisations (HookedTransformer.init_weights; lmscope.initialization)
 INIT_MODES = ("gpt2", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "muP")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -99,6 +100,8 @@ class HookedTransformerConfig:
     output_logits_soft_cap: float = -1.0
     use_qk_norm: bool = False  # RMSNorm on q and k after projection, before rotary
     qk_norm_per_head: bool = True  # over each head's d_head (Qwen3, Gemma 3) or all heads (OLMo 2)
+    qk_norm_type: str = "RMS"  # "RMS", "LN" (Phi, Persimmon) or weightless "RMSPre" (Llama 4)
+    qk_norm_head_weights: bool = False  # weights per head, [n_heads, d_head] (StableLM-2, Cohere)
     clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
     # block layout
     gated_mlp: bool = False
@@ -187,8 +190,13 @@ class HookedTransformerConfig:
             kind = (self.rope_scaling or {}).get("rope_type", "default")
             if kind not in ROPE_SCALING_TYPES:
                 raise ValueError(
-                    f"rope scaling {kind!r} is not supported; choose one of {ROPE_SCALING_TYPES}"
+                    f"rope_scaling rope_type {kind!r} is not supported by lmscope (it has no "
+                    f"code for it); choose one of {ROPE_SCALING_TYPES}"
                 )
+        if self.qk_norm_type not in ("LN", "LNPre", "RMS", "RMSPre"):
+            raise ValueError(
+                f"qk_norm_type {self.qk_norm_type!r} is not one of 'LN', 'LNPre', 'RMS', 'RMSPre'"
+            )
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ValueError(
                 f"norm_placement {self.norm_placement!r} is not one of {NORM_PLACEMENTS}"

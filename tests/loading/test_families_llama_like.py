@@ -1,6 +1,6 @@
 """Llama 1/2/3/3.1/3.2, Mistral, Mixtral, Qwen2/2.5, Qwen3, Qwen2-MoE and Qwen3-MoE against
 transformers (eager attention) on tiny random checkpoints with every family feature switched on:
-GQA, biases, rope scaling (linear, llama3), explicit head_dim, sliding windows shorter than the
+GQA, biases, rope scaling (linear, llama3, yarn, dynamic), explicit head_dim, sliding windows shorter than the
 test sequence (on every layer or on some), q/k RMSNorm, top-2 routed experts (renormalised or
 not) and a gated shared expert.
 """
@@ -47,6 +47,7 @@ VOCAB = 128
 SEQ = 40  # longer than every sliding window and than llama3's original context (32)
 WINDOW = 5
 N_LAYERS = 3
+DYNAMIC_CONTEXT = 32  # llama_dynamic's max_position_embeddings, below SEQ
 
 _COMMON = dict(
     vocab_size=VOCAB,
@@ -105,6 +106,28 @@ SPECS: dict[str, Spec] = {
             **_COMMON,
             head_dim=24,
             rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0),
+        ),
+    ),
+    # YaRN (a ramp between interpolated and extrapolated frequencies, cos and sin scaled by its
+    # attention factor) from a pretraining context of 16.
+    "llama_yarn": Spec(
+        LlamaForCausalLM,
+        lambda: LlamaConfig(
+            **_COMMON,
+            rope_parameters=dict(
+                rope_type="yarn",
+                rope_theta=10000.0,
+                factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
+    # Dynamic NTK: past the 32-token context (SEQ is 40) the base grows with the length.
+    "llama_dynamic": Spec(
+        LlamaForCausalLM,
+        lambda: LlamaConfig(
+            **{**_COMMON, "max_position_embeddings": DYNAMIC_CONTEXT},
+            rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=4.0),
         ),
     ),
     "mistral": Spec(
@@ -384,9 +407,14 @@ def test_residual_stream_decomposes_exactly(model: HookedTransformer, tokens) ->
 @torch.no_grad()
 def test_kv_cached_forward_matches_full_forward(model: HookedTransformer, tokens) -> None:
     """Chunks (and single tokens past the window) through the KV cache give the full logits."""
+    bounds = [0, 13, 14, 15, 16, 30, SEQ]
+    if model.rotary.kind == "dynamic":
+        # past its context each step's frequencies follow the length so far (in transformers
+        # too), so a cached run equals an uncached one only inside the context
+        bounds = [b for b in bounds if b <= DYNAMIC_CONTEXT]
+        tokens = tokens[:, : bounds[-1]]
     full = model(tokens)
     cache = KVCache.init_cache(model.cfg, batch_size=2, capacity=SEQ)
-    bounds = [0, 13, 14, 15, 16, 30, SEQ]
     parts = [
         model(tokens[:, a:b], past_kv_cache=cache)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
@@ -586,17 +614,24 @@ def test_qk_norm_hooks(tiny_qk_norm: TinyModel, tokens) -> None:
 
 # -- family specifics ---------------------------------------------------------------------------
 @torch.no_grad()
-@pytest.mark.parametrize("name", ["llama3", "llama_linear"])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("llama3", "llama3"),
+        ("llama_linear", "linear"),
+        ("llama_yarn", "yarn"),
+        ("llama_dynamic", "dynamic"),
+    ],
+)
 def test_rope_scaling_matches_hf_and_matters(
-    name: str, tmp_path_factory: pytest.TempPathFactory, tokens
+    name: str, kind: str, tmp_path_factory: pytest.TempPathFactory, tokens
 ) -> None:
     tiny = _tiny(name, tmp_path_factory)
     model = _load(tiny)
-    assert (
-        model.cfg.rope_scaling["rope_type"] == {"llama3": "llama3", "llama_linear": "linear"}[name]
-    )
-    hf_inv_freq = tiny.hf_model.model.rotary_emb.inv_freq
-    torch.testing.assert_close(model.rotary.inv_freq, hf_inv_freq, atol=0, rtol=1e-6)
+    assert model.cfg.rope_scaling["rope_type"] == kind
+    rotary = tiny.hf_model.model.rotary_emb
+    torch.testing.assert_close(model.rotary.inv_freq, rotary.original_inv_freq, atol=0, rtol=1e-6)
+    assert model.rotary.attention_factor == rotary.attention_scaling
     unscaled = _load(tiny, rope_scaling=None)
     assert (unscaled(tokens) - tiny.hf_model(tokens).logits).abs().max() > 1e-2
 
@@ -870,11 +905,18 @@ def test_hub_style_config_reads_like_transformers(name: str) -> None:
         assert cfg.d_mlp == getattr(hf, "moe_intermediate_size", hf.intermediate_size)
 
 
-@pytest.mark.parametrize("kind", ["yarn", "dynamic", "longrope"])
-def test_unsupported_rope_scaling_is_refused_by_name(kind: str) -> None:
+def test_dynamic_rope_extends_the_context() -> None:
+    hf = {**SPECS["llama_dynamic"].config().to_dict(), "architectures": ["LlamaForCausalLM"]}
+    fields = family_for(hf).config_from_hf(hf)
+    assert fields["n_ctx"] == 4 * DYNAMIC_CONTEXT
+    assert fields["rope_scaling"]["max_position_embeddings"] == DYNAMIC_CONTEXT
+
+
+@pytest.mark.parametrize("kind", ["mrope", "ntk-by-parts"])
+def test_unknown_rope_scaling_is_refused_by_name(kind: str) -> None:
     from lmscope.config import HookedTransformerConfig
 
     raw = json.loads(json.dumps(HUB_STYLE_CONFIGS["Llama-3.2-1B"]))
     raw["rope_scaling"] = {"rope_type": kind, "factor": 4.0}
-    with pytest.raises(ValueError, match=f"rope scaling '{kind}' is not supported"):
+    with pytest.raises(ValueError, match=f"rope_scaling rope_type '{kind}' is not supported"):
         HookedTransformerConfig(**family_for(raw).config_from_hf(raw))

@@ -35,6 +35,7 @@ _BASE = dict(
 # token ids of the special tokens, inside the tiny vocabulary
 _IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _SLIDING = ["sliding_attention", "full_attention"]
+LONGROPE_CONTEXT = 14  # phi3_longrope's pretraining context: above 12 tokens, below 11 + 6
 
 
 def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
@@ -86,10 +87,35 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
             tr.PhiForCausalLM,
             lambda: tr.PhiConfig(**_BASE, **_IDS, num_key_value_heads=2, partial_rotary_factor=0.5),
         ),
+        # qk_layernorm: a LayerNorm with bias over each head's queries and keys
+        "phi_qk_norm": (
+            tr.PhiForCausalLM,
+            lambda: tr.PhiConfig(
+                **_BASE, **_IDS, num_key_value_heads=2, partial_rotary_factor=0.5, qk_layernorm=True
+            ),
+        ),
         "phi3": (
             tr.Phi3ForCausalLM,
             lambda: tr.Phi3Config(
                 **_BASE, **_IDS, num_key_value_heads=2, partial_rotary_factor=0.5, sliding_window=5
+            ),
+        ),
+        # LongRoPE (the 128k checkpoints): short factors up to LONGROPE_CONTEXT tokens, long ones
+        # past it, which generation reaches (transformers then recomputes the cache)
+        "phi3_longrope": (
+            tr.Phi3ForCausalLM,
+            lambda: tr.Phi3Config(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                partial_rotary_factor=0.5,
+                original_max_position_embeddings=LONGROPE_CONTEXT,
+                rope_parameters={
+                    "rope_type": "longrope",
+                    "rope_theta": 10000.0,
+                    "short_factor": [1.0, 1.2, 1.5, 2.0],
+                    "long_factor": [2.0, 3.0, 5.0, 8.0],
+                },
             ),
         ),
         "olmo": (
@@ -131,6 +157,7 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
         ),
+        # StableLM-2-12B's shape: parallel, and a LayerNorm per head on queries and keys
         "stablelm_parallel": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(
@@ -139,6 +166,7 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 num_key_value_heads=2,
                 use_qkv_bias=True,
                 use_parallel_residual=True,
+                qk_layernorm=True,
                 tie_word_embeddings=True,
             ),
         ),
@@ -589,7 +617,47 @@ def test_config_reflects_each_family(build) -> None:
     assert cfgs["olmoe"].num_experts == 4 and not cfgs["olmoe"].norm_topk_prob
     assert cfgs["olmoe_norm_topk"].norm_topk_prob
     assert cfgs["stablelm"].rotary_dim == 4 and not cfgs["stablelm"].parallel_attn_mlp
-    assert cfgs["stablelm_parallel"].parallel_attn_mlp
+    assert cfgs["stablelm_parallel"].parallel_attn_mlp and cfgs["stablelm_parallel"].use_qk_norm
+    assert cfgs["phi_qk_norm"].use_qk_norm and cfgs["phi_qk_norm"].qk_norm_type == "LN"
+    assert cfgs["phi3_longrope"].rope_scaling["rope_type"] == "longrope"
+    assert cfgs["phi3_longrope"].rope_scaling["original_max_position_embeddings"] == 14
+
+
+@torch.no_grad()
+def test_longrope_switches_to_its_long_factors_past_the_context(build) -> None:
+    tiny = build("phi3_longrope")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    rotary = tiny.hf_model.model.rotary_emb
+    assert model.rotary.attention_factor == rotary.attention_scaling > 1
+    tokens = torch.randint(3, D_VOCAB, (2, 2 * LONGROPE_CONTEXT))
+    for length in (LONGROPE_CONTEXT, 2 * LONGROPE_CONTEXT):  # short factors, then long ones
+        expected = tiny.hf_model(tokens[:, :length]).logits
+        got = model(tokens[:, :length])
+        torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
+    assert not torch.equal(model.rotary.long_inv_freq, model.rotary.inv_freq)
+
+
+@torch.no_grad()
+def test_per_head_qk_layer_norms(build, tokens) -> None:
+    """Phi's q/k LayerNorm (one, with bias, over d_head) and StableLM-2-12B's (one per head, no
+    bias: `head_w` [n_heads, d_head] stacked from the checkpoint's per-head norms)."""
+    phi = HookedTransformer.from_pretrained_no_processing(build("phi_qk_norm").path)
+    hf_attn = build("phi_qk_norm").hf_model.model.layers[0].self_attn
+    assert phi.cfg.qk_norm_type == "LN" and not phi.cfg.qk_norm_head_weights
+    torch.testing.assert_close(phi.blocks[0].attn.q_norm.b, hf_attn.q_layernorm.bias)
+    tiny = build("stablelm_parallel")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    q_norm = model.blocks[1].attn.q_norm
+    hf_norms = tiny.hf_model.model.layers[1].self_attn.q_layernorm.norms
+    assert q_norm.head_w.shape == (4, model.cfg.d_head) and q_norm.head_b is None
+    for head, hf_norm in enumerate(hf_norms):
+        torch.testing.assert_close(q_norm.head_w[head], hf_norm.weight, atol=0, rtol=0)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "blocks.1.attn" in n)
+    normalized = cache["blocks.1.attn.q_norm.hook_normalized"]  # before the per-head weights
+    torch.testing.assert_close(normalized.mean(-1), torch.zeros(2, 12, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cache["blocks.1.attn.hook_q"], normalized * q_norm.head_w, atol=1e-6, rtol=0
+    )
 
 
 def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:
@@ -631,21 +699,6 @@ def _hf_dict(config: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: tr.PhiConfig(**_BASE, qk_layernorm=True), "qk_layernorm"),
-        (lambda: tr.StableLmConfig(**_BASE, qk_layernorm=True), "qk_layernorm"),
-        (
-            lambda: tr.Phi3Config(
-                **_BASE,
-                rope_parameters={
-                    "rope_type": "longrope",
-                    "short_factor": [1.0] * 8,
-                    "long_factor": [2.0] * 8,
-                    "rope_theta": 10000.0,
-                },
-                original_max_position_embeddings=32,
-            ),
-            "longrope",
-        ),
         (
             lambda: tr.Gemma3TextConfig(**_BASE, use_bidirectional_attention=True),
             "bidirectional",

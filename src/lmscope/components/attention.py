@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
 from lmscope.components.linear import linear
-from lmscope.components.norm import RMSNorm
 from lmscope.components.precision import HALF_DTYPES
+from lmscope.components.qk_norm import make_qk_norm
 from lmscope.components.rotary import apply_rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -215,8 +215,8 @@ class Attention(nn.Module):
             self.hook_rot_k = HookPoint()
             self.hook_rot_q = HookPoint()
         if cfg.use_qk_norm:  # hooks attn.q_norm.hook_scale / hook_normalized, likewise k_norm
-            self.q_norm = RMSNorm(cfg, dh if cfg.qk_norm_per_head else nh * dh)
-            self.k_norm = RMSNorm(cfg, dh if cfg.qk_norm_per_head else nkv * dh)
+            self.q_norm = make_qk_norm(cfg, nh)
+            self.k_norm = make_qk_norm(cfg, nkv)
 
     # -- weight views (TransformerLens layout) -------------------------------------------------
     def _heads(self, w: Tensor) -> Float[Tensor, "n d_model d_head"]:

@@ -140,6 +140,28 @@ class Chain(Transform):
 
 
 @dataclass(frozen=True)
+class Stack(Transform):
+    """Several checkpoint tensors of one shape stacked along a new first dimension (StableLM's
+    per-head q/k LayerNorms `norms.{h}.weight` as one [n_heads, d_head] weight): a copy,
+    inverted by writing each slice back.
+
+    Example:
+        >>> Stack()(torch.ones(3), torch.zeros(3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __call__(self, *parts: Tensor) -> Tensor:
+        return torch.stack(parts)
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [tuple(shape[1:])] * shape[0]
+
+    def inverse(self, value: Tensor, *outs: Tensor) -> None:
+        for out, part in zip(outs, value.unbind(0), strict=True):
+            out.copy_(part)
+
+
+@dataclass(frozen=True)
 class Offset(Transform):
     """`w + delta` in float32 (GGUF's Gemma norms are stored as `1 + w`: `Offset(-1.0)`)."""
 

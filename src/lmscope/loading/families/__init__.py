@@ -87,7 +87,20 @@ transpose = TRANSPOSE  # a Conv1D [in, out] -> [out, in]; nn.Linear [out, in] ->
 # -- shared config readers ---------------------------------------------------------------------------
 def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
     """rotary_base, rope_scaling and the rotary fraction from either transformers 5
-    `rope_parameters` or the older top-level keys (rope_theta, rope_scaling, rotary_pct, ...)."""
+    `rope_parameters` or the older top-level keys (rope_theta, rope_scaling, rotary_pct, ...).
+
+    As transformers standardises them, the scalings that extend a pretraining context (llama3,
+    yarn, longrope) get `original_max_position_embeddings` (from the parameters, else the
+    top-level key, else `max_position_embeddings`), and those that read the model's context
+    (dynamic, yarn, longrope) get `max_position_embeddings` too, so a model whose `n_ctx` is
+    changed still computes the checkpoint's frequencies. `n_ctx` is the context lmscope allows:
+    `max_position_embeddings`, times the factor for dynamic NTK (which exists to run past it).
+
+    Example:
+        >>> rope_settings({"rope_theta": 1e6, "max_position_embeddings": 4096,
+        ...                "rope_scaling": {"type": "yarn", "factor": 4.0}})["rope_scaling"]
+        {'type': 'yarn', 'factor': 4.0, 'rope_type': 'yarn', 'original_max_position_embeddings': 4096, 'max_position_embeddings': 4096}
+    """
     params = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     base = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
@@ -100,10 +113,22 @@ def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
         **{k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")},
     }
     scaling["rope_type"] = kind
+    context = hf.get("max_position_embeddings")
+    if kind in ("llama3", "yarn", "longrope"):
+        scaling.setdefault(
+            "original_max_position_embeddings",
+            hf.get("original_max_position_embeddings") or context,
+        )
+    if kind in ("dynamic", "yarn", "longrope") and context is not None:
+        scaling["max_position_embeddings"] = context
+    n_ctx = context
+    if kind == "dynamic" and context is not None:  # dynamic NTK exists to run past the context
+        n_ctx = int(context * scaling.get("factor", 1.0))
     return {
         "rotary_base": float(base),
         "rope_scaling": None if kind == "default" else scaling,
         "fraction": fraction,
+        "n_ctx": n_ctx,
     }
 
 

@@ -74,7 +74,9 @@ def _gemma3_rope(hf: dict[str, Any]) -> dict[str, Any]:
             f"Gemma 3 rope scaling {local['rope_type']!r} on the sliding-window layers is not "
             "supported by lmscope (only the global layers' rotary may be scaled)"
         )
-    rope = rope_settings({"rope_parameters": full})
+    rope = rope_settings(
+        {"rope_parameters": full, "max_position_embeddings": hf["max_position_embeddings"]}
+    )
     return {
         "rotary_base": rope["rotary_base"],
         "rope_scaling": rope["rope_scaling"],

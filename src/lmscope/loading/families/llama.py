@@ -37,12 +37,6 @@ def llama_like_config(hf: dict[str, Any]) -> dict[str, Any]:
     d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
     rope = rope_settings(hf)
     scaling = rope["rope_scaling"]
-    if scaling is not None and scaling["rope_type"] == "llama3":
-        # as transformers: the pretraining context, else the top-level key, else the model's context
-        scaling.setdefault(
-            "original_max_position_embeddings",
-            hf.get("original_max_position_embeddings", hf["max_position_embeddings"]),
-        )
     return dict(
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -51,7 +45,7 @@ def llama_like_config(hf: dict[str, Any]) -> dict[str, Any]:
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
+        n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "silu"),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),

@@ -35,7 +35,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         d_head=d_head,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
+        n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "gelu"),
         normalization_type="LN",
         eps=hf.get("layer_norm_eps", 1e-5),

@@ -47,7 +47,7 @@ def _common(hf: dict[str, Any]) -> dict[str, Any]:
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
+        n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "silu"),
         positional_embedding_type="rotary",
         rotary_dim=d_head,  # transformers' OLMo rotates the whole head

@@ -50,7 +50,7 @@ def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
+        n_ctx=rope["n_ctx"],
         positional_embedding_type="rotary",
         rotary_dim=int(d_head * fraction),
         rotary_base=rope["rotary_base"],
@@ -61,12 +61,6 @@ def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
 
 # -- Phi-1 / 1.5 / 2 ------------------------------------------------------------------------------
 def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
-    if hf.get("qk_layernorm"):
-        raise NotImplementedError(
-            "Phi with qk_layernorm=True (a LayerNorm with bias on each head's queries and keys) is "
-            "not supported by lmscope: its q/k norm is RMSNorm only. No released Phi-1/1.5/2 "
-            "checkpoint sets it."
-        )
     fields = _common(hf, default_fraction=0.5)  # PhiConfig's default partial_rotary_factor
     fields.update(
         act_fn=hf.get("hidden_act", "gelu_new"),
@@ -74,6 +68,8 @@ def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
         eps=hf.get("layer_norm_eps", 1e-5),
         parallel_attn_mlp=True,
     )
+    if hf.get("qk_layernorm"):  # a LayerNorm (with bias) over each head's queries and keys
+        fields.update(use_qk_norm=True, qk_norm_type="LN")
     return fields
 
 
@@ -84,20 +80,22 @@ def phi_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMa
         m |= norms(ours, f"{h}.input_layernorm", f"{h}.input_layernorm", bias=True)
         attn = f"{h}.self_attn"
         m |= llama_attention(f"{ours}.attn", attn, qkv_bias=True, o_bias=True, o_proj="dense")
+        if cfg.use_qk_norm:
+            m |= norm(f"{ours}.attn.q_norm", f"{attn}.q_layernorm", bias=True)
+            m |= norm(f"{ours}.attn.k_norm", f"{attn}.k_layernorm", bias=True)
         m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.fc1", f"{h}.mlp.fc2")
     return m
 
 
 # -- Phi-3 ------------------------------------------------------------------------------------------
 def phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type") or params.get("type") or "default"
-    if kind != "default":
-        raise NotImplementedError(
-            f"Phi-3 rope scaling {kind!r} (LongRoPE, the 128k-context checkpoints) is not supported "
-            "by lmscope; the 4k-context checkpoints (no rope scaling) load"
-        )
     fields = _common(hf, default_fraction=1.0)
+    scaling = fields["rope_scaling"]
+    if scaling is not None and "original_max_position_embeddings" in scaling:
+        # Phi3Config's own attribute (default 4096) wins over the rope parameters' value
+        scaling["original_max_position_embeddings"] = hf.get(
+            "original_max_position_embeddings", 4096
+        )
     window = hf.get("sliding_window")
     fields.update(
         act_fn=hf.get("hidden_act", "silu"),
@@ -149,13 +147,11 @@ FAMILIES = [
         phi_weight_map,
         _COMMON_KEYS | {"layer_norm_eps", "qk_layernorm"},
     ),
-    # original_max_position_embeddings serves only LongRoPE, which phi3_config refuses
     Family(
         "phi3",
         ("Phi3ForCausalLM",),
         phi3_config,
         phi3_weight_map,
-        _COMMON_KEYS | {"rms_norm_eps", "sliding_window"},
-        frozenset({"original_max_position_embeddings"}),
+        _COMMON_KEYS | {"original_max_position_embeddings", "rms_norm_eps", "sliding_window"},
     ),
 ]
