@@ -4,7 +4,9 @@ An eager hooked run on a GPU is launch-bound: every hook point is a Python call 
 value its own kernels. A compiled run traces the forward with its hooks into one graph
 (`torch.compile(fullgraph=True)`): a hook is an operation of the graph, so Inductor fuses it with
 its neighbours, and a cached activation is an output of the graph, stored once the graph has run.
-`compile="reduce-overhead"` also replays the graph as a CUDA graph (one launch per run).
+`compile="reduce-overhead"` also replays the graph as a CUDA graph (one launch per run; the
+cached values come out of the graph's memory as one flat copy). The patching sweeps take the same
+argument (`lmscope.analysis.patching.generic_activation_patch`).
 
 What a compiled run needs, and what it does when it does not get it:
 - Fixed shapes: each new input shape (or `start_at_layer`, `stop_at_layer`, `return_type`) is
@@ -12,9 +14,10 @@ What a compiled run needs, and what it does when it does not get it:
 - Hooks torch.compile can trace: tensor operations, in place or returning a new tensor, reading
   Python values and tensors from their closure. The same hook function objects must come back
   on later calls for the compiled graph to be reused (a new lambda per call compiles anew; keep
-  the hook and change the tensors it reads). A hook with side effects outside tensors (print,
-  appending to a list, `.item()`) cannot be traced: the run then falls back to eager, with a
-  one-line `CompileFallbackWarning` naming the reason.
+  the hook and change the tensors it reads). A hook torch.compile cannot trace (`print`, I/O,
+  other Python it does not model) makes the run fall back to eager, with a one-line
+  `CompileFallbackWarning` naming the reason and the hook (such a hook may run once more while
+  torch.compile tries it).
 - No backward hooks (`incl_bwd`, `bwd_hooks`), no padding attention mask, no KV cache, one
   device: such a run is eager (with the warning).
 
