@@ -123,9 +123,10 @@ def test_packing_is_tokenize_and_concatenate_on_a_datasets_dataset(
     texts = corpus(1100)  # two runs of texts
     tok = tiny_tok_model.tokenizer
     ds = datasets.Dataset.from_dict({"text": texts})
-    expected = lmscope.utils.tokenize_and_concatenate(ds, tok, max_length=SEQ, num_proc=1)[:][
-        "tokens"
-    ]
+    # num_proc=None: in this process (a datasets worker forked from a process whose OpenMP
+    # threads have run would hang in torch)
+    packed = lmscope.utils.tokenize_and_concatenate(ds, tok, max_length=SEQ, num_proc=None)
+    expected = packed[:]["tokens"]
     ds.save_to_disk(str(tmp_path / "hf"))
     (tmp_path / "a.txt").write_text("\n".join(texts) + "\n")
     (tmp_path / "a.jsonl").write_text(
