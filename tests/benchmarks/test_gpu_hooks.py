@@ -3,22 +3,17 @@ the script the GPU machine runs cannot rot: every row is measured, the checks ho
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from conftest import load_script
 
 GPU_HOOKS_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_hooks.py"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lmscope_bench_gpu_hooks", GPU_HOOKS_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GPU_HOOKS_PY, "lmscope_bench_gpu_hooks")
 
 
 def test_quick_mode_measures_every_row(tmp_path: Path) -> None:

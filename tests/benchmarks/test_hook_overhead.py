@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
+
+from conftest import load_script
 
 HOOK_OVERHEAD_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "hook_overhead.py"
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lmscope_bench_hook_overhead", HOOK_OVERHEAD_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(HOOK_OVERHEAD_PY, "lmscope_bench_hook_overhead")
 
 
 def test_rows_and_op_counts(tmp_path: Path) -> None:
