@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 BENCH_VENV := .venv-bench
 BENCH_TL3_VENV := .venv-bench-tl3
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test notebooks lint bench clean
 
 $(VENV)/.runtime: requirements/runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev /usr/bin/chromium
 	$(PY) -m pytest -q
+
+# Executes every notebook under notebooks/ (jupytext py:percent sources) with nbclient in a .venv
+# kernel, offline, writing executed copies to notebooks/executed/ (gitignored); a failing cell
+# (a finding's assertion included) fails the target. Kept out of `make test`'s time budget.
+notebooks: $(VENV)/.dev
+	$(PY) scripts/run_notebooks.py
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests benchmarks
