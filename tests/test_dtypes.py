@@ -105,6 +105,9 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "llama_yarn": _llama_like("llama_yarn"),
     "phi3_longrope": _norm_variant("phi3_longrope"),
     "stablelm_qk_norm": _norm_variant("stablelm_parallel"),
+    "glm": _norm_variant("glm"),
+    "glm4": _norm_variant("glm4"),
+    "glm4_moe": _norm_variant("glm4_moe"),
 }
 
 

@@ -115,9 +115,21 @@ class HookedTransformerConfig:
     num_experts: int | None = None
     experts_per_token: int | None = None
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
-    shared_expert_d_mlp: int | None = (
-        None  # an always-on shared expert with a sigmoid gate (Qwen2-MoE)
+    shared_expert_d_mlp: int | None = None  # an always-on shared expert (Qwen2-MoE, DeepSeek)
+    shared_expert_gated: bool = True  # its output times sigmoid(x W_shared_expert_gate) (Qwen2-MoE)
+    mlp_types: list[str] | None = None  # per layer "dense" | "moe" (default: all "moe" if experts)
+    dense_d_mlp: int | None = (
+        None  # the dense layers' d_mlp in a model with experts (default d_mlp)
     )
+    # "softmax" then top-k, "sigmoid" then top-k (DeepSeek-V3), or "topk_softmax": the top-k
+    # logits, then a softmax over them (GPT-OSS, GraniteMoE)
+    router_scoring: str = "softmax"
+    router_bias: bool = False  # a bias on the router logits (GPT-OSS)
+    router_choice_bias: bool = False  # a bias on the scores that only steers the choice (DS-V3)
+    router_groups: int | None = None  # choose within the best router_topk_groups groups (DS-V2/3)
+    router_topk_groups: int | None = None
+    router_group_score: str = "top2_sum"  # a group's score: "top2_sum" (DS-V3) or "max" (DS-V2)
+    routed_scaling_factor: float = 1.0  # the chosen experts' weights times this (DeepSeek)
     # hook flags (TransformerLens names); toggled on a model with set_use_*
     use_attn_result: bool = False
     use_split_qkv_input: bool = False
@@ -216,8 +228,36 @@ class HookedTransformerConfig:
             1 <= (self.experts_per_token or 0) <= self.num_experts
         ):
             raise ValueError("a mixture of experts needs 1 <= experts_per_token <= num_experts")
+        if self.num_experts is not None:
+            self._validate_experts()
         if self.default_padding_side not in ("left", "right"):
             raise ValueError("default_padding_side must be 'left' or 'right'")
+
+    def _validate_experts(self) -> None:
+        if self.router_scoring not in ("softmax", "sigmoid", "topk_softmax"):
+            raise ValueError(
+                f"router_scoring {self.router_scoring!r} is not 'softmax', 'sigmoid' or "
+                "'topk_softmax'"
+            )
+        if self.mlp_types is not None and (
+            len(self.mlp_types) != self.n_layers or set(self.mlp_types) - {"dense", "moe"}
+        ):
+            raise ValueError(f"mlp_types needs 'dense' or 'moe' per layer ({self.n_layers} layers)")
+        if self.router_groups and (
+            self.num_experts % self.router_groups
+            or not 1 <= (self.router_topk_groups or 0) <= self.router_groups
+        ):
+            raise ValueError(
+                "router_groups must divide num_experts, with 1 <= router_topk_groups <= it"
+            )
+        if self.router_group_score not in ("top2_sum", "max"):
+            raise ValueError(f"router_group_score {self.router_group_score!r} is not top2_sum/max")
+
+    def mlp_type(self, layer: int) -> str:
+        """Layer `layer`'s MLP: "moe" (routed experts) or "dense"."""
+        if self.mlp_types is not None:
+            return self.mlp_types[layer]
+        return "moe" if self.num_experts else "dense"
 
     # -- derived -----------------------------------------------------------------------------
     @property

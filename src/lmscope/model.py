@@ -1053,7 +1053,7 @@ class HookedTransformer(HookedRootModule):
         for block in self.blocks[:layer]:
             total = total + block.attn.b_O.to(total.device)
             if include_mlp_biases and not self.cfg.attn_only:
-                if self.cfg.num_experts:  # routed experts' biases depend on the input
+                if hasattr(block.mlp, "experts"):  # routed experts' biases depend on the input
                     if any(bool(e.b_out.any()) for e in block.mlp.experts):
                         raise ValueError(
                             "MoE experts with output biases add an input-dependent bias"

@@ -104,6 +104,9 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "olmo2": ("olmo2_variant", "residual_multiplier", 0.5),
     "olmoe": ("olmoe_variant", "attn_logit_softcapping", 30.0),
     "stablelm": ("stablelm_variant", "attn_logit_softcapping", 30.0),
+    "glm": ("glm_variant", "use_qk_norm", True),
+    "glm4": ("glm4_variant", "attn_logit_softcapping", 30.0),
+    "glm4_moe": ("glm4_moe_variant", "final_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

@@ -694,16 +694,32 @@ def test_layer_types_rule_without_layer_types_key(
 
 
 @pytest.mark.parametrize(
-    "override", [{"decoder_sparse_step": 2}, {"mlp_only_layers": [1]}], ids=["step", "mlp_only"]
+    ("name", "override"),
+    [("qwen2_moe", {"mlp_only_layers": [1]}), ("qwen3_moe", {"decoder_sparse_step": 3})],
+    ids=["mlp_only", "step"],
 )
-@pytest.mark.parametrize("name", ["qwen2_moe", "qwen3_moe"])
-def test_dense_moe_layers_are_refused(
-    name: str, override: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+@torch.no_grad()
+def test_dense_layers_of_a_moe_model(
+    name: str, override: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, tokens
 ) -> None:
-    hf = json.loads((_tiny(name, tmp_path_factory).path / "config.json").read_text())
-    hf.update(override)
-    with pytest.raises(NotImplementedError, match="dense MLP"):
-        family_for(hf).config_from_hf(hf)
+    """Layers that `mlp_only_layers` or `decoder_sparse_step` make dense hold a gated MLP of
+    `intermediate_size`; the model matches transformers and caches and generates alike."""
+    spec = SPECS[name]
+    config = spec.config()
+    for key, value in override.items():
+        setattr(config, key, value)
+    config._experts_implementation = "eager"
+    tiny = build_tiny(tmp_path_factory, f"{name}_dense", spec.model_cls, config)
+    model = _load(tiny)
+    layer_types = ["moe", "dense", "moe"] if name == "qwen2_moe" else ["dense", "dense", "moe"]
+    assert model.cfg.mlp_types == layer_types
+    dense = next(b.mlp for b in model.blocks if not hasattr(b.mlp, "experts"))
+    assert dense.d_mlp == config.intermediate_size
+    expected = tiny.hf_model(tokens).logits
+    torch.testing.assert_close(model(tokens), expected, atol=LOGIT_ATOL, rtol=0)
+    cache = KVCache.init_cache(model.cfg, batch_size=2, capacity=SEQ)
+    parts = [model(tokens[:, :30], past_kv_cache=cache), model(tokens[:, 30:], past_kv_cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), expected, atol=LOGIT_ATOL, rtol=0)
 
 
 # -- hub-style config.json files -----------------------------------------------------------------

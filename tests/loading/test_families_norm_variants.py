@@ -153,6 +153,38 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 norm_topk_prob=True,
             ),
         ),
+        # GLM: q/k/v biases, fused gate_up_proj, partial rotary on adjacent pairs
+        "glm": (
+            tr.GlmForCausalLM,
+            lambda: tr.GlmConfig(**_BASE, **_IDS, num_key_value_heads=2, head_dim=16),
+        ),
+        # GLM-4: and a norm after attention and after the MLP
+        "glm4": (
+            tr.Glm4ForCausalLM,
+            lambda: tr.Glm4Config(**_BASE, **_IDS, num_key_value_heads=2, head_dim=16),
+        ),
+        # GLM-4.5: a dense first layer, then 8 experts in 4 groups (the best 2 groups are open),
+        # sigmoid scores steered by a correction bias, scaled weights, 2 ungated shared experts,
+        # q/k norms and biases
+        "glm4_moe": (
+            tr.Glm4MoeForCausalLM,
+            lambda: tr.Glm4MoeConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                use_qk_norm=True,
+                moe_intermediate_size=32,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=2,
+                first_k_dense_replace=1,
+                n_group=4,
+                topk_group=2,
+                routed_scaling_factor=2.5,
+            ),
+        ),
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -187,11 +219,15 @@ def _build_tiny(
       (around 1 they would double every sublayer's output).
     """
     config._attn_implementation = "eager"
-    if getattr(config, "num_experts", None):
+    if getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None):
         config._experts_implementation = "eager"
     torch.manual_seed(SEED)
     model = model_cls(config)
     _randomise(model)
+    with torch.no_grad():  # DeepSeek-style routers' choice bias is a buffer: make it matter
+        for bname, buffer in model.named_buffers():
+            if bname.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.3)
     if config.model_type.startswith("gemma"):
         with torch.no_grad():
             for pname, param in model.named_parameters():
@@ -420,7 +456,7 @@ def test_family_hooks_fire_with_documented_shapes(model: HookedTransformer, toke
                 expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h * dh)
                 expected[f"{x}attn.k_norm.hook_scale"] = (b, p, 1)
                 expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv * dh)
-        if cfg.num_experts:
+        if cfg.num_experts and cfg.mlp_type(layer) == "moe":
             k, e = cfg.experts_per_token, cfg.num_experts
             expected[f"{x}mlp.hook_router_logits"] = (b, p, e)
             expected[f"{x}mlp.hook_expert_weights"] = (b, p, k)
@@ -452,35 +488,76 @@ def test_mixture_of_experts_routing_hooks(model: HookedTransformer, tokens) -> N
     cfg = model.cfg
     if not cfg.num_experts:
         pytest.skip("not a mixture of experts")
+    layer = cfg.mlp_types.index("moe") if cfg.mlp_types else 0
+    mlp = f"blocks.{layer}.mlp."
     _, cache = model.run_with_cache(tokens)
-    weights = cache["blocks.0.mlp.hook_expert_weights"]
-    indices = cache["blocks.0.mlp.hook_expert_indices"]
-    probs = cache["blocks.0.mlp.hook_router_logits"].softmax(-1)
-    assert torch.all(weights.sum(-1) <= 1 + 1e-6)
+    weights, indices = cache[mlp + "hook_expert_weights"], cache[mlp + "hook_expert_indices"]
+    logits = cache[mlp + "hook_router_logits"]
+    scores = logits.sigmoid() if cfg.router_scoring == "sigmoid" else logits.softmax(-1)
+    scale = cfg.routed_scaling_factor
+    assert torch.all(weights.sum(-1) <= scale + 1e-6)
     if cfg.norm_topk_prob:
-        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 12))
+        torch.testing.assert_close(weights.sum(-1), torch.full((2, 12), scale))
     else:
-        torch.testing.assert_close(weights, probs.gather(-1, indices))
+        torch.testing.assert_close(weights, scale * scores.gather(-1, indices))
     # each expert's hooks see exactly the tokens routed to it
     routed = 0
     for e in range(cfg.num_experts):
         n_routed = int((indices == e).sum())
         if n_routed:
-            assert cache[f"blocks.0.mlp.experts.{e}.hook_post"].shape == (n_routed, cfg.d_mlp)
+            assert cache[f"{mlp}experts.{e}.hook_post"].shape == (n_routed, cfg.d_mlp)
         routed += n_routed
     assert routed == 2 * 12 * cfg.experts_per_token
-    # the routing weights are live: zeroing them switches the layer's experts off
+    # the routing weights are live: zeroing them switches the routed experts off, leaving the
+    # shared experts (if any)
     seen = []
     with torch.no_grad():
         model.run_with_hooks(
             tokens,
             fwd_hooks=[
-                ("blocks.0.mlp.hook_expert_weights", lambda w, hook: torch.zeros_like(w)),
-                ("blocks.0.hook_mlp_out", lambda x, hook: seen.append(x.clone())),
+                (mlp + "hook_expert_weights", lambda w, hook: torch.zeros_like(w)),
+                (f"blocks.{layer}.hook_mlp_out", lambda x, hook: seen.append(x.clone())),
             ],
         )
-    assert torch.all(seen[0] == 0)
-    assert cache["mlp_out", 0].abs().max() > 0
+    shared = cache[mlp + "hook_shared_expert_out"] if cfg.shared_expert_d_mlp else 0 * seen[0]
+    torch.testing.assert_close(seen[0], shared, atol=1e-6, rtol=0)
+    assert cache["mlp_out", layer].abs().max() > 0
+
+
+@torch.no_grad()
+def test_grouped_sigmoid_router_matches_hf(build, tokens) -> None:
+    """GLM-4.5's router (DeepSeek-V3's): the same experts and weights as transformers', the
+    correction bias steering the choice but not the weights, only the open groups chosen."""
+    tiny = build("glm4_moe")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    assert model.cfg.mlp_types == ["dense", "moe"]
+    assert model.cfg.shared_expert_d_mlp == 64 and not model.cfg.shared_expert_gated
+    gate = tiny.hf_model.model.layers[1].mlp.gate
+    out = []
+    handle = gate.register_forward_hook(lambda m, a, o: out.append(o))
+    try:
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: "blocks.1.mlp.hook_" in n)
+        tiny.hf_model(tokens)
+    finally:
+        handle.remove()
+    hf_logits, hf_weights, hf_indices = out[0]
+    indices = cache["blocks.1.mlp.hook_expert_indices"].flatten(0, 1)
+    weights = cache["blocks.1.mlp.hook_expert_weights"].flatten(0, 1)
+    torch.testing.assert_close(
+        cache["blocks.1.mlp.hook_router_logits"].flatten(0, 1), hf_logits, atol=1e-5, rtol=0
+    )
+    order, hf_order = indices.argsort(-1), hf_indices.argsort(-1)  # transformers' is unsorted
+    assert torch.equal(indices.gather(-1, order), hf_indices.gather(-1, hf_order))
+    torch.testing.assert_close(
+        weights.gather(-1, order), hf_weights.gather(-1, hf_order), atol=1e-6, rtol=0
+    )
+    bias = model.blocks[1].mlp.router_choice_bias
+    torch.testing.assert_close(bias, gate.e_score_correction_bias, atol=0, rtol=0)
+    bias.zero_()  # without the correction bias other experts are chosen
+    unsteered = model.blocks[1].mlp.route(cache["blocks.1.mlp.hook_router_logits"])[1]
+    assert not torch.equal(unsteered.sort(-1).values, indices.view_as(unsteered).sort(-1).values)
+    groups = indices // 2  # 8 experts in 4 groups of 2; 2 groups open per token
+    assert all(len(set(row.tolist())) <= 2 for row in groups)
 
 
 # -- generation and the KV cache --------------------------------------------------------------------

@@ -33,7 +33,8 @@ class TransformerBlock(nn.Module):
     `attn_only` (no MLP), `norm_placement` "pre_and_post" (ln1_post / ln2_post normalise each
     output before it joins the residual, Gemma 2/3) or "post" (only those, OLMo 2) or
     "post_residual" (ln1 / ln2 normalise the residual after each add, OPT-350m), and
-    `num_experts` (the MLP is a mixture of experts). `attn_type` is "global" or "local".
+    `num_experts` (the MLP is a mixture of experts; `cfg.mlp_types` may keep some layers dense).
+    `attn_type` is "global" or "local".
     """
 
     def __init__(self, cfg: HookedTransformerConfig, layer_idx: int) -> None:
@@ -55,7 +56,10 @@ class TransformerBlock(nn.Module):
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
             self.ln2 = (make_norm(cfg) if pre else None) or Identity()
-            self.mlp = MoE(cfg) if cfg.num_experts else MLP(cfg)
+            if cfg.mlp_type(layer_idx) == "moe":
+                self.mlp = MoE(cfg)
+            else:  # a dense layer of a model with experts has its own size
+                self.mlp = MLP(cfg, cfg.dense_d_mlp if cfg.num_experts else None)
             if post:
                 self.ln2_post = make_norm(cfg) or Identity()
             self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], with use_hook_mlp_in

@@ -1,8 +1,16 @@
 """Mixture of experts: a router picks `experts_per_token` gated MLPs per token and mixes them.
 
 Covers Mixtral (renormalised top-k), Qwen2-MoE (plus an always-on shared expert behind a sigmoid
-gate), Qwen3-MoE and OLMoE. Hooks: `hook_expert_weights` and `hook_expert_indices`
-[batch, pos, experts_per_token] (editing the weights re-weights the mix), and each expert's own
+gate), Qwen3-MoE, OLMoE, and the routers of the DeepSeek school: sigmoid scores, a per-expert
+bias that only steers the choice (`router_choice_bias`, DeepSeek-V3's `e_score_correction_bias`),
+choosing within the best groups of experts (`router_groups` / `router_topk_groups`), scaled
+weights (`routed_scaling_factor`) and ungated shared experts; and routers that take the top-k
+logits first and softmax over them (`router_scoring="topk_softmax"`, GPT-OSS, GraniteMoE), with a
+router bias (`router_bias`).
+
+Hooks: `hook_router_logits` [batch, pos, num_experts] (the router's output, bias included),
+`hook_expert_weights` and `hook_expert_indices` [batch, pos, experts_per_token] (editing the
+weights re-weights the mix), `hook_shared_expert_out` [batch, pos, d_model] and each expert's own
 MLP hooks (`experts.{e}.hook_pre`, ...) over the [tokens routed to it, d_mlp] it computes.
 """
 
@@ -10,7 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from lmscope.components.mlp import MLP
@@ -28,10 +36,15 @@ class MoE(nn.Module):
         self.router_weight = nn.Parameter(
             torch.empty(cfg.num_experts, cfg.d_model, dtype=cfg.dtype)
         )
+        if cfg.router_bias:
+            self.router_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
+        if cfg.router_choice_bias:  # steers which experts are chosen, not their weights
+            self.router_choice_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_experts))
         if cfg.shared_expert_d_mlp:
             self.shared_expert = MLP(cfg, cfg.shared_expert_d_mlp)
-            self.shared_expert_gate = nn.Parameter(torch.empty(1, cfg.d_model, dtype=cfg.dtype))
+            if cfg.shared_expert_gated:
+                self.shared_expert_gate = nn.Parameter(torch.empty(1, cfg.d_model, dtype=cfg.dtype))
             self.hook_shared_expert_out = HookPoint()  # [batch, pos, d_model], after its gate
         self.hook_router_logits = HookPoint()  # [batch, pos, num_experts]
         self.hook_expert_weights = HookPoint()  # [batch, pos, experts_per_token]
@@ -47,24 +60,66 @@ class MoE(nn.Module):
             views.update({f"experts.{e}.{k}": v for k, v in expert.weights().items()})
         if self.cfg.shared_expert_d_mlp:
             views.update({f"shared_expert.{k}": v for k, v in self.shared_expert.weights().items()})
-            views["W_shared_expert_gate"] = self.shared_expert_gate.T
+            if self.cfg.shared_expert_gated:
+                views["W_shared_expert_gate"] = self.shared_expert_gate.T
         return views
 
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
-        pairs: list[tuple[Tensor, Tensor | None]] = [(self.W_gate, None)]
+        pairs: list[tuple[Tensor, Tensor | None]] = [
+            (self.W_gate, getattr(self, "router_bias", None))
+        ]
         for expert in self.experts:
             pairs += expert.input_weights()
         if self.cfg.shared_expert_d_mlp:
-            pairs += self.shared_expert.input_weights() + [(self.shared_expert_gate.T, None)]
+            pairs += self.shared_expert.input_weights()
+            if self.cfg.shared_expert_gated:
+                pairs.append((self.shared_expert_gate.T, None))
         return pairs
+
+    def route(
+        self, logits: Float[Tensor, "batch pos num_experts"]
+    ) -> tuple[Float[Tensor, "batch pos k"], Int[Tensor, "batch pos k"]]:
+        """Each token's expert weights and indices from its router logits (in float32 for
+        half-precision models, as transformers routes)."""
+        cfg, k = self.cfg, self.cfg.experts_per_token
+        if cfg.router_scoring == "topk_softmax":
+            top, indices = logits.topk(k, dim=-1)
+            weights = upcast(top).softmax(dim=-1)
+        else:
+            scores = upcast(logits)
+            scores = scores.sigmoid() if cfg.router_scoring == "sigmoid" else scores.softmax(-1)
+            choice = scores + self.router_choice_bias if cfg.router_choice_bias else scores
+            if cfg.router_groups:
+                choice = self._best_groups(choice)
+            if choice is scores:
+                weights, indices = scores.topk(k, dim=-1)
+            else:
+                indices = choice.topk(k, dim=-1).indices
+                weights = scores.gather(-1, indices)
+            if cfg.norm_topk_prob:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
+        if cfg.routed_scaling_factor != 1.0:
+            weights = weights * cfg.routed_scaling_factor
+        return weights, indices
+
+    def _best_groups(self, choice: Tensor) -> Tensor:
+        """`choice` with the experts outside each token's `router_topk_groups` best groups set to
+        -inf; a group's score is its best expert's ("max", DeepSeek-V2) or the sum of its best
+        two ("top2_sum", DeepSeek-V3)."""
+        cfg = self.cfg
+        grouped = choice.unflatten(-1, (cfg.router_groups, -1))
+        if cfg.router_group_score == "max":
+            group_scores = grouped.max(dim=-1).values
+        else:
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        best = group_scores.topk(cfg.router_topk_groups, dim=-1).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, best, True)
+        return grouped.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
-        logits = self.hook_router_logits(F.linear(x, self.router_weight))
-        probs = upcast(logits).softmax(dim=-1)  # float32 in half models, as transformers routes
-        weights, indices = probs.topk(cfg.experts_per_token, dim=-1)
-        if cfg.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        logits = F.linear(x, self.router_weight, getattr(self, "router_bias", None))
+        weights, indices = self.route(self.hook_router_logits(logits))
         weights = self.hook_expert_weights(weights.to(x.dtype))
         indices = self.hook_expert_indices(indices)
 
@@ -82,6 +137,8 @@ class MoE(nn.Module):
             out.index_add_(0, token, y)
         out = out.view_as(x)
         if cfg.shared_expert_d_mlp:
-            gate = torch.sigmoid(F.linear(x, self.shared_expert_gate))
-            out = out + self.hook_shared_expert_out(gate * self.shared_expert(x))
+            shared = self.shared_expert(x)
+            if cfg.shared_expert_gated:
+                shared = torch.sigmoid(F.linear(x, self.shared_expert_gate)) * shared
+            out = out + self.hook_shared_expert_out(shared)
         return out

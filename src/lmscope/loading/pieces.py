@@ -54,6 +54,7 @@ _VIEWS = {
     "gate_bias": "b_gate",
     "out_weight": "W_out",
     "router_weight": "W_gate",
+    "router_bias": "b_gate",
     "shared_expert_gate": "W_shared_expert_gate",
 }
 

@@ -7,8 +7,8 @@ Qwen3-MoE. Attention is as in `llama.py` / `qwen.py`; the MLP is `components.moe
 - Checkpoints: `save_pretrained` (transformers 5) writes the hub's per-expert layout, so that is
   what is mapped: Mixtral `block_sparse_moe.experts.{e}.w1/w3/w2` (gate/up/down) and
   `block_sparse_moe.gate`, Qwen `mlp.experts.{e}.gate_proj/up_proj/down_proj` and `mlp.gate`.
-- Qwen2/Qwen3-MoE layers made dense by `decoder_sparse_step` / `mlp_only_layers` are not supported
-  (every released checkpoint has experts in every layer): loading such a config raises.
+- Qwen2/Qwen3-MoE layers made dense by `decoder_sparse_step` / `mlp_only_layers` hold a gated MLP
+  of `intermediate_size` (`cfg.mlp_types`, `cfg.dense_d_mlp`).
 """
 
 from __future__ import annotations
@@ -31,21 +31,17 @@ def _num_experts(hf: dict[str, Any]) -> int:
     return int(hf.get("num_experts") or hf.get("num_local_experts") or 0)
 
 
-def _check_every_layer_sparse(hf: dict[str, Any]) -> None:
+def _moe_layers(hf: dict[str, Any]) -> dict[str, Any]:
+    """`mlp_types` and `dense_d_mlp` for Qwen MoE layers made dense by `mlp_only_layers` or
+    `decoder_sparse_step` (transformers' rule: experts where (layer + 1) % step == 0)."""
     n_layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1) or 1
-    dense = [
-        layer
-        for layer in range(n_layers)
-        if layer in (hf.get("mlp_only_layers") or [])
-        or _num_experts(hf) <= 0
-        or (layer + 1) % step != 0
+    dense = set(hf.get("mlp_only_layers") or [])
+    types = [
+        "dense" if layer in dense or (layer + 1) % step else "moe" for layer in range(n_layers)
     ]
-    if dense:
-        raise NotImplementedError(
-            f"{hf.get('architectures', [hf.get('model_type')])[0]}: layers {dense} have a dense MLP "
-            f"(decoder_sparse_step={step}, mlp_only_layers={hf.get('mlp_only_layers')}); lmscope "
-            "supports MoE checkpoints whose every layer has experts"
-        )
+    if "dense" not in types:
+        return {}
+    return {"mlp_types": types, "dense_d_mlp": hf["intermediate_size"]}
 
 
 def mixtral_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +66,6 @@ def mixtral_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> Weig
 
 
 def _qwen_moe_config(hf: dict[str, Any], local: list[bool]) -> dict[str, Any]:
-    _check_every_layer_sparse(hf)
     fields = llama_like_config(hf)
     window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
     fields.update(sliding_window_fields(window, local, fields["n_ctx"]))
@@ -79,6 +74,7 @@ def _qwen_moe_config(hf: dict[str, Any], local: list[bool]) -> dict[str, Any]:
         num_experts=_num_experts(hf),
         experts_per_token=hf["num_experts_per_tok"],
         norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        **_moe_layers(hf),
     )
     return fields
 
@@ -104,7 +100,10 @@ def qwen3_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
-    for ours, h in layers(cfg, "model.layers"):
+    for layer, (ours, h) in enumerate(layers(cfg, "model.layers")):
+        if cfg.mlp_type(layer) == "dense":
+            m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
+            continue
         m |= experts(f"{ours}.mlp", f"{h}.mlp.gate", f"{h}.mlp.experts", cfg.num_experts)
         if cfg.shared_expert_d_mlp:
             m |= gated_mlp(f"{ours}.mlp.shared_expert", f"{h}.mlp.shared_expert")
