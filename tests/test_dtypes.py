@@ -108,6 +108,14 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "glm": _norm_variant("glm"),
     "glm4": _norm_variant("glm4"),
     "glm4_moe": _norm_variant("glm4_moe"),
+    "smollm3": _norm_variant("smollm3"),
+    "ministral": _norm_variant("ministral"),
+    "helium": _norm_variant("helium"),
+    "seed_oss": _norm_variant("seed_oss"),
+    "arcee": _norm_variant("arcee"),
+    "ernie4_5": _norm_variant("ernie4_5"),
+    "exaone4": _norm_variant("exaone4"),
+    "olmo3": _norm_variant("olmo3"),
 }
 
 

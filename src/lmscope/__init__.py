@@ -53,11 +53,10 @@ __all__ = [
     "hook_points",
     "list_models",
     "loading_from_pretrained",
+    "memory",
     "patching",
     "supported_models",
     "utilities",
     "utils",
 ]
 __version__ = "0.1.0"
-
-memory.tune_malloc()  # caching activations reuses freed memory (LMSCOPE_TUNE_MALLOC=0: off)

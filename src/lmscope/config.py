@@ -20,7 +20,16 @@ from typing import Any, ClassVar
 
 import torch
 
-ACT_FNS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "solu_ln")
+ACT_FNS = (
+    "gelu",
+    "gelu_new",
+    "gelu_fast",
+    "gelu_pytorch_tanh",
+    "relu",
+    "relu2",
+    "silu",
+    "solu_ln",
+)
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
@@ -96,6 +105,9 @@ class HookedTransformerConfig:
         None  # per layer "global" | "local" (default: local iff window_size)
     )
     rotary_base_local: float | None = None  # local layers' rotary base, unscaled (Gemma 3)
+    # per layer: whether it rotates q and k (None: every layer); NoPE layers (SmolLM3, Llama 4,
+    # Cohere 2's global layers) have False
+    rotary_layers: list[bool] | None = None
     attn_scores_soft_cap: float = -1.0  # cap * tanh(scores / cap) before masking (Gemma 2)
     output_logits_soft_cap: float = -1.0
     use_qk_norm: bool = False  # RMSNorm on q and k after projection, before rotary
@@ -209,6 +221,8 @@ class HookedTransformerConfig:
             raise ValueError(
                 f"qk_norm_type {self.qk_norm_type!r} is not one of 'LN', 'LNPre', 'RMS', 'RMSPre'"
             )
+        if self.rotary_layers is not None and len(self.rotary_layers) != self.n_layers:
+            raise ValueError(f"rotary_layers needs one bool per layer ({self.n_layers} layers)")
         if self.norm_placement not in NORM_PLACEMENTS:
             raise ValueError(
                 f"norm_placement {self.norm_placement!r} is not one of {NORM_PLACEMENTS}"

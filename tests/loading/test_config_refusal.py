@@ -107,6 +107,14 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "glm": ("glm_variant", "use_qk_norm", True),
     "glm4": ("glm4_variant", "attn_logit_softcapping", 30.0),
     "glm4_moe": ("glm4_moe_variant", "final_logit_softcapping", 30.0),
+    "smollm3": ("smollm3_variant", "attn_logit_softcapping", 30.0),
+    "ministral": ("ministral_variant", "attn_logit_softcapping", 30.0),
+    "helium": ("helium_variant", "attn_logit_softcapping", 30.0),
+    "seed_oss": ("seed_oss_variant", "attn_logit_softcapping", 30.0),
+    "arcee": ("arcee_variant", "attn_logit_softcapping", 30.0),
+    "ernie4_5": ("ernie4_5_variant", "attn_logit_softcapping", 30.0),
+    "exaone4": ("exaone4_variant", "attn_logit_softcapping", 30.0),
+    "olmo3": ("olmo3_variant", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

@@ -185,6 +185,101 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 routed_scaling_factor=2.5,
             ),
         ),
+        # SmolLM3: a sliding rotary layer, then a global NoPE layer; every bias
+        "smollm3": (
+            tr.SmolLM3ForCausalLM,
+            lambda: tr.SmolLM3Config(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                attention_bias=True,
+                mlp_bias=True,
+                no_rope_layers=[1, 0],
+                use_sliding_window=True,
+                sliding_window=4,
+                layer_types=_SLIDING,
+            ),
+        ),
+        "ministral": (
+            tr.MinistralForCausalLM,
+            lambda: tr.MinistralConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=24,
+                sliding_window=4,
+                layer_types=_SLIDING,
+            ),
+        ),  # fmt: skip
+        # adjacent-pair rotary, q/k/v biases without an o bias
+        "helium": (
+            tr.HeliumForCausalLM,
+            lambda: tr.HeliumConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                mlp_bias=True,
+            ),
+        ),  # fmt: skip
+        "seed_oss": (
+            tr.SeedOssForCausalLM,
+            lambda: tr.SeedOssConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                attention_out_bias=True,
+                mlp_bias=True,
+            ),
+        ),  # fmt: skip
+        # a plain squared-ReLU MLP
+        "arcee": (
+            tr.ArceeForCausalLM,
+            lambda: tr.ArceeConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                mlp_bias=True,
+            ),
+        ),  # fmt: skip
+        "ernie4_5": (
+            tr.Ernie4_5ForCausalLM,
+            lambda: tr.Ernie4_5Config(
+                **_BASE, **_IDS, num_key_value_heads=2, head_dim=16, use_bias=True
+            ),
+        ),
+        # post-norms, q/k norms, a sliding rotary layer and a global NoPE layer
+        "exaone4": (
+            tr.Exaone4ForCausalLM,
+            lambda: tr.Exaone4Config(
+                **_BASE, **_IDS, num_key_value_heads=2, sliding_window=4, sliding_window_pattern=2
+            ),
+        ),
+        # OLMo 2 with a sliding layer (its own unscaled rotary) and a YaRN-scaled global layer
+        "olmo3": (
+            tr.Olmo3ForCausalLM,
+            lambda: tr.Olmo3Config(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                sliding_window=4,
+                layer_types=_SLIDING,
+                rope_parameters={
+                    "full_attention": {
+                        "rope_type": "yarn",
+                        "factor": 4.0,
+                        "original_max_position_embeddings": 16,
+                        "rope_theta": 1000.0,
+                    },
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                },
+            ),
+        ),
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -735,6 +830,20 @@ def test_per_head_qk_layer_norms(build, tokens) -> None:
     torch.testing.assert_close(
         cache["blocks.1.attn.hook_q"], normalized * q_norm.head_w, atol=1e-6, rtol=0
     )
+
+
+@pytest.mark.parametrize("name", ["smollm3", "exaone4"])
+@torch.no_grad()
+def test_nope_layers_do_not_rotate(build, tokens, name: str) -> None:
+    """Layer 1 of these checkpoints is a NoPE layer: no rotary hooks fire there, and rotating it
+    anyway departs from transformers."""
+    tiny = build(name)
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    assert model.cfg.rotary_layers == [True, False]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "hook_rot_" in n)
+    assert sorted(cache.keys()) == ["blocks.0.attn.hook_rot_k", "blocks.0.attn.hook_rot_q"]
+    rotated = HookedTransformer.from_pretrained_no_processing(tiny.path, rotary_layers=None)
+    assert (rotated(tokens) - tiny.hf_model(tokens).logits).abs().max() > 1e-3
 
 
 def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:

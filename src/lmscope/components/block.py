@@ -42,6 +42,8 @@ class TransformerBlock(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
         self.attn_type = cfg.layer_types[layer_idx]
+        # NoPE layers (cfg.rotary_layers) attend without rotating q and k
+        self.uses_rotary = cfg.rotary_layers is None or bool(cfg.rotary_layers[layer_idx])
         pre = cfg.norm_placement in ("pre", "pre_and_post", "post_residual")
         post = cfg.norm_placement in ("post", "pre_and_post")
         self.ln1 = (make_norm(cfg) if pre else None) or Identity()
@@ -78,6 +80,8 @@ class TransformerBlock(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
+        if not self.uses_rotary:
+            rotary = None
         if cfg.norm_placement == "post_residual":
             return self._forward_post_residual(resid_pre, mask, rotary, kv_cache, cache_start)
         if cfg.use_attn_in or cfg.use_split_qkv_input:

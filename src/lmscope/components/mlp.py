@@ -36,6 +36,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_fast": _gelu_fast,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),  # squared ReLU (Nemotron, Persimmon, Arcee)
     "silu": F.silu,
     "solu_ln": lambda x: x * torch.softmax(x, dim=-1),
 }

@@ -5,6 +5,8 @@
 - OLMo 2 (`Olmo2ForCausalLM`): norm after each sublayer, before it joins the residual
   (`norm_placement="post"`: `ln1_post` / `ln2_post`, no pre-norms) and RMSNorm over all heads'
   queries (and all kv heads' keys) together (`qk_norm_per_head=False`).
+- OLMo 3 (`Olmo3ForCausalLM`): OLMo 2 with a sliding window on three layers in four
+  (`layer_types`), whose rotary is never scaled (the global layers' may be: YaRN).
 - OLMoE (`OlmoeForCausalLM`): pre-norm RMSNorm blocks, the same all-heads q/k RMSNorm (with
   `clip_qkv` after it) and a mixture of experts: softmax router, top-k, `norm_topk_prob`.
   Expert weights are read per expert (`mlp.experts.{e}.gate_proj` ...), the layout of the hub
@@ -24,6 +26,7 @@ from lmscope.loading.families import (
     WeightMap,
     rope_settings,
 )
+from lmscope.loading.families.llama import sliding_window_fields
 from lmscope.loading.pieces import (
     embeddings,
     experts,
@@ -74,6 +77,39 @@ def olmo2_config(hf: dict[str, Any]) -> dict[str, Any]:
         "use_qk_norm": True,
         "qk_norm_per_head": False,
     }
+
+
+def olmo3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """OLMo 2 with a sliding window on the layers `layer_types` marks (every fourth layer global
+    by default); rotary settings per layer type, the sliding layers' unscaled."""
+    n = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n)
+    ]
+    params = hf.get("rope_parameters") or {}
+    nested = "full_attention" in params or "sliding_attention" in params
+    full = params.get("full_attention") or {} if nested else params
+    local = dict(params.get("sliding_attention") or {}) if nested else {}
+    local_kind = local.get("rope_type") or local.get("type") or "default"
+    if local_kind != "default":
+        raise NotImplementedError(
+            f"OLMo 3 rope scaling {local_kind!r} on the sliding-window layers is not supported "
+            "by lmscope (only the global layers' rotary may be scaled)"
+        )
+    rope_hf = {**hf, "rope_parameters": full} if nested else hf
+    fields = {**olmo2_config(rope_hf)}
+    window_fields = sliding_window_fields(
+        hf.get("sliding_window", 4096),
+        [t == "sliding_attention" for t in types],
+        fields["n_ctx"],
+    )
+    fields.update(window_fields)
+    base = local.get("rope_theta", fields["rotary_base"])
+    if window_fields["window_size"] and float(base) != fields["rotary_base"]:
+        fields["rotary_base_local"] = float(base)
+    elif window_fields["window_size"] and fields["rope_scaling"] is not None:
+        fields["rotary_base_local"] = float(base)  # the sliding layers stay unscaled
+    return fields
 
 
 def olmoe_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +165,13 @@ FAMILIES = [
     Family("olmo", ("OlmoForCausalLM",), olmo_config, weight_map, _COMMON_KEYS),
     Family(
         "olmo2", ("Olmo2ForCausalLM",), olmo2_config, weight_map, _COMMON_KEYS | {"rms_norm_eps"}
+    ),
+    Family(
+        "olmo3",
+        ("Olmo3ForCausalLM",),
+        olmo3_config,
+        weight_map,
+        _COMMON_KEYS | {"layer_types", "rms_norm_eps", "sliding_window"},
     ),
     Family(
         "olmoe",
