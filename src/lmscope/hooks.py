@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from lmscope.memory import tune_malloc
 from lmscope.utils import Slice, SliceInput
 
 HookFn = Callable[..., Tensor | None]
@@ -1012,6 +1013,7 @@ class HookedRootModule(nn.Module):
             >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "resid" in n)
             >>> cache["resid_post", 3].shape
         """
+        tune_malloc()  # once: freed caches are kept for the next run (lmscope.memory)
         offload = device is not None and torch.device(device).type == "cpu"
         gpus = {p.device for p in self.parameters() if p.is_cuda} if offload else set()
         cache, fwd, bwd = self.get_caching_hooks(

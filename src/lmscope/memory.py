@@ -5,7 +5,9 @@ memory back to the kernel, and the next run pays a page fault (and zeroing) on e
 For SmolLM2-135M at 4 x 128 tokens that made `run_with_cache()` 1.3-1.7x a plain forward; kept for
 reuse, it is 1.03x (docs/benchmarks.md). `tune_malloc()` keeps up to 1 GiB of freed heap and
 serves blocks up to 256 MiB from the heap, the usual advice for PyTorch on CPU (where jemalloc or
-tcmalloc are not preloaded). lmscope calls it once on import; `LMSCOPE_TUNE_MALLOC=0` turns it off.
+tcmalloc are not preloaded). It changes the whole process's allocator, so importing lmscope does
+not call it: the first `run_with_cache` does (or call it yourself); `LMSCOPE_TUNE_MALLOC=0` keeps
+glibc's defaults.
 """
 
 from __future__ import annotations
