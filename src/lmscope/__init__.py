@@ -4,7 +4,7 @@ import importlib as _importlib
 import sys as _sys
 
 from lmscope import compat as _compat
-from lmscope import config, harvest, memory, past_key_value_caching, utils
+from lmscope import config, harvest, memory, past_key_value_caching, serve, utils
 from lmscope.analysis.svd_interpreter import SVDInterpreter
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
@@ -55,6 +55,7 @@ __all__ = [
     "loading_from_pretrained",
     "memory",
     "patching",
+    "serve",
     "supported_models",
     "utilities",
     "utils",

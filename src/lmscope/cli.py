@@ -1,6 +1,7 @@
 """Command line: `python -m lmscope demo` runs the main job on the embedded model;
 `--html out.html` also writes its tokens, logit lens and induction heads as one `lmscope.viz` page.
 `python -m lmscope harvest` stores activations over a dataset (docs/harvest.md).
+`python -m lmscope serve` starts the local web explorer (docs/serve.md).
 
 Bad input (an unknown or unreachable model, an empty or too long prompt) prints one line,
 `lmscope: error: <what is wrong and what to do>`, and exits with status 2, as argparse does for
@@ -227,6 +228,37 @@ def harvest_command(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(h.shards)} shards, {tokens:,} tokens, hooks {hooks} ({took:.1f} s)")
 
 
+def serve_command(args: argparse.Namespace) -> None:
+    """`lmscope serve`: the explorer over --model on --host:--port until Ctrl-C; a non-loopback
+    host without --allow-remote, a missing `serve` extra or a busy port is a UsageError."""
+    from lmscope import serve
+    from lmscope.serve import Limits, is_loopback
+
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise UsageError(
+            f"--host {args.host} is not a loopback address: anyone who can reach it can run the "
+            "model; add --allow-remote to bind it anyway"
+        )
+    try:
+        serve._require()
+    except ImportError as err:
+        raise UsageError(str(err)) from err
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number (0-65535)")
+    model = _load(args.model)
+    limits = Limits(max_prompt_tokens=args.max_tokens)
+    try:
+        server = serve.serve(
+            model, host=args.host, port=args.port, allow_remote=args.allow_remote, limits=limits
+        )
+    except OSError as err:
+        raise UsageError(str(err)) from err
+    print(
+        f"lmscope explorer of {model.cfg.model_name} at {server.url} (Ctrl-C stops it)", flush=True
+    )
+    server.wait()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m lmscope` and the `lmscope` script."""
     parser = argparse.ArgumentParser(prog="lmscope", description=__doc__)
@@ -262,12 +294,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p_harvest.add_argument("--engine", choices=["local", "ray"], default="local")
     p_harvest.add_argument("--workers", type=int, default=2, help="Ray workers")
+    p_serve = sub.add_parser("serve", help="a local web explorer over a model: docs/serve.md")
+    p_serve.add_argument(
+        "--model", default="smollm2-135m", help="alias, hub id, directory or .gguf file"
+    )
+    p_serve.add_argument("--port", type=int, default=8765, help="0 takes a free port")
+    p_serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    p_serve.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (prints a warning)"
+    )
+    p_serve.add_argument("--max-tokens", type=int, default=128, help="longest prompt accepted")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             demo(args.model, args.prompt, html=args.html)
         elif args.command == "harvest":
             harvest_command(args)
+        elif args.command == "serve":
+            serve_command(args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the loader's message held
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
