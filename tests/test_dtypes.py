@@ -116,6 +116,14 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "ernie4_5": _norm_variant("ernie4_5"),
     "exaone4": _norm_variant("exaone4"),
     "olmo3": _norm_variant("olmo3"),
+    "granite": _norm_variant("granite"),
+    "granitemoe": _norm_variant("granitemoe"),
+    "granitemoeshared": _norm_variant("granitemoeshared"),
+    "cohere": _norm_variant("cohere"),
+    "cohere2": _norm_variant("cohere2"),
+    "starcoder2": _norm_variant("starcoder2"),
+    "nemotron": _norm_variant("nemotron"),
+    "persimmon": _norm_variant("persimmon"),
 }
 
 

@@ -115,6 +115,14 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "ernie4_5": ("ernie4_5_variant", "attn_logit_softcapping", 30.0),
     "exaone4": ("exaone4_variant", "attn_logit_softcapping", 30.0),
     "olmo3": ("olmo3_variant", "attn_logit_softcapping", 30.0),
+    "granite": ("granite_variant", "attn_logit_softcapping", 30.0),
+    "granitemoe": ("granitemoe_variant", "attn_logit_softcapping", 30.0),
+    "granitemoeshared": ("granitemoeshared_variant", "attn_logit_softcapping", 30.0),
+    "cohere": ("cohere_variant", "attn_logit_softcapping", 30.0),
+    "cohere2": ("cohere2_variant", "attn_logit_softcapping", 30.0),
+    "starcoder2": ("starcoder2_variant", "attn_logit_softcapping", 30.0),
+    "nemotron": ("nemotron_variant", "attn_logit_softcapping", 30.0),
+    "persimmon": ("persimmon_variant", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

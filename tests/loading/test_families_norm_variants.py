@@ -35,6 +35,12 @@ _BASE = dict(
 # token ids of the special tokens, inside the tiny vocabulary
 _IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _SLIDING = ["sliding_attention", "full_attention"]
+_GRANITE = dict(
+    embedding_multiplier=4.0,
+    residual_multiplier=0.5,
+    attention_multiplier=0.125,
+    logits_scaling=2.0,
+)
 LONGROPE_CONTEXT = 14  # phi3_longrope's pretraining context: above 12 tokens, below 11 + 6
 
 
@@ -280,6 +286,92 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 },
             ),
         ),
+        # every multiplier (powers of two, so export restores the tied embedding bit for bit)
+        "granite": (
+            tr.GraniteForCausalLM,
+            lambda: tr.GraniteConfig(
+                **_BASE,
+                **_IDS,
+                **_GRANITE,
+                num_key_value_heads=2,
+                attention_bias=True,
+                mlp_bias=True,
+                tie_word_embeddings=True,
+            ),
+        ),  # fmt: skip
+        # experts fused in 3-D tensors, routed top-k-then-softmax (5 experts: with 4, one bfloat16
+        # routing decision of this draw is a near tie that folding the norm flips)
+        "granitemoe": (
+            tr.GraniteMoeForCausalLM,
+            lambda: tr.GraniteMoeConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                **_GRANITE,
+                num_key_value_heads=2,
+                num_local_experts=5,
+                num_experts_per_tok=2,
+            ),
+        ),  # fmt: skip
+        "granitemoeshared": (
+            tr.GraniteMoeSharedForCausalLM,
+            lambda: tr.GraniteMoeSharedConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                **_GRANITE,
+                num_key_value_heads=2,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                shared_intermediate_size=48,
+                tie_word_embeddings=True,
+            ),
+        ),  # fmt: skip
+        # parallel block, bias-free LayerNorms, per-head q/k LayerNorms, adjacent-pair rotary
+        "cohere": (
+            tr.CohereForCausalLM,
+            lambda: tr.CohereConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                attention_bias=True,
+                use_qk_norm=True,
+                logit_scale=0.25,
+            ),
+        ),  # fmt: skip
+        # a sliding rotary layer and a global NoPE layer
+        "cohere2": (
+            tr.Cohere2ForCausalLM,
+            lambda: tr.Cohere2Config(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                logit_scale=0.25,
+                sliding_window=4,
+                layer_types=_SLIDING,
+            ),
+        ),  # fmt: skip
+        "starcoder2": (
+            tr.Starcoder2ForCausalLM,
+            lambda: tr.Starcoder2Config(**_BASE, **_IDS, num_key_value_heads=2, sliding_window=4),
+        ),
+        # LayerNorm1P (1 + w), partial rotary, squared-ReLU MLP
+        "nemotron": (
+            tr.NemotronForCausalLM,
+            lambda: tr.NemotronConfig(
+                **_BASE,
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                attention_bias=True,
+                mlp_bias=True,
+            ),
+        ),  # fmt: skip
+        # q/k/v fused per head, q/k LayerNorm, partial rotary, squared ReLU, no GQA
+        "persimmon": (
+            tr.PersimmonForCausalLM,
+            lambda: tr.PersimmonConfig(**_BASE, **_IDS),
+        ),
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -309,7 +401,7 @@ def _build_tiny(
 ) -> TinyModel:
     """conftest's build_tiny, plus two family adjustments:
     - MoE: transformers' eager per-expert loop (its reference path), not grouped_mm;
-    - Gemma: its norms compute `x_hat * (1 + w)`, so the stored weights are drawn around 0
+    - Gemma and Nemotron: their norms compute `x_hat * (1 + w)`, so the stored weights are drawn around 0
       (N(0, 0.2)), giving the same non-trivial gains 1 + N(0, 0.2) as every other family's norms
       (around 1 they would double every sublayer's output).
     """
@@ -323,10 +415,10 @@ def _build_tiny(
         for bname, buffer in model.named_buffers():
             if bname.endswith("e_score_correction_bias"):
                 buffer.normal_(0.0, 0.3)
-    if config.model_type.startswith("gemma"):
+    if config.model_type.startswith("gemma") or config.model_type == "nemotron":
         with torch.no_grad():
             for pname, param in model.named_parameters():
-                if param.ndim == 1 and "norm" in pname:
+                if param.ndim == 1 and "norm" in pname and pname.endswith("weight"):
                     param.sub_(1.0)
     model.eval()
     path = tmp_path_factory.mktemp(name)
@@ -706,7 +798,8 @@ def test_gqa_keys_and_values_have_kv_head_shape(
     tiny: TinyModel, model: HookedTransformer, tokens
 ) -> None:
     cfg = model.cfg
-    assert cfg.n_key_value_heads < cfg.n_heads  # every variant here has GQA or MQA
+    if cfg.n_key_value_heads == cfg.n_heads:
+        pytest.skip("no grouped-query attention (Persimmon)")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_k", "hook_v")))
     assert cache["k", 0].shape == (2, 12, cfg.n_key_value_heads, cfg.d_head)
     assert cache["v", 1].shape == (2, 12, cfg.n_key_value_heads, cfg.d_head)
@@ -846,8 +939,38 @@ def test_nope_layers_do_not_rotate(build, tokens, name: str) -> None:
     assert (rotated(tokens) - tiny.hf_model(tokens).logits).abs().max() > 1e-3
 
 
+def test_multipliers_are_folded_into_the_weights(build) -> None:
+    """Granite's embedding, residual, attention and logits multipliers and Cohere's logit scale
+    live in the weights (and the attention scale), so logits = resid @ W_U as everywhere."""
+    tiny = build("granite")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    hf = tiny.hf_model.model
+    embed = hf.embed_tokens.weight
+    torch.testing.assert_close(model.W_E, embed * 4.0, atol=0, rtol=0)
+    torch.testing.assert_close(model.W_U, embed.T / 2.0, atol=0, rtol=0)  # tied, / logits_scaling
+    attn, mlp = hf.layers[1].self_attn, hf.layers[1].mlp
+    block = model.blocks[1]
+    torch.testing.assert_close(block.attn.o_weight, attn.o_proj.weight * 0.5, atol=0, rtol=0)
+    torch.testing.assert_close(block.attn.b_O, attn.o_proj.bias * 0.5, atol=0, rtol=0)
+    torch.testing.assert_close(block.mlp.out_weight, mlp.down_proj.weight * 0.5, atol=0, rtol=0)
+    assert model.cfg.attn_scale == 8.0  # 1 / attention_multiplier
+    moe = HookedTransformer.from_pretrained_no_processing(build("granitemoeshared").path)
+    experts = build("granitemoeshared").hf_model.model.layers[0].block_sparse_moe.experts
+    torch.testing.assert_close(
+        moe.blocks[0].mlp.experts[3].out_weight, experts.down_proj[3] * 0.5, atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        moe.blocks[0].mlp.experts[3].in_weight, experts.gate_up_proj[3, 32:], atol=0, rtol=0
+    )
+    cohere = build("cohere")
+    model = HookedTransformer.from_pretrained_no_processing(cohere.path)
+    embed = cohere.hf_model.model.embed_tokens.weight
+    torch.testing.assert_close(model.W_U, embed.T * 0.25, atol=0, rtol=0)
+    assert model.blocks[0].attn.q_norm.head_w.shape == (4, 16)
+
+
 def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:
-    for name in ("phi", "stablelm_parallel"):
+    for name in ("phi", "stablelm_parallel", "cohere"):
         model = HookedTransformer.from_pretrained_no_processing(build(name).path)
         for block in model.blocks:
             assert torch.equal(block.ln1.w, block.ln2.w) and torch.equal(block.ln1.b, block.ln2.b)

@@ -122,9 +122,29 @@ class FusedHeads(Transform):
 
 
 @dataclass(frozen=True)
+class Index(Transform):
+    """Entry `index` of a tensor stacked `size` deep along its first dimension (one expert of a
+    fused [num_experts, ...] tensor): a view."""
+
+    index: int
+    size: int
+
+    def __call__(self, w: Tensor) -> Tensor:
+        if w.shape[0] != self.size:
+            raise ValueError(
+                f"the stacked tensor holds {w.shape[0]} entries, the model needs {self.size}"
+            )
+        return w[self.index]
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        return [(self.size, *shape)]
+
+
+@dataclass(frozen=True)
 class Chain(Transform):
     """`steps` applied in order to one checkpoint tensor (e.g. a column block of a Conv1D
-    c_attn, then transposed)."""
+    c_attn, then transposed). Every step but the last must be a view; the last may rewrite
+    values (an expert's slice of a fused tensor, then scaled), and inverts into its region."""
 
     steps: tuple[Transform, ...]
 
@@ -137,6 +157,12 @@ class Chain(Transform):
         for step in reversed(self.steps):
             (shape,) = step.source_shapes(shape)
         return [shape]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        region = out
+        for step in self.steps[:-1]:
+            region = step(region)
+        self.steps[-1].inverse(value, region)
 
 
 @dataclass(frozen=True)
