@@ -27,6 +27,7 @@ PAGES = [
     "docs/encoders.md",
     "docs/viz.md",
     "docs/harvest.md",
+    "docs/serve.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
