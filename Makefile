@@ -8,7 +8,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 BENCH_VENV := .venv-bench
 BENCH_TL3_VENV := .venv-bench-tl3
 
-.PHONY: demo test notebooks lint bench clean
+.PHONY: demo test notebooks docs lint bench clean
 
 $(VENV)/.runtime: requirements/runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ test: $(VENV)/.dev /usr/bin/chromium
 # (a finding's assertion included) fails the target. Kept out of `make test`'s time budget.
 notebooks: $(VENV)/.dev
 	$(PY) scripts/run_notebooks.py
+
+$(VENV)/.docs: $(VENV)/.dev requirements/docs.txt
+	$(PIP) -r requirements/docs.txt
+	touch $@
+
+# The documentation site, built into site/ (gitignored) with every mkdocs warning an error
+# (broken internal links and anchors included): the model diagrams are drawn first from the
+# model's own hook table (scripts/make_diagram.py -> docs/diagrams/, gitignored), then the built
+# front page and an API page are checked in headless Chromium (tests/docs/site_check.py).
+docs: $(VENV)/.docs /usr/bin/chromium
+	$(PY) scripts/make_diagram.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	LMSCOPE_SITE=site $(PY) -m pytest -q -p no:cacheprovider tests/docs/site_check.py
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests benchmarks

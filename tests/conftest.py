@@ -427,3 +427,29 @@ def load_script(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# One headless Chromium per session (Debian's `chromium`, driven by Playwright's Python API with
+# the system binary; `make test` installs it when missing): the viz tests and the docs site's.
+BROWSER_PATHS = ("/usr/bin/chromium", "chromium", "chromium-browser")
+
+
+def _chromium() -> str:
+    for name in BROWSER_PATHS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "the browser tests need a headless Chromium: run `make test` (it installs Debian's chromium "
+        "when /usr/bin/chromium is missing) or apt-get install chromium"
+    )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

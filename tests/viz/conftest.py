@@ -1,5 +1,5 @@
-"""Browser fixtures for the viz tests: one headless Chromium per session (Debian's `chromium`,
-driven by Playwright's Python API with the system binary; `make test` installs it when missing).
+"""Browser fixtures for the viz tests, on the session's headless Chromium (`browser`, shared in
+tests/conftest.py with the documentation site's tests).
 
 `open_figure(fig, name)` saves the figure as HTML under the test's tmp dir, opens the file, and
 returns the page once the figure's script has run. When the test ends, every opened page must
@@ -9,7 +9,6 @@ each is saved next to its HTML.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,29 +16,6 @@ from typing import Any
 import pytest
 
 from lmscope.viz import Figure
-
-BROWSER_PATHS = ("/usr/bin/chromium", "chromium", "chromium-browser")
-
-
-def _chromium() -> str:
-    for name in BROWSER_PATHS:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(
-        "the viz tests need a headless Chromium: run `make test` (it installs Debian's chromium "
-        "when /usr/bin/chromium is missing) or apt-get install chromium"
-    )
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 class FigurePage:
