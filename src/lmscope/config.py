@@ -27,6 +27,7 @@ ACT_FNS = (
     "gelu_pytorch_tanh",
     "relu",
     "relu2",
+    "quick_gelu",
     "silu",
     "solu_ln",
 )
@@ -109,6 +110,7 @@ class HookedTransformerConfig:
     # Cohere 2's global layers) have False
     rotary_layers: list[bool] | None = None
     attn_scores_soft_cap: float = -1.0  # cap * tanh(scores / cap) before masking (Gemma 2)
+    attn_sinks: bool = False  # a learned sink logit per head in each softmax (GPT-OSS)
     output_logits_soft_cap: float = -1.0
     use_qk_norm: bool = False  # RMSNorm on q and k after projection, before rotary
     qk_norm_per_head: bool = True  # over each head's d_head (Qwen3, Gemma 3) or all heads (OLMo 2)
@@ -117,6 +119,7 @@ class HookedTransformerConfig:
     clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
     # block layout
     gated_mlp: bool = False
+    swiglu_limit: float | None = None  # GPT-OSS: clamp both gated branches, the linear one + 1
     parallel_attn_mlp: bool = False
     tie_word_embeddings: bool = False
     final_rms: bool = False

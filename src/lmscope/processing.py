@@ -80,7 +80,8 @@ def plan_steps(cfg: HookedTransformerConfig, **requested: bool) -> dict[str, boo
         "center_writing_weights": cfg.normalization_type in ("LN", "LNPre")
         and cfg.norm_placement == "pre",
         "center_unembed": cfg.output_logits_soft_cap <= 0,
-        "fold_value_biases": cfg.clip_qkv is None,
+        # (attention sinks take a share of each row, so pattern rows no longer sum to 1)
+        "fold_value_biases": cfg.clip_qkv is None and not cfg.attn_sinks,
     }
     unknown = set(requested) - set(STEPS)
     if unknown:
@@ -302,7 +303,8 @@ def center_unembed(model: HookedTransformer) -> bool:
 
 def fold_value_biases(model: HookedTransformer) -> bool:
     """b_O += sum_h b_V[h] @ W_O[h]; b_V = 0 (exact: each attention pattern row sums to 1).
-    Returns False (and does nothing) under `clip_qkv`, which clamps v after its bias."""
+    Returns False (and does nothing) under `clip_qkv`, which clamps v after its bias, and with
+    attention sinks, whose rows sum to less than 1."""
     return _run(model, fold_value_biases=True)["fold_value_biases"]
 
 

@@ -214,6 +214,9 @@ class Attention(nn.Module):
         if cfg.positional_embedding_type == "rotary":
             self.hook_rot_k = HookPoint()
             self.hook_rot_q = HookPoint()
+        if cfg.attn_sinks:  # GPT-OSS: a learned logit per head that takes attention from the keys
+            self.sinks = nn.Parameter(torch.zeros(nh, dtype=cfg.dtype))
+            self.hook_sink_pattern = HookPoint()  # [batch, head, q_pos]: attention on the sink
         if cfg.use_qk_norm:  # hooks attn.q_norm.hook_scale / hook_normalized, likewise k_norm
             self.q_norm = make_qk_norm(cfg, nh)
             self.k_norm = make_qk_norm(cfg, nkv)
@@ -344,7 +347,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
-        if cfg.attn_scores_soft_cap > 0:
+        if cfg.attn_scores_soft_cap > 0 or cfg.attn_sinks:
             z = self._explicit_attention(q, k, v, mask)
         elif self.hook_attn_scores.fires() or self.hook_pattern.fires():
             z = self._hooked_attention(q, k, v, mask)
@@ -427,6 +430,18 @@ class Attention(nn.Module):
         """Attention through the materialised (and hooked) scores and pattern."""
         return self._mix(self._pattern(q, k, mask)[0], v)
 
+    def _softmax(self, scores: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch head q k"]:
+        """The pattern over the keys; with attention sinks each head's sink logit joins the
+        softmax as one more key whose value is zero, so a row sums to 1 minus the sink's share
+        (`hook_sink_pattern`)."""
+        if not self.cfg.attn_sinks:
+            return _softmax(scores)
+        b, h, q, _ = scores.shape
+        sink = self.sinks.to(scores.dtype).view(1, h, 1, 1).expand(b, h, q, 1)
+        probs = _softmax(torch.cat((scores, sink), dim=-1))
+        self.hook_sink_pattern(probs[..., -1])
+        return probs[..., :-1]
+
     def _pattern(
         self, q: Tensor, k: Tensor, mask: AttentionMask, detached: bool = False
     ) -> tuple[Float[Tensor, "batch head q k"], bool]:
@@ -436,14 +451,14 @@ class Attention(nn.Module):
         record them (see `HookValues`)."""
         if _compiling():
             scores = self.hook_attn_scores(self._scores(q, k, mask))
-            return self.hook_pattern(_softmax(scores)), False
+            return self.hook_pattern(self._softmax(scores)), False
         with HookValues(detached):
             scores = self._scores(q, k, mask)
         before = version(scores)
         seen = self.hook_attn_scores(scores)
         edited = not untouched(seen, scores, before)
         with HookValues(detached):
-            pattern = _softmax(seen)
+            pattern = self._softmax(seen)
         before = version(pattern)
         seen = self.hook_pattern(pattern)
         return seen, edited or not untouched(seen, pattern, before)

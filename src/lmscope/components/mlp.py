@@ -37,6 +37,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "relu2": lambda x: torch.square(F.relu(x)),  # squared ReLU (Nemotron, Persimmon, Arcee)
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # GPT-OSS's gate (swiglu_alpha 1.702)
     "silu": F.silu,
     "solu_ln": lambda x: x * torch.softmax(x, dim=-1),
 }
@@ -46,7 +47,8 @@ class MLP(nn.Module):
     """`hook_pre` = x W_in + b_in; `hook_post` = act(pre); out = post W_out + b_out.
 
     Gated (`cfg.gated_mlp`): `hook_pre` = x W_gate + b_gate, `hook_pre_linear` = x W_in + b_in,
-    `hook_post` = act(pre) * pre_linear. (TransformerLens adds `b_in` after the product; we add
+    `hook_post` = act(pre) * pre_linear (GPT-OSS, `cfg.swiglu_limit`: act(min(pre, limit)) *
+    (clamp(pre_linear, -limit, limit) + 1)). (TransformerLens adds `b_in` after the product; we add
     it where the bias of the up projection belongs, which keeps `fold_ln` exact for gated LN models.)
     """
 
@@ -98,7 +100,11 @@ class MLP(nn.Module):
         h = linear(x, self.in_weight, self.in_bias)
         if self.gated:
             gate = linear(x, self.gate_weight, self.gate_bias)
-            post = self.hook_post(self.act(self.hook_pre(gate)) * self.hook_pre_linear(h))
+            pre, pre_linear = self.hook_pre(gate), self.hook_pre_linear(h)
+            limit = self.cfg.swiglu_limit
+            if limit is not None:  # GPT-OSS: both branches clamped, the linear one plus 1
+                pre, pre_linear = pre.clamp(max=limit), pre_linear.clamp(-limit, limit) + 1
+            post = self.hook_post(self.act(pre) * pre_linear)
         else:
             post = self.act(self.hook_pre(h))
             if self.cfg.act_fn == "solu_ln":
