@@ -124,6 +124,7 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "starcoder2": _norm_variant("starcoder2"),
     "nemotron": _norm_variant("nemotron"),
     "persimmon": _norm_variant("persimmon"),
+    "gpt_oss": _norm_variant("gpt_oss"),
 }
 
 

@@ -123,6 +123,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "starcoder2": ("starcoder2_variant", "attn_logit_softcapping", 30.0),
     "nemotron": ("nemotron_variant", "attn_logit_softcapping", 30.0),
     "persimmon": ("persimmon_variant", "attn_logit_softcapping", 30.0),
+    "gpt_oss": ("gpt_oss_variant", "use_qk_norm", True),
 }
 NEUTRAL = {"qwen3_moe"}
 

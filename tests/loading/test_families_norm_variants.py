@@ -372,6 +372,31 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
             tr.PersimmonForCausalLM,
             lambda: tr.PersimmonConfig(**_BASE, **_IDS),
         ),
+        # attention sinks, a sliding and a global layer, YaRN, biased experts with a clamped
+        # SwiGLU (a limit small enough to bite) stored fused and interleaved, a router bias
+        "gpt_oss": (
+            tr.GptOssForCausalLM,
+            lambda: tr.GptOssConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                sliding_window=4,
+                layer_types=_SLIDING,
+                swiglu_limit=0.5,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "factor": 4.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "original_max_position_embeddings": 16,
+                    "rope_theta": 1000.0,
+                    "truncate": False,
+                },
+            ),
+        ),
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -518,7 +543,8 @@ def test_processed_model_log_probs_match_hf(tiny: TinyModel, tokens) -> None:
     # centring the unembedding would shift the logits inside the soft-cap's tanh
     assert cfg.processing["center_unembed"] is (cfg.output_logits_soft_cap <= 0)
     # clip_qkv clamps v after its bias, so b_V stays where it is
-    assert cfg.processing["fold_value_biases"] is (cfg.clip_qkv is None)
+    # (and attention sinks leave rows that sum to less than 1)
+    assert cfg.processing["fold_value_biases"] is (cfg.clip_qkv is None and not cfg.attn_sinks)
     for block in processed.blocks:  # pre-norms fold; post-norms keep their weights
         for name in ("ln1", "ln2"):
             assert getattr(getattr(block, name), "w", None) is None
@@ -575,12 +601,13 @@ def test_explicit_attention_path_matches_sdpa(
 @torch.no_grad()
 def test_sliding_window_layers_see_only_their_window(model: HookedTransformer, tokens) -> None:
     cfg = model.cfg
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("pattern"))
     q = torch.arange(12)[:, None]
     k = torch.arange(12)[None, :]
     for layer, kind in enumerate(cfg.layer_types):
         pattern = cache["pattern", layer]
-        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, cfg.n_heads, 12))
+        sinks = cache[f"blocks.{layer}.attn.hook_sink_pattern"] if cfg.attn_sinks else 0
+        torch.testing.assert_close(pattern.sum(-1) + sinks, torch.ones(2, cfg.n_heads, 12))
         hidden = k > q
         if kind == "local":
             assert cfg.window_size < 12
@@ -967,6 +994,26 @@ def test_multipliers_are_folded_into_the_weights(build) -> None:
     embed = cohere.hf_model.model.embed_tokens.weight
     torch.testing.assert_close(model.W_U, embed.T * 0.25, atol=0, rtol=0)
     assert model.blocks[0].attn.q_norm.head_w.shape == (4, 16)
+
+
+@torch.no_grad()
+def test_attention_sinks(build, tokens) -> None:
+    """GPT-OSS's sinks take a share of every attention row (`hook_sink_pattern`), as in
+    transformers; without them the logits depart from transformers'."""
+    tiny = build("gpt_oss")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    hf_attn = tiny.hf_model.model.layers[1].self_attn
+    torch.testing.assert_close(model.blocks[1].attn.sinks, hf_attn.sinks, atol=0, rtol=0)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n)
+    for layer in range(2):
+        sink = cache[f"blocks.{layer}.attn.hook_sink_pattern"]
+        assert sink.shape == (2, 4, 12) and bool((sink > 0).all())
+        torch.testing.assert_close(cache["pattern", layer].sum(-1) + sink, torch.ones(2, 4, 12))
+    processed = HookedTransformer.from_pretrained(tiny.path)
+    assert processed.cfg.processing["fold_value_biases"] is False  # rows do not sum to 1
+    for block in model.blocks:  # a sink logit of -inf takes no attention: as if it were absent
+        block.attn.sinks.fill_(float("-inf"))
+    assert (model(tokens) - tiny.hf_model(tokens).logits).abs().max() > 1e-3
 
 
 def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:

@@ -122,6 +122,32 @@ class FusedHeads(Transform):
 
 
 @dataclass(frozen=True)
+class Strided(Transform):
+    """Every `step`-th element along `dim` from `start` of a tensor `size` long there (GPT-OSS
+    interleaves its experts' gate and up columns: gate `[..., 0::2]`, up `[..., 1::2]`): a view."""
+
+    dim: int
+    start: int
+    step: int
+    size: int
+
+    def __call__(self, w: Tensor) -> Tensor:
+        if w.shape[self.dim] != self.size:
+            raise ValueError(
+                f"the interleaved tensor has {w.shape[self.dim]} entries along dimension "
+                f"{self.dim}, the model's layout needs {self.size}"
+            )
+        index = [slice(None)] * w.ndim
+        index[self.dim] = slice(self.start, None, self.step)
+        return w[tuple(index)]
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        full = list(shape)
+        full[self.dim] = self.size
+        return [tuple(full)]
+
+
+@dataclass(frozen=True)
 class Index(Transform):
     """Entry `index` of a tensor stacked `size` deep along its first dimension (one expert of a
     fused [num_experts, ...] tensor): a view."""
