@@ -175,7 +175,7 @@ def test_every_panel_in_the_browser(
     assert errors == [] and outside == []
 
 
-def test_load(server: Any, model: HookedTransformer) -> None:
+def test_load(server: Any, model: HookedTransformer, capsys: Any) -> None:
     """4 clients x 25 requests at once: every one answered, and right."""
     prompts = [f"The {w} of France is" for w in ("capital", "king", "river", "food")]
     want = {p: model.to_string(int(model(p)[0, -1].argmax())) for p in prompts}
@@ -197,8 +197,9 @@ def test_load(server: Any, model: HookedTransformer) -> None:
         t.join()
     assert failures == [] and len(times) == 100
     p95 = statistics.quantiles(times, n=20)[-1]
-    print(f"\nload: 4 clients x 25 requests, p50 {statistics.median(times) * 1e3:.1f} ms, "
-          f"p95 {p95 * 1e3:.1f} ms", file=sys.stderr)  # fmt: skip
+    with capsys.disabled():  # shown in the test output, captured or not
+        print(f"\nserve load: 4 clients x 25 requests, p50 {statistics.median(times) * 1e3:.1f} ms, "
+              f"p95 {p95 * 1e3:.1f} ms")  # fmt: skip
 
 
 BAD = [

@@ -49,6 +49,7 @@ class Limits:
     max_k: int = 20
     max_new_tokens: int = 40
     max_pending: int = 8  # requests waiting for (or holding) the model lock
+    cached_runs: int = 4  # prompts whose full cache is kept (~50 MB each for 32 tokens of SmolLM2)
 
 
 @dataclass
@@ -128,8 +129,8 @@ class Explorer:
         self._lock = threading.Lock()  # one hooked run at a time
         self._pending = 0
         self._pending_lock = threading.Lock()
-        self._runs = _LRU(4)
-        self._panels = _LRU(64)
+        self._runs = _LRU(self.limits.cached_runs)
+        self._panels = _LRU(32)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -267,22 +268,11 @@ class Explorer:
 
         def make() -> dict[str, Any]:
             run = self.run(prompt)
-            # logit_attrs is linear in the residual (the cached final-norm scale divides it), so
-            # the attribution of each basis direction, g [d_model], gives every neuron's at once:
-            # post * (W_out @ g).
-            eye = torch.eye(self.model.cfg.d_model, dtype=run.cache["post", 0].dtype)
-            g = run.cache.logit_attrs(
-                eye[:, None].to(self.model.W_out.device), answer, pos_slice=-1
-            )
-            post = torch.stack(
-                [run.cache["post", i][0, -1] for i in range(self.model.cfg.n_layers)]
-            )
-            neurons = (post * (self.model.W_out @ g[:, 0].to(post.dtype))).float().cpu()
-            title = f"DLA of {self.model.to_string(answer)!r} per neuron"
-            figs = [
-                viz.dla_from_cache(run.cache, answer),
-                viz.top_neurons(neurons, k=20, title=title),
-            ]
+            figs = [viz.dla_from_cache(run.cache, answer)]
+            neurons = self.neuron_dla(run, answer)
+            if neurons is not None:
+                title = f"DLA of {self.model.to_string(answer)!r} per neuron"
+                figs.append(viz.top_neurons(neurons, k=20, title=title))
             return {"html": "".join(f.fragment() for f in figs)}
 
         return self._panel(("dla", prompt, answer), make)
@@ -360,6 +350,21 @@ class Explorer:
             }
 
         return self._panel(("steer", prompt, positive, negative, layer, coef, n_new), make)
+
+    def neuron_dla(self, run: Run, answer: int) -> Float[torch.Tensor, "layer d_mlp"] | None:
+        """Each MLP neuron's direct logit attribution to `answer` at the last position (None for
+        models without dense MLPs). `logit_attrs` is linear in the residual (the cached final-norm
+        scale divides it), so the attribution of each basis direction, g [d_model], gives every
+        neuron's at once: post * (W_out @ g)."""
+        cfg = self.model.cfg
+        if cfg.attn_only or getattr(cfg, "num_experts", None):
+            return None
+        eye = torch.eye(
+            cfg.d_model, dtype=run.cache["post", 0].dtype, device=self.model.W_out.device
+        )
+        g = run.cache.logit_attrs(eye[:, None], answer, pos_slice=-1)[:, 0]  # [d_model]
+        post = torch.stack([run.cache["post", i][0, -1] for i in range(cfg.n_layers)])
+        return (post * (self.model.W_out @ g.to(post.dtype))).float().cpu()
 
     def steering_direction(self, positive: str, negative: str, layer: int) -> torch.Tensor:
         """resid_pre of `layer` at the last position: `positive`'s minus `negative`'s [d_model]."""
