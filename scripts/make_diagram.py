@@ -254,6 +254,11 @@ def _text(x: int, y: int, name: str, shape: str, switch: str, cls: str) -> str:
     return f'<text x="{x}" y="{y}" class="{cls if not switch else "switch"}">{escape(name)} {escape(shape)}{note}</text>'
 
 
+def file_names() -> list[str]:
+    """The names of the SVGs main() writes (docs/diagram.md links each)."""
+    return [f"{kind}-{part}.svg" for kind in MODELS for part in ("block", "model")]
+
+
 def diagrams(kind: str) -> dict[str, str]:
     """The two SVGs of one model: `{kind}-block.svg` (block 0) and `{kind}-model.svg` (all of it)."""
     model = build(kind)
