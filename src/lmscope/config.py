@@ -117,6 +117,13 @@ class HookedTransformerConfig:
     qk_norm_type: str = "RMS"  # "RMS", "LN" (Phi, Persimmon) or weightless "RMSPre" (Llama 4)
     qk_norm_head_weights: bool = False  # weights per head, [n_heads, d_head] (StableLM-2, Cohere)
     clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
+    # multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: keys and values from
+    # a latent of that size, queries through one of q_lora_rank (if set); each query and key head
+    # is qk_nope_head_dim + qk_rope_head_dim wide (rotary on the latter), d_head is the values'
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
     # block layout
     gated_mlp: bool = False
     swiglu_limit: float | None = None  # GPT-OSS: clamp both gated branches, the linear one + 1
@@ -209,11 +216,12 @@ class HookedTransformerConfig:
                 f"positional_embedding_type {self.positional_embedding_type!r} is not supported; "
                 f"choose one of {self._positional_embedding_types}"
             )
+        if self.kv_lora_rank is not None:
+            self._validate_latent_attention()
         if self.positional_embedding_type == "rotary":
-            if self.rotary_dim > self.d_head or self.rotary_dim % 2:
-                raise ValueError(
-                    f"rotary_dim={self.rotary_dim} must be even and <= d_head={self.d_head}"
-                )
+            head = self.qk_rope_head_dim if self.kv_lora_rank else self.d_head
+            if self.rotary_dim > head or self.rotary_dim % 2:
+                raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= {head}")
             kind = (self.rope_scaling or {}).get("rope_type", "default")
             if kind not in ROPE_SCALING_TYPES:
                 raise ValueError(
@@ -249,6 +257,18 @@ class HookedTransformerConfig:
             self._validate_experts()
         if self.default_padding_side not in ("left", "right"):
             raise ValueError("default_padding_side must be 'left' or 'right'")
+
+    def _validate_latent_attention(self) -> None:
+        if not (self.qk_nope_head_dim is not None and self.qk_rope_head_dim):
+            raise ValueError(
+                "latent attention (kv_lora_rank) needs qk_nope_head_dim and qk_rope_head_dim"
+            )
+        if self.n_key_value_heads != self.n_heads:
+            raise ValueError("latent attention has one key and value head per query head")
+        if self.positional_embedding_type == "rotary" and self.rotary_dim != self.qk_rope_head_dim:
+            raise ValueError(
+                "latent attention rotates qk_rope_head_dim dimensions: set rotary_dim to it"
+            )
 
     def _validate_experts(self) -> None:
         if self.router_scoring not in ("softmax", "sigmoid", "topk_softmax"):

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 
 class KVCacheEntry:
-    """One layer's keys and values, [batch, kv_head, capacity, d_head], filled up to the cache's length."""
+    """One layer's keys and values, [batch, kv_head, capacity, d_head], filled up to the cache's
+    length (latent attention: its KV latent [batch, 1, capacity, kv_lora_rank] and shared rotary
+    key [batch, 1, capacity, qk_rope_head_dim])."""
 
     def __init__(
         self,
@@ -40,8 +42,12 @@ class KVCacheEntry:
     ) -> None:
         n_heads = cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads
         shape = (batch, n_heads, capacity, cfg.d_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        k_shape = v_shape = shape
+        if cfg.kv_lora_rank:  # latent attention caches its latent and its shared rotary key
+            k_shape = (batch, 1, capacity, cfg.kv_lora_rank)
+            v_shape = (batch, 1, capacity, cfg.qk_rope_head_dim)
+        self.k = torch.zeros(k_shape, device=device, dtype=dtype)
+        self.v = torch.zeros(v_shape, device=device, dtype=dtype)
 
     def append(
         self,

@@ -871,9 +871,8 @@ class HookedTransformer(HookedRootModule):
         norms = {name: m for name, m in self.named_modules() if isinstance(m, (LayerNorm, RMSNorm))}
         for layer, block in enumerate(self.blocks):
             prefix = f"blocks.{layer}."
-            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
-                stored = f"_{name}" if name[-1] in "KV" else name  # per kv head, never ungrouped
-                views[f"{prefix}attn.{name}"] = getattr(block.attn, stored)
+            # (keys and values per kv head, never ungrouped; latent attention has its own)
+            views.update({f"{prefix}attn.{k}": v for k, v in block.attn.weights().items()})
             if not self.cfg.attn_only:
                 views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
         for name, norm in norms.items():

@@ -81,7 +81,7 @@ def plan_steps(cfg: HookedTransformerConfig, **requested: bool) -> dict[str, boo
         and cfg.norm_placement == "pre",
         "center_unembed": cfg.output_logits_soft_cap <= 0,
         # (attention sinks take a share of each row, so pattern rows no longer sum to 1)
-        "fold_value_biases": cfg.clip_qkv is None and not cfg.attn_sinks,
+        "fold_value_biases": cfg.clip_qkv is None and not cfg.attn_sinks and not cfg.kv_lora_rank,
     }
     unknown = set(requested) - set(STEPS)
     if unknown:
@@ -171,12 +171,7 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
     """fold_ln, centring and value-bias folding of one block."""
     attn = block.attn
     if _folds(cfg, steps):
-        _fold_norm(
-            cfg,
-            block,
-            "ln1",
-            [(attn.W_Q, attn.b_Q), (attn._W_K, attn._b_K), (attn._W_V, attn._b_V)],
-        )
+        _fold_norm(cfg, block, "ln1", attn.input_weights())
         if not cfg.attn_only:
             _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
     if steps.get("center_writing_weights"):

@@ -295,6 +295,10 @@ class Attention(nn.Module):
         names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
         return {name: getattr(self, f"_{name}" if name[-1] in "KV" else name) for name in names}
 
+    def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
+        """(W, b) pairs that read the block's normalised input, for weight processing."""
+        return [(self.W_Q, self.b_Q), (self._W_K, self._b_K), (self._W_V, self._b_V)]
+
     # -- forward -------------------------------------------------------------------------------
     def forward(
         self,

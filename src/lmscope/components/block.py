@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lmscope.components.attention import Attention, AttentionMask
+from lmscope.components.mla import LatentAttention
 from lmscope.components.mlp import MLP
 from lmscope.components.moe import MoE
 from lmscope.components.norm import make_norm
@@ -47,7 +48,7 @@ class TransformerBlock(nn.Module):
         pre = cfg.norm_placement in ("pre", "pre_and_post", "post_residual")
         post = cfg.norm_placement in ("post", "pre_and_post")
         self.ln1 = (make_norm(cfg) if pre else None) or Identity()
-        self.attn = Attention(cfg, layer_idx)
+        self.attn = (LatentAttention if cfg.kv_lora_rank else Attention)(cfg, layer_idx)
         if post:
             self.ln1_post = make_norm(cfg) or Identity()
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
