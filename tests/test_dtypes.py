@@ -125,6 +125,8 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "nemotron": _norm_variant("nemotron"),
     "persimmon": _norm_variant("persimmon"),
     "gpt_oss": _norm_variant("gpt_oss"),
+    "deepseek_v2": _norm_variant("deepseek_v2"),
+    "deepseek_v3": _norm_variant("deepseek_v3"),
 }
 
 

@@ -124,6 +124,8 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "nemotron": ("nemotron_variant", "attn_logit_softcapping", 30.0),
     "persimmon": ("persimmon_variant", "attn_logit_softcapping", 30.0),
     "gpt_oss": ("gpt_oss_variant", "use_qk_norm", True),
+    "deepseek_v2": ("deepseek_v2_variant", "attn_logit_softcapping", 30.0),
+    "deepseek_v3": ("deepseek_v3_variant", "use_qk_norm", True),
 }
 NEUTRAL = {"qwen3_moe"}
 

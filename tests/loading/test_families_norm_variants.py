@@ -41,6 +41,10 @@ _GRANITE = dict(
     attention_multiplier=0.125,
     logits_scaling=2.0,
 )
+_MLA = dict(
+    num_key_value_heads=N_HEADS, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12,
+    v_head_dim=10,
+)  # fmt: skip
 LONGROPE_CONTEXT = 14  # phi3_longrope's pretraining context: above 12 tokens, below 11 + 6
 
 
@@ -397,6 +401,52 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 },
             ),
         ),
+        # latent attention with a query latent and YaRN (its mscale on the scores), a dense
+        # first layer, 8 experts in 4 groups routed by sigmoid with a choice bias, 2 shared experts
+        "deepseek_v3": (
+            tr.DeepseekV3ForCausalLM,
+            lambda: tr.DeepseekV3Config(
+                **_BASE,
+                **_IDS,
+                **_MLA,
+                q_lora_rank=24,
+                moe_intermediate_size=32,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=2,
+                first_k_dense_replace=1,
+                n_group=4,
+                topk_group=2,
+                routed_scaling_factor=2.5,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                    "mscale": 1.0,
+                    "mscale_all_dim": 1.0,
+                    "rope_theta": 1000.0,
+                },
+            ),
+        ),
+        # V2-Lite's shape: queries without a latent; softmax routing limited to the best groups
+        "deepseek_v2": (
+            tr.DeepseekV2ForCausalLM,
+            lambda: tr.DeepseekV2Config(
+                **_BASE,
+                **_IDS,
+                **_MLA,
+                q_lora_rank=None,
+                moe_intermediate_size=32,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=2,
+                first_k_dense_replace=1,
+                topk_method="group_limited_greedy",
+                n_group=4,
+                topk_group=2,
+                routed_scaling_factor=1.5,
+            ),
+        ),
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -544,7 +594,9 @@ def test_processed_model_log_probs_match_hf(tiny: TinyModel, tokens) -> None:
     assert cfg.processing["center_unembed"] is (cfg.output_logits_soft_cap <= 0)
     # clip_qkv clamps v after its bias, so b_V stays where it is
     # (and attention sinks leave rows that sum to less than 1)
-    assert cfg.processing["fold_value_biases"] is (cfg.clip_qkv is None and not cfg.attn_sinks)
+    # (and latent attention has no b_V)
+    folds = cfg.clip_qkv is None and not cfg.attn_sinks and not cfg.kv_lora_rank
+    assert cfg.processing["fold_value_biases"] is folds
     for block in processed.blocks:  # pre-norms fold; post-norms keep their weights
         for name in ("ln1", "ln2"):
             assert getattr(getattr(block, name), "w", None) is None
@@ -1014,6 +1066,58 @@ def test_attention_sinks(build, tokens) -> None:
     for block in model.blocks:  # a sink logit of -inf takes no attention: as if it were absent
         block.attn.sinks.fill_(float("-inf"))
     assert (model(tokens) - tiny.hf_model(tokens).logits).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_latent_attention_hooks_cache_and_weights(build, tokens) -> None:
+    """DeepSeek's multi-head latent attention: the latents and decompressed q/k/v have their
+    documented shapes, the KV cache holds the latent, an edit of the latent reaches later
+    cached steps, and the weight views are slices of the checkpoint's projections."""
+    tiny = build("deepseek_v3")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "blocks.1.attn" in n)
+    a = "blocks.1.attn."
+    shapes = {
+        "hook_q_latent": (2, 12, 24),
+        "hook_kv_latent": (2, 12, 16),
+        "hook_k_rope": (2, 12, 1, 8),
+        "hook_q": (2, 12, 4, 20),
+        "hook_rot_q": (2, 12, 4, 20),
+        "hook_k": (2, 12, 4, 20),
+        "hook_rot_k": (2, 12, 4, 20),
+        "hook_v": (2, 12, 4, 10),
+        "hook_z": (2, 12, 4, 10),
+        "hook_pattern": (2, 4, 12, 12),
+    }
+    assert {name: tuple(cache[a + name].shape) for name in shapes} == shapes
+    # the rotary key part is shared by the heads; the rest is each head's decompressed latent
+    k = cache[a + "hook_k"]
+    assert torch.equal(k[..., 12:], cache[a + "hook_k_rope"].expand(-1, -1, 4, -1))
+    attn = model.blocks[1].attn
+    torch.testing.assert_close(
+        k[..., :12], torch.einsum("bpr,hrd->bphd", cache[a + "hook_kv_latent"], attn.W_UK)
+    )
+    kv = KVCache.init_cache(model.cfg, "cpu", batch_size=2)
+    model(tokens[:, :5], past_kv_cache=kv)
+    assert kv.entries[1].k.shape[1:2] == (1,) and kv.entries[1].k.shape[-1] == 16
+    torch.testing.assert_close(kv.entries[1].k[:, 0, :5], cache[a + "hook_kv_latent"][:, :5])
+    hf_attn = tiny.hf_model.model.layers[1].self_attn
+    torch.testing.assert_close(attn.W_DKV, hf_attn.kv_a_proj_with_mqa.weight[:16].T, atol=0, rtol=0)
+    kv_b = hf_attn.kv_b_proj.weight.view(4, 22, 16)
+    torch.testing.assert_close(attn.W_UV, kv_b[:, 12:].transpose(1, 2), atol=0, rtol=0)
+    with pytest.raises(AttributeError, match="decompressed from a normalised latent"):
+        _ = model.W_K
+
+    # zeroing the cached latent of position 0 changes every later step's output
+    def ablate(latent: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.cat((torch.zeros_like(latent[:, :1]), latent[:, 1:]), dim=1)
+
+    kv = KVCache.init_cache(model.cfg, "cpu", batch_size=2)
+    with model.hooks(fwd_hooks=[(a + "hook_kv_latent", ablate)]):
+        model(tokens[:, :5], past_kv_cache=kv)
+    later = model(tokens[:, 5:6], past_kv_cache=kv)
+    clean = model(tokens[:, :6])[:, 5:6]
+    assert (later - clean).abs().max() > 1e-4
 
 
 def test_shared_norm_of_parallel_blocks_is_loaded_twice(build) -> None:
