@@ -160,3 +160,36 @@ def test_api_page_documents_every_public_name(site: Path, page: str) -> None:
         and not any(i.startswith(f"{prefix}.") and i.endswith(f".{name}") for i in ids)
     ]
     assert missing == [], f"docs/api/{page}.md lacks {missing}"
+
+
+def test_model_table_sorts_and_filters(served: str, browser: Any) -> None:
+    """docs/javascripts/tables.js on the model table: filtering hides the rows without every word
+    typed, a header click sorts numerically (d_model) and a second click reverses."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(served + "models/")
+    table = page.locator("article table").first
+    rows = table.locator("tbody tr")
+    total = rows.count()
+    assert total > 12
+    page.locator(".lms-table-filter").first.fill("llama rotary")
+    shown = [r for r in rows.all() if r.is_visible()]
+    assert 0 < len(shown) < total
+    assert all("llama" in r.inner_text().lower() for r in shown)
+    page.locator(".lms-table-filter").first.fill("")
+    headers = [h.inner_text().strip() for h in table.locator("thead th").all()]
+    col = headers.index("d_model")
+    table.locator("thead th").nth(col).click()
+
+    def column() -> list[float]:
+        cells = [r.locator("td").nth(col).inner_text().strip() for r in rows.all()]
+        return [float(c.replace(",", "")) for c in cells if c]
+
+    ascending = column()
+    assert ascending == sorted(ascending) and ascending[0] < ascending[-1]
+    table.locator("thead th").nth(col).click()
+    assert column() == sorted(ascending, reverse=True)
+    context.close()
+    assert errors == []
