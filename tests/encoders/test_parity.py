@@ -282,7 +282,9 @@ def test_t5_own_lm_head(encoder_models, encoder_inputs, tmp_path) -> None:
     path = tmp_path / "t5_v11_own_head"
     shutil.copytree(encoder_models["t5_v11"].path, path)
     weights = load_file(path / "model.safetensors")
-    weights["lm_head.weight"] = torch.randn_like(weights["shared.weight"])
+    shared = weights["shared.weight"]  # a head of its own, seeded, at the embedding's scale
+    gen = torch.Generator().manual_seed(0)
+    weights["lm_head.weight"] = torch.randn(shared.shape, generator=gen) * shared.std()
     for stack in ("encoder", "decoder"):
         weights[f"{stack}.embed_tokens.weight"] = weights["shared.weight"].clone()
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
