@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib
 
 import pytest
 import torch
@@ -54,3 +55,25 @@ def test_from_cache_matches_the_unembedded_residual(tiny_gpt2_tok: TinyModel) ->
         assert value == pytest.approx(float(p_final[j]), rel=1e-3, abs=1e-6)
     assert html.escape(f"Logit lens of {target!r}") in svg
     assert len(model.to_str_tokens(tokens[0])) == n
+
+
+@torch.no_grad()
+def test_from_cache_in_chunks_of_layers(tiny_gpt2_tok: TinyModel, monkeypatch) -> None:
+    """Layers share one unembedding product up to LENS_CHUNK logits: the values do not depend on
+    how many share it."""
+    lens_module = importlib.import_module("lmscope.viz.logit_lens")  # viz.logit_lens: the function
+
+    model = HookedTransformer.from_pretrained(str(tiny_gpt2_tok.path))
+    tokens = model.to_tokens("the quick brown fox jumps")
+    _, cache = model.run_with_cache(tokens)
+    drawn = []
+    monkeypatch.setattr(lens_module, "logit_lens", lambda *a, **kw: drawn.append((a, kw)))
+    for chunk in (1 << 24, 1):  # all layers in one product; one layer per product
+        monkeypatch.setattr(lens_module, "LENS_CHUNK", chunk)
+        for kind in ("prob", "rank"):
+            viz.logit_lens_from_cache(cache, tokens, kind=kind, k=3)
+    (one, one_kw), (one_rank, _), (each, each_kw), (each_rank, _) = drawn
+    torch.testing.assert_close(one[0], each[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(one_kw["top_probs"], each_kw["top_probs"], rtol=1e-5, atol=1e-7)
+    assert one_kw["top_tokens"] == each_kw["top_tokens"]
+    assert torch.equal(one_rank[0], each_rank[0])

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from lmscope.cache import ActivationCache
 
 LensKind = Literal["prob", "rank", "logit"]
+LENS_CHUNK = 1 << 24  # logits computed at once by logit_lens_from_cache (64 MB in float32)
 
 
 def logit_lens(
@@ -146,7 +147,8 @@ def logit_lens_from_cache(
 
     Needs the residual stream in the cache (`names_filter=lambda n: "resid" in n` is enough).
     The unembedding dominates the time ([layer * pos, d_model] x [d_model, vocab]: ~0.4 s for 15
-    tokens of SmolLM2 on 2 cores); past two seconds a progress bar shows (`verbose=False`: never).
+    tokens of SmolLM2 on 2 cores; several layers share one product, at most 2**24 logits at
+    once); past two seconds a progress bar shows (`verbose=False`: never).
 
     Example:
         >>> tokens = model.to_tokens("The capital of France is")
@@ -171,21 +173,31 @@ def logit_lens_from_cache(
         target = int(final.argmax())
     target_id = model.to_single_token(target) if isinstance(target, str) else int(target)
     shown = verbose and sys.stderr.isatty()
-    for i in tqdm(range(len(labels)), desc="logit lens", unit="layer", disable=not shown, delay=2):
-        # one layer at a time: [pos, d_vocab] logits, never [layer, pos, d_vocab]
-        logits = (resid[i].to(W_U.dtype) @ W_U).float()
+    # Several layers share one [layers * pos, d_model] x [d_model, d_vocab] product (a product of
+    # few rows re-reads all of W_U for little work: 2.3x slower for 32 tokens of SmolLM2), with at
+    # most LENS_CHUNK logits at a time, never the whole [layer, pos, d_vocab].
+    per_chunk = max(1, LENS_CHUNK // (n_pos * W_U.shape[-1]))
+    bar = tqdm(total=len(labels), desc="logit lens", unit="layer", disable=not shown, delay=2)
+    for start in range(0, len(labels), per_chunk):
+        block = resid[start : start + per_chunk].to(W_U.dtype)  # [layers, pos, d_model]
+        chunk_logits = (block.reshape(-1, block.shape[-1]) @ W_U).float()
+        chunk_logits = chunk_logits.reshape(block.shape[0], n_pos, -1)
         if b_U is not None:
-            logits += b_U.detach().float()
-        chosen = logits[:, target_id]
-        if kind == "prob":
-            values[i] = (chosen - logits.logsumexp(-1)).exp().cpu()
-        elif kind == "rank":
-            values[i] = (logits > chosen[:, None]).sum(-1).float().cpu()
-        else:
-            values[i] = chosen.cpu()
-        top = logits[pos].softmax(-1).topk(k)
-        top_probs[i] = top.values.cpu()
-        top_ids.append(top.indices.tolist())
+            chunk_logits += b_U.detach().float()
+        for offset, logits in enumerate(chunk_logits):
+            i = start + offset
+            chosen = logits[:, target_id]
+            if kind == "prob":
+                values[i] = (chosen - logits.logsumexp(-1)).exp().cpu()
+            elif kind == "rank":
+                values[i] = (logits > chosen[:, None]).sum(-1).float().cpu()
+            else:
+                values[i] = chosen.cpu()
+            top = logits[pos].softmax(-1).topk(k)
+            top_probs[i] = top.values.cpu()
+            top_ids.append(top.indices.tolist())
+        bar.update(block.shape[0])
+    bar.close()
     top_tokens = [[model.to_string(t) for t in row] for row in top_ids]
     return logit_lens(
         values, list(tokens), layer_labels=labels, kind=kind, target=model.to_string(target_id),
