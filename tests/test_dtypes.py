@@ -127,6 +127,9 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "gpt_oss": _norm_variant("gpt_oss"),
     "deepseek_v2": _norm_variant("deepseek_v2"),
     "deepseek_v3": _norm_variant("deepseek_v3"),
+    "falcon": _norm_variant("falcon"),
+    "falcon_7b": _norm_variant("falcon_7b"),
+    "mpt": _norm_variant("mpt"),
 }
 
 

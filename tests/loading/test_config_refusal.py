@@ -126,6 +126,8 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "gpt_oss": ("gpt_oss_variant", "use_qk_norm", True),
     "deepseek_v2": ("deepseek_v2_variant", "attn_logit_softcapping", 30.0),
     "deepseek_v3": ("deepseek_v3_variant", "use_qk_norm", True),
+    "falcon": ("falcon_variant", "use_qk_norm", True),
+    "mpt": ("mpt_variant", "use_qk_norm", True),
 }
 NEUTRAL = {"qwen3_moe"}
 
@@ -134,7 +136,7 @@ NEUTRAL = {"qwen3_moe"}
 def test_every_family_spec_is_accepted(name: str) -> None:
     hf = spec_configs()[name]
     fields = family_for(hf).config_from_hf(hf)
-    assert fields["d_model"] == hf.get("hidden_size", hf.get("n_embd"))
+    assert fields["d_model"] == hf.get("hidden_size", hf.get("n_embd", hf.get("d_model")))
 
 
 @pytest.mark.parametrize("name", HUB)

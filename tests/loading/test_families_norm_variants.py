@@ -45,6 +45,10 @@ _MLA = dict(
     num_key_value_heads=N_HEADS, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=12,
     v_head_dim=10,
 )  # fmt: skip
+_FALCON = dict(
+    vocab_size=D_VOCAB, hidden_size=D_MODEL, num_hidden_layers=2, num_attention_heads=N_HEADS,
+    max_position_embeddings=N_CTX, ffn_hidden_size=96, **_IDS,
+)  # fmt: skip
 LONGROPE_CONTEXT = 14  # phi3_longrope's pretraining context: above 12 tokens, below 11 + 6
 
 
@@ -447,6 +451,31 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 routed_scaling_factor=1.5,
             ),
         ),
+        # Falcon-40B's shape: grouped fused q/k/v, two norms for the parallel branches, biases
+        "falcon": (
+            tr.FalconForCausalLM,
+            lambda: tr.FalconConfig(
+                **_FALCON, new_decoder_architecture=True, num_kv_heads=2, bias=True
+            ),
+        ),
+        # Falcon-7B's shape: multi-query, one norm for both parallel branches
+        "falcon_7b": (
+            tr.FalconForCausalLM,
+            lambda: tr.FalconConfig(**_FALCON, multi_query=True, parallel_attn=True),
+        ),
+        # ALiBi with 6 heads (so the non-power-of-two slopes), clip_qkv, a softmax scale
+        "mpt": (
+            tr.MptForCausalLM,
+            lambda: tr.MptConfig(
+                vocab_size=D_VOCAB,
+                d_model=48,
+                n_layers=2,
+                n_heads=6,
+                max_seq_len=N_CTX,
+                attn_config={"clip_qkv": 1.0, "softmax_scale": 0.3},
+                **_IDS,
+            ),
+        ),  # fmt: skip
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -526,8 +555,11 @@ def model(tiny: TinyModel) -> HookedTransformer:
 
 
 def _final_norm(hf: torch.nn.Module) -> torch.nn.Module:
-    base = hf.model
-    return base.final_layernorm if hasattr(base, "final_layernorm") else base.norm
+    base = hf.base_model
+    for name in ("final_layernorm", "norm", "ln_f", "norm_f"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise AssertionError(f"no final norm on {type(base).__name__}")
 
 
 def _padded(seqs: list[torch.Tensor], pad_id: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1162,6 +1194,24 @@ def _hf_dict(config: Any) -> dict[str, Any]:
         (
             lambda: tr.Gemma3TextConfig(**_BASE, use_bidirectional_attention=True),
             "bidirectional",
+        ),
+        (lambda: tr.FalconConfig(**_FALCON, alibi=True), "alibi=True"),
+        (
+            lambda: tr.MptConfig(
+                vocab_size=D_VOCAB, d_model=48, n_heads=6, attn_config={"qk_ln": True}
+            ),
+            "attn_config.qk_ln",
+        ),
+        (lambda: tr.GptOssConfig(**_BASE, swiglu_alpha=1.5), "swiglu_alpha"),
+        (
+            lambda: tr.Olmo3Config(
+                **_BASE,
+                rope_parameters={
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                    "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                },
+            ),
+            "sliding-window layers",
         ),
         (
             lambda: tr.Gemma3TextConfig(
