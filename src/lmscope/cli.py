@@ -245,6 +245,8 @@ def serve_command(args: argparse.Namespace) -> None:
         raise UsageError(str(err)) from err
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is not a port number (0-65535)")
+    if args.max_tokens < 1:
+        raise UsageError(f"--max-tokens {args.max_tokens} must be at least 1")
     model = _load(args.model)
     limits = Limits(max_prompt_tokens=args.max_tokens)
     try:

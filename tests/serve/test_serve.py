@@ -279,3 +279,28 @@ def test_binding(model: HookedTransformer, monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(ImportError, match=r"pip install 'lmscope\[serve\]'"):
         lmscope.serve(model)
+
+
+def test_cli_serves_until_stopped(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """`python -m lmscope serve --port 0` loads the model, prints the URL it serves, and serves
+    the page and the API there (its wait() is replaced by one request and a stop)."""
+    from lmscope.serve import Server
+
+    seen: dict[str, Any] = {}
+
+    def wait(self: Server) -> None:
+        with urllib.request.urlopen(self.url + "api/info", timeout=60) as r:
+            seen["info"] = json.loads(r.read())
+        with urllib.request.urlopen(self.url, timeout=60) as r:
+            seen["csp"] = r.headers["Content-Security-Policy"]
+        self.stop()
+
+    monkeypatch.setattr(Server, "wait", wait)
+    main(["serve", "--port", "0", "--max-tokens", "64"])
+    out = capsys.readouterr().out
+    assert re.search(r"lmscope explorer of smollm2-135m at http://127\.0\.0\.1:\d+/", out)
+    assert seen["info"]["n_layers"] == 30 and seen["info"]["limits"]["max_prompt_tokens"] == 64
+    assert seen["csp"].startswith("default-src 'none'")
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--port", "70000"])
+    assert stop.value.code == 2 and "--port 70000" in capsys.readouterr().err
