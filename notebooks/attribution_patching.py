@@ -65,6 +65,11 @@ assert CLEAN > 2 and CORRUPTED < -2
 # A forward hook stores each activation; a backward hook (`dir="bwd"`) stores the gradient of
 # the metric with respect to it. Both end up in `ActivationCache`s, so the cache's analysis
 # methods (`stack_head_results`, `decompose_resid`, ...) work on gradients too.
+#
+# `set_use_attn_result(True)` turns on each head's own output (`hook_result`), so its gradient is
+# cached too. Hook points behind a switch that stays off (split q/k/v inputs, `attn_in`,
+# `mlp_in`) are left out of the filter: a hook there would never fire, and adding one is an
+# error, as in TransformerLens.
 
 # %%
 def cache_fwd_and_bwd(tokens):
@@ -77,7 +82,7 @@ def cache_fwd_and_bwd(tokens):
     def backward_hook(grad, hook):
         grads[hook.name] = grad.detach()
 
-    keep = lambda name: "_input" not in name  # noqa: E731
+    keep = lambda name: not name.endswith(("_input", "attn_in", "mlp_in"))  # noqa: E731
     model.add_hook(keep, forward_hook, "fwd")
     model.add_hook(keep, backward_hook, "bwd")
     value = ioi_metric(model(tokens))
@@ -86,12 +91,14 @@ def cache_fwd_and_bwd(tokens):
     return value.item(), ActivationCache(acts, model), ActivationCache(grads, model)
 
 
+model.set_use_attn_result(True)
 start = time.perf_counter()
 clean_value, clean_cache, _ = cache_fwd_and_bwd(clean_tokens)
 corrupted_value, corrupted_cache, corrupted_grads = cache_fwd_and_bwd(corrupted_tokens)
 attribution_seconds = time.perf_counter() - start
 print(f"metric: clean {clean_value:.3f}, corrupted {corrupted_value:.3f}; {len(corrupted_grads)} gradients cached")
 assert abs(clean_value - 1) < 1e-4 and abs(corrupted_value) < 1e-4
+model.set_use_attn_result(False)  # per-head outputs are not needed from here on
 model.zero_grad(set_to_none=True)
 torch.set_grad_enabled(False)
 
