@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 BENCH_VENV := .venv-bench
 BENCH_TL3_VENV := .venv-bench-tl3
+SAE_VENV := .venv-sae
 
 .PHONY: demo test notebooks docs lint bench clean
 
@@ -31,7 +32,16 @@ demo: $(VENV)/.runtime
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium
 
-test: $(VENV)/.dev /usr/bin/chromium
+# SAELens for the lmscope.sae parity tests (tests/sae/test_saelens_parity.py): sae-lens depends on
+# TransformerLens, so it gets its own venv, which reads .venv's packages (torch, transformers,
+# lmscope itself) through a .pth file: only sae-lens and what it adds are installed (~45 s).
+$(SAE_VENV)/.sae: $(VENV)/.dev requirements/sae-parity.txt
+	test -x $(SAE_VENV)/bin/python || $(PYTHON) -m venv $(SAE_VENV)
+	$(SAE_VENV)/bin/python -c "import site, sys, pathlib; pathlib.Path(site.getsitepackages()[0], '_lmscope_base.pth').write_text('import site; site.addsitedir(%r)\\n' % sys.argv[1])" "$$($(PY) -c 'import site; print(site.getsitepackages()[0])')"
+	$(SAE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/sae-parity.txt
+	touch $@
+
+test: $(VENV)/.dev /usr/bin/chromium $(SAE_VENV)/.sae
 	$(PY) -m pytest -q
 
 # Executes every notebook under notebooks/ (jupytext py:percent sources) with nbclient in a .venv
@@ -74,4 +84,4 @@ bench: $(VENV)/.dev $(BENCH_VENV)/.bench $(BENCH_TL3_VENV)/.bench
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_TL3_VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_TL3_VENV) $(SAE_VENV) .pytest_cache

@@ -4,7 +4,7 @@ import importlib as _importlib
 import sys as _sys
 
 from lmscope import compat as _compat
-from lmscope import config, harvest, memory, past_key_value_caching, serve, utils
+from lmscope import config, harvest, memory, past_key_value_caching, sae, serve, train, utils
 from lmscope.analysis.svd_interpreter import SVDInterpreter
 from lmscope.cache import ActivationCache
 from lmscope.config import HookedTransformerConfig
@@ -17,6 +17,7 @@ from lmscope.past_key_value_caching import (
     TransformerLensKeyValueCache,
     TransformerLensKeyValueCacheEntry,
 )
+from lmscope.sae import SAE, HookedSAETransformer
 
 # TransformerLens module paths (docs/migration.md). Importing a module named like its class
 # (lmscope.FactoredMatrix) binds the module here, so the name is set back to the class.
@@ -42,8 +43,10 @@ __all__ = [
     "HookedEncoder",
     "HookedEncoderDecoder",
     "HookedRootModule",
+    "HookedSAETransformer",
     "HookedTransformer",
     "HookedTransformerConfig",
+    "SAE",
     "SVDInterpreter",
     "TransformerLensKeyValueCache",
     "TransformerLensKeyValueCacheEntry",
@@ -55,8 +58,10 @@ __all__ = [
     "loading_from_pretrained",
     "memory",
     "patching",
+    "sae",
     "serve",
     "supported_models",
+    "train",
     "utilities",
     "utils",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import types
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -71,7 +72,6 @@ NOT_PROVIDED_MODULES: dict[str, str] = {
     "(lmscope.loading.families) load checkpoints",
     "tools": "TransformerLens 3's bridge-era analysis tools and model registry; lmscope.analysis "
     "holds patching, attribution, head detection and SVD",
-    "train": "training is not in lmscope yet; use a torch optimiser on model.parameters()",
     "weight_processing": "use model.process_weights_() or lmscope.processing",
     "utilities.addmm": "TransformerLens's matmul helpers; use torch.addmm / x @ W + b",
     "utilities.aliases": _BRIDGE,
@@ -257,6 +257,26 @@ class _NotProvidedFinder(importlib.abc.MetaPathFinder):
                     name=fullname,
                 )
         return None
+
+
+class _CallableModule(types.ModuleType):
+    """A module that is also a function (`lmscope.train(model, cfg, data)` and the module
+    `lmscope.train` with TransformerLens's names): calling it calls its `__call_target__`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__dict__["__call_target__"](*args, **kwargs)
+
+
+def make_module_callable(name: str, fn: Callable[..., Any]) -> None:
+    """Make the module `name` callable as `fn` (Python allows a module's `__class__` to be
+    assigned a ModuleType subclass).
+
+    Example:
+        >>> make_module_callable(__name__, train)   # at the end of lmscope/train.py
+    """
+    module = sys.modules[name]
+    module.__dict__["__call_target__"] = fn
+    module.__class__ = _CallableModule
 
 
 def install_finder() -> None:

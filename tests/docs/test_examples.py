@@ -33,6 +33,8 @@ PAGES = [
     "docs/mech-interp.md",
     "docs/special-cases.md",
     "docs/analysis.md",
+    "docs/training.md",
+    "docs/sae.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _NOT_RUN = re.compile(r"\A# not run:(.*)$", re.M)
