@@ -206,7 +206,7 @@ BAD = [
     ("tokens", {"prompt": ""}, 400, "'prompt' is empty"),
     ("tokens", {"k": 3}, 400, "missing field 'prompt'"),
     ("tokens", {"prompt": "hi", "k": 0}, 400, "'k' is 0"),
-    ("tokens", {"prompt": "hi", "k": "5"}, 400, "'k' must be a int"),
+    ("tokens", {"prompt": "hi", "k": "5"}, 400, "'k' must be an integer, got \"5\""),
     ("tokens", {"prompt": "word " * 200}, 400, "more than the limit of 128"),
     ("tokens", ["prompt"], 400, "must be a JSON object"),
     ("attention", {"prompt": "hi", "layer": 30}, 400, "'layer' is 30"),
@@ -251,6 +251,19 @@ def test_malformed_and_oversized(server: Any) -> None:
     assert (
         status == 400 and "is not served" in answer["error"]
     )  # DNS rebinding: loopback names only
+
+
+def test_internal_error_is_json_without_traceback(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(body: Any) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(server.explorer, "tokens", boom)
+    status, answer = post(server.url + "api/tokens", {"prompt": "hi"})
+    assert status == 500 and answer == {
+        "error": "internal error (RuntimeError); see the server's log"
+    }
 
 
 def test_busy_and_serialised(model: HookedTransformer) -> None:

@@ -10,6 +10,7 @@ switching panels or re-drawing one does not recompute.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -85,7 +86,8 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> 
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise RequestError(f"{name!r} must be a {kind.__name__}, got {type(value).__name__}")
+        want = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise RequestError(f"{name!r} must be {want}, got {json.dumps(value)[:40]}")
     return value
 
 
