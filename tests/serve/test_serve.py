@@ -131,11 +131,11 @@ def test_every_panel_in_the_browser(
 
     # patching: one resid_pre cell against the patched forward done by hand
     tab("patching")
-    clean, corrupted = "A B C A B", "A B C A C"
+    clean, corrupted = "A B A", "A C A"  # 4 tokens: the sweep is 60 forwards
     page.fill("#clean", clean)
     page.fill("#corrupted", corrupted)
-    page.fill("#answer", " C")
-    page.fill("#wrong", " B")
+    page.fill("#answer", " B")
+    page.fill("#wrong", " C")
     page.click("#patch-run")
     page.wait_for_selector(f"#patching-out[data-key='{clean}']", state="attached", timeout=120_000)
     clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
@@ -148,7 +148,7 @@ def test_every_panel_in_the_browser(
         return resid
 
     patched = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, put)])
-    d, c = model.to_single_token(" C"), model.to_single_token(" B")
+    d, c = model.to_single_token(" B"), model.to_single_token(" C")
     metric = float(patched[0, -1, d] - patched[0, -1, c])
     tips = page.locator("#patching-out rect[data-tip]").evaluate_all(
         "els => els.map(e => e.dataset.tip)"
