@@ -140,7 +140,13 @@ def test_page_renders_in_chromium(
     assert len(png) > 20_000, f"{page}: the screenshot ({len(png)} bytes) looks blank"
 
 
-API_MODULES = {"viz": "lmscope.viz", "harvest": "lmscope.harvest", "encoders": "lmscope.encoders"}
+API_MODULES = {
+    "viz": "lmscope.viz",
+    "harvest": "lmscope.harvest",
+    "encoders": "lmscope.encoders",
+    "sae": "lmscope.sae",
+    "train": "lmscope.train",
+}
 
 
 @pytest.mark.parametrize("page", sorted(API_MODULES))
