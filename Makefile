@@ -56,10 +56,13 @@ $(VENV)/.docs: $(VENV)/.dev requirements/docs.txt
 
 # The documentation site, built into site/ (gitignored) with every mkdocs warning an error
 # (broken internal links and anchors included): the model diagrams are drawn first from the
-# model's own hook table (scripts/make_diagram.py -> docs/diagrams/, gitignored), then the built
+# model's own hook table (scripts/make_diagram.py -> docs/diagrams/, gitignored) and the notebooks
+# executed by `make notebooks` become tutorial pages (scripts/render_notebooks.py -> docs/tutorials/,
+# gitignored; none when they were not executed), then the built
 # front page and an API page are checked in headless Chromium (tests/docs/site_check.py).
 docs: $(VENV)/.docs /usr/bin/chromium
 	$(PY) scripts/make_diagram.py
+	$(PY) scripts/render_notebooks.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 	LMSCOPE_SITE=site $(PY) -m pytest -q -p no:cacheprovider tests/docs/site_check.py
 

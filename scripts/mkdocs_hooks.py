@@ -2,7 +2,9 @@
 
 A page added under docs/ but not yet named in mkdocs.yml's nav is appended to a "More" section,
 so it is built, searchable and reachable from the nav instead of an omitted-file warning that
---strict turns into a failed build. Name it in the nav to give it its place.
+--strict turns into a failed build. Name it in the nav to give it its place. The tutorial pages
+that scripts/render_notebooks.py generates (docs/tutorials/, only when the notebooks were
+executed) go to a "Tutorials" section, the gallery first.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def unlisted_pages(docs_dir: Path, nav: Any) -> list[str]:
 
 def on_config(config: Any) -> Any:
     missing = unlisted_pages(Path(config["docs_dir"]), config["nav"])
-    if missing and config["nav"] is not None:
-        config["nav"].append({"More": missing})
+    if not missing or config["nav"] is None:
+        return config
+    # the tutorials scripts/render_notebooks.py generates from the executed notebooks
+    tutorials = [p for p in missing if p.startswith("tutorials/")]
+    if tutorials:
+        gallery = [p for p in tutorials if p == "tutorials/gallery.md"]
+        config["nav"].append({"Tutorials": gallery + [p for p in tutorials if p not in gallery]})
+    others = [p for p in missing if p not in tutorials]
+    if others:
+        config["nav"].append({"More": others})
     return config

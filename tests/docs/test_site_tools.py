@@ -1,9 +1,11 @@
 """The site's generators: scripts/make_diagram.py draws every hook point and weight the model has,
-with the shapes a forward gives them; scripts/mkdocs_hooks.py finds pages the nav leaves out."""
+with the shapes a forward gives them; scripts/mkdocs_hooks.py finds pages the nav leaves out;
+scripts/render_notebooks.py turns an executed notebook into a page with its outputs."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -66,3 +68,31 @@ def test_unlisted_pages_are_found(tmp_path: Path) -> None:
     assert hooks.unlisted_pages(tmp_path, nav) == ["a.md", "sub/c.md"]
     config = {"docs_dir": str(tmp_path), "nav": nav}
     assert hooks.on_config(config)["nav"][-1] == {"More": ["a.md", "sub/c.md"]}
+
+
+def test_notebook_renders_with_its_outputs(tmp_path: Path) -> None:
+    render_notebooks = _script("render_notebooks")
+    cells = [
+        {"cell_type": "markdown", "source": ["# Title\n", "Some text."]},
+        {
+            "cell_type": "code",
+            "source": "x = 1\nprint(x)",
+            "outputs": [
+                {"output_type": "stream", "name": "stdout", "text": ["1\n"]},
+                {"output_type": "stream", "name": "stderr", "text": ["a warning\n"]},
+                {
+                    "output_type": "execute_result",
+                    "data": {"text/html": "<div>fig</div>", "text/plain": "F"},
+                },
+                {"output_type": "error", "ename": "ValueError", "evalue": "bad"},
+            ],
+        },
+    ]
+    notebook = tmp_path / "demo.ipynb"
+    notebook.write_text(json.dumps({"cells": cells}))
+    page, figures = render_notebooks.render(notebook, tmp_path / "out")
+    assert figures == ["figure-1.html"]
+    assert (tmp_path / "out" / "demo" / "figure-1.html").read_text() == "<div>fig</div>"
+    assert "# Title\nSome text." in page and "```python\nx = 1\nprint(x)\n```" in page
+    assert "```text\n1\n```" in page and "a warning" not in page  # stderr (warnings) left out
+    assert '<iframe src="figure-1.html"' in page and "ValueError: bad" in page
