@@ -238,7 +238,15 @@ FOREIGN_CONFIG_KEYS: dict[str, tuple[Any, ...]] = {
 
 # What the shared rotary reader (`rope_settings`) acts on; families with a partial rotary
 # dimension also handle `PARTIAL_ROTARY_KEYS`.
-ROPE_KEYS = frozenset({"rope_parameters", "rope_scaling", "rope_theta", "rotary_emb_base"})
+ROPE_KEYS = frozenset(
+    {
+        "original_max_position_embeddings",
+        "rope_parameters",
+        "rope_scaling",
+        "rope_theta",
+        "rotary_emb_base",
+    }
+)
 PARTIAL_ROTARY_KEYS = frozenset({"partial_rotary_factor", "rotary_pct"})
 # Sizes that configs of the `hidden_size` school (Llama, NeoX, Gemma, Phi, OLMo, ...) name alike.
 DECODER_KEYS = frozenset(

@@ -22,7 +22,7 @@ from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attentio
 from lmscope.loading.transforms import Scale
 
 
-def cohere_config(hf: dict[str, Any]) -> dict[str, Any]:
+def _common(hf: dict[str, Any]) -> dict[str, Any]:
     n_heads = hf["num_attention_heads"]
     d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
     rope = rope_settings(hf)
@@ -47,13 +47,18 @@ def cohere_config(hf: dict[str, Any]) -> dict[str, Any]:
         parallel_attn_mlp=True,
         tie_word_embeddings=hf.get("tie_word_embeddings", True),
     )
+    return fields
+
+
+def cohere_config(hf: dict[str, Any]) -> dict[str, Any]:
+    fields = _common(hf)
     if hf.get("use_qk_norm"):
         fields.update(use_qk_norm=True, qk_norm_type="LN", qk_norm_head_weights=True)
     return fields
 
 
 def cohere2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    fields = cohere_config(hf)
+    fields = _common(hf)
     n = fields["n_layers"]
     pattern = hf.get("sliding_window_pattern", 4)
     types = hf.get("layer_types") or [

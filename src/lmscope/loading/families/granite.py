@@ -38,6 +38,11 @@ def granite_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
         experts_per_token=hf.get("num_experts_per_tok", 2),
         router_scoring="topk_softmax",
     )
+    return fields
+
+
+def granite_moe_shared_config(hf: dict[str, Any]) -> dict[str, Any]:
+    fields = granite_moe_config(hf)
     if hf.get("shared_intermediate_size"):
         fields.update(shared_expert_d_mlp=hf["shared_intermediate_size"], shared_expert_gated=False)
     return fields
@@ -70,7 +75,7 @@ def granite_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> Weig
     rm = float(hf.get("residual_multiplier", 1.0))
     em = float(hf.get("embedding_multiplier", 1.0))
     ls = float(hf.get("logits_scaling", 1.0))
-    bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
+    bias = bool(hf.get("attention_bias"))
     m = embeddings(cfg, "model.embed_tokens.weight", scale=Scale(em) if em != 1.0 else None)
     m["unembed.weight"] = _scaled(1.0 / ls, m["unembed.weight"])
     m |= norm("ln_final", "model.norm")
@@ -82,6 +87,7 @@ def granite_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> Weig
                 attn[key] = _scaled(rm, attn[key])
         m |= attn
         if not cfg.num_experts:
+            mlp_bias = bool(hf.get("mlp_bias"))
             for role in ("gate", "in", "out"):
                 weight, bias_name = MLP[role]
                 scale = rm if role == "out" else 1.0
@@ -139,7 +145,7 @@ FAMILIES = [
     Family(
         "granitemoeshared",
         ("GraniteMoeSharedForCausalLM",),
-        granite_moe_config,
+        granite_moe_shared_config,
         granite_weight_map,
         _KEYS | {"num_experts_per_tok", "num_local_experts", "shared_intermediate_size"},
     ),

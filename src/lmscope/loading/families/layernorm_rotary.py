@@ -49,7 +49,6 @@ def _common(hf: dict[str, Any], fraction: float, eps_key: str) -> dict[str, Any]
         n_layers=hf["num_hidden_layers"],
         n_heads=n_heads,
         d_head=d_head,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
         d_mlp=hf["intermediate_size"],
         d_vocab=hf["vocab_size"],
         n_ctx=rope["n_ctx"],
@@ -65,6 +64,7 @@ def _common(hf: dict[str, Any], fraction: float, eps_key: str) -> dict[str, Any]
 
 def starcoder2_config(hf: dict[str, Any]) -> dict[str, Any]:
     fields = _common(hf, 1.0, "norm_epsilon")
+    fields["n_key_value_heads"] = hf.get("num_key_value_heads") or fields["n_heads"]
     window = hf.get("sliding_window")
     fields.update(
         act_fn=hf.get("hidden_act", "gelu_pytorch_tanh"),
@@ -75,7 +75,9 @@ def starcoder2_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def nemotron_config(hf: dict[str, Any]) -> dict[str, Any]:
-    return {**_common(hf, 0.5, "norm_eps"), "act_fn": hf.get("hidden_act", "relu2")}
+    fields = _common(hf, 0.5, "norm_eps")
+    fields["n_key_value_heads"] = hf.get("num_key_value_heads") or fields["n_heads"]
+    return {**fields, "act_fn": hf.get("hidden_act", "relu2")}
 
 
 def persimmon_config(hf: dict[str, Any]) -> dict[str, Any]:

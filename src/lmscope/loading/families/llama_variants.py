@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
@@ -34,10 +35,6 @@ from lmscope.loading.pieces import (
     norm,
     norms,
 )
-
-
-def _name(hf: dict[str, Any]) -> str:
-    return (hf.get("architectures") or [None])[0] or hf.get("model_type", "")
 
 
 def _windows(hf: dict[str, Any], fields: dict[str, Any], default: list[bool]) -> None:
@@ -105,31 +102,48 @@ def exaone4_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- weight maps ---------------------------------------------------------------------------------------
-def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    """Llama's layout with each family's biases, Arcee's plain MLP and EXAONE 4's post-norms."""
-    name = _name(hf)
-    bias = bool(hf.get("attention_bias") or hf.get("use_bias"))
-    o_bias = {
-        "HeliumForCausalLM": False,
-        "SeedOssForCausalLM": bool(hf.get("attention_out_bias")),
-    }.get(name, bias)
-    mlp_bias = bool(hf.get("mlp_bias") or hf.get("use_bias"))
-    m = embeddings(cfg, "model.embed_tokens.weight") | norm("ln_final", "model.norm")
-    for ours, h in layers(cfg, "model.layers"):
-        if cfg.norm_placement == "post":
-            m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm")
-            m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm")
-        else:
-            m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
-        m |= llama_attention(
-            f"{ours}.attn", f"{h}.self_attn", qkv_bias=bias, o_bias=o_bias, qk_norm=cfg.use_qk_norm
-        )
-        if cfg.gated_mlp:
-            m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp", bias=mlp_bias)
-        else:
-            m |= linear_mlp(f"{ours}.mlp", f"{h}.mlp.up_proj", f"{h}.mlp.down_proj", bias=mlp_bias)
-    return m
+Reader = Callable[[dict[str, Any]], bool]
 
+
+def _key(name: str | None) -> Reader:
+    """Reads the boolean config key `name` (no key: False)."""
+    return (lambda hf: bool(hf.get(name))) if name else (lambda hf: False)
+
+
+def biased_weight_map(
+    qkv: Reader, o: Reader, mlp: Reader
+) -> Callable[[HookedTransformerConfig, dict[str, Any]], WeightMap]:
+    """Llama's layout (Arcee's plain MLP, EXAONE 4's post-norms) with the biases each family's
+    readers find: `qkv`, `o` and `mlp` read the config keys that switch them on."""
+
+    def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+        qkv_bias, o_bias, mlp_bias = qkv(hf), o(hf), mlp(hf)
+        m = embeddings(cfg, "model.embed_tokens.weight") | norm("ln_final", "model.norm")
+        for ours, h in layers(cfg, "model.layers"):
+            if cfg.norm_placement == "post":
+                m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm")
+                m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm")
+            else:
+                m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
+            m |= llama_attention(
+                f"{ours}.attn",
+                f"{h}.self_attn",
+                qkv_bias=qkv_bias,
+                o_bias=o_bias,
+                qk_norm=cfg.use_qk_norm,
+            )
+            if cfg.gated_mlp:
+                m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp", bias=mlp_bias)
+            else:
+                up, down = f"{h}.mlp.up_proj", f"{h}.mlp.down_proj"
+                m |= linear_mlp(f"{ours}.mlp", up, down, bias=mlp_bias)
+        return m
+
+    return weight_map
+
+
+_ATTN, _MLP, _NONE = _key("attention_bias"), _key("mlp_bias"), _key(None)
+_USE = _key("use_bias")
 
 _WINDOW_KEYS = frozenset({"layer_types", "sliding_window"})
 FAMILIES = [
@@ -137,7 +151,7 @@ FAMILIES = [
         "smollm3",
         ("SmolLM3ForCausalLM",),
         smollm3_config,
-        weight_map,
+        biased_weight_map(_ATTN, _ATTN, _MLP),
         LLAMA_LIKE_KEYS
         | _WINDOW_KEYS
         | {
@@ -152,42 +166,42 @@ FAMILIES = [
         "ministral",
         ("MinistralForCausalLM",),
         ministral_config,
-        weight_map,
+        biased_weight_map(_NONE, _NONE, _NONE),
         LLAMA_LIKE_KEYS | _WINDOW_KEYS,
     ),
     Family(
         "helium",
         ("HeliumForCausalLM",),
         adjacent_pairs_config,
-        weight_map,
+        biased_weight_map(_ATTN, _NONE, _MLP),
         LLAMA_LIKE_KEYS | {"attention_bias", "mlp_bias"},
     ),
     Family(
         "seed_oss",
         ("SeedOssForCausalLM",),
         llama_like_config,
-        weight_map,
+        biased_weight_map(_ATTN, _key("attention_out_bias"), _MLP),
         LLAMA_LIKE_KEYS | {"attention_bias", "attention_out_bias", "mlp_bias"},
     ),
     Family(
         "arcee",
         ("ArceeForCausalLM",),
         arcee_config,
-        weight_map,
+        biased_weight_map(_ATTN, _ATTN, _MLP),
         LLAMA_LIKE_KEYS | {"attention_bias", "mlp_bias"},
     ),
     Family(
         "ernie4_5",
         ("Ernie4_5ForCausalLM",),
         adjacent_pairs_config,
-        weight_map,
+        biased_weight_map(_USE, _USE, _USE),
         LLAMA_LIKE_KEYS | {"use_bias"},
     ),
     Family(
         "exaone4",
         ("Exaone4ForCausalLM",),
         exaone4_config,
-        weight_map,
+        biased_weight_map(_NONE, _NONE, _NONE),
         LLAMA_LIKE_KEYS | _WINDOW_KEYS | {"sliding_window_pattern"},
     ),
 ]
