@@ -145,7 +145,8 @@ class HookedTransformerConfig:
     )
     # "softmax" then top-k, "sigmoid" then top-k (DeepSeek-V3), or "topk_softmax": the top-k
     # logits, then a softmax over them (GPT-OSS, GraniteMoE)
-    router_scoring: str = "softmax"
+    router_scoring: str = "softmax"  # or PhiMoE's top-2 "sparsemixer" (with router_jitter_eps)
+    router_jitter_eps: float = 0.01
     router_bias: bool = False  # a bias on the router logits (GPT-OSS)
     router_choice_bias: bool = False  # a bias on the scores that only steers the choice (DS-V3)
     router_groups: int | None = None  # choose within the best router_topk_groups groups (DS-V2/3)
@@ -271,11 +272,13 @@ class HookedTransformerConfig:
             )
 
     def _validate_experts(self) -> None:
-        if self.router_scoring not in ("softmax", "sigmoid", "topk_softmax"):
+        if self.router_scoring not in ("softmax", "sigmoid", "topk_softmax", "sparsemixer"):
             raise ValueError(
-                f"router_scoring {self.router_scoring!r} is not 'softmax', 'sigmoid' or "
-                "'topk_softmax'"
+                f"router_scoring {self.router_scoring!r} is not 'softmax', 'sigmoid', "
+                "'topk_softmax' or 'sparsemixer'"
             )
+        if self.router_scoring == "sparsemixer" and self.experts_per_token != 2:
+            raise ValueError("the sparsemixer router chooses exactly 2 experts per token")
         if self.mlp_types is not None and (
             len(self.mlp_types) != self.n_layers or set(self.mlp_types) - {"dense", "moe"}
         ):

@@ -175,7 +175,7 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
         if not cfg.attn_only:
             _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
     if steps.get("center_writing_weights"):
-        mlp = [] if cfg.attn_only else [block.mlp.W_out, block.mlp.b_out]
+        mlp = [] if cfg.attn_only else block.mlp.output_weights()
         _center([attn.W_O, attn.b_O, *mlp])
     if steps.get("fold_value_biases"):
         groups = cfg.n_groups

@@ -117,6 +117,10 @@ class MLP(nn.Module):
         names = ["W_in", "b_in", "W_out", "b_out"] + (["W_gate", "b_gate"] if self.gated else [])
         return {name: getattr(self, name) for name in names}
 
+    def output_weights(self) -> list[Tensor]:
+        """The weights that write to the residual stream (W_out, b_out), for weight processing."""
+        return [self.W_out, self.b_out]
+
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
         """(W, b) pairs that read this layer's (normalised) input, for weight processing."""
         pairs = [(self.W_in, self.b_in)]

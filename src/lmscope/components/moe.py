@@ -6,7 +6,7 @@ bias that only steers the choice (`router_choice_bias`, DeepSeek-V3's `e_score_c
 choosing within the best groups of experts (`router_groups` / `router_topk_groups`), scaled
 weights (`routed_scaling_factor`) and ungated shared experts; and routers that take the top-k
 logits first and softmax over them (`router_scoring="topk_softmax"`, GPT-OSS, GraniteMoE), with a
-router bias (`router_bias`).
+router bias (`router_bias`), and PhiMoE's SparseMixer (`router_scoring="sparsemixer"`).
 
 Hooks: `hook_router_logits` [batch, pos, num_experts] (the router's output, bias included),
 `hook_expert_weights` and `hook_expert_indices` [batch, pos, experts_per_token] (editing the
@@ -36,7 +36,8 @@ class MoE(nn.Module):
         self.router_weight = nn.Parameter(
             torch.empty(cfg.num_experts, cfg.d_model, dtype=cfg.dtype)
         )
-        if cfg.router_bias:
+        # a router bias (GPT-OSS), or a zero one that fold_ln can fold a LayerNorm's bias into
+        if cfg.router_bias or cfg.normalization_type in ("LN", "LNPre"):
             self.router_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
         if cfg.router_choice_bias:  # steers which experts are chosen, not their weights
             self.router_choice_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
@@ -64,6 +65,14 @@ class MoE(nn.Module):
                 views["W_shared_expert_gate"] = self.shared_expert_gate.T
         return views
 
+    def output_weights(self) -> list[Tensor]:
+        """Every expert's (and the shared expert's) W_out and b_out: the mix of outputs that are
+        each centred is centred."""
+        writers = [w for expert in self.experts for w in expert.output_weights()]
+        if self.cfg.shared_expert_d_mlp:
+            writers += self.shared_expert.output_weights()
+        return writers
+
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
         pairs: list[tuple[Tensor, Tensor | None]] = [
             (self.W_gate, getattr(self, "router_bias", None))
@@ -82,6 +91,8 @@ class MoE(nn.Module):
         """Each token's expert weights and indices from its router logits (in float32 for
         half-precision models, as transformers routes)."""
         cfg, k = self.cfg, self.cfg.experts_per_token
+        if cfg.router_scoring == "sparsemixer":
+            return self._sparsemixer(logits)
         if cfg.router_scoring == "topk_softmax":
             top, indices = logits.topk(k, dim=-1)
             weights = upcast(top).softmax(dim=-1)
@@ -101,6 +112,25 @@ class MoE(nn.Module):
         if cfg.routed_scaling_factor != 1.0:
             weights = weights * cfg.routed_scaling_factor
         return weights, indices
+
+    def _sparsemixer(
+        self, logits: Float[Tensor, "batch pos num_experts"]
+    ) -> tuple[Float[Tensor, "batch pos 2"], Int[Tensor, "batch pos 2"]]:
+        """PhiMoE's SparseMixer at inference: the best expert, weighted by a softmax over the
+        experts whose logits lie within a relative `2 * router_jitter_eps` of it; then the best of
+        the rest, weighted the same way among the rest. The weights are not renormalised."""
+        eps = self.cfg.router_jitter_eps
+
+        def pick(candidates: Tensor) -> tuple[Tensor, Tensor]:
+            best, index = candidates.max(dim=-1, keepdim=True)
+            factor = logits.abs().clamp(min=best)
+            far = (best - logits) / factor > 2 * eps
+            gates = candidates.masked_fill(far, float("-inf")).softmax(dim=-1)
+            return gates.gather(-1, index), index
+
+        first, i1 = pick(logits)
+        second, i2 = pick(logits.scatter(-1, i1, float("-inf")))
+        return torch.cat((first, second), dim=-1), torch.cat((i1, i2), dim=-1)
 
     def _best_groups(self, choice: Tensor) -> Tensor:
         """`choice` with the experts outside each token's `router_topk_groups` best groups set to
