@@ -130,6 +130,7 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "falcon": _norm_variant("falcon"),
     "falcon_7b": _norm_variant("falcon_7b"),
     "mpt": _norm_variant("mpt"),
+    "phimoe": _norm_variant("phimoe"),
 }
 
 

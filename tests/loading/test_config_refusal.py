@@ -128,6 +128,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "deepseek_v3": ("deepseek_v3_variant", "use_qk_norm", True),
     "falcon": ("falcon_variant", "use_qk_norm", True),
     "mpt": ("mpt_variant", "use_qk_norm", True),
+    "phimoe": ("phimoe_variant", "use_qk_norm", True),
 }
 NEUTRAL = {"qwen3_moe"}
 

@@ -476,6 +476,22 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 **_IDS,
             ),
         ),  # fmt: skip
+        # SparseMixer routing (a jitter wide enough that the softmax spans several experts),
+        # LayerNorms with bias, attention and lm_head biases, a sliding window
+        "phimoe": (
+            tr.PhimoeForCausalLM,
+            lambda: tr.PhimoeConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                num_key_value_heads=2,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                attention_bias=True,
+                lm_head_bias=True,
+                sliding_window=4,
+                router_jitter_noise=0.3,
+            ),
+        ),  # fmt: skip
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -793,10 +809,12 @@ def test_mixture_of_experts_routing_hooks(model: HookedTransformer, tokens) -> N
     logits = cache[mlp + "hook_router_logits"]
     scores = logits.sigmoid() if cfg.router_scoring == "sigmoid" else logits.softmax(-1)
     scale = cfg.routed_scaling_factor
-    assert torch.all(weights.sum(-1) <= scale + 1e-6)
-    if cfg.norm_topk_prob:
+    if cfg.router_scoring == "sparsemixer":  # each weight a softmax over the experts near it
+        assert bool((weights > 0).all()) and bool((weights <= 1).all())
+    elif cfg.norm_topk_prob:
         torch.testing.assert_close(weights.sum(-1), torch.full((2, 12), scale))
     else:
+        assert torch.all(weights.sum(-1) <= scale + 1e-6)
         torch.testing.assert_close(weights, scale * scores.gather(-1, indices))
     # each expert's hooks see exactly the tokens routed to it
     routed = 0
@@ -820,6 +838,27 @@ def test_mixture_of_experts_routing_hooks(model: HookedTransformer, tokens) -> N
     shared = cache[mlp + "hook_shared_expert_out"] if cfg.shared_expert_d_mlp else 0 * seen[0]
     torch.testing.assert_close(seen[0], shared, atol=1e-6, rtol=0)
     assert cache["mlp_out", layer].abs().max() > 0
+
+
+@torch.no_grad()
+def test_sparsemixer_router_matches_hf(build, tokens) -> None:
+    """PhiMoE's SparseMixer picks the same two experts with the same weights as transformers'."""
+    tiny = build("phimoe")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    router = tiny.hf_model.model.layers[1].mlp.router
+    out = []
+    handle = router.register_forward_hook(lambda m, a, o: out.append(o))
+    try:
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: "blocks.1.mlp.hook_" in n)
+        tiny.hf_model(tokens)
+    finally:
+        handle.remove()
+    _, hf_weights, hf_indices = out[0]
+    assert torch.equal(cache["blocks.1.mlp.hook_expert_indices"].flatten(0, 1), hf_indices)
+    torch.testing.assert_close(
+        cache["blocks.1.mlp.hook_expert_weights"].flatten(0, 1), hf_weights, atol=1e-6, rtol=0
+    )
+    assert bool((hf_weights.sum(-1) != 1).any())  # not renormalised
 
 
 @torch.no_grad()
@@ -1203,6 +1242,21 @@ def _hf_dict(config: Any) -> dict[str, Any]:
             "attn_config.qk_ln",
         ),
         (lambda: tr.GptOssConfig(**_BASE, swiglu_alpha=1.5), "swiglu_alpha"),
+        (
+            lambda: tr.PhimoeConfig(
+                **_BASE,
+                rope_parameters={
+                    "rope_type": "longrope",
+                    "rope_theta": 1e4,
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                    "short_mscale": 1.1,
+                    "long_mscale": 1.2,
+                    "original_max_position_embeddings": 32,
+                },
+            ),
+            "short LongRoPE factors",
+        ),
         (
             lambda: tr.Olmo3Config(
                 **_BASE,
