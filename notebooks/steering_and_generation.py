@@ -136,7 +136,7 @@ print("live cache over", live[name].shape[1], "positions equals the replayed for
 # %%
 direction = steering / steering.norm()
 out_str = model.to_str_tokens(out[0])
-projection = torch.stack([live["resid_post", l][0] @ direction for l in range(cfg.n_layers)])  # [layer, pos]
+projection = torch.stack([live["resid_post", layer_][0] @ direction for layer_ in range(cfg.n_layers)])  # [layer, pos]
 viz.heatmap(projection, x_labels=out_str, xlabel="position", ylabel="layer", title="Projection on the steering direction (steered run)", value_name="projection")
 
 # %%
