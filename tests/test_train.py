@@ -112,6 +112,23 @@ def test_checkpoint_loads_with_from_pretrained(tmp_path: Path) -> None:
     )
 
 
+def test_a_checkpoint_whose_config_is_not_its_weights_is_refused(tmp_path: Path) -> None:
+    train(_model(), _config(tmp_path, num_epochs=1), _data())
+    step = tmp_path / "step_5"
+    config = json.loads((step / "config.json").read_text())
+    config["hooked_transformer_config"]["d_model"] = 64
+    (step / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError,
+        match=r"embed.W_E: the checkpoint gives shape \(50, 32\), the model expects \(50, 64\)",
+    ):
+        HookedTransformer.from_pretrained_no_processing(step, verbose=False)
+    config["hooked_transformer_config"] = {**config["hooked_transformer_config"], "d_modl": 32}
+    (step / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"\['d_modl'\] are unknown"):
+        HookedTransformer.from_pretrained_no_processing(step, verbose=False)
+
+
 def test_warmup_starts_at_zero_as_transformer_lens(tmp_path: Path) -> None:
     """TransformerLens's LambdaLR gives the first step lr * 0 / warmup_steps = 0."""
     model = _model()
