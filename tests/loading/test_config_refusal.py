@@ -253,3 +253,10 @@ def test_hf_defaults_are_kept_per_transformers_version(tmp_path, monkeypatch) ->
         assert families.hf_config_defaults("gpt2") == first
     finally:
         families.hf_config_defaults.cache_clear()
+
+
+def test_a_quantized_checkpoint_is_refused_naming_the_method() -> None:
+    """MXFP4 / FP8 / GPTQ weights are not float weights: the config is refused before loading."""
+    hf = {**spec_configs()["gpt_oss_variant"], "quantization_config": {"quant_method": "mxfp4"}}
+    with pytest.raises(ValueError, match="quantization_config.*'mxfp4'.*float"):
+        family_for(hf).config_from_hf(hf)

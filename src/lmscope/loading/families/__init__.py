@@ -321,10 +321,19 @@ def _refusal(family: Family, key: str, value: Any, default: Any) -> ValueError:
 
 
 def check_config(family: Family, hf: dict[str, Any]) -> None:
-    """Refuse (ValueError naming key, value and default) a config key that `family` neither
+    """Refuse a quantized checkpoint (`quantization_config`: MXFP4, FP8, GPTQ ... weights), and
+    refuse (ValueError naming key, value and default) a config key that `family` neither
     handles nor knows to be harmless and whose value differs from the HF config class's
     default, or from the neutral values of `FOREIGN_CONFIG_KEYS`; a rotary fraction other than
     1 with rope scaling, where the family has no partial rotary."""
+    quant = hf.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
+        raise ValueError(
+            f"config attribute quantization_config (quant_method {method!r}): the checkpoint's "
+            "weights are quantized, and lmscope reads float weights only; load a float (bf16 / "
+            "fp16 / fp32) conversion of the model instead"
+        )
     handled = family.config_keys | family.ignored_keys
     model_type = hf.get("model_type") or family.name
     defaults = hf_config_defaults(model_type) if isinstance(model_type, str) else None
