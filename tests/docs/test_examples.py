@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     "README.md",
+    "docs/families/second_wave.md",
     "docs/reliability.md",
     "docs/generation.md",
     "docs/devices.md",
