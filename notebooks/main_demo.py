@@ -17,8 +17,9 @@
 #
 # We load the model, look at its tokens, cache every activation, draw attention patterns, ablate
 # a head with a hook, patch activations between two prompts, find induction heads on repeated
-# random tokens, read heads' OV and QK circuits as factored matrices, generate text, and finally
-# put hook points into a model of our own.
+# random tokens (and in a second model, Gemma 3 270M, with the same code), read heads' OV and QK
+# circuits as factored matrices, generate text, and finally put hook points into a model of our
+# own.
 #
 # The names are TransformerLens's (`HookedTransformer`, `run_with_cache`, `hook_pattern`, ...),
 # so this is also the TransformerLens Main Demo with its import changed. Each finding is asserted
@@ -272,6 +273,37 @@ viz.attention_heads(
     head_labels=[f"L{ind_layer}H{ind_head}"],
     title="top induction head",
 )
+
+# %% [markdown]
+# ## Another model, the same code
+#
+# Every model lmscope loads has the same hook names, so an analysis moves to another model by
+# changing its name. The second embedded model is Gemma 3 270M (18 layers, 4 query heads sharing
+# one key/value head, a 262k-token vocabulary, local and global attention layers). Does it have
+# induction heads too?
+
+# %%
+gemma = HookedTransformer.from_pretrained("gemma-3-270m-gguf")
+gemma_scores = torch.zeros(gemma.cfg.n_layers, gemma.cfg.n_heads)
+
+
+def gemma_induction_hook(pattern, hook):
+    stripe = pattern.diagonal(dim1=-2, dim2=-1, offset=1 - seq_len)
+    gemma_scores[hook.layer()] = stripe.mean((0, -1))
+
+
+gemma_bos = torch.full((4, 1), gemma.tokenizer.bos_token_id)
+gemma_repeated = torch.cat([gemma_bos, random_tokens[:4], random_tokens[:4]], dim=1)
+gemma_logits = gemma.run_with_hooks(gemma_repeated, fwd_hooks=[(lambda name: name.endswith("pattern"), gemma_induction_hook)])
+gemma_loss = gemma.loss_fn(gemma_logits, gemma_repeated, per_token=True).mean(0)
+g_layer, g_head = divmod(gemma_scores.flatten().argmax().item(), gemma.cfg.n_heads)
+print(f"Gemma 3 270M: loss {gemma_loss[1:seq_len].mean():.2f} on the first copy, {gemma_loss[seq_len + 1:].mean():.2f} on the second; top induction head L{g_layer}H{g_head} {gemma_scores.max():.2f}")
+assert gemma_loss[seq_len + 1 :].mean() < 2 < 8 < gemma_loss[1:seq_len].mean()
+assert gemma_scores.max() > 0.7
+viz.heatmap(gemma_scores, xlabel="head", ylabel="layer", title="Gemma 3 270M: induction score", value_name="score", color="sequential")
+
+# %%
+del gemma, gemma_logits  # back to SmolLM2
 
 # %% [markdown]
 # ## Factored matrices: OV and QK circuits
