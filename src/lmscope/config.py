@@ -34,7 +34,7 @@ ACT_FNS = (
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
-ATTN_TYPES = ("global", "local")
+ATTN_TYPES = ("global", "local", "chunked")
 # every rope_type transformers defines (modeling_rope_utils.ROPE_INIT_FUNCTIONS, and "default")
 ROPE_SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 # TransformerLens's weight initialisations (HookedTransformer.init_weights; lmscope.initialization)
@@ -106,6 +106,10 @@ class HookedTransformerConfig:
         None  # per layer "global" | "local" (default: local iff window_size)
     )
     rotary_base_local: float | None = None  # local layers' rotary base, unscaled (Gemma 3)
+    attention_chunk_size: int | None = None  # "chunked" layers see their chunk only (Llama 4)
+    # Llama 4's NoPE layers scale q by log1p(floor((pos + 1) / floor)) * scale + 1
+    attn_temperature_scale: float | None = None
+    attn_temperature_floor: float = 8192.0
     # per layer: whether it rotates q and k (None: every layer); NoPE layers (SmolLM3, Llama 4,
     # Cohere 2's global layers) have False
     rotary_layers: list[bool] | None = None
@@ -116,6 +120,7 @@ class HookedTransformerConfig:
     qk_norm_per_head: bool = True  # over each head's d_head (Qwen3, Gemma 3) or all heads (OLMo 2)
     qk_norm_type: str = "RMS"  # "RMS", "LN" (Phi, Persimmon) or weightless "RMSPre" (Llama 4)
     qk_norm_head_weights: bool = False  # weights per head, [n_heads, d_head] (StableLM-2, Cohere)
+    qk_norm_after_rotary: bool = False  # the q/k norm follows rotary, on rotating layers (Llama 4)
     clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
     # multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: keys and values from
     # a latent of that size, queries through one of q_lora_rank (if set); each query and key head
@@ -139,6 +144,7 @@ class HookedTransformerConfig:
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
     shared_expert_d_mlp: int | None = None  # an always-on shared expert (Qwen2-MoE, DeepSeek)
     shared_expert_gated: bool = True  # its output times sigmoid(x W_shared_expert_gate) (Qwen2-MoE)
+    expert_weights_on_input: bool = False  # each chosen expert reads x * weight (Llama 4)
     mlp_types: list[str] | None = None  # per layer "dense" | "moe" (default: all "moe" if experts)
     dense_d_mlp: int | None = (
         None  # the dense layers' d_mlp in a model with experts (default d_mlp)
@@ -250,6 +256,8 @@ class HookedTransformerConfig:
                 )
             if "local" in self.attn_types and not self.window_size:
                 raise ValueError("local attention layers need window_size")
+            if "chunked" in self.attn_types and not self.attention_chunk_size:
+                raise ValueError("chunked attention layers need attention_chunk_size")
         if self.num_experts is not None and not (
             1 <= (self.experts_per_token or 0) <= self.num_experts
         ):

@@ -843,7 +843,10 @@ class HookedTransformer(HookedRootModule):
         masks, rotaries = {}, {}
         for kind in set(cfg.layer_types):
             window = cfg.window_size if kind == "local" else None
-            masks[kind] = AttentionMask.build(key_mask, n_pos, total, device, window, bias)
+            chunk = cfg.attention_chunk_size if kind == "chunked" else None
+            masks[kind] = AttentionMask.build(
+                key_mask, n_pos, total, device, window, bias, chunk=chunk
+            )
             if cfg.positional_embedding_type == "rotary":
                 local = kind == "local" and hasattr(self, "rotary_local")
                 rotaries[kind] = (self.rotary_local if local else self.rotary)(positions, dtype)

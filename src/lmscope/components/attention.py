@@ -84,15 +84,20 @@ class AttentionMask:
         window: int | None = None,
         bias: Tensor | None = None,
         causal: bool = True,
+        chunk: int | None = None,
     ) -> AttentionMask:
         """Causal mask, with padding (`key_valid`) and a sliding window (key i - window < j <= i).
         With `causal=False` (encoders, cross-attention) every query sees every real key: the mask
-        is `key_valid` alone, [batch, 1, 1, k_pos], or None without padding."""
+        is `key_valid` alone, [batch, 1, 1, k_pos], or None without padding. With `chunk`
+        (Llama 4's chunked attention) a query sees only the keys of its own chunk of `chunk`
+        positions, counting real tokens (left padding does not shift the chunks)."""
         if not causal:
             if key_valid is None:
                 return cls(None, False, bias)
             return cls(key_valid[:, None, None, :].bool(), False, bias)
         windowed = window is not None and k_len > window
+        if chunk is not None and k_len > chunk:
+            return cls._chunked(key_valid, q_len, k_len, device, chunk, bias)
         if key_valid is None and not windowed:
             if q_len == k_len:
                 return cls(None, True, bias)
@@ -104,6 +109,30 @@ class AttentionMask:
         if windowed:
             allowed = allowed & (k_idx > q_idx - window)
         mask = allowed[None, None]
+        if key_valid is not None:
+            mask = mask & key_valid[:, None, None, :].bool()
+            mask = mask | ~mask.any(-1, keepdim=True)
+        return cls(mask, False, bias)
+
+    @classmethod
+    def _chunked(
+        cls,
+        key_valid: Bool[Tensor, "batch k"] | None,
+        q_len: int,
+        k_len: int,
+        device: torch.device,
+        chunk: int,
+        bias: Tensor | None,
+    ) -> AttentionMask:
+        if key_valid is None:
+            key_pos = torch.arange(k_len, device=device)[None]
+        else:
+            key_pos = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+        query_pos = key_pos[:, k_len - q_len :]
+        q_idx = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        allowed = torch.arange(k_len, device=device)[None, :] <= q_idx
+        same_chunk = (key_pos[:, None, :] // chunk) == (query_pos[:, :, None] // chunk)
+        mask = (allowed[None] & same_chunk)[:, None]
         if key_valid is not None:
             mask = mask & key_valid[:, None, None, :].bool()
             mask = mask | ~mask.any(-1, keepdim=True)
@@ -334,7 +363,7 @@ class Attention(nn.Module):
             )
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-        if cfg.use_qk_norm:
+        if cfg.use_qk_norm and not cfg.qk_norm_after_rotary:
             q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
             if cfg.clip_qkv is not None:  # with a q/k norm the clamp follows it (OLMoE)
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
@@ -346,6 +375,10 @@ class Attention(nn.Module):
             cos, sin = rotary
             q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rotary_adjacent_pairs))
             k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rotary_adjacent_pairs))
+            if cfg.use_qk_norm and cfg.qk_norm_after_rotary:  # Llama 4: rotating layers only
+                q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
+        elif cfg.attn_temperature_scale is not None:  # Llama 4's NoPE layers
+            q = q * self._temperature(cache_start, p, q)
 
         # [batch, head, pos, d_head] from here on
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -363,6 +396,14 @@ class Attention(nn.Module):
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
             return result.sum(dim=2) + self.b_O
         return linear(z.reshape(b, p, cfg.n_heads * cfg.d_head), self.o_weight, self.b_O)
+
+    def _temperature(self, start: int, p: int, q: Tensor) -> Float[Tensor, "1 pos 1 1"]:
+        """Llama 4's attention temperature for positions start..start+p (counting padding, as
+        transformers does): log1p(floor((pos + 1) / floor_scale)) * scale + 1."""
+        cfg = self.cfg
+        pos = torch.arange(start, start + p, device=q.device, dtype=torch.float32)
+        scale = torch.log1p(torch.floor((pos + 1.0) / cfg.attn_temperature_floor))
+        return (scale * cfg.attn_temperature_scale + 1.0).to(q.dtype).view(1, p, 1, 1)
 
     @staticmethod
     def _project(

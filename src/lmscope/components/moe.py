@@ -163,7 +163,11 @@ class MoE(nn.Module):
             token, slot = (flat_i == e).nonzero(as_tuple=True)
             if token.numel() == 0:
                 continue
-            y = expert(flat_x[token]) * flat_w[token, slot, None]
+            w = flat_w[token, slot, None]
+            if cfg.expert_weights_on_input:  # Llama 4: the expert reads the weighted input
+                y = expert(flat_x[token] * w)
+            else:
+                y = expert(flat_x[token]) * w
             out.index_add_(0, token, y)
         out = out.view_as(x)
         if cfg.shared_expert_d_mlp:
