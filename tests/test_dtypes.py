@@ -131,6 +131,7 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "falcon_7b": _norm_variant("falcon_7b"),
     "mpt": _norm_variant("mpt"),
     "phimoe": _norm_variant("phimoe"),
+    "llama4": _norm_variant("llama4"),
 }
 
 

@@ -129,6 +129,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "falcon": ("falcon_variant", "use_qk_norm", True),
     "mpt": ("mpt_variant", "use_qk_norm", True),
     "phimoe": ("phimoe_variant", "use_qk_norm", True),
+    "llama4_text": ("llama4_variant", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

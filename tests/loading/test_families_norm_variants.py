@@ -492,6 +492,27 @@ def _specs() -> dict[str, tuple[type, Callable[[], Any]]]:
                 router_jitter_noise=0.3,
             ),
         ),  # fmt: skip
+        # Llama 4 text: a chunked (5 tokens) rotary layer with q/k L2 norms after rotary and a
+        # dense MLP, then a NoPE layer with temperature tuning (floor 4, so it varies within 12
+        # tokens) and experts read with router-weighted inputs plus a shared expert
+        "llama4": (
+            tr.Llama4ForCausalLM,
+            lambda: tr.Llama4TextConfig(
+                **{**_BASE, "intermediate_size": 32},
+                **_IDS,
+                num_key_value_heads=2,
+                head_dim=16,
+                intermediate_size_mlp=96,
+                num_local_experts=4,
+                num_experts_per_tok=1,
+                interleave_moe_layer_step=2,
+                no_rope_layer_interval=2,
+                attention_chunk_size=5,
+                floor_scale=4,
+                attn_scale=0.5,
+                attention_bias=True,
+            ),
+        ),  # fmt: skip
         "stablelm": (
             tr.StableLmForCausalLM,
             lambda: tr.StableLmConfig(**_BASE, **_IDS, num_key_value_heads=2, use_qkv_bias=True),
@@ -571,7 +592,7 @@ def model(tiny: TinyModel) -> HookedTransformer:
 
 
 def _final_norm(hf: torch.nn.Module) -> torch.nn.Module:
-    base = hf.base_model
+    base = getattr(hf, "model", None) or hf.base_model
     for name in ("final_layernorm", "norm", "ln_f", "norm_f"):
         if hasattr(base, name):
             return getattr(base, name)
@@ -659,6 +680,11 @@ def test_processed_model_log_probs_match_hf(tiny: TinyModel, tokens) -> None:
 # -- padding --------------------------------------------------------------------------------------
 @torch.no_grad()
 def test_left_padded_batch_matches_each_sequence_alone(model: HookedTransformer) -> None:
+    if model.cfg.attn_temperature_scale is not None:
+        pytest.skip(
+            "Llama 4's temperature tuning counts positions from the padded sequence's start, as "
+            "transformers does, so a left-padded row is not the row alone (in transformers too)"
+        )
     seqs = _ragged_seqs()
     tokens, mask = _padded(seqs)
     batched = model(tokens, attention_mask=mask)
@@ -712,6 +738,9 @@ def test_sliding_window_layers_see_only_their_window(model: HookedTransformer, t
         if kind == "local":
             assert cfg.window_size < 12
             hidden = hidden | (k <= q - cfg.window_size)
+        if kind == "chunked":
+            assert cfg.attention_chunk_size < 12
+            hidden = hidden | (k // cfg.attention_chunk_size != q // cfg.attention_chunk_size)
         assert torch.all(pattern[..., hidden] == 0)
         assert torch.all(pattern[..., ~hidden] > 0)
 
@@ -759,7 +788,8 @@ def test_family_hooks_fire_with_documented_shapes(model: HookedTransformer, toke
             for ln in ("ln1_post", "ln2_post"):
                 expected[f"{x}{ln}.hook_scale"] = (b, p, 1)
                 expected[f"{x}{ln}.hook_normalized"] = (b, p, dm)
-        if cfg.use_qk_norm:
+        rotates = cfg.rotary_layers is None or cfg.rotary_layers[layer]
+        if cfg.use_qk_norm and (rotates or not cfg.qk_norm_after_rotary):
             if cfg.qk_norm_per_head:
                 expected[f"{x}attn.q_norm.hook_scale"] = (b, p, h, 1)
                 expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h, dh)
@@ -1073,6 +1103,29 @@ def test_per_head_qk_layer_norms(build, tokens) -> None:
     torch.testing.assert_close(
         cache["blocks.1.attn.hook_q"], normalized * q_norm.head_w, atol=1e-6, rtol=0
     )
+
+
+@torch.no_grad()
+def test_llama4_chunks_temperature_and_qk_norm(build, tokens) -> None:
+    """Llama 4's chunked layer attends within chunks of real tokens (left padding does not shift
+    them), its NoPE layer's temperature tuning and its q/k norm after rotary all matter."""
+    tiny = build("llama4")
+    model = HookedTransformer.from_pretrained_no_processing(tiny.path)
+    cfg = model.cfg
+    assert cfg.attn_types == ["chunked", "global"] and cfg.rotary_layers == [True, False]
+    assert cfg.mlp_types == ["dense", "moe"] and cfg.expert_weights_on_input
+    expected = tiny.hf_model(tokens).logits
+    for change in ({"attn_types": None}, {"attn_temperature_scale": None}, {"use_qk_norm": False}):
+        changed = HookedTransformer.from_pretrained_no_processing(tiny.path, **change)
+        assert (changed(tokens) - expected).abs().max() > 1e-3, change
+    seqs = _ragged_seqs()
+    padded, mask = _padded(seqs)
+    _, cache = model.run_with_cache(
+        padded, attention_mask=mask, names_filter="blocks.0.attn.hook_pattern"
+    )
+    row = 0  # 5 real tokens after 6 pads: one chunk, every real key visible to the last query
+    pattern = cache["blocks.0.attn.hook_pattern"][row, :, -1, -len(seqs[row]) :]
+    assert bool((pattern > 0).all())
 
 
 @pytest.mark.parametrize("name", ["smollm3", "exaone4"])
