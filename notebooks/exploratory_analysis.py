@@ -339,15 +339,17 @@ for kind, s in scores.items():
 assert scores["induction"].flatten().argmax() != scores["duplicate token"].flatten().argmax()
 
 # %% [markdown]
-# lmscope's `detect_head` gives the same kind of score for any text and a built-in or custom
-# pattern (its default score is the share of a head's attention that falls on the pattern, over
-# every position); on the same sequences its top induction head is one of ours.
+# lmscope's `detect_head` (TransformerLens's head detector) scores any text against a built-in or
+# custom pattern. Its default score is the share of a head's attention, over *every* query
+# position, that falls on the pattern (with `exclude_bos`, attention to BOS does not count), so
+# it ranks the induction heads a little differently from our second-copy average; its top head is
+# a strong induction head by our score too.
 
 # %%
 detected = detect_head(model, repeated, "induction_head", exclude_bos=True)
-ours = scores["induction"].flatten().topk(3).indices.tolist()
-print(f"detect_head's top induction head: L{detected.flatten().argmax() // cfg.n_heads}H{detected.flatten().argmax() % cfg.n_heads}")
-assert detected.flatten().argmax().item() in ours
+d_layer, d_head = divmod(detected.flatten().argmax().item(), cfg.n_heads)
+print(f"detect_head's top induction head: L{d_layer}H{d_head} ({detected.max():.2f}); our score for it: {scores['induction'][d_layer, d_head]:.2f}")
+assert scores["induction"][d_layer, d_head] > 0.4
 
 # %% [markdown]
 # Which kinds do the heads that matter for IOI belong to? The heads of layers 23 and 29, which
