@@ -384,6 +384,18 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
+        return self._attend(q, k, v, mask)
+
+    def _attend(
+        self,
+        q: Float[Tensor, "batch head q d_qk"],
+        k: Float[Tensor, "batch kv_head k d_qk"],
+        v: Float[Tensor, "batch kv_head k d_head"],
+        mask: AttentionMask,
+    ) -> Float[Tensor, "batch q d_model"]:
+        """The heads' mixes of values (`hook_z`) through the path the hooks and switches call
+        for, and the output projection (per head as `hook_result` with `use_attn_result`)."""
+        cfg = self.cfg
         if cfg.attn_scores_soft_cap > 0 or cfg.attn_sinks:
             z = self._explicit_attention(q, k, v, mask)
         elif self.hook_attn_scores.fires() or self.hook_pattern.fires():
@@ -391,11 +403,10 @@ class Attention(nn.Module):
         else:
             z = self._fast_attention(q, k, v, mask)
         z = self.hook_z(z.transpose(1, 2))
-
         if cfg.use_attn_result:
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
             return result.sum(dim=2) + self.b_O
-        return linear(z.reshape(b, p, cfg.n_heads * cfg.d_head), self.o_weight, self.b_O)
+        return linear(z.flatten(2), self.o_weight, self.b_O)
 
     def _temperature(self, start: int, p: int, q: Tensor) -> Float[Tensor, "1 pos 1 1"]:
         """Llama 4's attention temperature for positions start..start+p (counting padding, as

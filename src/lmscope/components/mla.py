@@ -229,15 +229,4 @@ class LatentAttention(Attention):
         else:
             v = v_new
 
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cfg.attn_sinks:
-            z = self._explicit_attention(q, k, v, mask)
-        elif self.hook_attn_scores.fires() or self.hook_pattern.fires():
-            z = self._hooked_attention(q, k, v, mask)
-        else:
-            z = self._fast_attention(q, k, v, mask)
-        z = self.hook_z(z.transpose(1, 2))
-        if cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
-        return linear(z.reshape(b, p, nh * self.dv), self.o_weight, self.b_O)
+        return self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
