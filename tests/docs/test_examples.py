@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
@@ -52,9 +53,12 @@ def test_page_examples_run(page: str, capsys: pytest.CaptureFixture[str]) -> Non
     blocks = python_blocks(page)
     assert blocks, f"{page} has no python example"
     namespace: dict[str, object] = {"__name__": f"docs_{Path(page).stem}"}
-    for i, block in enumerate(blocks):
-        skipped = _NOT_RUN.match(block)
-        if skipped:
-            assert skipped.group(1).strip(), f"{page} block {i + 1}: say why it is not run"
-            continue
-        exec(compile(block, f"{page} (python block {i + 1})", "exec"), namespace)
+    # a page may switch autograd off for its session (cache.toggle_autodiff(False)); the
+    # tests after it must not inherit that
+    with torch.enable_grad():
+        for i, block in enumerate(blocks):
+            skipped = _NOT_RUN.match(block)
+            if skipped:
+                assert skipped.group(1).strip(), f"{page} block {i + 1}: say why it is not run"
+                continue
+            exec(compile(block, f"{page} (python block {i + 1})", "exec"), namespace)
