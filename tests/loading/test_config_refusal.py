@@ -150,9 +150,11 @@ def test_bundled_hub_configs_are_accepted(name: str) -> None:
 
 
 def test_every_family_has_a_flip() -> None:
-    """FLIPS covers every family adapter."""
+    """FLIPS covers every family adapter of a Hugging Face architecture. (lmscope's own
+    checkpoints store HookedTransformerConfig fields, so there is no HF attribute to flip: an
+    unknown field is refused, tested in tests/test_train.py.)"""
     covered = {family_for(spec_configs()[base]).name for base, _, _ in FLIPS.values()}
-    assert covered == {fam.name for fam in families._families()}
+    assert covered == {fam.name for fam in families._families()} - {"lmscope"}
 
 
 @pytest.mark.parametrize("case", sorted(FLIPS))
