@@ -87,7 +87,7 @@ assert resid_pre[:, :S2].abs().max() < 1e-4  # identical prefix: exactly no effe
 assert resid_pre[0, S2] > 0.99  # at the input, the changed token is everything
 assert resid_pre[-1, END] > 0.9 and resid_pre[-1, S2].abs() < 0.05
 both = resid_pre[:, [S2, END]].sum(-1)
-print("second name + last token, per layer:", both.round(decimals=2).tolist())
+print("second name + last token, per layer:", [round(v, 2) for v in both.tolist()])
 assert (both > 0.85).all()  # at every layer, these two positions hold (nearly) all of it
 
 # %% [markdown]

@@ -80,7 +80,7 @@ def logit_diff(logits, per_prompt=False):
 
 per_prompt = logit_diff(logits, per_prompt=True)
 clean_ld = per_prompt.mean().item()
-print("logit difference per prompt:", per_prompt.round(decimals=2).tolist())
+print("logit difference per prompt:", [round(v, 2) for v in per_prompt.tolist()])
 print(f"mean {clean_ld:.2f}: the right name is e^{clean_ld:.1f} = {torch.exp(per_prompt.mean()).item():.0f}x likelier than the wrong one")
 assert (per_prompt > 1).all() and clean_ld > 3
 
@@ -263,8 +263,8 @@ viz.patching_heatmap(resid_patch, str_tokens, metric_name="logit diff recovered"
 # %%
 handover = int((resid_patch[:, END] > resid_patch[:, S2_POS]).float().argmax())
 print("the final token takes over from the second name at layer", handover)
-print("second name:", resid_patch[:, S2_POS].round(decimals=2).tolist())
-print("final token:", resid_patch[:, END].round(decimals=2).tolist())
+print("second name:", [round(v, 2) for v in resid_patch[:, S2_POS].tolist()])
+print("final token:", [round(v, 2) for v in resid_patch[:, END].tolist()])
 assert resid_patch[: handover - 3, S2_POS].min() > 0.9  # before: all at the second name
 assert resid_patch[handover + 1 :, END].min() > 0.85  # after: (almost) all at the end
 assert resid_patch[-1, S2_POS].abs() < 0.05

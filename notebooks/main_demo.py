@@ -207,8 +207,8 @@ viz.patching_heatmap(ioi_patching, clean_str_tokens, metric_name="logit diff rec
 
 # %%
 s2, last = 10, n_pos - 1
-print("second name:", ioi_patching[:, s2].round(decimals=2).tolist())
-print("last token: ", ioi_patching[:, last].round(decimals=2).tolist())
+print("second name:", [round(v, 2) for v in ioi_patching[:, s2].tolist()])
+print("last token: ", [round(v, 2) for v in ioi_patching[:, last].tolist()])
 assert clean_str_tokens[s2] == " John"
 assert ioi_patching[:15, s2].min() > 0.9  # for half the model, the second name holds it all
 assert ioi_patching[-1, last] > 0.9  # at the end, the final position carries (almost) all of it
@@ -356,8 +356,8 @@ viz.bars(list(full_copying.values()), labels, title="Full OV circuit copying sco
 # %%
 induction_copying = torch.tensor([full_copying[h] for h in top_heads])
 layer0_copying = torch.tensor([full_copying[(0, h)] for h in range(cfg.n_heads)])
-print("induction heads:", induction_copying.round(decimals=2).tolist())
-print("layer 0 heads:  ", layer0_copying.round(decimals=2).tolist())
+print("induction heads:", [round(v, 2) for v in induction_copying.tolist()])
+print("layer 0 heads:  ", [round(v, 2) for v in layer0_copying.tolist()])
 assert induction_copying[0] > 0.5  # the top induction head copies the token it attends to
 assert induction_copying.mean() > layer0_copying.mean() + 0.3  # induction heads copy, as a group
 
