@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmscope import FactoredMatrix
-from lmscope.utils import composition_scores
+from lmscope.factored_matrix import composition_scores
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_analysis_models", Path(__file__).parent / "analysis" / "tiny_analysis_models.py"
@@ -279,3 +279,23 @@ def test_composition_scores_stream_in_chunks_and_pair_broadcast_dims() -> None:
     close(small, torch.linalg.matrix_norm(left.collapse_l()[:, :, None] @ right.collapse_r()))
     with pytest.raises(ValueError, match="last dim"):
         product_norms(rand(2, 3, seed=0), rand(2, 3, seed=0))
+
+
+def test_factored_matrix_module_imports_no_lmscope_module() -> None:
+    """`composition_scores` and `get_corner` live here; `utils` re-exports them under the
+    TransformerLens names, so utils depends on factored_matrix and never the other way round."""
+    import ast
+
+    import lmscope.factored_matrix as fm
+    from lmscope import utils
+
+    tree = ast.parse(Path(fm.__file__).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not {m for m in imported if m and m.startswith("lmscope")}
+    assert utils.composition_scores is fm.composition_scores
+    assert utils.get_corner is fm.get_corner is utils.get_matrix_corner

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import Tensor
 
 from lmscope import compat as _compat
 from lmscope.components.precision import upcast
+from lmscope.factored_matrix import composition_scores, get_corner
 from lmscope.generation import sample_logits
 from lmscope.initialization import (
     NonlinearityType,
@@ -252,19 +252,6 @@ class Slice:
 
 
 # -- small tensor helpers --------------------------------------------------------------------------
-def get_corner(tensor: Any, n: int = 3) -> Tensor:
-    """The top-left `n x n x ...` corner of a tensor (or of a FactoredMatrix, without forming it).
-
-    Example:
-        >>> get_corner(torch.arange(16).reshape(4, 4), 2)
-        tensor([[0, 1],
-                [4, 5]])
-    """
-    if hasattr(tensor, "get_corner"):
-        return tensor.get_corner(n)
-    return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
-
-
 def lm_accuracy(
     logits: Float[Tensor, "batch pos d_vocab"],
     tokens: Int[Tensor, "batch pos"],
@@ -288,60 +275,6 @@ def lm_accuracy(
     if not valid.any():
         raise ValueError("the attention mask leaves no position with a real next token to score")
     return (correct & valid).sum() / valid.sum()
-
-
-def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Tensor:
-    """How much `left`'s output feeds `right`'s input: `|L R|_F / (|L|_F |R|_F)`.
-
-    Both are FactoredMatrix (or dense [..., d, d] tensors). With `broadcast_dims`, the leading dims
-    of left come first and those of right after them: left [L..] x right [R..] -> [L.., R..]. The
-    products are computed on the factors in chunks, so no [.., d_model, d_model] matrix is formed.
-
-    Example:
-        >>> composition_scores(model.OV[0, 3], model.QK[1, 5])      # Q-composition L0H3 -> L1H5
-    """
-    from lmscope.factored_matrix import FactoredMatrix, product_norms
-
-    if isinstance(left, Tensor):
-        left = FactoredMatrix(left, torch.eye(left.shape[-1], dtype=left.dtype, device=left.device))
-    if isinstance(right, Tensor):
-        eye = torch.eye(right.shape[-2], dtype=right.dtype, device=right.device)
-        right = FactoredMatrix(eye, right)
-    if left.rdim != right.ldim:
-        raise ValueError(
-            f"left's output dim {left.rdim} does not match right's input dim {right.ldim}"
-        )
-    # Drop the orthogonal outer factors: |U S Vh^T X| = |S Vh^T X|, so only mdim-sized blocks remain.
-    new_left = left.collapse_l()  # [*L, m_l, d]
-    new_right = right.collapse_r()  # [*R, d, m_r]
-    l_norms = new_left.norm(dim=(-2, -1))
-    r_norms = new_right.norm(dim=(-2, -1))
-    if broadcast_dims:
-        comp = product_norms(new_left, new_right)  # [*L, *R]
-        return comp / l_norms.reshape((*l_norms.shape, *(1,) * r_norms.ndim)) / r_norms
-    lead = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
-    return _paired_product_norms(new_left, new_right, lead) / l_norms / r_norms
-
-
-def _paired_product_norms(
-    left: Tensor, right: Tensor, lead: torch.Size, max_elements: int = 1 << 24
-) -> Tensor:
-    """Frobenius norms of `left[i] @ right[i]` [*lead] for left [*, m_l, d] and right [*, d, m_r]
-    broadcast to `lead`, gathering one chunk of pairs at a time (never a broadcast copy of all)."""
-    if not lead:
-        return (left @ right).norm(dim=(-2, -1))
-    left = left.broadcast_to(*lead, *left.shape[-2:])  # views: stride 0 where broadcast
-    right = right.broadcast_to(*lead, *right.shape[-2:])
-    (m_l, d), m_r = left.shape[-2:], right.shape[-1]
-    n = math.prod(lead)
-    chunk = max(1, max_elements // (m_l * d + d * m_r + m_l * m_r + 1))
-    out = left.new_empty(n)
-    for start in range(0, n, chunk):
-        idx = torch.unravel_index(
-            torch.arange(start, min(n, start + chunk), device=left.device), lead
-        )
-        out[start : start + chunk] = (left[idx] @ right[idx]).norm(dim=(-2, -1))
-    return out.reshape(lead)
 
 
 # -- prompts and datasets --------------------------------------------------------------------------
