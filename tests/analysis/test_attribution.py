@@ -170,3 +170,24 @@ def test_attribution_ranks_heads_like_exact_patching(seed: int) -> None:
     assert spearman(effect, approx) > 0.95
     # and the largest head effect is the largest attribution
     assert effect[0].abs().argmax() == approx[0].abs().argmax()
+
+
+def test_patching_and_attribution_functions_come_from_one_table() -> None:
+    """Every standard patch is declared once (STANDARD_PATCHES); both modules bind a function for
+    each entry with its activation and axes, and no other `get_*_patch_<name>` partial."""
+    names = set(P.STANDARD_PATCHES)
+    stacks = {"block_every", "attn_head_all_pos_every", "attn_head_by_pos_every"}
+    for module, prefix in ((P, "get_act_patch_"), (A, "get_attr_patch_")):
+        bound = {n.removeprefix(prefix) for n in dir(module) if n.startswith(prefix)}
+        assert bound == names | stacks, (prefix, bound ^ (names | stacks))
+    for name, spec in P.STANDARD_PATCHES.items():
+        act = getattr(P, f"get_act_patch_{name}")
+        assert act.keywords == {
+            "patch_setter": spec.setter,
+            "activation_name": spec.activation,
+            "index_axis_names": spec.axes,
+        }
+        assert (
+            spec.what in act.__doc__ and spec.what in getattr(A, f"get_attr_patch_{name}").__doc__
+        )
+    assert P.STANDARD_PATCHES["attn_head_v_by_pos"].shape == "[layer, pos, kv_head]"

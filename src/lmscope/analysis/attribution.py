@@ -31,10 +31,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lmscope.analysis.patching import (
+    BLOCK_EVERY,
+    HEAD_ALL_POS_EVERY,
+    HEAD_BY_POS_EVERY,
+    STANDARD_PATCHES,
     AxisNames,
     MetricFn,
     _check_kv_layout,
-    _kv_to_heads,
+    _stack_heads,
     _to_tokens,
 )
 from lmscope.utils import get_act_name
@@ -175,7 +179,15 @@ def attribution_patch(
     )[activation_name]
 
 
-def _partial(activation: str, axes: tuple[str, ...], doc: str) -> Callable[..., Tensor]:
+def attr_patch(name: str) -> Callable[..., Tensor]:
+    """`get_attr_patch_<name>`: `attribution_patch` with the activation and axes of
+    `STANDARD_PATCHES[name]` (the table `get_act_patch_<name>` is made from).
+
+    Example:
+        >>> approx = attr_patch("resid_pre")(model, corrupted_tokens, clean_cache, metric)
+    """
+    spec = STANDARD_PATCHES[name]
+
     def fn(
         model: HookedTransformer,
         corrupted_tokens: Int[Tensor, "batch pos"],
@@ -183,57 +195,47 @@ def _partial(activation: str, axes: tuple[str, ...], doc: str) -> Callable[..., 
         patching_metric: MetricFn,
     ) -> Tensor:
         return attribution_patch(
-            model, corrupted_tokens, clean_cache, patching_metric, activation, axes
+            model, corrupted_tokens, clean_cache, patching_metric, spec.activation, spec.axes
         )
 
+    fn.__name__ = fn.__qualname__ = f"get_attr_patch_{name}"
     fn.__doc__ = (
-        f"{doc}\n\nSignature: (model, corrupted_tokens, clean_cache, patching_metric) -> tensor "
-        f"indexed {list(axes)}; approximates the exact patching result minus metric(corrupted)."
+        f"Attribution: {spec.what}.\n\nSignature: (model, corrupted_tokens, clean_cache, "
+        f"patching_metric) -> tensor indexed {list(spec.axes)}; approximates the exact patching "
+        "result minus metric(corrupted)."
     )
     return fn
 
 
-get_attr_patch_resid_pre = _partial("resid_pre", ("layer", "pos"), "Attribution: resid_pre.")
-get_attr_patch_resid_mid = _partial("resid_mid", ("layer", "pos"), "Attribution: resid_mid.")
-get_attr_patch_attn_out = _partial("attn_out", ("layer", "pos"), "Attribution: attn_out.")
-get_attr_patch_mlp_out = _partial("mlp_out", ("layer", "pos"), "Attribution: mlp_out.")
-get_attr_patch_attn_head_out_by_pos = _partial(
-    "z", ("layer", "pos", "head"), "Attribution: each head's output (hook_z) by position."
-)
-get_attr_patch_attn_head_q_by_pos = _partial(
-    "q", ("layer", "pos", "head"), "Attribution: each head's query by position."
-)
-get_attr_patch_attn_head_k_by_pos = _partial(
-    "k", ("layer", "pos", "head"), "Attribution: each kv head's key by position."
-)
-get_attr_patch_attn_head_v_by_pos = _partial(
-    "v", ("layer", "pos", "head"), "Attribution: each kv head's value by position."
-)
-get_attr_patch_attn_head_pattern_by_pos = _partial(
-    "pattern",
-    ("layer", "head_index", "dest_pos"),
-    "Attribution: each head's attention row by destination.",
-)
-get_attr_patch_attn_head_pattern_dest_src_pos = _partial(
-    "pattern",
-    ("layer", "head_index", "dest_pos", "src_pos"),
-    "Attribution: each attention weight.",
-)
-get_attr_patch_attn_head_out_all_pos = _partial(
-    "z", ("layer", "head"), "Attribution: each head's output (hook_z) at all positions."
-)
-get_attr_patch_attn_head_q_all_pos = _partial(
-    "q", ("layer", "head"), "Attribution: each head's queries at all positions."
-)
-get_attr_patch_attn_head_k_all_pos = _partial(
-    "k", ("layer", "head"), "Attribution: each kv head's keys at all positions."
-)
-get_attr_patch_attn_head_v_all_pos = _partial(
-    "v", ("layer", "head"), "Attribution: each kv head's values at all positions."
-)
-get_attr_patch_attn_head_pattern_all_pos = _partial(
-    "pattern", ("layer", "head_index"), "Attribution: each head's whole pattern."
-)
+get_attr_patch_resid_pre = attr_patch("resid_pre")
+get_attr_patch_resid_mid = attr_patch("resid_mid")
+get_attr_patch_attn_out = attr_patch("attn_out")
+get_attr_patch_mlp_out = attr_patch("mlp_out")
+get_attr_patch_attn_head_out_by_pos = attr_patch("attn_head_out_by_pos")
+get_attr_patch_attn_head_q_by_pos = attr_patch("attn_head_q_by_pos")
+get_attr_patch_attn_head_k_by_pos = attr_patch("attn_head_k_by_pos")
+get_attr_patch_attn_head_v_by_pos = attr_patch("attn_head_v_by_pos")
+get_attr_patch_attn_head_pattern_by_pos = attr_patch("attn_head_pattern_by_pos")
+get_attr_patch_attn_head_pattern_dest_src_pos = attr_patch("attn_head_pattern_dest_src_pos")
+get_attr_patch_attn_head_out_all_pos = attr_patch("attn_head_out_all_pos")
+get_attr_patch_attn_head_q_all_pos = attr_patch("attn_head_q_all_pos")
+get_attr_patch_attn_head_k_all_pos = attr_patch("attn_head_k_all_pos")
+get_attr_patch_attn_head_v_all_pos = attr_patch("attn_head_v_all_pos")
+get_attr_patch_attn_head_pattern_all_pos = attr_patch("attn_head_pattern_all_pos")
+
+
+def _attr_stack(
+    model: HookedTransformer,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache: ActivationCache,
+    patching_metric: MetricFn,
+    names: Sequence[str],
+) -> list[Tensor]:
+    """The standard patches `names`, all from one forward + backward pass, in their order."""
+    specs = [STANDARD_PATCHES[n] for n in names]
+    requests = [(s.activation, s.axes) for s in specs]  # one activation per stack entry
+    out = attribution_patch_many(model, corrupted_tokens, clean_cache, patching_metric, requests)
+    return [out[s.activation] for s in specs]
 
 
 def get_attr_patch_block_every(
@@ -248,15 +250,8 @@ def get_attr_patch_block_every(
     Example:
         >>> approx = get_attr_patch_block_every(model, corrupted_tokens, clean_cache, metric)
     """
-    axes = ("layer", "pos")
-    out = attribution_patch_many(
-        model,
-        corrupted_tokens,
-        clean_cache,
-        patching_metric,
-        [("resid_pre", axes), ("attn_out", axes), ("mlp_out", axes)],
-    )
-    return torch.stack([out["resid_pre"], out["attn_out"], out["mlp_out"]], dim=0)
+    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    return torch.stack(_attr_stack(*args, BLOCK_EVERY), dim=0)
 
 
 def get_attr_patch_attn_head_all_pos_every(
@@ -273,24 +268,9 @@ def get_attr_patch_attn_head_all_pos_every(
         >>> approx = get_attr_patch_attn_head_all_pos_every(model, corrupted, clean_cache, metric)
     """
     _check_kv_layout(kv_layout)
-    axes = ("layer", "head")
-    out = attribution_patch_many(
-        model,
-        corrupted_tokens,
-        clean_cache,
-        patching_metric,
-        [("z", axes), ("q", axes), ("k", axes), ("v", axes), ("pattern", axes)],
-    )
-    return torch.stack(
-        [
-            out["z"],
-            out["q"],
-            _kv_to_heads(model, out["k"], 1, kv_layout),
-            _kv_to_heads(model, out["v"], 1, kv_layout),
-            out["pattern"],
-        ],
-        dim=0,
-    )
+    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    parts = _attr_stack(*args, HEAD_ALL_POS_EVERY)
+    return _stack_heads(model, parts, 1, kv_layout)
 
 
 def get_attr_patch_attn_head_by_pos_every(
@@ -307,21 +287,7 @@ def get_attr_patch_attn_head_by_pos_every(
         >>> approx = get_attr_patch_attn_head_by_pos_every(model, corrupted, clean_cache, metric)
     """
     _check_kv_layout(kv_layout)
-    axes = ("layer", "pos", "head")
-    out = attribution_patch_many(
-        model,
-        corrupted_tokens,
-        clean_cache,
-        patching_metric,
-        [("z", axes), ("q", axes), ("k", axes), ("v", axes), ("pattern", ("layer", "pos", "head"))],
-    )
-    return torch.stack(
-        [
-            out["z"],
-            out["q"],
-            _kv_to_heads(model, out["k"], 2, kv_layout),
-            _kv_to_heads(model, out["v"], 2, kv_layout),
-            out["pattern"],
-        ],
-        dim=0,
-    )
+    args = (model, corrupted_tokens, clean_cache, patching_metric)
+    *parts, pattern = _attr_stack(*args, HEAD_BY_POS_EVERY)
+    by_pos = pattern.permute(0, 2, 1)  # [layer, head, dest_pos] -> [layer, pos, head]
+    return _stack_heads(model, [*parts, by_pos], 2, kv_layout)

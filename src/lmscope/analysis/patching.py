@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -413,101 +414,137 @@ _MASKABLE_SETTERS = (
 
 
 # -- the standard patches ---------------------------------------------------------------------------
-def _partial(
-    setter: PatchSetter, activation: str, axes: tuple[str, ...], doc: str
-) -> Callable[..., Tensor]:
+@dataclass(frozen=True)
+class StandardPatch:
+    """One of TransformerLens's standard patches: which activation, over which index grid, with
+    which setter. `STANDARD_PATCHES` is the one table of them: `get_act_patch_<name>` here and
+    `get_attr_patch_<name>` in `lmscope.analysis.attribution` are both made from it.
+
+    Example:
+        >>> STANDARD_PATCHES["attn_head_out_by_pos"].axes
+        ('layer', 'pos', 'head')
+    """
+
+    name: str
+    activation: str
+    axes: tuple[AxisNames, ...]
+    setter: PatchSetter
+    what: str
+
+    @property
+    def shape(self) -> str:
+        """The result's index axes as the docstrings show them, e.g. "[layer, pos, kv_head]".
+
+        Example:
+            >>> STANDARD_PATCHES["attn_head_k_all_pos"].shape
+            '[layer, kv_head]'
+        """
+        kv = self.activation in _KV_ACTIVATIONS
+        shown = {"head_index": "head", "head": "kv_head" if kv else "head"}
+        return "[" + ", ".join(shown.get(a, a) for a in self.axes) + "]"
+
+
+_POS: tuple[AxisNames, ...] = ("layer", "pos")
+_HEAD_POS: tuple[AxisNames, ...] = ("layer", "pos", "head")
+_HEAD: tuple[AxisNames, ...] = ("layer", "head")
+STANDARD_PATCHES: dict[str, StandardPatch] = {
+    p.name: p
+    for p in (
+        StandardPatch("resid_pre", "resid_pre", _POS, layer_pos_patch_setter, "resid_pre"),
+        StandardPatch("resid_mid", "resid_mid", _POS, layer_pos_patch_setter, "resid_mid"),
+        StandardPatch("attn_out", "attn_out", _POS, layer_pos_patch_setter, "attn_out"),
+        StandardPatch("mlp_out", "mlp_out", _POS, layer_pos_patch_setter, "mlp_out"),
+        StandardPatch(
+            "attn_head_out_by_pos", "z", _HEAD_POS, layer_pos_head_vector_patch_setter,
+            "each head's output (hook_z) at each position",
+        ),
+        StandardPatch(
+            "attn_head_q_by_pos", "q", _HEAD_POS, layer_pos_head_vector_patch_setter,
+            "each head's query at each position",
+        ),
+        StandardPatch(
+            "attn_head_k_by_pos", "k", _HEAD_POS, layer_pos_head_vector_patch_setter,
+            "each key/value head's key at each position",
+        ),
+        StandardPatch(
+            "attn_head_v_by_pos", "v", _HEAD_POS, layer_pos_head_vector_patch_setter,
+            "each key/value head's value at each position",
+        ),
+        StandardPatch(
+            "attn_head_pattern_by_pos", "pattern", ("layer", "head_index", "dest_pos"),
+            layer_head_pos_pattern_patch_setter,
+            "each head's attention row for each destination",
+        ),
+        StandardPatch(
+            "attn_head_pattern_dest_src_pos", "pattern",
+            ("layer", "head_index", "dest_pos", "src_pos"),
+            layer_head_dest_src_pos_pattern_patch_setter, "each single attention weight",
+        ),
+        StandardPatch(
+            "attn_head_out_all_pos", "z", _HEAD, layer_head_vector_patch_setter,
+            "each head's output (hook_z) at all positions",
+        ),
+        StandardPatch(
+            "attn_head_q_all_pos", "q", _HEAD, layer_head_vector_patch_setter,
+            "each head's queries at all positions",
+        ),
+        StandardPatch(
+            "attn_head_k_all_pos", "k", _HEAD, layer_head_vector_patch_setter,
+            "each key/value head's keys at all positions",
+        ),
+        StandardPatch(
+            "attn_head_v_all_pos", "v", _HEAD, layer_head_vector_patch_setter,
+            "each key/value head's values at all positions",
+        ),
+        StandardPatch(
+            "attn_head_pattern_all_pos", "pattern", ("layer", "head_index"),
+            layer_head_pattern_patch_setter, "each head's whole attention pattern",
+        ),
+    )
+}  # fmt: skip
+# the *_every stacks, in their order (shared by patching and attribution)
+BLOCK_EVERY = ("resid_pre", "attn_out", "mlp_out")
+HEAD_ALL_POS_EVERY = tuple(f"attn_head_{a}_all_pos" for a in ("out", "q", "k", "v", "pattern"))
+HEAD_BY_POS_EVERY = tuple(f"attn_head_{a}_by_pos" for a in ("out", "q", "k", "v", "pattern"))
+
+
+def act_patch(name: str) -> Callable[..., Tensor]:
+    """`get_act_patch_<name>`: `generic_activation_patch` with the activation, setter and axes of
+    `STANDARD_PATCHES[name]`.
+
+    Example:
+        >>> grid = act_patch("resid_pre")(model, corrupted_tokens, clean_cache, metric)
+    """
+    spec = STANDARD_PATCHES[name]
     fn = partial(
         generic_activation_patch,
-        patch_setter=setter,
-        activation_name=activation,
-        index_axis_names=axes,
+        patch_setter=spec.setter,
+        activation_name=spec.activation,
+        index_axis_names=spec.axes,
     )
     fn.__doc__ = (
-        f"{doc}\n\n"
+        f"Patch {spec.what}: {spec.shape}.\n\n"
         "Signature: (model, corrupted_tokens, clean_cache, patching_metric) -> tensor indexed "
-        f"{list(axes)} (see `generic_activation_patch` for the keyword options)."
+        f"{list(spec.axes)} (see `generic_activation_patch` for the keyword options)."
     )
     return fn
 
 
-get_act_patch_resid_pre = _partial(
-    layer_pos_patch_setter, "resid_pre", ("layer", "pos"), "Patch resid_pre: [layer, pos]."
-)
-get_act_patch_resid_mid = _partial(
-    layer_pos_patch_setter, "resid_mid", ("layer", "pos"), "Patch resid_mid: [layer, pos]."
-)
-get_act_patch_attn_out = _partial(
-    layer_pos_patch_setter, "attn_out", ("layer", "pos"), "Patch attn_out: [layer, pos]."
-)
-get_act_patch_mlp_out = _partial(
-    layer_pos_patch_setter, "mlp_out", ("layer", "pos"), "Patch mlp_out: [layer, pos]."
-)
-get_act_patch_attn_head_out_by_pos = _partial(
-    layer_pos_head_vector_patch_setter,
-    "z",
-    ("layer", "pos", "head"),
-    "Patch each head's output (hook_z) at each position: [layer, pos, head].",
-)
-get_act_patch_attn_head_q_by_pos = _partial(
-    layer_pos_head_vector_patch_setter,
-    "q",
-    ("layer", "pos", "head"),
-    "Patch each head's query at each position: [layer, pos, head].",
-)
-get_act_patch_attn_head_k_by_pos = _partial(
-    layer_pos_head_vector_patch_setter,
-    "k",
-    ("layer", "pos", "head"),
-    "Patch each key/value head's key at each position: [layer, pos, kv_head].",
-)
-get_act_patch_attn_head_v_by_pos = _partial(
-    layer_pos_head_vector_patch_setter,
-    "v",
-    ("layer", "pos", "head"),
-    "Patch each key/value head's value at each position: [layer, pos, kv_head].",
-)
-get_act_patch_attn_head_pattern_by_pos = _partial(
-    layer_head_pos_pattern_patch_setter,
-    "pattern",
-    ("layer", "head_index", "dest_pos"),
-    "Patch each head's attention row for each destination: [layer, head, dest_pos].",
-)
-get_act_patch_attn_head_pattern_dest_src_pos = _partial(
-    layer_head_dest_src_pos_pattern_patch_setter,
-    "pattern",
-    ("layer", "head_index", "dest_pos", "src_pos"),
-    "Patch each single attention weight: [layer, head, dest_pos, src_pos].",
-)
-get_act_patch_attn_head_out_all_pos = _partial(
-    layer_head_vector_patch_setter,
-    "z",
-    ("layer", "head"),
-    "Patch each head's output (hook_z) at all positions: [layer, head].",
-)
-get_act_patch_attn_head_q_all_pos = _partial(
-    layer_head_vector_patch_setter,
-    "q",
-    ("layer", "head"),
-    "Patch each head's queries at all positions: [layer, head].",
-)
-get_act_patch_attn_head_k_all_pos = _partial(
-    layer_head_vector_patch_setter,
-    "k",
-    ("layer", "head"),
-    "Patch each key/value head's keys at all positions: [layer, kv_head].",
-)
-get_act_patch_attn_head_v_all_pos = _partial(
-    layer_head_vector_patch_setter,
-    "v",
-    ("layer", "head"),
-    "Patch each key/value head's values at all positions: [layer, kv_head].",
-)
-get_act_patch_attn_head_pattern_all_pos = _partial(
-    layer_head_pattern_patch_setter,
-    "pattern",
-    ("layer", "head_index"),
-    "Patch each head's whole attention pattern: [layer, head].",
-)
+get_act_patch_resid_pre = act_patch("resid_pre")
+get_act_patch_resid_mid = act_patch("resid_mid")
+get_act_patch_attn_out = act_patch("attn_out")
+get_act_patch_mlp_out = act_patch("mlp_out")
+get_act_patch_attn_head_out_by_pos = act_patch("attn_head_out_by_pos")
+get_act_patch_attn_head_q_by_pos = act_patch("attn_head_q_by_pos")
+get_act_patch_attn_head_k_by_pos = act_patch("attn_head_k_by_pos")
+get_act_patch_attn_head_v_by_pos = act_patch("attn_head_v_by_pos")
+get_act_patch_attn_head_pattern_by_pos = act_patch("attn_head_pattern_by_pos")
+get_act_patch_attn_head_pattern_dest_src_pos = act_patch("attn_head_pattern_dest_src_pos")
+get_act_patch_attn_head_out_all_pos = act_patch("attn_head_out_all_pos")
+get_act_patch_attn_head_q_all_pos = act_patch("attn_head_q_all_pos")
+get_act_patch_attn_head_k_all_pos = act_patch("attn_head_k_all_pos")
+get_act_patch_attn_head_v_all_pos = act_patch("attn_head_v_all_pos")
+get_act_patch_attn_head_pattern_all_pos = act_patch("attn_head_pattern_all_pos")
 
 
 def _check_kv_layout(kv_layout: str) -> None:
@@ -529,6 +566,19 @@ def _kv_to_heads(
     return torch.nn.functional.pad(t, pad)
 
 
+def _stack_heads(
+    model: HookedTransformer,
+    parts: Sequence[Tensor],
+    head_dim: int,
+    kv_layout: Literal["pad", "repeat"],
+) -> Tensor:
+    """The 5 results (out, q, k, v, pattern) of a head `*_every` stack, k/v put on the `n_heads`
+    axis `head_dim` (see `_kv_to_heads`), stacked on a new first dim."""
+    out, q, k, v, pattern = parts
+    k, v = (_kv_to_heads(model, t, head_dim, kv_layout) for t in (k, v))
+    return torch.stack([out, q, k, v, pattern], dim=0)
+
+
 def get_act_patch_block_every(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -541,14 +591,8 @@ def get_act_patch_block_every(
     Example:
         >>> every = get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric)
     """
-    return torch.stack(
-        [
-            get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric, **kwargs),
-            get_act_patch_attn_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
-            get_act_patch_mlp_out(model, corrupted_tokens, clean_cache, metric, **kwargs),
-        ],
-        dim=0,
-    )
+    args = (model, corrupted_tokens, clean_cache, metric)
+    return torch.stack([act_patch(name)(*args, **kwargs) for name in BLOCK_EVERY], dim=0)
 
 
 def get_act_patch_attn_head_all_pos_every(
@@ -568,18 +612,8 @@ def get_act_patch_attn_head_all_pos_every(
     """
     _check_kv_layout(kv_layout)
     args = (model, corrupted_tokens, clean_cache, metric)
-    k = get_act_patch_attn_head_k_all_pos(*args, **kwargs)
-    v = get_act_patch_attn_head_v_all_pos(*args, **kwargs)
-    return torch.stack(
-        [
-            get_act_patch_attn_head_out_all_pos(*args, **kwargs),
-            get_act_patch_attn_head_q_all_pos(*args, **kwargs),
-            _kv_to_heads(model, k, 1, kv_layout),
-            _kv_to_heads(model, v, 1, kv_layout),
-            get_act_patch_attn_head_pattern_all_pos(*args, **kwargs),
-        ],
-        dim=0,
-    )
+    parts = [act_patch(n)(*args, **kwargs) for n in HEAD_ALL_POS_EVERY]
+    return _stack_heads(model, parts, 1, kv_layout)
 
 
 def get_act_patch_attn_head_by_pos_every(
@@ -599,14 +633,6 @@ def get_act_patch_attn_head_by_pos_every(
     """
     _check_kv_layout(kv_layout)
     args = (model, corrupted_tokens, clean_cache, metric)
-    pattern = get_act_patch_attn_head_pattern_by_pos(*args, **kwargs)
-    return torch.stack(
-        [
-            get_act_patch_attn_head_out_by_pos(*args, **kwargs),
-            get_act_patch_attn_head_q_by_pos(*args, **kwargs),
-            _kv_to_heads(model, get_act_patch_attn_head_k_by_pos(*args, **kwargs), 2, kv_layout),
-            _kv_to_heads(model, get_act_patch_attn_head_v_by_pos(*args, **kwargs), 2, kv_layout),
-            einops.rearrange(pattern, "layer head pos -> layer pos head"),
-        ],
-        dim=0,
-    )
+    *parts, pattern = [act_patch(n)(*args, **kwargs) for n in HEAD_BY_POS_EVERY]
+    by_pos = einops.rearrange(pattern, "layer head pos -> layer pos head")
+    return _stack_heads(model, [*parts, by_pos], 2, kv_layout)
