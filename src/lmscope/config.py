@@ -34,7 +34,7 @@ ACT_FNS = (
 NORMALIZATION_TYPES = ("LN", "LNPre", "RMS", "RMSPre", None)
 POSITIONAL_EMBEDDING_TYPES = ("standard", "rotary", "alibi")
 NORM_PLACEMENTS = ("pre", "pre_and_post", "post", "post_residual")
-ATTN_TYPES = ("global", "local", "chunked")
+ATTN_TYPES = ("global", "local", "chunked", "linear")
 # every rope_type transformers defines (modeling_rope_utils.ROPE_INIT_FUNCTIONS, and "default")
 ROPE_SCALING_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 # TransformerLens's weight initialisations (HookedTransformer.init_weights; lmscope.initialization)
@@ -129,6 +129,17 @@ class HookedTransformerConfig:
     q_lora_rank: int | None = None
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
+    # gated delta-net linear attention (Qwen3.5, Qwen3-Next) on the layers attn_types marks
+    # "linear" (`components/linear_attention.py`): linear_n_key_heads query/key heads of
+    # linear_d_key, linear_n_value_heads value heads of linear_d_value, and a causal depthwise
+    # convolution of linear_conv_size taps over the projected q/k/v
+    linear_n_key_heads: int | None = None
+    linear_n_value_heads: int | None = None
+    linear_d_key: int | None = None
+    linear_d_value: int | None = None
+    linear_conv_size: int = 4
+    # each head's z times sigmoid(x @ W_gate + b_gate) before W_O (Qwen3.5 / Qwen3-Next attention)
+    attn_output_gate: bool = False
     # block layout
     gated_mlp: bool = False
     swiglu_limit: float | None = None  # GPT-OSS: clamp both gated branches, the linear one + 1
@@ -258,6 +269,8 @@ class HookedTransformerConfig:
                 raise ValueError("local attention layers need window_size")
             if "chunked" in self.attn_types and not self.attention_chunk_size:
                 raise ValueError("chunked attention layers need attention_chunk_size")
+            if "linear" in self.attn_types:
+                self._validate_linear_attention()
         if self.num_experts is not None and not (
             1 <= (self.experts_per_token or 0) <= self.num_experts
         ):
@@ -278,6 +291,16 @@ class HookedTransformerConfig:
             raise ValueError(
                 "latent attention rotates qk_rope_head_dim dimensions: set rotary_dim to it"
             )
+
+    def _validate_linear_attention(self) -> None:
+        sizes = (self.linear_n_key_heads, self.linear_n_value_heads, self.linear_d_key)
+        if not all(sizes) or not self.linear_d_value or self.linear_conv_size < 1:
+            raise ValueError(
+                "linear attention layers need linear_n_key_heads, linear_n_value_heads, "
+                "linear_d_key, linear_d_value and linear_conv_size >= 1"
+            )
+        if self.linear_n_value_heads % self.linear_n_key_heads:
+            raise ValueError("linear_n_value_heads must be a multiple of linear_n_key_heads")
 
     def _validate_experts(self) -> None:
         if self.router_scoring not in ("softmax", "sigmoid", "topk_softmax", "sparsemixer"):
@@ -315,7 +338,8 @@ class HookedTransformerConfig:
 
     @property
     def layer_types(self) -> list[str]:
-        """Each layer's attention type: "global", or "local" (sliding window of `window_size`)."""
+        """Each layer's attention type: "global", "local" (sliding window of `window_size`),
+        "chunked" or "linear" (a gated delta-net layer, `blocks.{l}.linear_attn`)."""
         if self.attn_types is not None:
             return list(self.attn_types)
         return ["local" if self.window_size else "global"] * self.n_layers

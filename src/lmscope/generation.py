@@ -94,9 +94,14 @@ class KVCache:
         device = torch.device(device) if device is not None else torch.device("cpu")
         # A model spread over devices keeps each layer's entry on that layer's device.
         layer_devices = layer_devices or [device] * cfg.n_layers
+        # (imported here: lmscope.utils imports this module before the components exist)
+        from lmscope.components.linear_attention import RecurrentState
+
         self.entries = [
-            KVCacheEntry(cfg, batch, capacity, layer_device, dtype)
-            for layer_device in layer_devices
+            RecurrentState()  # a linear-attention layer keeps a state, not keys and values
+            if cfg.layer_types[layer] == "linear"
+            else KVCacheEntry(cfg, batch, capacity, layer_device, dtype)
+            for layer, layer_device in enumerate(layer_devices)
         ]
         self.mask = torch.zeros(batch, capacity, dtype=torch.long, device=device)  # 1 = real token
         self.length = 0

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from lmscope.components.attention import AttentionMask, alibi_bias
 from lmscope.components.block import TransformerBlock
 from lmscope.components.embed import Embed, PosEmbed, Unembed
+from lmscope.components.linear_attention import RecurrentMask
 from lmscope.components.norm import LayerNorm, RMSNorm, make_norm
 from lmscope.components.rotary import Rotary
 from lmscope.config import HookedTransformerConfig
@@ -842,6 +843,9 @@ class HookedTransformer(HookedRootModule):
             bias = alibi_bias(cfg.n_heads, key_pos, n_pos)
         masks, rotaries = {}, {}
         for kind in set(cfg.layer_types):
+            if kind == "linear":  # a recurrent layer reads only which new positions are real
+                masks[kind] = RecurrentMask(None if key_mask is None else key_mask[:, -n_pos:])
+                continue
             window = cfg.window_size if kind == "local" else None
             chunk = cfg.attention_chunk_size if kind == "chunked" else None
             masks[kind] = AttentionMask.build(
@@ -875,7 +879,8 @@ class HookedTransformer(HookedRootModule):
         for layer, block in enumerate(self.blocks):
             prefix = f"blocks.{layer}."
             # (keys and values per kv head, never ungrouped; latent attention has its own)
-            views.update({f"{prefix}attn.{k}": v for k, v in block.attn.weights().items()})
+            name, mixer = block.mixer()
+            views.update({f"{prefix}{name}.{k}": v for k, v in mixer.weights().items()})
             if not self.cfg.attn_only:
                 views.update({f"{prefix}mlp.{k}": v for k, v in block.mlp.weights().items()})
         for name, norm in norms.items():
@@ -908,6 +913,15 @@ class HookedTransformer(HookedRootModule):
             )
         return self._stack(lambda b: getattr(b.mlp, name))
 
+    def _attn_stack(self, get: Any) -> Tensor:
+        if "linear" in self.cfg.layer_types:
+            raise AttributeError(
+                "this model mixes attention with linear-attention layers, so its attention "
+                "weights do not stack over layers: use model.blocks[layer].attn (attention "
+                "layers) or model.blocks[layer].linear_attn (cfg.layer_types says which)"
+            )
+        return self._stack(get)
+
     def _stack(self, get: Any) -> Tensor:
         """Each block's `get(block)` stacked over layers (on the first block's device)."""
         parts = [get(block) for block in self.blocks]
@@ -935,35 +949,35 @@ class HookedTransformer(HookedRootModule):
 
     @property
     def W_Q(self) -> Float[Tensor, "n_layers head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_Q)
+        return self._attn_stack(lambda b: b.attn.W_Q)
 
     @property
     def W_K(self) -> Float[Tensor, "n_layers kv_head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_K)
+        return self._attn_stack(lambda b: b.attn.W_K)
 
     @property
     def W_V(self) -> Float[Tensor, "n_layers kv_head d_model d_head"]:
-        return self._stack(lambda b: b.attn.W_V)
+        return self._attn_stack(lambda b: b.attn.W_V)
 
     @property
     def W_O(self) -> Float[Tensor, "n_layers head d_head d_model"]:
-        return self._stack(lambda b: b.attn.W_O)
+        return self._attn_stack(lambda b: b.attn.W_O)
 
     @property
     def b_Q(self) -> Float[Tensor, "n_layers head d_head"]:
-        return self._stack(lambda b: b.attn.b_Q)
+        return self._attn_stack(lambda b: b.attn.b_Q)
 
     @property
     def b_K(self) -> Float[Tensor, "n_layers kv_head d_head"]:
-        return self._stack(lambda b: b.attn.b_K)
+        return self._attn_stack(lambda b: b.attn.b_K)
 
     @property
     def b_V(self) -> Float[Tensor, "n_layers kv_head d_head"]:
-        return self._stack(lambda b: b.attn.b_V)
+        return self._attn_stack(lambda b: b.attn.b_V)
 
     @property
     def b_O(self) -> Float[Tensor, "n_layers d_model"]:
-        return self._stack(lambda b: b.attn.b_O)
+        return self._attn_stack(lambda b: b.attn.b_O)
 
     @property
     def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
@@ -1053,7 +1067,7 @@ class HookedTransformer(HookedRootModule):
             raise ValueError(f"layer must lie in [0, {n}], got {layer}")
         total = torch.zeros(self.cfg.d_model, dtype=self.cfg.dtype, device=self.W_E.device)
         for block in self.blocks[:layer]:
-            total = total + block.attn.b_O.to(total.device)
+            total = total + block.mixer()[1].b_O.to(total.device)
             if include_mlp_biases and not self.cfg.attn_only:
                 if hasattr(block.mlp, "experts"):  # routed experts' biases depend on the input
                     if any(bool(e.b_out.any()) for e in block.mlp.experts):

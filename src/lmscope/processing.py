@@ -81,7 +81,12 @@ def plan_steps(cfg: HookedTransformerConfig, **requested: bool) -> dict[str, boo
         and cfg.norm_placement == "pre",
         "center_unembed": cfg.output_logits_soft_cap <= 0,
         # (attention sinks take a share of each row, so pattern rows no longer sum to 1)
-        "fold_value_biases": cfg.clip_qkv is None and not cfg.attn_sinks and not cfg.kv_lora_rank,
+        # (an output gate scales b_V's share per token; linear-attention layers have no b_V)
+        "fold_value_biases": cfg.clip_qkv is None
+        and not cfg.attn_sinks
+        and not cfg.kv_lora_rank
+        and not cfg.attn_output_gate
+        and "linear" not in cfg.layer_types,
     }
     unknown = set(requested) - set(STEPS)
     if unknown:
@@ -169,7 +174,7 @@ def process_unit(model: HookedTransformer, unit: Unit, steps: dict[str, bool]) -
 
 def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[str, bool]) -> None:
     """fold_ln, centring and value-bias folding of one block."""
-    attn = block.attn
+    _, attn = block.mixer()  # attention, or a linear-attention layer
     if _folds(cfg, steps):
         _fold_norm(cfg, block, "ln1", attn.input_weights())
         if not cfg.attn_only:

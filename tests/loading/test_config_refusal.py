@@ -21,6 +21,7 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Qwen3_5ForCausalLM,
 )
 
 from lmscope import HookedTransformer
@@ -67,6 +68,8 @@ def spec_configs() -> dict[str, dict[str, Any]]:
         found[name] = _as_saved(spec.config(), spec.model_cls)
     for name, (model_cls, make) in variants.SPECS.items():
         found[f"{name}_variant"] = _as_saved(make(), model_cls)
+    qwen3_5 = _module("test_family_qwen3_5").qwen3_5_config()
+    found["qwen3_5"] = _as_saved(qwen3_5, Qwen3_5ForCausalLM)
     return found
 
 
@@ -130,6 +133,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "mpt": ("mpt_variant", "use_qk_norm", True),
     "phimoe": ("phimoe_variant", "use_qk_norm", True),
     "llama4_text": ("llama4_variant", "attn_logit_softcapping", 30.0),
+    "qwen3_5_text": ("qwen3_5", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

@@ -249,6 +249,10 @@ class Attention(nn.Module):
         if cfg.use_qk_norm:  # hooks attn.q_norm.hook_scale / hook_normalized, likewise k_norm
             self.q_norm = make_qk_norm(cfg, nh)
             self.k_norm = make_qk_norm(cfg, nkv)
+        if cfg.attn_output_gate:  # Qwen3.5 / Qwen3-Next: z *= sigmoid(x @ W_gate + b_gate)
+            self.gate_weight = nn.Parameter(torch.empty(nh * dh, dm, dtype=cfg.dtype))
+            self.gate_bias = nn.Parameter(torch.zeros(nh * dh, dtype=cfg.dtype))
+            self.hook_gate = HookPoint()  # [batch, pos, head, d_head], the sigmoid
 
     # -- weight views (TransformerLens layout) -------------------------------------------------
     def _heads(self, w: Tensor) -> Float[Tensor, "n d_model d_head"]:
@@ -314,6 +318,15 @@ class Attention(nn.Module):
         cfg = self.cfg
         return self.o_weight.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0)
 
+    @property
+    def W_gate(self) -> Float[Tensor, "head d_model d_head"]:
+        """The output gate's weights (`cfg.attn_output_gate`), a view."""
+        return self._heads(self.gate_weight)
+
+    @property
+    def b_gate(self) -> Float[Tensor, "head d_head"]:
+        return self.gate_bias.view(-1, self.cfg.d_head)
+
     def weights(self) -> dict[str, Tensor]:
         """This layer's weights under their TransformerLens names (views of the storage); keys and
         values per key/value head, as stored (never ungrouped copies).
@@ -322,11 +335,13 @@ class Attention(nn.Module):
             >>> block.attn.weights()["W_Q"].shape     # [head, d_model, d_head]
         """
         names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+        names += ("W_gate", "b_gate") if self.cfg.attn_output_gate else ()
         return {name: getattr(self, f"_{name}" if name[-1] in "KV" else name) for name in names}
 
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
         """(W, b) pairs that read the block's normalised input, for weight processing."""
-        return [(self.W_Q, self.b_Q), (self._W_K, self._b_K), (self._W_V, self._b_V)]
+        pairs = [(self.W_Q, self.b_Q), (self._W_K, self._b_K), (self._W_V, self._b_V)]
+        return pairs + ([(self.W_gate, self.b_gate)] if self.cfg.attn_output_gate else [])
 
     # -- forward -------------------------------------------------------------------------------
     def forward(
@@ -384,7 +399,19 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
-        return self._attend(q, k, v, mask)
+        return self._attend(q, k, v, mask, self._gate(query_input))
+
+    def _gate(
+        self, x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"]
+    ) -> Float[Tensor, "batch pos head d_head"] | None:
+        """The output gate sigmoid(x @ W_gate + b_gate) per head (`cfg.attn_output_gate`)."""
+        if not self.cfg.attn_output_gate:
+            return None
+        if x.ndim == 3:
+            gate = linear(x, self.gate_weight, self.gate_bias).unflatten(-1, (-1, self.cfg.d_head))
+        else:
+            gate = self._project(x, self.W_gate, self.b_gate)
+        return self.hook_gate(torch.sigmoid(gate))
 
     def _attend(
         self,
@@ -392,9 +419,11 @@ class Attention(nn.Module):
         k: Float[Tensor, "batch kv_head k d_qk"],
         v: Float[Tensor, "batch kv_head k d_head"],
         mask: AttentionMask,
+        gate: Float[Tensor, "batch q head d_head"] | None = None,
     ) -> Float[Tensor, "batch q d_model"]:
-        """The heads' mixes of values (`hook_z`) through the path the hooks and switches call
-        for, and the output projection (per head as `hook_result` with `use_attn_result`)."""
+        """The heads' mixes of values (`hook_z`, times the output `gate` where there is one)
+        through the path the hooks and switches call for, and the output projection (per head
+        as `hook_result` with `use_attn_result`)."""
         cfg = self.cfg
         if cfg.attn_scores_soft_cap > 0 or cfg.attn_sinks:
             z = self._explicit_attention(q, k, v, mask)
@@ -402,7 +431,8 @@ class Attention(nn.Module):
             z = self._hooked_attention(q, k, v, mask)
         else:
             z = self._fast_attention(q, k, v, mask)
-        z = self.hook_z(z.transpose(1, 2))
+        z = z.transpose(1, 2)
+        z = self.hook_z(z if gate is None else z * gate)
         if cfg.use_attn_result:
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h dh, h dh dm -> b p h dm"))
             return result.sum(dim=2) + self.b_O

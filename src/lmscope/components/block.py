@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lmscope.components.attention import Attention, AttentionMask
+from lmscope.components.linear_attention import LinearAttention
 from lmscope.components.mla import LatentAttention
 from lmscope.components.mlp import MLP
 from lmscope.components.moe import MoE
@@ -48,7 +49,10 @@ class TransformerBlock(nn.Module):
         pre = cfg.norm_placement in ("pre", "pre_and_post", "post_residual")
         post = cfg.norm_placement in ("post", "pre_and_post")
         self.ln1 = (make_norm(cfg) if pre else None) or Identity()
-        self.attn = (LatentAttention if cfg.kv_lora_rank else Attention)(cfg, layer_idx)
+        if self.attn_type == "linear":  # a gated delta-net layer (Qwen3.5), no softmax attention
+            self.linear_attn = LinearAttention(cfg, layer_idx)
+        else:
+            self.attn = (LatentAttention if cfg.kv_lora_rank else Attention)(cfg, layer_idx)
         if post:
             self.ln1_post = make_norm(cfg) or Identity()
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
@@ -85,7 +89,9 @@ class TransformerBlock(nn.Module):
             rotary = None
         if cfg.norm_placement == "post_residual":
             return self._forward_post_residual(resid_pre, mask, rotary, kv_cache, cache_start)
-        if cfg.use_attn_in or cfg.use_split_qkv_input:
+        if self.attn_type == "linear":  # (no per-head inputs: its heads are not attention's)
+            attn_out = self.linear_attn(self.ln1(resid_pre), mask, kv_cache, cache_start)
+        elif cfg.use_attn_in or cfg.use_split_qkv_input:
             q_in, k_in, v_in = self._per_head_inputs(resid_pre)
             attn_out = self.attn(
                 self.ln1(q_in), self.ln1(k_in), self.ln1(v_in), mask, rotary, kv_cache, cache_start
@@ -129,6 +135,17 @@ class TransformerBlock(nn.Module):
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
         mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
         return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
+
+    def mixer(self) -> tuple[str, nn.Module]:
+        """The token mixer's name and module: ("attn", attention), or ("linear_attn", the
+        gated delta-net layer) on a linear-attention layer.
+
+        Example:
+            >>> name, module = model.blocks[0].mixer()
+        """
+        if self.attn_type == "linear":
+            return "linear_attn", self.linear_attn
+        return "attn", self.attn
 
     def _mlp(self, mlp_in: Tensor) -> Tensor:
         out = self.mlp(self.ln2(mlp_in))

@@ -1,0 +1,132 @@
+"""Qwen3.5 text (`Qwen3_5ForCausalLM`): a hybrid of gated delta-net linear attention and gated
+softmax attention.
+
+- Layers: `layer_types` marks each "linear_attention" (a gated delta-net layer,
+  `blocks.{l}.linear_attn`, `lmscope.components.linear_attention`) or "full_attention" (by
+  default every fourth layer); config `attn_types` "linear" / "global".
+- Full attention: Qwen3's per-head q/k RMSNorms, partial rotary (`partial_rotary_factor`, 1/4
+  of each head by default; the text model's multimodal rotary gives every axis the text position,
+  which is ordinary rotary), and an output gate: `q_proj` holds each head's query and gate rows
+  ([head, (q | gate), d_head]), and z is multiplied by sigmoid(gate) before `o_proj`
+  (`attn_output_gate`, `attn.hook_gate`).
+- Every RMSNorm outside the linear layers computes `x_hat * (1 + w)`: stored as `1 + w`
+  (`PlusOne`); the linear layers' gated norm uses its weight as it is.
+- The KV cache holds each linear layer's convolution inputs and recurrent state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmscope.config import HookedTransformerConfig
+from lmscope.loading.families import Family, WeightMap, rope_settings
+from lmscope.loading.families.gemma import plus_one
+from lmscope.loading.families.llama import LLAMA_LIKE_KEYS, llama_like_config
+from lmscope.loading.pieces import embeddings, gated_mlp, layers, norm, norms
+from lmscope.loading.transforms import FusedHeads
+
+_KINDS = {"linear_attention": "linear", "full_attention": "global"}
+
+
+def _layer_types(hf: dict[str, Any]) -> list[str]:
+    n = hf["num_hidden_layers"]
+    interval = hf.get("full_attention_interval", 4)
+    types = hf.get("layer_types") or [
+        "linear_attention" if (i + 1) % interval else "full_attention" for i in range(n)
+    ]
+    unknown = sorted(set(types) - set(_KINDS))
+    if unknown:
+        raise NotImplementedError(
+            f"config attribute layer_types holds {unknown}, which lmscope has no layer for "
+            f"(it implements {sorted(_KINDS)})"
+        )
+    return [_KINDS[t] for t in types]
+
+
+def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    fields = llama_like_config(hf)
+    fraction = rope_settings(hf)["fraction"]
+    fields.update(
+        rotary_dim=int(fields["d_head"] * fraction),
+        use_qk_norm=True,
+        qk_norm_per_head=True,
+        attn_output_gate=True,
+        attn_types=_layer_types(hf),
+        linear_n_key_heads=hf.get("linear_num_key_heads", 16),
+        linear_n_value_heads=hf.get("linear_num_value_heads", 32),
+        linear_d_key=hf.get("linear_key_head_dim", 128),
+        linear_d_value=hf.get("linear_value_head_dim", 128),
+        linear_conv_size=hf.get("linear_conv_kernel_dim", 4),
+    )
+    return fields
+
+
+def _linear_attention(ours: str, theirs: str) -> WeightMap:
+    """A gated delta-net layer, every tensor as the checkpoint stores it."""
+    names = {
+        "qkv_weight": "in_proj_qkv.weight",
+        "gate_weight": "in_proj_z.weight",
+        "beta_weight": "in_proj_b.weight",
+        "alpha_weight": "in_proj_a.weight",
+        "conv_weight": "conv1d.weight",
+        "A_log": "A_log",
+        "dt_bias": "dt_bias",
+        "norm.w": "norm.weight",
+        "o_weight": "out_proj.weight",
+    }
+    return {f"{ours}.{mine}": f"{theirs}.{name}" for mine, name in names.items()}
+
+
+def _gated_attention(cfg: HookedTransformerConfig, ours: str, theirs: str, bias: bool) -> WeightMap:
+    """Attention whose `q_proj` interleaves each head's query and output-gate rows."""
+    m: WeightMap = {}
+    params = ("weight", "bias") if bias else ("weight",)
+    for part, (w, b) in enumerate((("q_weight", "q_bias"), ("gate_weight", "gate_bias"))):
+        fused = FusedHeads(cfg.n_heads, part, n_parts=2)
+        for param, mine in zip(params, (w, b), strict=False):
+            m[f"{ours}.{mine}"] = (fused, f"{theirs}.q_proj.{param}")
+    for part, (w, b) in {"k": ("k_weight", "k_bias"), "v": ("v_weight", "v_bias")}.items():
+        m[f"{ours}.{w}"] = f"{theirs}.{part}_proj.weight"
+        if bias:
+            m[f"{ours}.{b}"] = f"{theirs}.{part}_proj.bias"
+    m[f"{ours}.o_weight"] = f"{theirs}.o_proj.weight"
+    if bias:
+        m[f"{ours}.b_O"] = f"{theirs}.o_proj.bias"
+    m |= norm(f"{ours}.q_norm", f"{theirs}.q_norm", transform=plus_one)
+    return m | norm(f"{ours}.k_norm", f"{theirs}.k_norm", transform=plus_one)
+
+
+def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+    bias = bool(hf.get("attention_bias"))
+    m = embeddings(cfg, "model.embed_tokens.weight")
+    m |= norm("ln_final", "model.norm", transform=plus_one)
+    for layer, (ours, h) in enumerate(layers(cfg, "model.layers")):
+        m |= norms(
+            ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", transform=plus_one
+        )
+        if cfg.layer_types[layer] == "linear":
+            m |= _linear_attention(f"{ours}.linear_attn", f"{h}.linear_attn")
+        else:
+            m |= _gated_attention(cfg, f"{ours}.attn", f"{h}.self_attn", bias)
+        m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
+    return m
+
+
+FAMILY = Family(
+    "qwen3_5_text",
+    ("Qwen3_5ForCausalLM",),
+    config_from_hf,
+    weight_map,
+    LLAMA_LIKE_KEYS
+    | {
+        "attention_bias",
+        "full_attention_interval",
+        "layer_types",
+        "linear_conv_kernel_dim",
+        "linear_key_head_dim",
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+        "linear_value_head_dim",
+        "partial_rotary_factor",
+    },
+)
