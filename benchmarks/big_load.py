@@ -17,14 +17,13 @@ the page cache), interleaved with the HF baseline, `--repeats` times; the figure
   bytes of the loaded parameters.
 
 Results go to benchmarks/results/big_load.json, and docs/benchmarks.md is re-rendered with them
-(benchmarks/run.py renders the section).
+(benchmarks/render.py renders the section).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import statistics
@@ -34,8 +33,28 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+if (
+    __name__ == "__main__" and not __package__
+):  # `python benchmarks/big_load.py`: import the package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # from the root, not benchmarks/
+
+from benchmarks.orchestrate import load_results  # noqa: E402
+from benchmarks.probes import (  # noqa: E402
+    machine_info,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    warm_lazy_imports,
+)
+from benchmarks.render import render  # noqa: E402
+from benchmarks.spec import (  # noqa: E402
+    BIG_LOAD_JSON,
+    BIG_LOAD_LABELS,
+    BIG_LOAD_TARGETS,
+    DOC_MD,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 SHAPE = {
@@ -61,18 +80,7 @@ SHAPES = {
 _ST_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
 
-def _run_module() -> ModuleType:
-    """benchmarks/run.py (its RSS helpers, machine description and renderer), imported by path."""
-    spec = importlib.util.spec_from_file_location("lmscope_bench_run", BENCH_DIR / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-RUN = _run_module()
-KINDS = tuple(RUN.BIG_LOAD_LABELS)  # "hf", then the lmscope loads
+KINDS = tuple(BIG_LOAD_LABELS)  # "hf", then the lmscope loads
 
 
 def llama_tensors(shape: dict[str, int]) -> Iterator[tuple[str, list[int]]]:
@@ -150,7 +158,6 @@ def worker(
 ) -> dict[str, Any]:
     """In a fresh interpreter: import, load once (onto `device`), read every parameter once;
     times, host RSS and, on a GPU, its peak allocated memory."""
-    run = RUN
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -158,9 +165,9 @@ def worker(
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
-    run._warm_lazy_imports(path)
-    rss_after_import = run._rss_bytes()
-    run._reset_peak_rss()
+    warm_lazy_imports(path)
+    rss_after_import = rss_bytes()
+    reset_peak_rss()
     cuda = device.startswith("cuda")
     if cuda:
         torch.zeros(1, device=device)  # the CUDA context, outside the timings
@@ -180,7 +187,7 @@ def worker(
     if cuda:
         torch.cuda.synchronize(device)
     load_s = time.perf_counter() - start
-    peak_load = run._peak_rss_bytes()
+    peak_load = peak_rss_bytes()
     params = list(model.values() if isinstance(model, dict) else model.parameters())
     start = time.perf_counter()
     with torch.inference_mode():  # in slices: a half-precision sum would upcast a whole copy
@@ -197,7 +204,7 @@ def worker(
         "load_s": load_s,
         "touch_s": touch_s,
         "rss_growth": peak_load - rss_after_import,
-        "rss_growth_touch": run._peak_rss_bytes() - rss_after_import,
+        "rss_growth_touch": peak_rss_bytes() - rss_after_import,
         "param_bytes": sum(p.numel() * p.element_size() for p in params),
         "dtypes": sorted({str(p.dtype) for p in params}),
         "checksum": checksum,
@@ -274,7 +281,7 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     kinds = result["kinds"]
     hf = kinds.get("hf", {}).get("load_touch_s")
     out = {}
-    for kind in RUN.BIG_LOAD_TARGETS:
+    for kind in BIG_LOAD_TARGETS:
         k = kinds.get(kind, {})
         if "error" in k or not k or not hf:
             continue
@@ -310,9 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = dict(SHAPES[args.shape])
     if args.layers is not None:
         shape["num_hidden_layers"] = args.layers
-    run = RUN
     doc: dict[str, Any] = {
-        "machine": run.machine_info(args.device),
+        "machine": machine_info(args.device),
         "device": args.device,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "shape": shape,
@@ -325,19 +331,19 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_dtype(dtype_name, args.repeats, args.threads, shape, args.device)
         doc["checkpoints"][dtype_name] = result
         for kind, r in ratios(result).items():
-            time_target, memory_target = RUN.BIG_LOAD_TARGETS[kind]
+            time_target, memory_target = BIG_LOAD_TARGETS[kind]
             print(
                 f"{dtype_name} {kind}: load + read {r['time']:.2f}x HF (target <= {time_target}x), "
                 f"peak {'GPU memory' if args.device != 'cpu' else 'RSS growth'} "
                 f"{r['memory']:.3f}x the weights (target <= {memory_target}x)"
             )
-    out = args.out or run.BIG_LOAD_JSON
+    out = args.out or BIG_LOAD_JSON
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     if not args.no_render and args.out is None:
-        run.DOC_MD.write_text(run.render(run.load_results()))
-        print(f"wrote {run.DOC_MD}", file=sys.stderr)
+        DOC_MD.write_text(render(load_results()))
+        print(f"wrote {DOC_MD}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent / "src"), str(BENCH_DIR)]
+if __name__ == "__main__" and not __package__:  # a script (a bare GPU machine): the benchmarks
+    sys.path[0:1] = [str(BENCH_DIR.parent / "src"), str(BENCH_DIR.parent)]  # package and lmscope
 
 try:  # lmscope imports its GGUF reader eagerly; these models never need it
     import gguf  # noqa: F401
@@ -62,8 +63,7 @@ except ImportError:
     _stub.__spec__ = importlib.machinery.ModuleSpec("gguf", None)
     sys.modules["gguf"] = _stub
 
-from hook_overhead import count_ops  # noqa: E402
-
+from benchmarks.hook_overhead import count_ops  # noqa: E402
 from lmscope import HookedTransformer, patching  # noqa: E402
 
 TARGETS = {"cache_all": 1.15, "fwd_bwd_cache": 1.3, "sweep_vs_tl": 3.0}

@@ -19,14 +19,13 @@ fsync and renames; by hand includes its `save_file` calls), interleaved round-ro
   the activations' own bytes.
 
 Results go to benchmarks/results/harvest.json, and docs/benchmarks.md is re-rendered with them
-(benchmarks/run.py renders the section).
+(benchmarks/render.py renders the section).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -36,24 +35,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/harvest.py`: import the package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # from the root, not benchmarks/
+
+from benchmarks.orchestrate import load_results  # noqa: E402
+from benchmarks.probes import machine_info  # noqa: E402
+from benchmarks.render import render  # noqa: E402
+from benchmarks.spec import DOC_MD  # noqa: E402
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "harvest.json"
-
-
-def _run_module() -> ModuleType:
-    """benchmarks/run.py (machine description and renderer), imported by path."""
-    spec = importlib.util.spec_from_file_location("lmscope_bench_run", BENCH_DIR / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def corpus_tokens(model: Any, n_tokens: int, seq_len: int) -> torch.Tensor:
@@ -135,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     import lmscope
     from lmscope import HookedTransformer
 
-    run = _run_module()
     load_start = os.getloadavg()
     model = HookedTransformer.from_pretrained(args.model, verbose=False)
     tokens = corpus_tokens(model, args.tokens, args.seq_len)
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     doc: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": run.machine_info("cpu"),
+        "machine": machine_info("cpu"),
         "model": model.cfg.model_name,
         "n_layers": n_layers,
         "tokens": n_tokens,
@@ -217,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {RESULTS}", file=sys.stderr)
     if not args.no_render:
-        run.DOC_MD.write_text(run.render(run.load_results()))
-        print(f"wrote {run.DOC_MD}", file=sys.stderr)
+        DOC_MD.write_text(render(load_results()))
+        print(f"wrote {DOC_MD}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ from typing import Any
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR.parent / "src"), str(BENCH_DIR)]  # lmscope, and run.py as `run`
+if __name__ == "__main__" and not __package__:  # a script: the benchmarks package and lmscope from
+    sys.path[0:1] = [str(BENCH_DIR.parent / "src"), str(BENCH_DIR.parent)]  # the root, not here
 
 from lmscope import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
@@ -206,9 +207,9 @@ def op_counts(model: HookedTransformer, tokens: torch.Tensor, compile: Any) -> d
 
 def machine() -> dict[str, Any]:
     """benchmarks/run.py's machine description, with the load average and the date."""
-    import run as bench_run
+    from benchmarks.probes import machine_info
 
-    info = bench_run.machine_info("cpu")
+    info = machine_info("cpu")
     info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     info["date"] = dt.datetime.now().isoformat(timespec="seconds")
     return info
@@ -216,10 +217,11 @@ def machine() -> dict[str, Any]:
 
 def smollm2_rows(rounds: int, threads: int) -> dict[str, Any]:
     """benchmarks/run.py's forward and cache rows on SmolLM2-135M against HF's forward."""
-    import run as bench_run
     from transformers import AutoModelForCausalLM
 
-    path = bench_run.prepare_checkpoint("smollm2-135m")
+    from benchmarks.checkpoints import prepare_checkpoint
+
+    path = prepare_checkpoint("smollm2-135m")
     torch.set_num_threads(threads)
     hf = {
         impl: AutoModelForCausalLM.from_pretrained(

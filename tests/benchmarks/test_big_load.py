@@ -4,8 +4,6 @@ measures a load, and the section rendered into docs/benchmarks.md judges its tar
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-BIG_LOAD_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "big_load.py"
+from benchmarks.render import render_big_load
+
 TINY = {
     "hidden_size": 64,
     "intermediate_size": 96,
@@ -26,13 +25,10 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def big_load() -> ModuleType:
-    """benchmarks/big_load.py, imported by path (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("lmscope_bench_big_load", BIG_LOAD_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/big_load.py, a module of the benchmarks package."""
+    from benchmarks import big_load
+
+    return big_load
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -89,7 +85,7 @@ def _doc(hf_s: float, processed_s: float, growth: float) -> dict[str, Any]:
 
 
 def test_rendered_section_judges_the_targets(big_load: ModuleType) -> None:
-    text = "\n".join(big_load.RUN.render_big_load(_doc(hf_s=1.0, processed_s=2.5, growth=1.10)))
+    text = "\n".join(render_big_load(_doc(hf_s=1.0, processed_s=2.5, growth=1.10)))
     assert "| bfloat16: load + read, lmscope `HookedTransformer.from_pretrained" in text
     assert "| 2.500x | **missed** |" in text  # processed time over HF's
     assert "| 1.100x | hold |" in text  # processed peak RSS over the weights (<= 1.15x)

@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-from conftest import load_script
-
-GPU_HOOKS_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_hooks.py"
-
 
 def _script() -> ModuleType:
-    return load_script(GPU_HOOKS_PY, "lmscope_bench_gpu_hooks")
+    from benchmarks import gpu_hooks
+
+    return gpu_hooks
 
 
 def test_quick_mode_measures_every_row(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ the target."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,22 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import lmscope
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"lmscope_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.render import render_harvest
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return _load("harvest")
+    from benchmarks import harvest
+
+    return harvest
 
 
 def test_by_hand_writes_what_harvest_writes(
@@ -49,7 +39,6 @@ def test_by_hand_writes_what_harvest_writes(
 
 
 def test_section_judges_the_target() -> None:
-    run = _load("run")
     case = {
         "hooks": ["blocks.5.hook_resid_post"], "stop_at_layer": 6,
         "tokens_per_s": {"by_hand": 100.0, "harvest": 250.0}, "speedup": 2.5,
@@ -62,6 +51,6 @@ def test_section_judges_the_target() -> None:
         "cases": {"early": case, "last": {**case, "speedup": 0.9}},
         "ray": {"hooks": ["h"], "workers": 2, "tokens_per_s": {"ray": 50.0, "local": 100.0}, "speedup": 0.5},
     }  # fmt: skip
-    text = "\n".join(run.render_harvest(doc))
+    text = "\n".join(render_harvest(doc))
     assert "| 100 tok/s | 250 tok/s | 2.50x (hold) | 2308.8 | 2304 |" in text
     assert "0.90x (**missed**)" in text and "50 tok/s against `engine='local'` 100 tok/s" in text

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from conftest import load_script
-
-HOOK_OVERHEAD_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "hook_overhead.py"
-
 
 def _script() -> ModuleType:
-    return load_script(HOOK_OVERHEAD_PY, "lmscope_bench_hook_overhead")
+    from benchmarks import hook_overhead
+
+    return hook_overhead
 
 
 def test_rows_and_op_counts(tmp_path: Path) -> None:

@@ -4,15 +4,10 @@ on held-out repeated sequences, and the repeated half's loss falls far below the
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from conftest import load_script
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_induction.py"
+from benchmarks import train_induction as bench
 
 
 def test_induction_head_forms_in_a_short_run() -> None:
-    bench = load_script(BENCH, "lmscope_bench_train_induction")
     result = bench.run("quick", steps=300, verbose=False)
     assert result["before_best_induction_score"] < 0.3  # a random model: no induction head
     assert result["best_induction_score"] > 0.6
