@@ -48,6 +48,7 @@ class _ThreadState(threading.local):
 
 
 _LOCAL = _ThreadState()
+_SILENCING = [0]  # how many `silenced()` blocks run, in all threads: while any, no fast path
 _current_thread = threading.current_thread
 _compiling = torch.compiler.is_compiling
 
@@ -90,12 +91,24 @@ class HookHandle:
         return self.owner is None or self.owner is thread
 
 
+def _set_hooks(attrs: dict[str, Any], key: str, hooks: list[HookHandle]) -> None:
+    """Set a hook point's `key` ("_fwd" or "_bwd") hook list (`attrs`: its `__dict__`), and its
+    `_store`: (cache, owner thread) when its one hook is a plain forward `CacheHook`, which
+    `HookPoint.__call__` then runs as a dict store without looking further (else None)."""
+    attrs[key] = hooks
+    fwd = attrs["_fwd"]
+    only = fwd[0] if len(fwd) == 1 and not attrs["_bwd"] else None
+    fn = only.fn if only is not None else None
+    plain = fn.__class__ is CacheHook and fn.plain  # type: ignore[union-attr]
+    attrs["_store"] = (fn.cache, only.owner) if plain else None  # type: ignore[union-attr]
+
+
 def _attach(handles: list[HookHandle], prepend: bool = False) -> None:
     """Add each handle to its hook point's list, under one lock."""
     with _EDIT_LOCK:
         for handle in handles:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
-            attrs[key] = [handle, *attrs[key]] if prepend else [*attrs[key], handle]
+            _set_hooks(attrs, key, [handle, *attrs[key]] if prepend else [*attrs[key], handle])
 
 
 def _detach(handles: list[HookHandle]) -> None:
@@ -105,9 +118,9 @@ def _detach(handles: list[HookHandle]) -> None:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
             old = attrs[key]
             if len(old) == 1 and old[0] is handle:
-                attrs[key] = []
+                _set_hooks(attrs, key, [])
             else:
-                attrs[key] = [h for h in old if h is not handle]
+                _set_hooks(attrs, key, [h for h in old if h is not handle])
 
 
 # How many hooks were ever given a context level other than by `hooks()` itself (add_hook's
@@ -234,6 +247,7 @@ class HookPoint(nn.Module):
     """
 
     _plan: tuple[Any, ...] = ()  # a compiled run's hooks here (see `_run_plan`)
+    _store: tuple[dict[str, Tensor], threading.Thread | None] | None = None  # see `_set_hooks`
 
     def __init__(self) -> None:
         super().__init__()
@@ -245,6 +259,13 @@ class HookPoint(nn.Module):
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self._fwd and not self._bwd:
+            return x
+        store = self._store
+        if store is not None and not _SILENCING[0] and not _compiling():
+            # The one hook is a plain CacheHook (what run_with_cache attaches): a dict store.
+            cache, owner = store
+            if owner is None or owner is _current_thread():
+                cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
             return x
         return self._run_hooks(x)
 
@@ -343,7 +364,7 @@ class HookPoint(nn.Module):
         """Replace the `dir` hook list by `change(old)`, atomically across threads."""
         attr = "_fwd" if dir == "fwd" else "_bwd"
         with _EDIT_LOCK:
-            self.__dict__[attr] = change(self.__dict__[attr])
+            _set_hooks(self.__dict__, attr, change(self.__dict__[attr]))
 
     def add_hook(
         self,
@@ -475,10 +496,14 @@ def silenced(points: Sequence[HookPoint]) -> Iterator[None]:
     forward passes still run their hooks there)."""
     before = _LOCAL.silenced
     _LOCAL.silenced = before | frozenset(points)
+    with _EDIT_LOCK:
+        _SILENCING[0] += 1
     try:
         yield
     finally:
         _LOCAL.silenced = before
+        with _EDIT_LOCK:
+            _SILENCING[0] -= 1
 
 
 def _hook_pairs(hooks: Any, arg: str) -> list[tuple[Any, HookFn]]:
