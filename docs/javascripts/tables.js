@@ -1,7 +1,8 @@
 // Sortable, filterable tables for the documentation site (mkdocs.yml extra_javascript).
 // Every table of more than 12 rows gets a filter box (rows whose text contains every word typed,
 // case-insensitive) and headers that sort on click (again: reverse). Numbers sort as numbers,
-// with K/M/B suffixes ("135M", "1.7B") and thousands separators understood; blanks sort last.
+// with K/M/B suffixes ("135M", "1.7B") and thousands separators understood; blank and unknown
+// ("?") cells sort last in either direction.
 // Offline: no library, nothing fetched.
 (function () {
   "use strict";
@@ -9,14 +10,13 @@
 
   function key(text) {
     var t = text.replace(/[,\u2020\s]/g, "");
+    if (t === "" || t === "?") return { unknown: true };
     var m = /^(-?\d+(?:\.\d+)?)([KMBT]?)$/i.exec(t);
     if (m) return { n: parseFloat(m[1]) * (SCALE[m[2].toUpperCase()] || 1) };
     return { s: text.trim().toLowerCase() };
   }
 
   function compare(a, b) {
-    if (a.s === "" && b.s !== "") return 1;
-    if (b.s === "" && a.s !== "") return -1;
     if (a.n !== undefined && b.n !== undefined) return a.n - b.n;
     if (a.n !== undefined) return -1;
     if (b.n !== undefined) return 1;
@@ -59,7 +59,9 @@
         cell.dataset.sort = dir === 1 ? "asc" : "desc";
         var rows = Array.prototype.slice.call(body.rows);
         rows.sort(function (a, b) {
-          return dir * compare(key(a.cells[col].textContent), key(b.cells[col].textContent));
+          var ka = key(a.cells[col].textContent), kb = key(b.cells[col].textContent);
+          if (ka.unknown || kb.unknown) return (ka.unknown ? 1 : 0) - (kb.unknown ? 1 : 0);
+          return dir * compare(ka, kb);
         });
         rows.forEach(function (row) { body.appendChild(row); });
       });

@@ -170,7 +170,8 @@ def test_api_page_documents_every_public_name(site: Path, page: str) -> None:
 
 def test_model_table_sorts_and_filters(served: str, browser: Any) -> None:
     """docs/javascripts/tables.js on the model table: filtering hides the rows without every word
-    typed, a header click sorts numerically (d_model) and a second click reverses."""
+    typed, a header click sorts numerically (d_model) and a second click reverses; unknown
+    figures ("?") stay last both ways."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -189,13 +190,20 @@ def test_model_table_sorts_and_filters(served: str, browser: Any) -> None:
     col = headers.index("d_model")
     table.locator("thead th").nth(col).click()
 
-    def column() -> list[float]:
-        cells = [r.locator("td").nth(col).inner_text().strip() for r in rows.all()]
-        return [float(c.replace(",", "")) for c in cells if c]
+    def column() -> list[str]:
+        return [r.locator("td").nth(col).inner_text().strip() for r in rows.all()]
 
-    ascending = column()
+    def known(cells: list[str]) -> list[float]:
+        return [float(c.replace(",", "")) for c in cells if c not in ("", "?")]
+
+    cells = column()
+    ascending = known(cells)
     assert ascending == sorted(ascending) and ascending[0] < ascending[-1]
+    unknown = cells.index("?")  # unknown figures sort last, in either direction
+    assert set(cells[unknown:]) == {"?"}
     table.locator("thead th").nth(col).click()
-    assert column() == sorted(ascending, reverse=True)
+    cells = column()
+    assert known(cells) == sorted(ascending, reverse=True)
+    assert set(cells[cells.index("?") :]) == {"?"}
     context.close()
     assert errors == []
