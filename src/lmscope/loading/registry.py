@@ -421,7 +421,10 @@ def _check_entries() -> None:
     """Every entry's family is declared in FAMILIES (one spelling), and aliases are unique."""
     unknown = sorted({e.family for e in ENTRIES} - set(FAMILIES))
     if unknown:
-        raise RuntimeError(f"registry families {unknown} are not declared in FAMILIES")
+        raise RuntimeError(
+            f"registry families {unknown} are not declared in FAMILIES: use a family name "
+            "FAMILIES spells, or add the family there with its HF architecture and model class"
+        )
     seen: set[str] = set()
     for entry in ENTRIES:
         if entry.alias.lower() in seen:
