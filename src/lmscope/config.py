@@ -390,3 +390,39 @@ HookedTransformerConfig.default_prepend_bos = property(  # type: ignore[assignme
     _set_default_prepend_bos,
     doc="Whether string inputs get BOS first by default (a loaded model: what its tokenizer does).",
 )
+    @classmethod
+    def unwrap(cls, config: dict[str, Any] | HookedTransformerConfig) -> HookedTransformerConfig:
+        """The config itself, or one built from a dict of its fields (TransformerLens's `unwrap`).
+
+        Example:
+            >>> cfg = HookedTransformerConfig.unwrap(
+            ...     {"n_layers": 1, "d_model": 8, "n_ctx": 4, "d_head": 4, "d_vocab": 10}
+            ... )
+            >>> HookedTransformerConfig.unwrap(cfg) is cfg, cfg.n_heads
+            (True, 2)
+        """
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        raise TypeError(
+            "HookedTransformerConfig.unwrap takes a HookedTransformerConfig or a dict of its "
+            f"fields, got {type(config).__name__}"
+        )
+
+    def is_layer_norm_activation(self) -> bool:
+        """Whether the MLP's activation has a LayerNorm inside (`solu_ln`: `mlp.ln`, `hook_mid`).
+
+        Example:
+            >>> HookedTransformerConfig.unwrap(
+            ...     {"n_layers": 1, "d_model": 8, "n_ctx": 4, "d_head": 4, "d_vocab": 10, "act_fn": "solu_ln"}
+            ... ).is_layer_norm_activation()
+            True
+        """
+        return self.act_fn is not None and self.act_fn.endswith("_ln")
+
+
+class LayerConfig:
+    """A layer's view of its model's config: the model's fields, but for the few sizes that
+    differ on this layer (`HookedTransformerConfig.for_layer`). A view, so switches set on the
+    model's config later (`use_attn_result`, ...) reach the layer too.

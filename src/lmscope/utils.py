@@ -145,7 +145,8 @@ def to_numpy(x: Tensor | np.ndarray | list | tuple | float | int | bool | str) -
     if isinstance(x, (list, tuple, int, float, bool, str)):
         return np.array(x)
     raise ValueError(
-        f"to_numpy takes a tensor, array, list, tuple or scalar, got {type(x).__name__}"
+        f"to_numpy got an invalid type {type(x).__name__}: pass a tensor, array, list, tuple or "
+        "scalar"
     )
 
 

@@ -145,3 +145,9 @@ def test_download_file_from_hf_offline(tmp_path, monkeypatch) -> None:
 def test_get_dataset_refuses_unknown_names() -> None:
     with pytest.raises(ValueError, match="not one of"):
         utils.get_dataset("not-a-dataset")
+
+
+def test_to_numpy_names_an_invalid_type() -> None:
+    # TransformerLens's unit tests match "invalid type" in the message.
+    with pytest.raises(ValueError, match="invalid type dict"):
+        utils.to_numpy({"a": 1})
