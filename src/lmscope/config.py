@@ -371,25 +371,6 @@ class HookedTransformerConfig:
             raise ValueError(f"unknown HookedTransformerConfig fields: {unknown}")
         return cls(**d)
 
-
-def _get_default_prepend_bos(cfg: HookedTransformerConfig) -> bool:
-    resolve = cfg.__dict__.pop("_resolve_prepend_bos", None)
-    if resolve is not None:
-        cfg.__dict__["_default_prepend_bos"] = resolve()
-    return cfg.__dict__["_default_prepend_bos"]
-
-
-def _set_default_prepend_bos(cfg: HookedTransformerConfig, value: bool) -> None:
-    cfg.__dict__.pop("_resolve_prepend_bos", None)
-    cfg.__dict__["_default_prepend_bos"] = value
-
-
-# A field with a lazy getter: the dataclass machinery (init, eq, asdict) goes through it.
-HookedTransformerConfig.default_prepend_bos = property(  # type: ignore[assignment]
-    _get_default_prepend_bos,
-    _set_default_prepend_bos,
-    doc="Whether string inputs get BOS first by default (a loaded model: what its tokenizer does).",
-)
     @classmethod
     def unwrap(cls, config: dict[str, Any] | HookedTransformerConfig) -> HookedTransformerConfig:
         """The config itself, or one built from a dict of its fields (TransformerLens's `unwrap`).
@@ -422,7 +403,21 @@ HookedTransformerConfig.default_prepend_bos = property(  # type: ignore[assignme
         return self.act_fn is not None and self.act_fn.endswith("_ln")
 
 
-class LayerConfig:
-    """A layer's view of its model's config: the model's fields, but for the few sizes that
-    differ on this layer (`HookedTransformerConfig.for_layer`). A view, so switches set on the
-    model's config later (`use_attn_result`, ...) reach the layer too.
+def _get_default_prepend_bos(cfg: HookedTransformerConfig) -> bool:
+    resolve = cfg.__dict__.pop("_resolve_prepend_bos", None)
+    if resolve is not None:
+        cfg.__dict__["_default_prepend_bos"] = resolve()
+    return cfg.__dict__["_default_prepend_bos"]
+
+
+def _set_default_prepend_bos(cfg: HookedTransformerConfig, value: bool) -> None:
+    cfg.__dict__.pop("_resolve_prepend_bos", None)
+    cfg.__dict__["_default_prepend_bos"] = value
+
+
+# A field with a lazy getter: the dataclass machinery (init, eq, asdict) goes through it.
+HookedTransformerConfig.default_prepend_bos = property(  # type: ignore[assignment]
+    _get_default_prepend_bos,
+    _set_default_prepend_bos,
+    doc="Whether string inputs get BOS first by default (a loaded model: what its tokenizer does).",
+)
