@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, HookedTransformerConfig
 from lmscope.utils import test_prompt
+from tests._tiny import TinyModel
 
 TEXTS = ["Hello world! Hello there", "The cat", "Mary went to the store and the park"]
 
