@@ -25,6 +25,7 @@ from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint, copy_int
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.hf_model import HFModelCheckpoint
+from lmscope.loading.language_model import language_model_view
 from lmscope.loading.pieces import view_name
 from lmscope.loading.pretrained_args import (
     first_layers,
@@ -651,6 +652,7 @@ def from_pretrained(
             _gguf_cache.cache_enabled(gguf_cache),
             verbose,
         )
+    checkpoint = language_model_view(checkpoint)  # a multimodal checkpoint: its text model
     family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
     left_out: frozenset[str] = frozenset()
     if first_n_layers is not None:
