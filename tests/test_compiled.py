@@ -13,10 +13,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
 from lmscope.compiled import CompileFallbackWarning, compile_kwargs
+from tests._tiny import TinyModel
 
 DYNAMO = {"backend": "eager"}
 AOT = {"backend": "aot_eager"}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 from test_dtypes import FAMILIES, SLACK, _distance, _log_probs
 from transformers import AutoModelForCausalLM
 
 from lmscope import HookedTransformer
 from lmscope.devices import unit_names
+from tests._tiny import TinyModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

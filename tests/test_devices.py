@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 from test_dtypes import FAMILIES
 
 import lmscope.devices as devices
@@ -28,6 +27,7 @@ from lmscope.devices import (
     unit_names,
 )
 from lmscope.generation import KVCache
+from tests._tiny import TinyModel
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 GIB = 2**30

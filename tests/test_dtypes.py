@@ -3,135 +3,89 @@
 Half-precision parity is relative to what transformers itself achieves: on the same tiny random
 checkpoint, lmscope in a dtype must be no further (root-mean-square over the logits) from
 transformers' float32 logits than transformers in that dtype is, with 1.5x slack for rounding luck. float64 keeps lmscope's float32
-tolerances. The tiny checkpoints are the family fixtures of tests/conftest.py and the spec tables
-of tests/loading/test_families_*.py, built once per session.
+tolerances. The tiny checkpoints are tests/_families.py's FAMILY_SPECS, built once per session.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-from conftest import TinyModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
+from tests._tiny import TinyModel
 
 HALF = [torch.bfloat16, torch.float16]
 SLACK = 1.5
 LOGIT_ATOL = 1e-5  # lmscope's float32 tolerance against transformers (tests/loading)
 
 
-def _family_module(name: str) -> ModuleType:
-    """A tests/loading family module (for its spec tables), imported under the name pytest gives
-    it, so its cache of built checkpoints is shared with its own tests."""
-    folder = str(Path(__file__).parent / "loading")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
-
-
-def _conftest(fixture: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
-    return lambda request: request.getfixturevalue(fixture)
-
-
-def _classic(name: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
-    def build(request: pytest.FixtureRequest) -> TinyModel:
-        module = _family_module("test_families_classic")
-        return module._get(name, request.getfixturevalue("tmp_path_factory"))
-
-    return build
-
-
-def _llama_like(name: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
-    def build(request: pytest.FixtureRequest) -> TinyModel:
-        module = _family_module("test_families_llama_like")
-        return module._tiny(name, request.getfixturevalue("tmp_path_factory"))
-
-    return build
-
-
-_NORM_VARIANTS: dict[str, TinyModel] = {}
-
-
-def _norm_variant(name: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
-    def build(request: pytest.FixtureRequest) -> TinyModel:
-        if name not in _NORM_VARIANTS:
-            module = _family_module("test_families_norm_variants")
-            model_cls, make_config = module.SPECS[name]
-            factory = request.getfixturevalue("tmp_path_factory")
-            _NORM_VARIANTS[name] = module._build_tiny(
-                factory, f"dtype_{name}", model_cls, make_config()
-            )
-        return _NORM_VARIANTS[name]
-
-    return build
+def _spec(name: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
+    """The session's tiny checkpoint of tests/_families.py's FAMILY_SPECS[name]."""
+    return lambda request: request.getfixturevalue("tiny_family")(name)
 
 
 # One checkpoint per family adapter, plus the variants whose features touch precision
 # (soft-caps, q/k norms, local rotary bases, rope scaling, routers, ALiBi, partial rotary).
 FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
-    "gpt2": _conftest("tiny_gpt2"),
-    "neox": _conftest("tiny_neox"),
-    "llama": _conftest("tiny_llama"),
-    "mistral": _conftest("tiny_mistral"),
-    "gpt_neo": _classic("gpt_neo"),
-    "gptj": _classic("gptj"),
-    "codegen": _classic("codegen"),
-    "opt": _classic("opt"),
-    "bloom": _classic("bloom"),
-    "bigcode_mqa": _classic("bigcode_mqa"),
-    "llama3": _llama_like("llama3"),
-    "mixtral": _llama_like("mixtral"),
-    "qwen2": _llama_like("qwen2"),
-    "qwen3": _llama_like("qwen3"),
-    "qwen2_moe": _llama_like("qwen2_moe"),
-    "qwen3_moe": _llama_like("qwen3_moe"),
-    "gemma": _norm_variant("gemma"),
-    "gemma2": _norm_variant("gemma2"),
-    "gemma3": _norm_variant("gemma3"),
-    "phi": _norm_variant("phi"),
-    "phi3": _norm_variant("phi3"),
-    "olmo": _norm_variant("olmo"),
-    "olmo2": _norm_variant("olmo2"),
-    "olmoe": _norm_variant("olmoe"),
-    "stablelm": _norm_variant("stablelm"),
-    "llama_yarn": _llama_like("llama_yarn"),
-    "phi3_longrope": _norm_variant("phi3_longrope"),
-    "stablelm_qk_norm": _norm_variant("stablelm_parallel"),
-    "glm": _norm_variant("glm"),
-    "glm4": _norm_variant("glm4"),
-    "glm4_moe": _norm_variant("glm4_moe"),
-    "smollm3": _norm_variant("smollm3"),
-    "ministral": _norm_variant("ministral"),
-    "helium": _norm_variant("helium"),
-    "seed_oss": _norm_variant("seed_oss"),
-    "arcee": _norm_variant("arcee"),
-    "ernie4_5": _norm_variant("ernie4_5"),
-    "exaone4": _norm_variant("exaone4"),
-    "olmo3": _norm_variant("olmo3"),
-    "granite": _norm_variant("granite"),
-    "granitemoe": _norm_variant("granitemoe"),
-    "granitemoeshared": _norm_variant("granitemoeshared"),
-    "cohere": _norm_variant("cohere"),
-    "cohere2": _norm_variant("cohere2"),
-    "starcoder2": _norm_variant("starcoder2"),
-    "nemotron": _norm_variant("nemotron"),
-    "persimmon": _norm_variant("persimmon"),
-    "gpt_oss": _norm_variant("gpt_oss"),
-    "deepseek_v2": _norm_variant("deepseek_v2"),
-    "deepseek_v3": _norm_variant("deepseek_v3"),
-    "falcon": _norm_variant("falcon"),
-    "falcon_7b": _norm_variant("falcon_7b"),
-    "mpt": _norm_variant("mpt"),
-    "phimoe": _norm_variant("phimoe"),
-    "llama4": _norm_variant("llama4"),
+    "gpt2": _spec("gpt2"),
+    "neox": _spec("neox"),
+    "llama": _spec("llama_gqa"),
+    "mistral": _spec("mistral_mqa"),
+    "gpt_neo": _spec("gpt_neo"),
+    "gptj": _spec("gptj"),
+    "codegen": _spec("codegen"),
+    "opt": _spec("opt"),
+    "bloom": _spec("bloom"),
+    "bigcode_mqa": _spec("bigcode_mqa"),
+    "llama3": _spec("llama3"),
+    "mixtral": _spec("mixtral"),
+    "qwen2": _spec("qwen2"),
+    "qwen3": _spec("qwen3"),
+    "qwen2_moe": _spec("qwen2_moe"),
+    "qwen3_moe": _spec("qwen3_moe"),
+    "gemma": _spec("gemma"),
+    "gemma2": _spec("gemma2"),
+    "gemma3": _spec("gemma3"),
+    "phi": _spec("phi"),
+    "phi3": _spec("phi3"),
+    "olmo": _spec("olmo"),
+    "olmo2": _spec("olmo2"),
+    "olmoe": _spec("olmoe"),
+    "stablelm": _spec("stablelm"),
+    "llama_yarn": _spec("llama_yarn"),
+    "phi3_longrope": _spec("phi3_longrope"),
+    "stablelm_qk_norm": _spec("stablelm_parallel"),
+    "glm": _spec("glm"),
+    "glm4": _spec("glm4"),
+    "glm4_moe": _spec("glm4_moe"),
+    "smollm3": _spec("smollm3"),
+    "ministral": _spec("ministral"),
+    "helium": _spec("helium"),
+    "seed_oss": _spec("seed_oss"),
+    "arcee": _spec("arcee"),
+    "ernie4_5": _spec("ernie4_5"),
+    "exaone4": _spec("exaone4"),
+    "olmo3": _spec("olmo3"),
+    "granite": _spec("granite"),
+    "granitemoe": _spec("granitemoe"),
+    "granitemoeshared": _spec("granitemoeshared"),
+    "cohere": _spec("cohere"),
+    "cohere2": _spec("cohere2"),
+    "starcoder2": _spec("starcoder2"),
+    "nemotron": _spec("nemotron"),
+    "persimmon": _spec("persimmon"),
+    "gpt_oss": _spec("gpt_oss"),
+    "deepseek_v2": _spec("deepseek_v2"),
+    "deepseek_v3": _spec("deepseek_v3"),
+    "falcon": _spec("falcon"),
+    "falcon_7b": _spec("falcon_7b"),
+    "mpt": _spec("mpt"),
+    "phimoe": _spec("phimoe"),
+    "llama4": _spec("llama4"),
 }
 
 

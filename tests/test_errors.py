@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import D_VOCAB, N_CTX, TinyModel
 from safetensors.torch import load_file, save_file
 
 from lmscope import HookedTransformer, HookedTransformerConfig
 from lmscope.loading import checkpoint as checkpoint_module
+from tests._tiny import D_VOCAB, N_CTX, TinyModel
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import D_VOCAB, N_CTX, TinyModel, build_tiny
 from transformers import MistralConfig, MistralForCausalLM
 
 from lmscope import HookedTransformer
@@ -18,6 +17,7 @@ from lmscope.generation import (
     top_k_filter,
     top_p_filter,
 )
+from tests._tiny import D_VOCAB, N_CTX, TinyModel, build_tiny
 
 LOGIT_ATOL = 1e-5  # float32: cached and uncached logits, live cache vs run_with_cache
 N_NEW = 12

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, HookPoint
 from lmscope.hooks import CacheHook, HookedRootModule
 from lmscope.utils import Slice
+from tests._tiny import TinyModel
 
 FLAG_SETTERS = (
     "set_use_attn_result",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
 from lmscope.components.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
@@ -15,6 +14,7 @@ from lmscope.processing import (
     fold_value_biases,
     process_weights,
 )
+from tests._tiny import TinyModel
 
 LOGPROB_ATOL = 1e-4
 STEPS = ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"]

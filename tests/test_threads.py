@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import D_VOCAB, TinyModel
 
 from lmscope import HookedTransformer
 from lmscope.hooks import silenced
+from tests._tiny import D_VOCAB, TinyModel
 
 N_ITER = 25
 CACHE_FILTERS = (

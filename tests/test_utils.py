@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import ActivationCache, HookedTransformer
 from lmscope.utils import get_act_name, lm_cross_entropy_loss, to_numpy
+from tests._tiny import TinyModel
 
 
 # -- get_act_name ---------------------------------------------------------------------------------

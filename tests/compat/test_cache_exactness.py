@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
+from tests._tiny import TinyModel
 
 FAMILIES = ["tiny_gpt2", "tiny_llama", "tiny_neox"]  # LN + learned pos; RMS + GQA; parallel
 

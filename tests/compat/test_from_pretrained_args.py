@@ -7,11 +7,11 @@ from __future__ import annotations
 import huggingface_hub
 import pytest
 import torch
-from conftest import TinyModel, fake_hub_cache
 
 from lmscope import HookedTransformer
 from lmscope.loading import registry
 from lmscope.loading.training_checkpoints import PYTHIA_STEPS, checkpoint_revision
+from tests._tiny import TinyModel, fake_hub_cache
 
 
 def test_first_n_layers_loads_the_first_blocks(tiny_llama: TinyModel, tokens) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
 from lmscope.generation import NoTokenizerError
+from tests._tiny import TinyModel
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from __future__ import annotations
 import einops
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
 from lmscope.analysis import patching as P
+from tests._tiny import TinyModel
 
 
 @pytest.fixture

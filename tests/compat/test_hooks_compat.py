@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, HookPoint
 from lmscope.hooks import HookHandle, HookNotEnabledError
+from tests._tiny import TinyModel
 
 RESID = "blocks.0.hook_resid_pre"
 

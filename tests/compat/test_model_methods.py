@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer
+from tests._tiny import TinyModel
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 import torch
-from conftest import fake_hub_cache
 
 from lmscope import utilities, utils
+from tests._tiny import fake_hub_cache
 
 
 def test_matrix_predicates() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyModel
 from safetensors.torch import load_file, save_file
 
 from lmscope import HookedEncoder, HookedEncoderDecoder, HookedTransformer
 from lmscope.errors import CheckpointError, MissingTensorError
+from tests._tiny import TinyModel
 
 
 def _copy(tiny: TinyModel, tmp_path: Path, **config: object) -> Path:

@@ -5,11 +5,11 @@ can show."""
 from __future__ import annotations
 
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedEncoder
 from lmscope.analysis.attribution import get_attr_patch_block_every, get_attr_patch_resid_pre
 from lmscope.analysis.patching import get_act_patch_attn_head_out_all_pos, get_act_patch_resid_pre
+from tests._tiny import TinyModel
 
 
 def _setup(tiny: TinyModel):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedEncoder, HookedEncoderDecoder
+from tests._tiny import TinyModel
 
 ATOL = 1e-5
 

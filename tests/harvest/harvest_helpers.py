@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from conftest import TRAINING_TEXT
 from torch import Tensor
+
+from tests._tiny import TRAINING_TEXT
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"]
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TinyModel
 from harvest_helpers import corpus
 
 import lmscope
 from lmscope.cli import main
 from lmscope.harvest.reducers import Histogram, TopK, parse
+from tests._tiny import TinyModel
 
 
 def _args(model: TinyModel, data: Path, out: Path, *extra: str) -> list[str]:

@@ -14,7 +14,7 @@ from lmscope import HookedTransformer
 from lmscope.loading import _adopt
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.transforms import Chain, Part, Transpose
-from tests.conftest import TinyModel
+from tests._tiny import TinyModel
 
 
 def _digest(path: Path) -> str:

@@ -6,18 +6,13 @@ are checked by every load in tests/test_real_model*.py)."""
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinyModel, gpt2_config, llama_config, neox_config
 from transformers import (
-    GPT2LMHeadModel,
-    GPTNeoXForCausalLM,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
@@ -30,15 +25,11 @@ from lmscope.errors import CheckpointError
 from lmscope.loading import families
 from lmscope.loading.encoder_families import encoder_family_for
 from lmscope.loading.families import PARTIAL_ROTARY_KEYS, family_for
+from tests._families import FAMILY_SPECS
+from tests._tiny import TinyModel, llama_config
+from tests.loading.test_family_qwen3_5 import qwen3_5_config
 
 CONFIGS = Path(families.__file__).parents[1] / "configs"
-
-
-def _module(name: str):
-    folder = str(Path(__file__).parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
 
 
 def _as_saved(config: Any, model_cls: type) -> dict[str, Any]:
@@ -50,26 +41,15 @@ def _as_saved(config: Any, model_cls: type) -> dict[str, Any]:
 @functools.cache
 def spec_configs() -> dict[str, dict[str, Any]]:
     """config.json of every tiny family spec of the test suite, built without any model."""
-    classic = _module("test_families_classic")
-    llama_like = _module("test_families_llama_like")
-    variants = _module("test_families_norm_variants")
     found = {
-        "gpt2": _as_saved(gpt2_config(), GPT2LMHeadModel),
-        "neox": _as_saved(neox_config(parallel=True), GPTNeoXForCausalLM),
         "llama_conftest": _as_saved(llama_config(), LlamaForCausalLM),
         "mistral_window": _as_saved(
             MistralConfig(vocab_size=128, hidden_size=64, sliding_window=5), MistralForCausalLM
         ),
     }
-    for name, build in classic.BUILDERS.items():
-        model_cls, config = build()
-        found[name] = _as_saved(config, model_cls)
-    for name, spec in llama_like.SPECS.items():
+    for name, spec in FAMILY_SPECS.items():
         found[name] = _as_saved(spec.config(), spec.model_cls)
-    for name, (model_cls, make) in variants.SPECS.items():
-        found[f"{name}_variant"] = _as_saved(make(), model_cls)
-    qwen3_5 = _module("test_family_qwen3_5").qwen3_5_config()
-    found["qwen3_5"] = _as_saved(qwen3_5, Qwen3_5ForCausalLM)
+    found["qwen3_5"] = _as_saved(qwen3_5_config(), Qwen3_5ForCausalLM)
     return found
 
 
@@ -98,41 +78,41 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "qwen3": ("qwen3", "logits_scaling", 8.0),
     "qwen2_moe": ("qwen2_moe", "final_logit_softcapping", 30.0),
     "qwen3_moe": ("qwen3_moe", "use_qk_norm", False),  # neutral: must load (see below)
-    "gemma": ("gemma_variant", "attn_logit_softcapping", 50.0),
-    "gemma2": ("gemma2_variant", "use_qk_norm", True),
-    "gemma3_text": ("gemma3_variant", "attn_logit_softcapping", 50.0),
-    "phi": ("phi_variant", "clip_qkv", 8.0),
-    "phi3": ("phi3_variant", "use_qk_norm", True),
-    "olmo": ("olmo_variant", "final_logit_softcapping", 30.0),
-    "olmo2": ("olmo2_variant", "residual_multiplier", 0.5),
-    "olmoe": ("olmoe_variant", "attn_logit_softcapping", 30.0),
-    "stablelm": ("stablelm_variant", "attn_logit_softcapping", 30.0),
-    "glm": ("glm_variant", "use_qk_norm", True),
-    "glm4": ("glm4_variant", "attn_logit_softcapping", 30.0),
-    "glm4_moe": ("glm4_moe_variant", "final_logit_softcapping", 30.0),
-    "smollm3": ("smollm3_variant", "attn_logit_softcapping", 30.0),
-    "ministral": ("ministral_variant", "attn_logit_softcapping", 30.0),
-    "helium": ("helium_variant", "attn_logit_softcapping", 30.0),
-    "seed_oss": ("seed_oss_variant", "attn_logit_softcapping", 30.0),
-    "arcee": ("arcee_variant", "attn_logit_softcapping", 30.0),
-    "ernie4_5": ("ernie4_5_variant", "attn_logit_softcapping", 30.0),
-    "exaone4": ("exaone4_variant", "attn_logit_softcapping", 30.0),
-    "olmo3": ("olmo3_variant", "attn_logit_softcapping", 30.0),
-    "granite": ("granite_variant", "attn_logit_softcapping", 30.0),
-    "granitemoe": ("granitemoe_variant", "attn_logit_softcapping", 30.0),
-    "granitemoeshared": ("granitemoeshared_variant", "attn_logit_softcapping", 30.0),
-    "cohere": ("cohere_variant", "attn_logit_softcapping", 30.0),
-    "cohere2": ("cohere2_variant", "attn_logit_softcapping", 30.0),
-    "starcoder2": ("starcoder2_variant", "attn_logit_softcapping", 30.0),
-    "nemotron": ("nemotron_variant", "attn_logit_softcapping", 30.0),
-    "persimmon": ("persimmon_variant", "attn_logit_softcapping", 30.0),
-    "gpt_oss": ("gpt_oss_variant", "use_qk_norm", True),
-    "deepseek_v2": ("deepseek_v2_variant", "attn_logit_softcapping", 30.0),
-    "deepseek_v3": ("deepseek_v3_variant", "use_qk_norm", True),
-    "falcon": ("falcon_variant", "use_qk_norm", True),
-    "mpt": ("mpt_variant", "use_qk_norm", True),
-    "phimoe": ("phimoe_variant", "use_qk_norm", True),
-    "llama4_text": ("llama4_variant", "attn_logit_softcapping", 30.0),
+    "gemma": ("gemma", "attn_logit_softcapping", 50.0),
+    "gemma2": ("gemma2", "use_qk_norm", True),
+    "gemma3_text": ("gemma3", "attn_logit_softcapping", 50.0),
+    "phi": ("phi", "clip_qkv", 8.0),
+    "phi3": ("phi3", "use_qk_norm", True),
+    "olmo": ("olmo", "final_logit_softcapping", 30.0),
+    "olmo2": ("olmo2", "residual_multiplier", 0.5),
+    "olmoe": ("olmoe", "attn_logit_softcapping", 30.0),
+    "stablelm": ("stablelm", "attn_logit_softcapping", 30.0),
+    "glm": ("glm", "use_qk_norm", True),
+    "glm4": ("glm4", "attn_logit_softcapping", 30.0),
+    "glm4_moe": ("glm4_moe", "final_logit_softcapping", 30.0),
+    "smollm3": ("smollm3", "attn_logit_softcapping", 30.0),
+    "ministral": ("ministral", "attn_logit_softcapping", 30.0),
+    "helium": ("helium", "attn_logit_softcapping", 30.0),
+    "seed_oss": ("seed_oss", "attn_logit_softcapping", 30.0),
+    "arcee": ("arcee", "attn_logit_softcapping", 30.0),
+    "ernie4_5": ("ernie4_5", "attn_logit_softcapping", 30.0),
+    "exaone4": ("exaone4", "attn_logit_softcapping", 30.0),
+    "olmo3": ("olmo3", "attn_logit_softcapping", 30.0),
+    "granite": ("granite", "attn_logit_softcapping", 30.0),
+    "granitemoe": ("granitemoe", "attn_logit_softcapping", 30.0),
+    "granitemoeshared": ("granitemoeshared", "attn_logit_softcapping", 30.0),
+    "cohere": ("cohere", "attn_logit_softcapping", 30.0),
+    "cohere2": ("cohere2", "attn_logit_softcapping", 30.0),
+    "starcoder2": ("starcoder2", "attn_logit_softcapping", 30.0),
+    "nemotron": ("nemotron", "attn_logit_softcapping", 30.0),
+    "persimmon": ("persimmon", "attn_logit_softcapping", 30.0),
+    "gpt_oss": ("gpt_oss", "use_qk_norm", True),
+    "deepseek_v2": ("deepseek_v2", "attn_logit_softcapping", 30.0),
+    "deepseek_v3": ("deepseek_v3", "use_qk_norm", True),
+    "falcon": ("falcon", "use_qk_norm", True),
+    "mpt": ("mpt", "use_qk_norm", True),
+    "phimoe": ("phimoe", "use_qk_norm", True),
+    "llama4_text": ("llama4", "attn_logit_softcapping", 30.0),
     "qwen3_5_text": ("qwen3_5", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
@@ -264,6 +244,6 @@ def test_hf_defaults_are_kept_per_transformers_version(tmp_path, monkeypatch) ->
 
 def test_a_quantized_checkpoint_is_refused_naming_the_method() -> None:
     """MXFP4 / FP8 / GPTQ weights are not float weights: the config is refused before loading."""
-    hf = {**spec_configs()["gpt_oss_variant"], "quantization_config": {"quant_method": "mxfp4"}}
+    hf = {**spec_configs()["gpt_oss"], "quantization_config": {"quant_method": "mxfp4"}}
     with pytest.raises(ValueError, match="quantization_config.*'mxfp4'.*float"):
         family_for(hf).config_from_hf(hf)

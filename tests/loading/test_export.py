@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyModel
 from safetensors import safe_open
 from test_dtypes import FAMILIES
 from transformers import AutoModelForCausalLM
 
 from lmscope import HookedTransformer, HookedTransformerConfig
+from tests._tiny import TinyModel
 
 ATOL = 1e-5  # lmscope's float32 tolerance against transformers
 

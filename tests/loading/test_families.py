@@ -1,24 +1,18 @@
-"""Every supported family against transformers (eager attention) on tiny random checkpoints."""
+"""GPT-2, GPT-NeoX, Llama and Mistral (tests/conftest.py's family fixtures): what is particular to
+them and the TransformerLens weight views. Their agreement with transformers (logits, padding,
+attention paths, caching, generation) is the conformance suite's: tests/loading/test_conformance.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import D_VOCAB, TinyModel, build_tiny, llama_config
 from transformers import LlamaForCausalLM
 
 from lmscope import HookedTransformer
+from tests._tiny import D_VOCAB, TinyModel, build_tiny, llama_config
 
 LOGIT_ATOL = 1e-5
 LOGPROB_ATOL = 1e-4
-
-
-def _final_norm(hf_model: torch.nn.Module) -> torch.nn.Module:
-    base = hf_model.base_model
-    for name in ("ln_f", "final_layer_norm", "norm"):
-        if hasattr(base, name):
-            return getattr(base, name)
-    raise AssertionError(f"no final norm found on {type(base).__name__}")
 
 
 @pytest.fixture
@@ -26,33 +20,7 @@ def model(tiny_model: TinyModel) -> HookedTransformer:
     return HookedTransformer.from_pretrained_no_processing(tiny_model.path)
 
 
-def _padded(
-    seqs: list[torch.Tensor], side: str, pad_id: int = 7
-) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        span = slice(length - len(s), length) if side == "left" else slice(0, len(s))
-        tokens[i, span] = s
-        mask[i, span] = 1
-    return tokens, mask
-
-
-def _ragged_seqs() -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(2)
-    return [torch.randint(0, D_VOCAB, (n,), generator=gen) for n in (5, 11, 8)]
-
-
-# -- agreement with transformers --------------------------------------------------------------
-@torch.no_grad()
-def test_logits_match_hf(tiny_model: TinyModel, model: HookedTransformer, tokens) -> None:
-    expected = tiny_model.hf_model(tokens).logits
-    got = model(tokens)
-    assert got.shape == (2, 12, D_VOCAB)
-    torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
-
-
+# -- family specifics --------------------------------------------------------------------------
 @torch.no_grad()
 def test_neox_without_attention_biases(tiny_neox_no_attn_bias: TinyModel, tokens) -> None:
     hf = tiny_neox_no_attn_bias.hf_model
@@ -96,155 +64,6 @@ def test_config_reflects_checkpoint(tiny_model: TinyModel, model: HookedTransfor
         assert cfg.parallel_attn_mlp is hf_cfg.use_parallel_residual
     if cfg.positional_embedding_type == "rotary" and not tiny_model.name.startswith("neox"):
         assert cfg.rotary_dim == cfg.d_head
-
-
-@torch.no_grad()
-def test_residual_stream_matches_hf_hidden_states(
-    tiny_model: TinyModel, model: HookedTransformer, tokens
-) -> None:
-    hf = tiny_model.hf_model
-    captured = {}
-    handle = _final_norm(hf).register_forward_hook(
-        lambda mod, args, out: captured.update(norm_in=args[0], norm_out=out)
-    )
-    try:
-        out = hf(tokens, output_hidden_states=True)
-    finally:
-        handle.remove()
-    hidden = out.hidden_states
-    n = model.cfg.n_layers
-    assert len(hidden) == n + 1
-    # HF's last entry is after the final norm, so the last resid_post is the norm's input.
-    torch.testing.assert_close(hidden[-1], captured["norm_out"], atol=0, rtol=0)
-
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: "resid" in name)
-    for layer in range(n):
-        torch.testing.assert_close(
-            cache[f"blocks.{layer}.hook_resid_pre"], hidden[layer], atol=LOGIT_ATOL, rtol=0
-        )
-    torch.testing.assert_close(
-        cache[f"blocks.{n - 1}.hook_resid_post"], captured["norm_in"], atol=LOGIT_ATOL, rtol=0
-    )
-
-
-@torch.no_grad()
-def test_loss_matches_hf(tiny_model: TinyModel, model: HookedTransformer, tokens) -> None:
-    expected = tiny_model.hf_model(tokens, labels=tokens).loss
-    got = model(tokens, return_type="loss")
-    assert got.shape == ()
-    torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
-    logits, loss = model(tokens, return_type="both")
-    torch.testing.assert_close(loss, got, atol=0, rtol=0)
-    per_token = model(tokens, return_type="loss", loss_per_token=True)
-    assert per_token.shape == (2, 11)
-    manual = -logits[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
-    torch.testing.assert_close(per_token, manual, atol=1e-6, rtol=0)
-
-
-@torch.no_grad()
-def test_padded_loss_matches_hf(tiny_model: TinyModel, model: HookedTransformer) -> None:
-    tokens, mask = _padded(_ragged_seqs(), "right")
-    labels = tokens.masked_fill(mask == 0, -100)
-    expected = tiny_model.hf_model(tokens, attention_mask=mask, labels=labels).loss
-    got = model(tokens, attention_mask=mask, return_type="loss")
-    torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
-
-
-@torch.no_grad()
-def test_processed_model_log_probs_match_hf(tiny_model: TinyModel, tokens) -> None:
-    processed = HookedTransformer.from_pretrained(tiny_model.path)
-    assert processed.cfg.processing["fold_ln"] is True
-    assert processed.cfg.normalization_type in ("LNPre", "RMSPre")
-    expected = tiny_model.hf_model(tokens).logits.log_softmax(-1)
-    got = processed(tokens).log_softmax(-1)
-    torch.testing.assert_close(got, expected, atol=LOGPROB_ATOL, rtol=0)
-
-
-# -- padding -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("side", ["right", "left"])
-@torch.no_grad()
-def test_padded_batch_matches_each_sequence_alone(model: HookedTransformer, side: str) -> None:
-    seqs = _ragged_seqs()
-    tokens, mask = _padded(seqs, side)
-    batched = model(tokens, attention_mask=mask)
-    assert torch.isfinite(batched).all()  # padding rows too: no NaN from fully masked queries
-    length = tokens.shape[1]
-    for i, seq in enumerate(seqs):
-        alone = model(seq[None])[0]
-        real = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
-        torch.testing.assert_close(batched[i, real], alone, atol=LOGIT_ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-@torch.no_grad()
-def test_padded_batch_matches_hf(
-    tiny_model: TinyModel, model: HookedTransformer, side: str
-) -> None:
-    """HF, given explicit position ids, agrees at the real positions of a padded batch."""
-    tokens, mask = _padded(_ragged_seqs(), side)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    expected = tiny_model.hf_model(tokens, attention_mask=mask, position_ids=positions).logits
-    got = model(tokens, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], atol=LOGIT_ATOL, rtol=0)
-
-
-# -- attention paths -----------------------------------------------------------------------------
-@pytest.mark.parametrize("padded", [False, True])
-@torch.no_grad()
-def test_explicit_attention_path_matches_sdpa(
-    model: HookedTransformer, tokens, padded: bool
-) -> None:
-    kwargs = {}
-    if padded:
-        tokens, mask = _padded(_ragged_seqs(), "left")
-        kwargs["attention_mask"] = mask
-    fast = model(tokens, **kwargs)
-    seen = []
-
-    def watch(pattern, hook):
-        seen.append(hook.name)
-
-    explicit = model.run_with_hooks(
-        tokens, fwd_hooks=[(lambda name: name.endswith("hook_pattern"), watch)], **kwargs
-    )
-    assert seen == [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
-    torch.testing.assert_close(explicit, fast, atol=LOGIT_ATOL, rtol=0)
-    # The explicit path's z equals the fast path's z too (hook_z alone keeps the fast path).
-    _, fast_cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z", **kwargs)
-    _, slow_cache = model.run_with_cache(
-        tokens, names_filter=["blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"], **kwargs
-    )
-    torch.testing.assert_close(slow_cache["z", 1], fast_cache["z", 1], atol=LOGIT_ATOL, rtol=0)
-
-
-@torch.no_grad()
-def test_attention_pattern_rows_are_causal_distributions(model: HookedTransformer, tokens) -> None:
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n)
-    pattern = cache["pattern", 0]
-    assert pattern.shape == (2, model.cfg.n_heads, 12, 12)
-    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, model.cfg.n_heads, 12))
-    above_diagonal = torch.ones(12, 12, dtype=torch.bool).triu(1)
-    assert torch.all(pattern[..., above_diagonal] == 0)
-
-
-# -- residual stream decomposition -----------------------------------------------------------
-@torch.no_grad()
-def test_residual_stream_decomposes_exactly(model: HookedTransformer, tokens) -> None:
-    _, cache = model.run_with_cache(tokens)
-    for layer in range(model.cfg.n_layers):
-        pre = cache["resid_pre", layer]
-        attn_out, mlp_out = cache["attn_out", layer], cache["mlp_out", layer]
-        post = cache["resid_post", layer]
-        if model.cfg.parallel_attn_mlp:
-            assert f"blocks.{layer}.hook_resid_mid" not in model.hook_dict
-            assert torch.equal(pre + attn_out + mlp_out, post)
-        else:
-            mid = cache["resid_mid", layer]
-            assert torch.equal(pre + attn_out, mid)
-            assert torch.equal(mid + mlp_out, post)
-        if layer + 1 < model.cfg.n_layers:
-            assert torch.equal(post, cache["resid_pre", layer + 1])
 
 
 # -- weights -----------------------------------------------------------------------------------

@@ -16,222 +16,60 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TinyModel, build_tiny
 from transformers import (
     AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen2MoeConfig,
-    Qwen2MoeForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
 )
 
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
 from lmscope.loading.families import family_for
+from tests._families import DYNAMIC_CONTEXT, FAMILY_SPECS, LLAMA_LIKE, SEQ, WINDOW
+from tests._families import LLAMA_LIKE_LAYERS as N_LAYERS
+from tests._tiny import D_VOCAB, TinyModel, build_tiny
 
 LOGIT_ATOL = 1e-5
 LOGPROB_ATOL = 1e-4
-VOCAB = 128
-SEQ = 40  # longer than every sliding window and than llama3's original context (32)
-WINDOW = 5
-N_LAYERS = 3
-DYNAMIC_CONTEXT = 32  # llama_dynamic's max_position_embeddings, below SEQ
-
-_COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=N_LAYERS,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
-_LLAMA3_ROPE = dict(
-    rope_type="llama3",
-    rope_theta=10000.0,
-    factor=8.0,
-    low_freq_factor=1.0,
-    high_freq_factor=4.0,
-    original_max_position_embeddings=32,
-)
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One tiny family checkpoint: its HF class and config, and what the tests should expect."""
+    """A Llama-like FAMILY_SPECS entry and what the tests here expect of it (its `features`)."""
 
     model_cls: type[PreTrainedModel]
     config: Callable[[], PretrainedConfig]
-    local_layers: tuple[bool, ...] = (False,) * N_LAYERS
-    moe: bool = False
-    shared_expert: bool = False
-    qk_norm: bool = False
+    local_layers: tuple[bool, ...]
+    moe: bool
+    shared_expert: bool
+    qk_norm: bool
 
 
 SPECS: dict[str, Spec] = {
-    # Llama 1/2 shape: full multi-head attention, default rope, attention_bias and mlp_bias on.
-    "llama": Spec(
-        LlamaForCausalLM,
-        lambda: LlamaConfig(
-            **{**_COMMON, "num_key_value_heads": 4}, attention_bias=True, mlp_bias=True
-        ),
-    ),
-    # Llama 3.1/3.2 shape: GQA, "llama3" rope scaling, tied embeddings (3.2), biases on.
-    "llama3": Spec(
-        LlamaForCausalLM,
-        lambda: LlamaConfig(
-            **{**_COMMON, "max_position_embeddings": 128},
-            rope_parameters=dict(_LLAMA3_ROPE),
-            tie_word_embeddings=True,
-            attention_bias=True,
-            mlp_bias=True,
-        ),
-    ),
-    # Linear rope scaling and a head_dim that is not d_model / n_heads.
-    "llama_linear": Spec(
-        LlamaForCausalLM,
-        lambda: LlamaConfig(
-            **_COMMON,
-            head_dim=24,
-            rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0),
-        ),
-    ),
-    # YaRN (a ramp between interpolated and extrapolated frequencies, cos and sin scaled by its
-    # attention factor) from a pretraining context of 16.
-    "llama_yarn": Spec(
-        LlamaForCausalLM,
-        lambda: LlamaConfig(
-            **_COMMON,
-            rope_parameters=dict(
-                rope_type="yarn",
-                rope_theta=10000.0,
-                factor=4.0,
-                original_max_position_embeddings=16,
-            ),
-        ),
-    ),
-    # Dynamic NTK: past the 32-token context (SEQ is 40) the base grows with the length.
-    "llama_dynamic": Spec(
-        LlamaForCausalLM,
-        lambda: LlamaConfig(
-            **{**_COMMON, "max_position_embeddings": DYNAMIC_CONTEXT},
-            rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=4.0),
-        ),
-    ),
-    "mistral": Spec(
-        MistralForCausalLM,
-        lambda: MistralConfig(**_COMMON, head_dim=24, sliding_window=WINDOW),
-        local_layers=(True,) * N_LAYERS,
-    ),
-    "mixtral": Spec(
-        MixtralForCausalLM,
-        lambda: MixtralConfig(
-            **_COMMON, sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2
-        ),
-        local_layers=(True,) * N_LAYERS,
-        moe=True,
-    ),
-    # Qwen2: sliding window from layer max_window_layers=1 on; tied embeddings (Qwen2.5-0.5B).
-    "qwen2": Spec(
-        Qwen2ForCausalLM,
-        lambda: Qwen2Config(
-            **_COMMON,
-            use_sliding_window=True,
-            sliding_window=WINDOW,
-            max_window_layers=1,
-            tie_word_embeddings=True,
-        ),
-        local_layers=(False, True, True),
-    ),
-    "qwen3": Spec(
-        Qwen3ForCausalLM,
-        lambda: Qwen3Config(
-            **_COMMON,
-            head_dim=24,
-            attention_bias=True,
-            use_sliding_window=True,
-            sliding_window=WINDOW,
-            max_window_layers=2,
-        ),
-        local_layers=(False, False, True),
-        qk_norm=True,
-    ),
-    # Qwen2-MoE: sliding on even layers below max_window_layers; shared expert; no renormalising.
-    "qwen2_moe": Spec(
-        Qwen2MoeForCausalLM,
-        lambda: Qwen2MoeConfig(
-            **_COMMON,
-            moe_intermediate_size=32,
-            shared_expert_intermediate_size=48,
-            num_experts=4,
-            num_experts_per_tok=2,
-            norm_topk_prob=False,
-            use_sliding_window=True,
-            sliding_window=WINDOW,
-            max_window_layers=3,
-        ),
-        local_layers=(True, False, True),
-        moe=True,
-        shared_expert=True,
-    ),
-    "qwen3_moe": Spec(
-        Qwen3MoeForCausalLM,
-        lambda: Qwen3MoeConfig(
-            **_COMMON,
-            head_dim=24,
-            moe_intermediate_size=32,
-            num_experts=4,
-            num_experts_per_tok=2,
-            norm_topk_prob=True,
-            attention_bias=True,
-            use_sliding_window=True,
-            sliding_window=WINDOW,
-        ),
-        local_layers=(True,) * N_LAYERS,
-        moe=True,
-        qk_norm=True,
-    ),
+    name: Spec(
+        FAMILY_SPECS[name].model_cls, FAMILY_SPECS[name].config, **FAMILY_SPECS[name].features
+    )
+    for name in LLAMA_LIKE
 }
 GQA = [name for name in SPECS if name != "llama"]
 MOE = [name for name, spec in SPECS.items() if spec.moe]
 QK_NORM = [name for name, spec in SPECS.items() if spec.qk_norm]
 WINDOWED = [name for name, spec in SPECS.items() if any(spec.local_layers)]
 
-_BUILT: dict[str, TinyModel] = {}
 
-
-def _tiny(name: str, factory: pytest.TempPathFactory) -> TinyModel:
-    if name not in _BUILT:
-        spec = SPECS[name]
-        _BUILT[name] = build_tiny(factory, name, spec.model_cls, spec.config())
-    return _BUILT[name]
-
-
-@pytest.fixture(scope="module", params=list(SPECS))
-def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return _tiny(request.param, tmp_path_factory)
+@pytest.fixture(params=list(SPECS))
+def tiny(request: pytest.FixtureRequest, tiny_family: Callable[[str], TinyModel]) -> TinyModel:
+    return tiny_family(request.param)
 
 
 def _named(names: list[str]) -> Callable[..., Any]:
-    """A module fixture over a subset of the families."""
+    """A fixture over a subset of the families."""
 
-    @pytest.fixture(scope="module", params=names)
+    @pytest.fixture(params=names)
     def fixture(
-        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        request: pytest.FixtureRequest, tiny_family: Callable[[str], TinyModel]
     ) -> TinyModel:
-        return _tiny(request.param, tmp_path_factory)
+        return tiny_family(request.param)
 
     return fixture
 
@@ -242,9 +80,9 @@ tiny_qk_norm = _named(QK_NORM)
 tiny_windowed = _named(WINDOWED)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama3(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return _tiny("llama3", tmp_path_factory)
+@pytest.fixture
+def tiny_llama3(tiny_family: Callable[[str], TinyModel]) -> TinyModel:
+    return tiny_family("llama3")
 
 
 def _load(tiny: TinyModel, **kwargs: Any) -> HookedTransformer:
@@ -259,19 +97,7 @@ def model(tiny: TinyModel) -> HookedTransformer:
 @pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    return torch.randint(0, VOCAB, (2, SEQ), generator=gen)
-
-
-def _left_padded(lengths: tuple[int, ...], pad_id: int = 7) -> tuple[list[torch.Tensor], ...]:
-    gen = torch.Generator().manual_seed(2)
-    seqs = [torch.randint(0, VOCAB, (n,), generator=gen) for n in lengths]
-    length = max(lengths)
-    tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        tokens[i, length - len(seq) :] = seq
-        mask[i, length - len(seq) :] = 1
-    return seqs, tokens, mask
+    return torch.randint(0, D_VOCAB, (2, SEQ), generator=gen)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -295,44 +121,7 @@ def test_config_reflects_checkpoint(tiny: TinyModel, model: HookedTransformer) -
         assert cfg.shared_expert_d_mlp == (48 if spec.shared_expert else None)
 
 
-# -- agreement with transformers ----------------------------------------------------------------
-@torch.no_grad()
-def test_logits_match_hf(tiny: TinyModel, model: HookedTransformer, tokens) -> None:
-    expected = tiny.hf_model(tokens).logits
-    got = model(tokens)
-    assert got.shape == (2, SEQ, VOCAB)
-    torch.testing.assert_close(got, expected, atol=LOGIT_ATOL, rtol=0)
-
-
-@torch.no_grad()
-def test_resid_pre_matches_hf_hidden_states(
-    tiny: TinyModel, model: HookedTransformer, tokens
-) -> None:
-    hidden = tiny.hf_model(tokens, output_hidden_states=True).hidden_states
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
-    for layer in range(N_LAYERS):
-        torch.testing.assert_close(
-            cache[f"blocks.{layer}.hook_resid_pre"], hidden[layer], atol=LOGIT_ATOL, rtol=0
-        )
-
-
-@torch.no_grad()
-def test_loss_matches_hf(tiny: TinyModel, model: HookedTransformer, tokens) -> None:
-    expected = tiny.hf_model(tokens, labels=tokens).loss
-    torch.testing.assert_close(model(tokens, return_type="loss"), expected, atol=LOGIT_ATOL, rtol=0)
-
-
-@torch.no_grad()
-def test_processed_model_log_probs_match_hf(tiny: TinyModel, tokens) -> None:
-    processed = HookedTransformer.from_pretrained(tiny.path)
-    assert processed.cfg.processing["fold_ln"] is True
-    assert processed.cfg.normalization_type == "RMSPre"
-    expected = tiny.hf_model(tokens).logits.log_softmax(-1)
-    torch.testing.assert_close(
-        processed(tokens).log_softmax(-1), expected, atol=LOGPROB_ATOL, rtol=0
-    )
-
-
+# -- sliding windows (agreement with transformers: tests/loading/test_conformance.py) ------
 @torch.no_grad()
 def test_sliding_window_matters(tiny_windowed: TinyModel, tokens) -> None:
     """The same weights without the window give different logits: the window is exercised."""
@@ -355,102 +144,6 @@ def test_sliding_window_pattern(tiny_windowed: TinyModel, tokens) -> None:
             torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
         else:
             assert pattern[..., outside].abs().max() > 0
-
-
-# -- padding, attention paths, residual decomposition -------------------------------------------
-@torch.no_grad()
-def test_left_padded_batch_matches_single_runs(tiny: TinyModel, model: HookedTransformer) -> None:
-    seqs, tokens, mask = _left_padded((7, 23, 16))
-    batched = model(tokens, attention_mask=mask)
-    assert torch.isfinite(batched).all()
-    length = tokens.shape[1]
-    for i, seq in enumerate(seqs):
-        alone = model(seq[None])[0]
-        torch.testing.assert_close(batched[i, length - len(seq) :], alone, atol=LOGIT_ATOL, rtol=0)
-    # transformers, given the matching position ids, agrees at the real positions
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    expected = tiny.hf_model(tokens, attention_mask=mask, position_ids=positions).logits
-    real = mask.bool()
-    torch.testing.assert_close(batched[real], expected[real], atol=LOGIT_ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("padded", [False, True])
-@torch.no_grad()
-def test_explicit_attention_path_matches_sdpa(
-    model: HookedTransformer, tokens, padded: bool
-) -> None:
-    kwargs = {}
-    if padded:
-        _, tokens, mask = _left_padded((7, 23, 16))
-        kwargs["attention_mask"] = mask
-    fast = model(tokens, **kwargs)
-    seen = []
-    explicit = model.run_with_hooks(
-        tokens,
-        fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda t, hook: seen.append(hook.name))],
-        **kwargs,
-    )
-    assert len(seen) == N_LAYERS
-    torch.testing.assert_close(explicit, fast, atol=LOGIT_ATOL, rtol=0)
-
-
-@torch.no_grad()
-def test_residual_stream_decomposes_exactly(model: HookedTransformer, tokens) -> None:
-    _, cache = model.run_with_cache(tokens)
-    for layer in range(N_LAYERS):
-        pre, mid, post = (cache[k, layer] for k in ("resid_pre", "resid_mid", "resid_post"))
-        assert torch.equal(pre + cache["attn_out", layer], mid)
-        assert torch.equal(mid + cache["mlp_out", layer], post)
-
-
-# -- KV cache and generation --------------------------------------------------------------------
-@torch.no_grad()
-def test_kv_cached_forward_matches_full_forward(model: HookedTransformer, tokens) -> None:
-    """Chunks (and single tokens past the window) through the KV cache give the full logits."""
-    bounds = [0, 13, 14, 15, 16, 30, SEQ]
-    if model.rotary.kind == "dynamic":
-        # past its context each step's frequencies follow the length so far (in transformers
-        # too), so a cached run equals an uncached one only inside the context
-        bounds = [b for b in bounds if b <= DYNAMIC_CONTEXT]
-        tokens = tokens[:, : bounds[-1]]
-    full = model(tokens)
-    cache = KVCache.init_cache(model.cfg, batch_size=2, capacity=SEQ)
-    parts = [
-        model(tokens[:, a:b], past_kv_cache=cache)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=LOGIT_ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("batched", [False, True])
-@torch.no_grad()
-def test_greedy_generation_matches_hf(
-    tiny: TinyModel, model: HookedTransformer, batched: bool
-) -> None:
-    """Greedy decoding runs past the sliding window (prompt 10 + 6 > 5) and equals HF's."""
-    if batched:
-        _, prompt, mask = _left_padded((10, 6))
-    else:
-        prompt = _left_padded((10,))[1]
-        mask = torch.ones_like(prompt)
-    expected = tiny.hf_model.generate(
-        prompt,
-        attention_mask=mask,
-        max_new_tokens=6,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )
-    got = model.generate(
-        prompt,
-        max_new_tokens=6,
-        do_sample=False,
-        stop_at_eos=False,
-        verbose=False,
-        attention_mask=mask if batched else None,
-    )
-    assert got.shape == (prompt.shape[0], prompt.shape[1] + 6)
-    assert torch.equal(got, expected)
 
 
 # -- grouped-query attention --------------------------------------------------------------------
@@ -624,9 +317,9 @@ def test_qk_norm_hooks(tiny_qk_norm: TinyModel, tokens) -> None:
     ],
 )
 def test_rope_scaling_matches_hf_and_matters(
-    name: str, kind: str, tmp_path_factory: pytest.TempPathFactory, tokens
+    name: str, kind: str, tiny_family: Callable[[str], TinyModel], tokens
 ) -> None:
-    tiny = _tiny(name, tmp_path_factory)
+    tiny = tiny_family(name)
     model = _load(tiny)
     assert model.cfg.rope_scaling["rope_type"] == kind
     rotary = tiny.hf_model.model.rotary_emb
@@ -679,10 +372,10 @@ def test_biases_land_where_the_family_has_them(tiny: TinyModel) -> None:
 
 @pytest.mark.parametrize("name", ["qwen2", "qwen3", "qwen2_moe"])
 def test_layer_types_rule_without_layer_types_key(
-    name: str, tmp_path_factory: pytest.TempPathFactory
+    name: str, tiny_family: Callable[[str], TinyModel]
 ) -> None:
     """Hub configs that predate `layer_types` get transformers' per-family rule."""
-    tiny = _tiny(name, tmp_path_factory)
+    tiny = tiny_family(name)
     hf = json.loads((tiny.path / "config.json").read_text())
     with_types = family_for(hf).config_from_hf(hf)
     del hf["layer_types"]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyModel
 from test_dtypes import FAMILIES
 
 from lmscope import HookedTransformer
 from lmscope.loading import checkpoint as checkpoint_module
 from lmscope.processing import STEPS
+from tests._tiny import TinyModel
 
 HALF = [torch.bfloat16, torch.float16]
 _REFERENCE: dict[tuple[str, tuple[str, ...]], HookedTransformer] = {}

@@ -7,13 +7,13 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import fake_hub_cache
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmscope import HookedTransformer
 from lmscope.loading import MODEL_ALIASES, open_checkpoint
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.gguf import GGUFCheckpoint
+from tests._tiny import fake_hub_cache
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from lmscope.loading import checkpoint as checkpoint_module
 from lmscope.loading.checkpoint import load_tokenizer
 from lmscope.loading.embedded import embedded_model_path
 from lmscope.loading.gguf import read_gguf
-from tests.conftest import TinyModel
+from tests._tiny import TinyModel
 
 PROMPT = "The capital of France is"
 

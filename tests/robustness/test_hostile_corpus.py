@@ -44,7 +44,7 @@ from lmscope.errors import (
     RemoteCodeError,
     UnsafeCheckpointError,
 )
-from tests.conftest import TinyModel
+from tests._tiny import TinyModel
 from tests.loading.test_gguf import _write_tiny
 
 MARKER = "HOSTILE_CODE_RAN"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from lmscope.errors import CheckpointError
 from lmscope.loading.gguf import read_gguf
-from tests.conftest import TinyModel
+from tests._tiny import TinyModel
 from tests.loading.test_gguf import _llama_cpp_permute, _write_tiny
 
 SETTINGS = settings(

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 from test_sae import make_sae
 
 from lmscope import HookedSAETransformer, HookedTransformerConfig
 from lmscope.analysis.attribution import corrupted_activations_and_grads
+from tests._tiny import TinyModel
 
 CFG = dict(n_layers=2, d_model=16, n_ctx=12, d_head=4, n_heads=4, d_vocab=40, act_fn="gelu", seed=0)
 HOOK = "blocks.0.hook_resid_post"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TinyModel
 
 from lmscope.cli import main
+from tests._tiny import TinyModel
 
 
 def test_demo_page_in_the_browser(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, viz
+from tests._tiny import TinyModel
 
 
 def test_bars_top_k_and_hover(open_figure) -> None:

@@ -7,9 +7,9 @@ import importlib
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, viz
+from tests._tiny import TinyModel
 
 
 def test_lens_with_top_k(open_figure) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyModel
 
 from lmscope import HookedTransformer, viz
 from lmscope.viz._svg import show_token
+from tests._tiny import TinyModel
 
 
 def test_table_from_model(open_figure, tiny_gpt2_tok: TinyModel) -> None:
