@@ -51,6 +51,30 @@ def test_default_prepend_bos_follows_transformer_lens(
     assert model_bos.to_tokens(text)[0].tolist() == own
 
 
+def test_default_prepend_bos_is_settled_where_the_tokenizer_is_attached(
+    model: HookedTransformer, model_bos: HookedTransformer
+) -> None:
+    """`cfg.default_prepend_bos` is a plain dataclass field (no property calling back into the
+    model): a loader given the value leaves the tokenizer unloaded; one without it loads the
+    tokenizer at once and takes what it does (BOS first or not)."""
+    assert vars(HookedTransformerConfig)["default_prepend_bos"] is True  # a default, no property
+    assert model._tokenizer is None  # from_pretrained passed its value: the tokenizer waits
+    for source, does_bos in ((model, False), (model_bos, True)):
+        loads = []
+
+        def load(source: HookedTransformer = source, loads: list = loads) -> object:
+            loads.append(1)
+            return source.tokenizer
+
+        lazy = HookedTransformer(source.cfg.to_dict() | {"default_prepend_bos": not does_bos})
+        lazy.set_tokenizer_loader(load, default_prepend_bos=does_bos)
+        assert (loads, lazy.cfg.default_prepend_bos) == ([], does_bos)
+        eager = HookedTransformer(source.cfg.to_dict() | {"default_prepend_bos": not does_bos})
+        eager.set_tokenizer_loader(load)
+        assert (loads, eager.cfg.default_prepend_bos) == ([1], does_bos)
+        assert eager.tokenizer is source.tokenizer and loads == [1]
+
+
 @pytest.mark.parametrize("which", ["model", "model_bos"])
 def test_prepend_bos_adds_exactly_one_bos(request: pytest.FixtureRequest, which: str) -> None:
     m: HookedTransformer = request.getfixturevalue(which)

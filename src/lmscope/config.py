@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -354,15 +353,6 @@ class HookedTransformerConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def defer_default_prepend_bos(self, resolve: Callable[[], bool]) -> None:
-        """Let `default_prepend_bos` be settled by `resolve()` when first read (a loaded model's
-        tokenizer loads on first use, and only it knows whether it prepends BOS)."""
-        self.__dict__["_resolve_prepend_bos"] = resolve
-
-    def __getstate__(self) -> dict[str, Any]:
-        _ = self.default_prepend_bos  # settle it: the resolver is not picklable
-        return dict(self.__dict__)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HookedTransformerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -401,23 +391,3 @@ class HookedTransformerConfig:
             True
         """
         return self.act_fn is not None and self.act_fn.endswith("_ln")
-
-
-def _get_default_prepend_bos(cfg: HookedTransformerConfig) -> bool:
-    resolve = cfg.__dict__.pop("_resolve_prepend_bos", None)
-    if resolve is not None:
-        cfg.__dict__["_default_prepend_bos"] = resolve()
-    return cfg.__dict__["_default_prepend_bos"]
-
-
-def _set_default_prepend_bos(cfg: HookedTransformerConfig, value: bool) -> None:
-    cfg.__dict__.pop("_resolve_prepend_bos", None)
-    cfg.__dict__["_default_prepend_bos"] = value
-
-
-# A field with a lazy getter: the dataclass machinery (init, eq, asdict) goes through it.
-HookedTransformerConfig.default_prepend_bos = property(  # type: ignore[assignment]
-    _get_default_prepend_bos,
-    _set_default_prepend_bos,
-    doc="Whether string inputs get BOS first by default (a loaded model: what its tokenizer does).",
-)

@@ -13,7 +13,6 @@ import copy
 import functools
 import inspect
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -176,8 +175,7 @@ class HookedTransformer(HookedRootModule):
         if cfg.device is not None and move_to_device:
             self.to(cfg.device)
         self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._tokenizer_loader: tuple[Callable[[], PreTrainedTokenizerBase], bool | None] | None
-        self._tokenizer_loader = None
+        self._tokenizer_loader: Callable[[], PreTrainedTokenizerBase] | None = None
         # the config.json this model was loaded from (set by from_pretrained; export reads it)
         self.hf_config: dict[str, Any] | None = None
         self.dataset: Any = None  # sample_datapoint's rows (load_sample_training_dataset)
@@ -346,32 +344,26 @@ class HookedTransformer(HookedRootModule):
         """Attach a tokenizer that `load()` builds on first use of `model.tokenizer`.
 
         Reading a tokenizer is the slowest part of loading a small model (~0.2 s for SmolLM2,
-        seconds from a GGUF file), and scripts that pass token ids never need it. Unless
-        `default_prepend_bos` is given, reading `cfg.default_prepend_bos` loads it too: the
-        value is what the tokenizer does.
+        seconds from a GGUF file), and scripts that pass token ids never need it. With
+        `default_prepend_bos` given (`from_pretrained` passes its architecture's), it is set now
+        and the tokenizer waits; without it, `cfg.default_prepend_bos` is what the tokenizer does,
+        so the tokenizer loads now to tell.
+
+        Example:
+            >>> model.set_tokenizer_loader(lambda: AutoTokenizer.from_pretrained(path), True)
         """
-        self._tokenizer, self._tokenizer_loader = None, (load, default_prepend_bos)
-        if default_prepend_bos is not None:
-            self.cfg.default_prepend_bos = default_prepend_bos
-        else:
-            model = weakref.ref(self)
-            default = self.cfg.default_prepend_bos
-
-            def resolve() -> bool:
-                alive = model()
-                tokenizer = alive.tokenizer if alive is not None else None
-                return _prepends_bos(tokenizer) if tokenizer is not None else default
-
-            self.cfg.defer_default_prepend_bos(resolve)
+        if default_prepend_bos is None:
+            tokenizer = load()
+            self.set_tokenizer(tokenizer, default_prepend_bos=_prepends_bos(tokenizer))
+            return
+        self._tokenizer, self._tokenizer_loader = None, load
+        self.cfg.default_prepend_bos = default_prepend_bos
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
         """The Hugging Face tokenizer (None if the model has none); see `set_tokenizer_loader`."""
         if self._tokenizer is None and self._tokenizer_loader is not None:
-            load, prepend = self._tokenizer_loader
-            tokenizer = load()
-            prepend = _prepends_bos(tokenizer) if prepend is None else prepend
-            self.set_tokenizer(tokenizer, default_prepend_bos=prepend)
+            self.set_tokenizer(self._tokenizer_loader())
         return self._tokenizer
 
     @tokenizer.setter
