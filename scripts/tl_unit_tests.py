@@ -138,16 +138,8 @@ def run_pytest(python: str, folder: Path, files: list[Path], report: Path, timeo
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     cmd += ["--continue-on-collection-errors"]
-    cmd += ["--rootdir", str(folder), f"--junitxml={report}", "--timeout-method=thread"]
-    cmd += [str(f) for f in files]
-    if not _has_pytest_timeout(python):
-        cmd.remove("--timeout-method=thread")
+    cmd += ["--rootdir", str(folder), f"--junitxml={report}", *map(str, files)]
     subprocess.run(cmd, cwd=folder, env=env, timeout=timeout, stdout=subprocess.DEVNULL)
-
-
-def _has_pytest_timeout(python: str) -> bool:
-    probe = subprocess.run([python, "-c", "import pytest_timeout"], capture_output=True)
-    return probe.returncode == 0
 
 
 def read_report(report: Path) -> dict[str, Outcome]:

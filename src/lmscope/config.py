@@ -121,6 +121,21 @@ class HookedTransformerConfig:
     qk_norm_head_weights: bool = False  # weights per head, [n_heads, d_head] (StableLM-2, Cohere)
     qk_norm_after_rotary: bool = False  # the q/k norm follows rotary, on rotating layers (Llama 4)
     clip_qkv: float | None = None  # clamp q, k, v to [-clip, clip] (OLMo; after q/k norm: OLMoE)
+    # Gemma 4: the "global" layers' own head size and key/value heads (None: d_head and
+    # n_key_value_heads), values that are the keys' projection on those layers, a weightless
+    # RMSNorm over each value head, layers that reuse an earlier layer's keys and values
+    # (kv_source_layers[i] = j, or None), MLP widths per layer, per-layer embeddings of
+    # d_per_layer_input per layer (over d_vocab_per_layer_input tokens) and a learned scalar
+    # that multiplies each block's output
+    d_head_global: int | None = None
+    n_key_value_heads_global: int | None = None
+    v_from_k_global: bool = False
+    use_v_norm: bool = False
+    kv_source_layers: list[int | None] | None = None
+    d_mlp_layers: list[int] | None = None
+    d_per_layer_input: int | None = None
+    d_vocab_per_layer_input: int | None = None
+    layer_scalars: bool = False
     # multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: keys and values from
     # a latent of that size, queries through one of q_lora_rank (if set); each query and key head
     # is qk_nope_head_dim + qk_rope_head_dim wide (rotary on the latter), d_head is the values'
@@ -278,6 +293,25 @@ class HookedTransformerConfig:
             self._validate_experts()
         if self.default_padding_side not in ("left", "right"):
             raise ValueError("default_padding_side must be 'left' or 'right'")
+        self._validate_per_layer()
+
+    def _validate_per_layer(self) -> None:
+        for name in ("kv_source_layers", "d_mlp_layers"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.n_layers:
+                raise ValueError(f"{name} needs one entry per layer ({self.n_layers} layers)")
+        for layer, src in enumerate(self.kv_source_layers or []):
+            if src is not None and not (
+                0 <= src < layer
+                and self.kv_source_layers[src] is None
+                and self.layer_types[src] == self.layer_types[layer]
+            ):
+                raise ValueError(
+                    f"kv_source_layers[{layer}]={src}: a layer reuses the keys and values of an "
+                    "earlier layer of its own attention type that computes its own"
+                )
+        if self.d_head_global is not None and self.rotary_dim != self.d_head:
+            raise ValueError("d_head_global needs rotary over whole heads (rotary_dim = d_head)")
 
     def _validate_latent_attention(self) -> None:
         if not (self.qk_nope_head_dim is not None and self.qk_rope_head_dim):
@@ -328,6 +362,22 @@ class HookedTransformerConfig:
         if self.mlp_types is not None:
             return self.mlp_types[layer]
         return "moe" if self.num_experts else "dense"
+
+    def for_layer(self, layer: int) -> HookedTransformerConfig:
+        """The config layer `layer`'s attention reads: this one, or (where the layer's head size
+        or key/value heads differ, Gemma 4's global layers) a `LayerConfig` view with those.
+
+        Example:
+            >>> cfg.for_layer(5).d_head    # d_head_global on a global layer
+        """
+        sizes: dict[str, Any] = {}
+        if self.layer_types[layer] == "global":
+            if self.d_head_global is not None and self.d_head_global != self.d_head:
+                sizes.update(d_head=self.d_head_global, rotary_dim=self.d_head_global)
+            kv = self.n_key_value_heads_global
+            if kv is not None and kv != self.n_key_value_heads:
+                sizes["n_key_value_heads"] = kv
+        return LayerConfig(self, sizes) if sizes else self  # type: ignore[return-value]
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -391,3 +441,32 @@ class HookedTransformerConfig:
             True
         """
         return self.act_fn is not None and self.act_fn.endswith("_ln")
+
+
+class LayerConfig:
+    """A layer's view of its model's config: the model's fields, but for the few sizes that
+    differ on this layer (`HookedTransformerConfig.for_layer`). A view, so switches set on the
+    model's config later (`use_attn_result`, ...) reach the layer too.
+
+    Example:
+        >>> view = LayerConfig(cfg, {"d_head": 64})
+        >>> view.d_head, view.d_model == cfg.d_model
+        (64, True)
+    """
+
+    def __init__(self, cfg: HookedTransformerConfig, sizes: dict[str, Any]) -> None:
+        self.__dict__["_cfg"], self.__dict__["_sizes"] = cfg, dict(sizes)
+
+    def __getattr__(self, name: str) -> Any:
+        sizes = self.__dict__["_sizes"]
+        return sizes[name] if name in sizes else getattr(self.__dict__["_cfg"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__["_sizes"]:
+            raise AttributeError(f"{name} is fixed for this layer")
+        setattr(self.__dict__["_cfg"], name, value)
+
+    @property
+    def n_groups(self) -> int:
+        """Query heads per key/value head on this layer."""
+        return self.n_heads // self.n_key_value_heads

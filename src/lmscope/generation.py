@@ -100,7 +100,8 @@ class KVCache:
         self.entries = [
             RecurrentState()  # a linear-attention layer keeps a state, not keys and values
             if cfg.layer_types[layer] == "linear"
-            else KVCacheEntry(cfg, batch, capacity, layer_device, dtype)
+            # (each layer's own head size and key/value heads: Gemma 4's global layers differ)
+            else KVCacheEntry(cfg.for_layer(layer), batch, capacity, layer_device, dtype)
             for layer, layer_device in enumerate(layer_devices)
         ]
         self.mask = torch.zeros(batch, capacity, dtype=torch.long, device=device)  # 1 = real token

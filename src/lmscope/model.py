@@ -26,6 +26,7 @@ from lmscope.components.block import TransformerBlock
 from lmscope.components.embed import Embed, PosEmbed, Unembed
 from lmscope.components.linear_attention import RecurrentMask
 from lmscope.components.norm import LayerNorm, RMSNorm, make_norm
+from lmscope.components.per_layer import PerLayerEmbed
 from lmscope.components.rotary import Rotary
 from lmscope.config import HookedTransformerConfig
 from lmscope.devices import Placement, read_device_map
@@ -154,12 +155,19 @@ class HookedTransformer(HookedRootModule):
             cfg.default_padding_side = default_padding_side
         self.cfg = cfg
         self.embed = Embed(cfg)
+        if cfg.d_per_layer_input:  # Gemma 4's per-layer embeddings
+            self.per_layer_embed = PerLayerEmbed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         elif cfg.positional_embedding_type == "rotary":
-            self.rotary = Rotary(cfg)
+            # (the global layers' head size, where it is their own: Gemma 4)
+            self.rotary = Rotary(
+                cfg.for_layer(cfg.layer_types.index("global"))
+                if "global" in cfg.layer_types
+                else cfg
+            )
             if cfg.rotary_base_local is not None:  # local layers: their own base, no scaling
                 self.rotary_local = Rotary(cfg, base=cfg.rotary_base_local, scaling=False)
         if cfg.post_embedding_ln:
@@ -658,6 +666,7 @@ class HookedTransformer(HookedRootModule):
             resid = input
             if (
                 not isinstance(resid, Tensor)
+        extra = self._gemma4_inputs(resid, tokens, start_at_layer)
                 or resid.ndim != 3
                 or resid.shape[-1] != self.cfg.d_model
             ):
@@ -701,6 +710,32 @@ class HookedTransformer(HookedRootModule):
             if full:
                 key_mask = None
         else:
+    def _gemma4_inputs(
+        self, resid: Tensor, tokens: Tensor | None, start_at_layer: int | None
+    ) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor | None] | None:
+        """Gemma 4's extra block inputs, None for other models: a dict in which layers leave
+        their keys and values for the layers that reuse them, and the per-layer inputs
+        [batch, pos, n_layers, d_per_layer_input] (`per_layer_embed`). They are computed from
+        the token ids and their embedding (`hook_embed`'s value, or with `start_at_layer` the
+        embedding of `tokens`)."""
+        cfg = self.cfg
+        if not (cfg.layer_scalars or cfg.d_per_layer_input or cfg.kv_source_layers):
+            return None
+        per_layer = None
+        runs_blocks = start_at_layer is None or start_at_layer < cfg.n_layers
+        if cfg.d_per_layer_input and runs_blocks:
+            if start_at_layer is None:
+                embed = resid
+            elif tokens is None:
+                raise ValueError(
+                    "this model's blocks read per-layer embeddings of the token ids (Gemma 4): "
+                    "with start_at_layer, pass tokens=... too"
+                )
+            else:
+                embed = self.embed(tokens)
+            per_layer = self.per_layer_embed(tokens, embed)
+        return {}, per_layer
+
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
 
         if start_at_layer is None:
@@ -717,9 +752,16 @@ class HookedTransformer(HookedRootModule):
                 resid, dev = placement.enter(layer, resid, entry)
                 masks, rotaries = spread[dev]
             kind = block.attn_type
-            resid = block(resid, masks[kind], rotaries.get(kind), entry, start)
-        if past_kv_cache is not None and not past_kv_cache.frozen:
-            past_kv_cache.length = total
+            if extra is None:
+                resid = block(resid, masks[kind], rotaries.get(kind), entry, start)
+            else:
+                shared_kv, per_layer = extra
+                layer_input = None if per_layer is None else per_layer[:, :, layer]
+                resid = block(
+                    resid, masks[kind], rotaries.get(kind), entry, start, shared_kv, layer_input
+                )
+        if step is not None:
+            past_kv_cache.commit(step)
         if stop_at_layer is not None:
             return resid
         if hasattr(self, "ln_final"):
@@ -866,6 +908,12 @@ class HookedTransformer(HookedRootModule):
         """
         views: dict[str, Tensor] = {"embed.W_E": self.embed.W_E}
         if hasattr(self, "pos_embed"):
+        shapes = sorted({tuple(part.shape) for part in parts})
+        if len(shapes) > 1:  # Gemma 4: global layers' heads, double-wide MLPs
+            raise AttributeError(
+                f"this model's layers have weights of different shapes ({shapes}), so they do "
+                "not stack over layers: read them per layer, model.blocks[layer]..."
+            )
             views["pos_embed.W_pos"] = self.pos_embed.W_pos
         norms = {name: m for name, m in self.named_modules() if isinstance(m, (LayerNorm, RMSNorm))}
         for layer, block in enumerate(self.blocks):

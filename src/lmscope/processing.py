@@ -81,10 +81,13 @@ def plan_steps(cfg: HookedTransformerConfig, **requested: bool) -> dict[str, boo
         and cfg.norm_placement == "pre",
         "center_unembed": cfg.output_logits_soft_cap <= 0,
         # (attention sinks take a share of each row, so pattern rows no longer sum to 1)
-        # (an output gate scales b_V's share per token; linear-attention layers have no b_V)
+        # (and a value norm acts after the bias; layers that reuse another's values read its b_V)
         "fold_value_biases": cfg.clip_qkv is None
         and not cfg.attn_sinks
         and not cfg.kv_lora_rank
+        and not cfg.use_v_norm
+        and not cfg.kv_source_layers
+        # (an output gate scales b_V's share per token; linear-attention layers have no b_V)
         and not cfg.attn_output_gate
         and "linear" not in cfg.layer_types,
     }

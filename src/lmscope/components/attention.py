@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import einops
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
 from lmscope.components.linear import linear
+from lmscope.components.norm import RMSNormPre
 from lmscope.components.precision import HALF_DTYPES
 from lmscope.components.qk_norm import make_qk_norm
 from lmscope.components.rotary import apply_rotary
@@ -224,12 +225,19 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
         nh, nkv, dh, dm = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+        # Gemma 4: a layer that reuses an earlier layer's keys and values has no projections of
+        # its own for them; a global layer whose values are its keys' projection has no W_V
+        sources = cfg.kv_source_layers
+        self.kv_source: int | None = sources[layer_idx] if sources else None
+        self.v_from_k = cfg.v_from_k_global and cfg.layer_types[layer_idx] == "global"
+        has_k = self.kv_source is None
+        has_v = has_k and not self.v_from_k
         self.q_weight = nn.Parameter(torch.empty(nh * dh, dm, dtype=cfg.dtype))
-        self.k_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype))
-        self.v_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype))
+        self.k_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype)) if has_k else None
+        self.v_weight = nn.Parameter(torch.empty(nkv * dh, dm, dtype=cfg.dtype)) if has_v else None
         self.q_bias = nn.Parameter(torch.zeros(nh * dh, dtype=cfg.dtype))
-        self.k_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype))
-        self.v_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype))
+        self.k_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype)) if has_k else None
+        self.v_bias = nn.Parameter(torch.zeros(nkv * dh, dtype=cfg.dtype)) if has_v else None
         self.o_weight = nn.Parameter(torch.empty(dm, nh * dh, dtype=cfg.dtype))
         self.b_O = nn.Parameter(torch.zeros(dm, dtype=cfg.dtype))
 
@@ -248,11 +256,25 @@ class Attention(nn.Module):
             self.hook_sink_pattern = HookPoint()  # [batch, head, q_pos]: attention on the sink
         if cfg.use_qk_norm:  # hooks attn.q_norm.hook_scale / hook_normalized, likewise k_norm
             self.q_norm = make_qk_norm(cfg, nh)
-            self.k_norm = make_qk_norm(cfg, nkv)
+            if has_k:
+                self.k_norm = make_qk_norm(cfg, nkv)
         if cfg.attn_output_gate:  # Qwen3.5 / Qwen3-Next: z *= sigmoid(x @ W_gate + b_gate)
             self.gate_weight = nn.Parameter(torch.empty(nh * dh, dm, dtype=cfg.dtype))
             self.gate_bias = nn.Parameter(torch.zeros(nh * dh, dtype=cfg.dtype))
             self.hook_gate = HookPoint()  # [batch, pos, head, d_head], the sigmoid
+        if cfg.use_v_norm and has_k:  # Gemma 4: weightless, hooks attn.v_norm.hook_scale / ...
+            self.v_norm = RMSNormPre(cfg, dh)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # a view that raised AttributeError (W_K of a layer that reuses another's keys)
+            # lands here, and nn.Module would replace its message with a generic one
+            prop = getattr(type(self), name, None)
+            if isinstance(prop, property) and prop.fget is not None:
+                prop.fget(self)
+            raise
 
     # -- weight views (TransformerLens layout) -------------------------------------------------
     def _heads(self, w: Tensor) -> Float[Tensor, "n d_model d_head"]:
@@ -262,23 +284,41 @@ class Attention(nn.Module):
     def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
         return self._heads(self.q_weight)
 
+    def _own_kv(self) -> None:
+        if self.kv_source is not None:
+            raise AttributeError(
+                f"layer {self.layer_idx} reuses the keys and values of layer {self.kv_source} "
+                f"(Gemma 4's KV sharing) and has no key or value weights: read "
+                f"blocks[{self.kv_source}].attn's"
+            )
+
+    def _value_params(self) -> tuple[Tensor, Tensor]:
+        """The values' (weight, bias): the keys' on a layer whose values are its keys'."""
+        self._own_kv()
+        if self.v_from_k:
+            return self.k_weight, self.k_bias
+        return self.v_weight, self.v_bias
+
     @property
     def _W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
         """The stored keys' weights, one per key/value head (a view: editing it edits the model)."""
+        self._own_kv()
         return self._heads(self.k_weight)
 
     @property
     def _W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
-        """The stored values' weights, one per key/value head (a view)."""
-        return self._heads(self.v_weight)
+        """The stored values' weights, one per key/value head (a view; on a layer whose values
+        are its keys' projection, `v_from_k`, the keys' weights themselves)."""
+        return self._heads(self._value_params()[0])
 
     @property
     def _b_K(self) -> Float[Tensor, "kv_head d_head"]:
+        self._own_kv()
         return self.k_bias.view(-1, self.cfg.d_head)
 
     @property
     def _b_V(self) -> Float[Tensor, "kv_head d_head"]:
-        return self.v_bias.view(-1, self.cfg.d_head)
+        return self._value_params()[1].view(-1, self.cfg.d_head)
 
     def _ungrouped(self, t: Tensor) -> Tensor:
         """`t` with one entry per query head when `cfg.ungroup_grouped_query_attention` is on
@@ -335,12 +375,19 @@ class Attention(nn.Module):
             >>> block.attn.weights()["W_Q"].shape     # [head, d_model, d_head]
         """
         names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+        if self.kv_source is not None:  # (Gemma 4's layers that reuse another's keys, values)
+            names = ("W_Q", "W_O", "b_Q", "b_O")
         names += ("W_gate", "b_gate") if self.cfg.attn_output_gate else ()
         return {name: getattr(self, f"_{name}" if name[-1] in "KV" else name) for name in names}
 
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
-        """(W, b) pairs that read the block's normalised input, for weight processing."""
-        pairs = [(self.W_Q, self.b_Q), (self._W_K, self._b_K), (self._W_V, self._b_V)]
+        """(W, b) pairs that read the block's normalised input, for weight processing (each
+        stored matrix once: values that are the keys' projection are not listed again)."""
+        pairs = [(self.W_Q, self.b_Q)]
+        if self.kv_source is None:
+            pairs.append((self._W_K, self._b_K))
+            if not self.v_from_k:
+                pairs.append((self._W_V, self._b_V))
         return pairs + ([(self.W_gate, self.b_gate)] if self.cfg.attn_output_gate else [])
 
     # -- forward -------------------------------------------------------------------------------
@@ -354,9 +401,14 @@ class Attention(nn.Module):
         rotary: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheEntry | None = None,
         cache_start: int = 0,
+        shared_kv: dict[int, tuple[Tensor, Tensor]] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Attention over the inputs (and, with `kv_cache`, over the cached positions before
-        `cache_start`, to which this call's keys and values are appended)."""
+        `cache_start`, to which this call's keys and values are appended). `shared_kv` (Gemma
+        4's KV sharing) receives this layer's keys and values, cached ones included, under its
+        index; a layer with a `kv_source` attends to that layer's from there."""
+        if self.kv_source is not None:
+            return self._forward_shared_kv(query_input, mask, rotary, cache_start, shared_kv)
         cfg = self.cfg
         b, p = query_input.shape[:2]
         if query_input.ndim == 3 and key_input.ndim == 3 and value_input.ndim == 3:
@@ -364,7 +416,7 @@ class Attention(nn.Module):
             # and reads no new positions once a cache holds them)
             q = linear(query_input, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
             k = linear(key_input, self.k_weight, self.k_bias).unflatten(-1, (-1, cfg.d_head))
-            v = linear(value_input, self.v_weight, self.v_bias).unflatten(-1, (-1, cfg.d_head))
+            v = linear(value_input, *self._value_params()).unflatten(-1, (-1, cfg.d_head))
             if cfg.clip_qkv is not None and not cfg.use_qk_norm:
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         else:  # per-head inputs (use_split_qkv_input / use_attn_in)
@@ -382,6 +434,8 @@ class Attention(nn.Module):
             q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)
             if cfg.clip_qkv is not None:  # with a q/k norm the clamp follows it (OLMoE)
                 q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+        if cfg.use_v_norm:
+            v = self.v_norm(v)
         if cfg.ungroup_grouped_query_attention and k.shape[2] != cfg.n_heads:
             k, v = (t.repeat_interleave(cfg.n_groups, dim=2) for t in (k, v))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -399,6 +453,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v, cache_start)
+        if shared_kv is not None:
+            shared_kv[self.layer_idx] = (k, v)
         return self._attend(q, k, v, mask, self._gate(query_input))
 
     def _gate(
@@ -412,6 +468,41 @@ class Attention(nn.Module):
         else:
             gate = self._project(x, self.W_gate, self.b_gate)
         return self.hook_gate(torch.sigmoid(gate))
+
+    def _forward_shared_kv(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        mask: AttentionMask,
+        rotary: tuple[Tensor, Tensor] | None,
+        cache_start: int,
+        shared_kv: dict[int, tuple[Tensor, Tensor]] | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Gemma 4's KV sharing: this layer's queries (`hook_q`, `hook_rot_q`) attend to the keys
+        and values layer `kv_source` computed in this forward (its `hook_k` / `hook_v`: this
+        layer's never fire)."""
+        cfg = self.cfg
+        if x.ndim != 3:
+            raise ValueError(
+                f"layer {self.layer_idx} reuses layer {self.kv_source}'s keys and values, so it "
+                "takes no per-head inputs (use_split_qkv_input / use_attn_in)"
+            )
+        if shared_kv is None or self.kv_source not in shared_kv:
+            raise ValueError(
+                f"layer {self.layer_idx} attends to the keys and values of layer "
+                f"{self.kv_source} (Gemma 4's KV sharing): run the model from layer "
+                f"{self.kv_source} or earlier (start_at_layer)"
+            )
+        b, p = x.shape[:2]
+        q = linear(x, self.q_weight, self.q_bias).view(b, p, -1, cfg.d_head)
+        if cfg.use_qk_norm:
+            q = self._qk_norm(q, self.q_norm)
+        q = self.hook_q(q)
+        if rotary is not None:
+            q = self.hook_rot_q(apply_rotary(q, *rotary, cfg.rotary_adjacent_pairs))
+        k, v = shared_kv[self.kv_source]
+        if cfg.ungroup_grouped_query_attention and k.shape[1] != cfg.n_heads:
+            k, v = (t.repeat_interleave(cfg.n_groups, dim=1) for t in (k, v))
+        return self._attend(q.transpose(1, 2), k, v, mask)
 
     def _attend(
         self,

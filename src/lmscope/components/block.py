@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import einops
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -14,6 +15,7 @@ from lmscope.components.mla import LatentAttention
 from lmscope.components.mlp import MLP
 from lmscope.components.moe import MoE
 from lmscope.components.norm import make_norm
+from lmscope.components.per_layer import PerLayerInput
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
@@ -36,7 +38,9 @@ class TransformerBlock(nn.Module):
     output before it joins the residual, Gemma 2/3) or "post" (only those, OLMo 2) or
     "post_residual" (ln1 / ln2 normalise the residual after each add, OPT-350m), and
     `num_experts` (the MLP is a mixture of experts; `cfg.mlp_types` may keep some layers dense).
-    `attn_type` is "global" or "local".
+    `attn_type` is "global" or "local". Gemma 4 adds its per-layer input after the MLP
+    (`per_layer`, `hook_per_layer_out`, with `cfg.d_per_layer_input`) and multiplies the block's
+    output by a learned `layer_scalar` (`cfg.layer_scalars`) before `hook_resid_post`.
     """
 
     def __init__(self, cfg: HookedTransformerConfig, layer_idx: int) -> None:
@@ -52,7 +56,8 @@ class TransformerBlock(nn.Module):
         if self.attn_type == "linear":  # a gated delta-net layer (Qwen3.5), no softmax attention
             self.linear_attn = LinearAttention(cfg, layer_idx)
         else:
-            self.attn = (LatentAttention if cfg.kv_lora_rank else Attention)(cfg, layer_idx)
+            attn_cls = LatentAttention if cfg.kv_lora_rank else Attention
+            self.attn = attn_cls(cfg.for_layer(layer_idx), layer_idx)
         if post:
             self.ln1_post = make_norm(cfg) or Identity()
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
@@ -65,6 +70,8 @@ class TransformerBlock(nn.Module):
             self.ln2 = (make_norm(cfg) if pre else None) or Identity()
             if cfg.mlp_type(layer_idx) == "moe":
                 self.mlp = MoE(cfg)
+            elif cfg.d_mlp_layers is not None:  # Gemma 4's double-wide MLPs
+                self.mlp = MLP(cfg, cfg.d_mlp_layers[layer_idx])
             else:  # a dense layer of a model with experts has its own size
                 self.mlp = MLP(cfg, cfg.dense_d_mlp if cfg.num_experts else None)
             if post:
@@ -73,6 +80,12 @@ class TransformerBlock(nn.Module):
             self.hook_mlp_out = HookPoint()
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()
+        if cfg.d_per_layer_input:
+            self.per_layer = PerLayerInput(cfg)
+            self.hook_per_layer_out = HookPoint()  # [batch, pos, d_model]
+        if cfg.layer_scalars:
+            self.layer_scalar = nn.Parameter(torch.ones(1, dtype=cfg.dtype))
+        self.gemma4 = bool(cfg.layer_scalars or cfg.d_per_layer_input or cfg.kv_source_layers)
         self.hook_resid_post = HookPoint()
 
     def forward(
@@ -82,8 +95,14 @@ class TransformerBlock(nn.Module):
         rotary: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheEntry | None = None,
         cache_start: int = 0,
+        shared_kv: dict[int, tuple[Tensor, Tensor]] | None = None,
+        per_layer_input: Float[Tensor, "batch pos d_ple"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
+        if self.gemma4:
+            return self._forward_gemma4(
+                resid_pre, mask, rotary, kv_cache, cache_start, shared_kv, per_layer_input
+            )
         resid_pre = self.hook_resid_pre(resid_pre)
         if not self.uses_rotary:
             rotary = None
@@ -136,6 +155,35 @@ class TransformerBlock(nn.Module):
         mlp_out = self.hook_mlp_out(self.mlp(mlp_in))
         return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
 
+    def _forward_gemma4(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        mask: AttentionMask,
+        rotary: tuple[Tensor, Tensor] | None,
+        kv_cache: KVCacheEntry | None,
+        cache_start: int,
+        shared_kv: dict[int, tuple[Tensor, Tensor]] | None,
+        per_layer_input: Tensor | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """A pre+post-norm block whose attention may share keys and values across layers,
+        followed by the per-layer input and the layer scalar."""
+        resid_pre = self.hook_resid_pre(resid_pre)
+        if self.cfg.use_attn_in or self.cfg.use_split_qkv_input:
+            q_in, k_in, v_in = self._per_head_inputs(resid_pre)
+            q_in, k_in, v_in = self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
+        else:
+            q_in = k_in = v_in = self.ln1(resid_pre)
+        attn_out = self.attn(q_in, k_in, v_in, mask, rotary, kv_cache, cache_start, shared_kv)
+        attn_out = self.hook_attn_out(self.ln1_post(attn_out))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
+        resid = resid_mid + self.hook_mlp_out(self._mlp(mlp_in))
+        if per_layer_input is not None:
+            resid = resid + self.hook_per_layer_out(self.per_layer(resid, per_layer_input))
+        if hasattr(self, "layer_scalar"):
+            resid = resid * self.layer_scalar
+        return self.hook_resid_post(resid)
+
     def mixer(self) -> tuple[str, nn.Module]:
         """The token mixer's name and module: ("attn", attention), or ("linear_attn", the
         gated delta-net layer) on a linear-attention layer.
@@ -153,7 +201,7 @@ class TransformerBlock(nn.Module):
 
     def _per_head_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Copies of the residual per head, so a hook can edit one head's input alone."""
-        cfg = self.cfg
+        cfg = self.attn.cfg  # (a layer's own key/value heads, Gemma 4's global layers)
 
         def repeat(n: int) -> Tensor:
             return einops.repeat(resid_pre, "b p dm -> b p h dm", h=n).clone()
