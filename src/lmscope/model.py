@@ -155,8 +155,6 @@ class HookedTransformer(HookedRootModule):
             cfg.default_padding_side = default_padding_side
         self.cfg = cfg
         self.embed = Embed(cfg)
-        if cfg.d_per_layer_input:  # Gemma 4's per-layer embeddings
-            self.per_layer_embed = PerLayerEmbed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
@@ -172,6 +170,8 @@ class HookedTransformer(HookedRootModule):
                 self.rotary_local = Rotary(cfg, base=cfg.rotary_base_local, scaling=False)
         if cfg.post_embedding_ln:
             self.ln_embed = LayerNorm(cfg)
+        if cfg.d_per_layer_input:  # Gemma 4's per-layer embeddings
+            self.per_layer_embed = PerLayerEmbed(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
         norm = make_norm(cfg) if cfg.norm_placement != "post_residual" else None
         if norm is not None:
@@ -666,7 +666,6 @@ class HookedTransformer(HookedRootModule):
             resid = input
             if (
                 not isinstance(resid, Tensor)
-        extra = self._gemma4_inputs(resid, tokens, start_at_layer)
                 or resid.ndim != 3
                 or resid.shape[-1] != self.cfg.d_model
             ):
@@ -710,32 +709,6 @@ class HookedTransformer(HookedRootModule):
             if full:
                 key_mask = None
         else:
-    def _gemma4_inputs(
-        self, resid: Tensor, tokens: Tensor | None, start_at_layer: int | None
-    ) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor | None] | None:
-        """Gemma 4's extra block inputs, None for other models: a dict in which layers leave
-        their keys and values for the layers that reuse them, and the per-layer inputs
-        [batch, pos, n_layers, d_per_layer_input] (`per_layer_embed`). They are computed from
-        the token ids and their embedding (`hook_embed`'s value, or with `start_at_layer` the
-        embedding of `tokens`)."""
-        cfg = self.cfg
-        if not (cfg.layer_scalars or cfg.d_per_layer_input or cfg.kv_source_layers):
-            return None
-        per_layer = None
-        runs_blocks = start_at_layer is None or start_at_layer < cfg.n_layers
-        if cfg.d_per_layer_input and runs_blocks:
-            if start_at_layer is None:
-                embed = resid
-            elif tokens is None:
-                raise ValueError(
-                    "this model's blocks read per-layer embeddings of the token ids (Gemma 4): "
-                    "with start_at_layer, pass tokens=... too"
-                )
-            else:
-                embed = self.embed(tokens)
-            per_layer = self.per_layer_embed(tokens, embed)
-        return {}, per_layer
-
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
 
         if start_at_layer is None:
@@ -746,6 +719,7 @@ class HookedTransformer(HookedRootModule):
         layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
         if placement is not None:
             spread = placement.spread(masks, rotaries, layers)
+        extra = self._gemma4_inputs(resid, tokens, start_at_layer)
         for layer, block in zip(layers, self.blocks[start_at_layer:stop_at_layer], strict=True):
             entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
             if placement is not None:
@@ -760,8 +734,8 @@ class HookedTransformer(HookedRootModule):
                 resid = block(
                     resid, masks[kind], rotaries.get(kind), entry, start, shared_kv, layer_input
                 )
-        if step is not None:
-            past_kv_cache.commit(step)
+        if past_kv_cache is not None and not past_kv_cache.frozen:
+            past_kv_cache.length = total
         if stop_at_layer is not None:
             return resid
         if hasattr(self, "ln_final"):
@@ -788,6 +762,32 @@ class HookedTransformer(HookedRootModule):
         raise ValueError(
             f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}"
         )
+
+    def _gemma4_inputs(
+        self, resid: Tensor, tokens: Tensor | None, start_at_layer: int | None
+    ) -> tuple[dict[int, tuple[Tensor, Tensor]], Tensor | None] | None:
+        """Gemma 4's extra block inputs, None for other models: a dict in which layers leave
+        their keys and values for the layers that reuse them, and the per-layer inputs
+        [batch, pos, n_layers, d_per_layer_input] (`per_layer_embed`). They are computed from
+        the token ids and their embedding (`hook_embed`'s value, or with `start_at_layer` the
+        embedding of `tokens`)."""
+        cfg = self.cfg
+        if not (cfg.layer_scalars or cfg.d_per_layer_input or cfg.kv_source_layers):
+            return None
+        per_layer = None
+        runs_blocks = start_at_layer is None or start_at_layer < cfg.n_layers
+        if cfg.d_per_layer_input and runs_blocks:
+            if start_at_layer is None:
+                embed = resid
+            elif tokens is None:
+                raise ValueError(
+                    "this model's blocks read per-layer embeddings of the token ids (Gemma 4): "
+                    "with start_at_layer, pass tokens=... too"
+                )
+            else:
+                embed = self.embed(tokens)
+            per_layer = self.per_layer_embed(tokens, embed)
+        return {}, per_layer
 
     def _embed(
         self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch pos"]
@@ -908,12 +908,6 @@ class HookedTransformer(HookedRootModule):
         """
         views: dict[str, Tensor] = {"embed.W_E": self.embed.W_E}
         if hasattr(self, "pos_embed"):
-        shapes = sorted({tuple(part.shape) for part in parts})
-        if len(shapes) > 1:  # Gemma 4: global layers' heads, double-wide MLPs
-            raise AttributeError(
-                f"this model's layers have weights of different shapes ({shapes}), so they do "
-                "not stack over layers: read them per layer, model.blocks[layer]..."
-            )
             views["pos_embed.W_pos"] = self.pos_embed.W_pos
         norms = {name: m for name, m in self.named_modules() if isinstance(m, (LayerNorm, RMSNorm))}
         for layer, block in enumerate(self.blocks):
@@ -967,6 +961,12 @@ class HookedTransformer(HookedRootModule):
         parts = [get(block) for block in self.blocks]
         if self._placement is not None:
             parts = [part.to(parts[0].device) for part in parts]
+        shapes = sorted({tuple(part.shape) for part in parts})
+        if len(shapes) > 1:  # Gemma 4: global layers' heads, double-wide MLPs
+            raise AttributeError(
+                f"this model's layers have weights of different shapes ({shapes}), so they do "
+                "not stack over layers: read them per layer, model.blocks[layer]..."
+            )
         return torch.stack(parts, dim=0)
 
     @property
