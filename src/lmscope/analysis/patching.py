@@ -508,7 +508,7 @@ HEAD_ALL_POS_EVERY = tuple(f"attn_head_{a}_all_pos" for a in ("out", "q", "k", "
 HEAD_BY_POS_EVERY = tuple(f"attn_head_{a}_by_pos" for a in ("out", "q", "k", "v", "pattern"))
 
 
-def act_patch(name: str) -> Callable[..., Tensor]:
+def act_patch(name: str) -> Callable[..., Tensor | tuple[Tensor, Any]]:
     """`get_act_patch_<name>`: `generic_activation_patch` with the activation, setter and axes of
     `STANDARD_PATCHES[name]`.
 
