@@ -18,6 +18,7 @@ from transformers import (
     MistralConfig,
     MistralForCausalLM,
     Qwen3_5ForCausalLM,
+    Qwen3_5MoeForCausalLM,
 )
 
 from lmscope import HookedTransformer
@@ -29,7 +30,7 @@ from lmscope.loading.families import PARTIAL_ROTARY_KEYS, family_for
 from tests._families import FAMILY_SPECS
 from tests._tiny import TinyModel, llama_config
 from tests.loading.test_families_gemma4 import _config as gemma4_config
-from tests.loading.test_family_qwen3_5 import qwen3_5_config
+from tests.loading.test_family_qwen3_5 import qwen3_5_config, qwen3_5_moe_config
 
 CONFIGS = Path(families.__file__).parents[1] / "configs"
 
@@ -53,6 +54,7 @@ def spec_configs() -> dict[str, dict[str, Any]]:
         found[name] = _as_saved(spec.config(), spec.model_cls)
     found["qwen3_5"] = _as_saved(qwen3_5_config(), Qwen3_5ForCausalLM)
     found["gemma4"] = _as_saved(gemma4_config(), tr.Gemma4ForCausalLM)
+    found["qwen3_5_moe"] = _as_saved(qwen3_5_moe_config(), Qwen3_5MoeForCausalLM)
     return found
 
 
@@ -118,6 +120,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "llama4_text": ("llama4", "attn_logit_softcapping", 30.0),
     "qwen3_5_text": ("qwen3_5", "attn_logit_softcapping", 30.0),
     "gemma4_text": ("gemma4", "attn_logit_softcapping", 30.0),
+    "qwen3_5_moe_text": ("qwen3_5_moe", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

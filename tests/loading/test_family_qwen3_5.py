@@ -1,9 +1,10 @@
-"""Qwen3.5 text (Qwen3_5ForCausalLM): gated delta-net linear attention mixed with gated softmax
-attention, against transformers' eager path (its torch fallback of the delta rule; no fla
-kernels are installed). The tiny checkpoint has odd sizes, two linear layers around one
-attention layer, 2 key heads serving 4 value heads, a 3-tap convolution, grouped-query attention
-with biases, partial rotary, and every norm (1 + w) perturbed; sequences of 70 tokens cross the
-delta rule's 64-position chunk.
+"""Qwen3.5 text (Qwen3_5ForCausalLM) and Qwen3.5-MoE text (Qwen3_5MoeForCausalLM): gated
+delta-net linear attention mixed with gated softmax attention, against transformers' eager path
+(its torch fallback of the delta rule; no fla kernels are installed). The tiny checkpoints have
+odd sizes, two linear layers around one attention layer, 2 key heads serving 4 value heads, a
+3-tap convolution, grouped-query attention with biases, partial rotary, and every norm (1 + w)
+perturbed; sequences of 70 tokens cross the delta rule's 64-position chunk. Every test runs on
+both: the MoE one has 5 experts (top 2, renormalised) and a gated shared expert on every layer.
 """
 
 from __future__ import annotations
@@ -29,27 +30,39 @@ VOCAB = 97
 LONG = 70  # past one 64-position chunk
 
 
+_SIZES: dict[str, Any] = {
+    "vocab_size": VOCAB, "hidden_size": 40,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "linear_key_head_dim": 6, "linear_value_head_dim": 10, "linear_conv_kernel_dim": 3,
+    "max_position_embeddings": 96, "attention_bias": True,
+    "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+}  # fmt: skip
+
+
 def qwen3_5_config(**kwargs: Any) -> tr.Qwen3_5TextConfig:
     """The tiny Qwen3.5 text config (head_dim 16: a quarter of it, 4 dimensions, rotates)."""
-    return tr.Qwen3_5TextConfig(
-        **{
-            "vocab_size": VOCAB, "hidden_size": 40, "intermediate_size": 56,
-            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
-            "linear_key_head_dim": 6, "linear_value_head_dim": 10, "linear_conv_kernel_dim": 3,
-            "max_position_embeddings": 96, "attention_bias": True,
-            "layer_types": ["linear_attention", "full_attention", "linear_attention"],
-            "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kwargs,
-        }
-    )  # fmt: skip
+    return tr.Qwen3_5TextConfig(**{"intermediate_size": 56, **_SIZES, **kwargs})
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    config = qwen3_5_config()
+def qwen3_5_moe_config(**kwargs: Any) -> tr.Qwen3_5MoeTextConfig:
+    """The tiny Qwen3.5-MoE text config: the dense one's layers with 5 experts of 12 (top 2) and
+    a shared expert of 20."""
+    experts = {"moe_intermediate_size": 12, "shared_expert_intermediate_size": 20,
+               "num_experts": 5, "num_experts_per_tok": 2}  # fmt: skip
+    return tr.Qwen3_5MoeTextConfig(**{**experts, **_SIZES, **kwargs})
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    moe = request.param == "moe"
+    config = qwen3_5_moe_config() if moe else qwen3_5_config()
     config._attn_implementation = "eager"
+    if moe:
+        config._experts_implementation = "eager"  # transformers' per-expert loop as the oracle
     torch.manual_seed(SEED)
-    hf = tr.Qwen3_5ForCausalLM(config)
+    hf = (tr.Qwen3_5MoeForCausalLM if moe else tr.Qwen3_5ForCausalLM)(config)
     randomise(hf)
     with torch.no_grad():
         for name, param in hf.named_parameters():
@@ -59,9 +72,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
             if name.endswith("A_log"):  # decays exp(-exp(A_log) * softplus(.)) that vary
                 param.uniform_(-1.0, 1.0)
     hf.eval()
-    path = tmp_path_factory.mktemp("qwen3_5")
+    path = tmp_path_factory.mktemp(f"qwen3_5_{request.param}")
     hf.save_pretrained(path)
-    return TinyModel(path, hf, "qwen3_5")
+    return TinyModel(path, hf, f"qwen3_5_{request.param}")
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +97,12 @@ def _padded() -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
-def test_config(model: HookedTransformer) -> None:
+def test_config(tiny: TinyModel, model: HookedTransformer) -> None:
     cfg = model.cfg
+    moe = tiny.name == "qwen3_5_moe"
+    assert (cfg.num_experts, cfg.experts_per_token) == ((5, 2) if moe else (None, None))
+    if moe:
+        assert (cfg.d_mlp, cfg.shared_expert_d_mlp, cfg.norm_topk_prob) == (12, 20, True)
     assert cfg.layer_types == ["linear", "global", "linear"]
     assert (cfg.rotary_dim, cfg.attn_output_gate, cfg.use_qk_norm) == (4, True, True)
     assert (cfg.linear_n_key_heads, cfg.linear_n_value_heads) == (2, 4)

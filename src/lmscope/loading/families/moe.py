@@ -99,7 +99,15 @@ def qwen3_moe_config(hf: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
+def qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
+    """Add the Qwen MoE layers' MLPs to `m`: per-expert `mlp.experts.{e}`, the router
+    `mlp.gate`, the shared expert and its gate when `cfg.shared_expert_d_mlp`, and a gated MLP on
+    the layers `cfg.mlp_types` makes dense (Qwen2-MoE, Qwen3-MoE, Qwen3.5-MoE).
+
+    Example:
+        >>> qwen_experts({}, cfg)["blocks.0.mlp.router_weight"]
+        'model.layers.0.mlp.gate.weight'
+    """
     for layer, (ours, h) in enumerate(layers(cfg, "model.layers")):
         if cfg.mlp_type(layer) == "dense":
             m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
@@ -113,13 +121,13 @@ def _qwen_experts(m: WeightMap, cfg: HookedTransformerConfig) -> WeightMap:
 
 def qwen2_moe_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     m = llama_like_weight_map(cfg, qkv_bias=bool(hf.get("qkv_bias", True)), dense_mlp=False)
-    return _qwen_experts(m, cfg)
+    return qwen_experts(m, cfg)
 
 
 def qwen3_moe_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     bias = bool(hf.get("attention_bias", False))
     m = llama_like_weight_map(cfg, qkv_bias=bias, o_bias=bias, qk_norm=True, dense_mlp=False)
-    return _qwen_experts(m, cfg)
+    return qwen_experts(m, cfg)
 
 
 _QWEN_MOE_KEYS = LLAMA_LIKE_KEYS | {

@@ -12,6 +12,10 @@ softmax attention.
 - Every RMSNorm outside the linear layers computes `x_hat * (1 + w)`: stored as `1 + w`
   (`PlusOne`); the linear layers' gated norm uses its weight as it is.
 - The KV cache holds each linear layer's convolution inputs and recurrent state.
+- Qwen3.5-MoE (`Qwen3_5MoeForCausalLM`): the same layers with Qwen2-MoE's block on every layer
+  (`lmscope.components.moe`): a softmax router over `num_experts`, the top `num_experts_per_tok`
+  renormalised to sum to one, and a shared expert scaled by `sigmoid(x @ W_shared_expert_gate)`;
+  experts per expert as `save_pretrained` writes them (`mlp.experts.{e}.gate_proj/up_proj/down_proj`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, rope_settings
 from lmscope.loading.families.gemma import plus_one
 from lmscope.loading.families.llama import LLAMA_LIKE_KEYS, llama_like_config
+from lmscope.loading.families.moe import qwen_experts
 from lmscope.loading.pieces import embeddings, gated_mlp, layers, norm, norms
 from lmscope.loading.transforms import FusedHeads
 
@@ -57,6 +62,19 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         linear_d_key=hf.get("linear_key_head_dim", 128),
         linear_d_value=hf.get("linear_value_head_dim", 128),
         linear_conv_size=hf.get("linear_conv_kernel_dim", 4),
+    )
+    return fields
+
+
+def moe_config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    d_expert = hf.get("moe_intermediate_size", 512)
+    fields = config_from_hf({"intermediate_size": d_expert, **hf})  # the MoE config has none
+    fields.update(
+        d_mlp=d_expert,
+        num_experts=hf.get("num_experts", 256),
+        experts_per_token=hf.get("num_experts_per_tok", 8),
+        norm_topk_prob=True,  # transformers' Qwen3.5-MoE router always renormalises
+        shared_expert_d_mlp=hf.get("shared_expert_intermediate_size", 512),
     )
     return fields
 
@@ -108,25 +126,35 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             m |= _linear_attention(f"{ours}.linear_attn", f"{h}.linear_attn")
         else:
             m |= _gated_attention(cfg, f"{ours}.attn", f"{h}.self_attn", bias)
-        m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
-    return m
+        if not cfg.num_experts:
+            m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
+    return qwen_experts(m, cfg) if cfg.num_experts else m
 
 
-FAMILY = Family(
-    "qwen3_5_text",
-    ("Qwen3_5ForCausalLM",),
-    config_from_hf,
-    weight_map,
-    LLAMA_LIKE_KEYS
-    | {
-        "attention_bias",
-        "full_attention_interval",
-        "layer_types",
-        "linear_conv_kernel_dim",
-        "linear_key_head_dim",
-        "linear_num_key_heads",
-        "linear_num_value_heads",
-        "linear_value_head_dim",
-        "partial_rotary_factor",
-    },
-)
+_KEYS = LLAMA_LIKE_KEYS | {
+    "attention_bias",
+    "full_attention_interval",
+    "layer_types",
+    "linear_conv_kernel_dim",
+    "linear_key_head_dim",
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_value_head_dim",
+    "partial_rotary_factor",
+}
+_MOE_KEYS = {
+    "moe_intermediate_size",
+    "num_experts",
+    "num_experts_per_tok",
+    "shared_expert_intermediate_size",
+}
+FAMILIES = [
+    Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), config_from_hf, weight_map, _KEYS),
+    Family(
+        "qwen3_5_moe_text",
+        ("Qwen3_5MoeForCausalLM",),
+        moe_config_from_hf,
+        weight_map,
+        _KEYS | _MOE_KEYS,
+    ),
+]
