@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters import ADAPTERS, HFAdapter
@@ -147,18 +148,33 @@ def random_tokens(vocab: int, settings: Settings) -> Any:
     )
 
 
-def run_worker(tool: str, settings: Settings) -> dict[str, Any]:
-    """Load HF (eager, sdpa) and `tool` on one model, check, time every workload; a JSON dict."""
+def begin(tool: str, settings: Settings) -> tuple[ModelSpec, Path, dict[str, Any]]:
+    """A worker's start: HF quiet, torch's threads and seed set; the model's spec, its checkpoint
+    folder and a fresh JSON document."""
     import torch
 
     _quiet_hf()
     torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
     spec = MODELS[settings.model]
-    path = snapshot_dir(settings.model, settings.cache_dir)
-    dev = settings.device
+    return spec, snapshot_dir(settings.model, settings.cache_dir), new_document(tool, settings)
+
+
+def finish(result: dict[str, Any], started: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """A worker's end: the load average and wall time written into its document."""
+    result["loadavg_end"] = loadavg()
+    result["wall_s"] = time.perf_counter() - started
+    log("done")
+    return result
+
+
+def run_worker(tool: str, settings: Settings) -> dict[str, Any]:
+    """Load HF (eager, sdpa) and `tool` on one model, check, time every workload; a JSON dict."""
+    import torch
+
     started = time.perf_counter()
-    result = new_document(tool, settings)
+    spec, path, result = begin(tool, settings)
+    dev = settings.device
     log = progress_log(tool, settings)
 
     # 1. loads, in fresh subprocesses, before this process fills memory
@@ -254,10 +270,7 @@ def run_worker(tool: str, settings: Settings) -> dict[str, Any]:
                 stats["tokens_per_s"] = batch * n / stats["median_s"]
         result["timings"][group] = timing
 
-    result["loadavg_end"] = loadavg()
-    result["wall_s"] = time.perf_counter() - started
-    log("done")
-    return result
+    return finish(result, started, log)
 
 
 def run_dtype_worker(tool: str, settings: Settings) -> dict[str, Any]:
@@ -267,14 +280,9 @@ def run_dtype_worker(tool: str, settings: Settings) -> dict[str, Any]:
     with a `dtypes` entry per dtype (its `checks` and `timings`, or its `error`)."""
     import torch
 
-    _quiet_hf()
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(0)
-    spec = MODELS[settings.model]
-    path = snapshot_dir(settings.model, settings.cache_dir)
-    dev = settings.device
     started = time.perf_counter()
-    result = new_document(tool, settings)
+    spec, path, result = begin(tool, settings)
+    dev = settings.device
     result["dtypes"] = {}
     log = progress_log(tool, settings)
     tok = load_tokenizer(path)
@@ -327,7 +335,4 @@ def run_dtype_worker(tool: str, settings: Settings) -> dict[str, Any]:
             entry["timings"] = time_round_robin(fns, settings.warmup, settings.repeats, dev)
         del hf, base, adapter, fns
 
-    result["loadavg_end"] = loadavg()
-    result["wall_s"] = time.perf_counter() - started
-    log("done")
-    return result
+    return finish(result, started, log)
