@@ -78,7 +78,7 @@ NOT_PROVIDED_MODULES: dict[str, str] = {
     "utilities.architectures": _BRIDGE,
     "utilities.attention": "TransformerLens's attention internals; lmscope.components.attention",
     "utilities.bridge_components": _BRIDGE,
-    "utilities.cache": "TransformerLens's KV-cache internals; lmscope.generation.KVCache",
+    "utilities.cache": "TransformerLens's KV-cache internals; lmscope.kv_cache.KVCache",
     "utilities.heterogeneous_config": _BRIDGE,
     "utilities.multi_gpu": _DEVICES,
     "utilities.quantization": "lmscope dequantises GGUF on load and refuses other quantisations",

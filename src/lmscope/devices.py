@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from lmscope.components.attention import AttentionMask
-    from lmscope.generation import KVCacheEntry
+    from lmscope.kv_cache import KVCacheEntry
     from lmscope.model import HookedTransformer
 
 DeviceLike = str | int | torch.device

@@ -37,6 +37,11 @@ from lmscope.tokens import (  # noqa: F401 (importable from here, as before)
     check_attention_mask_values,
     check_padding_side,
     check_token_ids,
+    input_to_tokens,
+    real_positions,
+    require_tokenizer,
+    text_defaults,
+    tokenize,
 )
 from lmscope.utils import lm_cross_entropy_loss
 
@@ -48,7 +53,7 @@ if TYPE_CHECKING:
 
     from lmscope.cache import ActivationCache
     from lmscope.factored_matrix import FactoredMatrix
-    from lmscope.generation import KVCache
+    from lmscope.kv_cache import KVCache
 
 ModelInput = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
 ReturnType = Literal["logits", "loss", "both", None]
@@ -81,7 +86,7 @@ def _flag_setter(hook_name: str) -> str | None:
 
 
 # TransformerLens 3.9's positional order of these methods' parameters after the first one or two,
-# so calls written for it positionally (`model.generate(text, 20, False)`) mean the same here.
+# so calls written for it positionally mean the same here (generate's: `lmscope.generation`).
 _FROM_PRETRAINED_ORDER = (
     "fold_ln", "center_writing_weights", "center_unembed", "refactor_factored_attn_matrices",
     "checkpoint_index", "checkpoint_value", "checkpoint_label", "hf_model", "device", "n_devices",
@@ -91,10 +96,6 @@ _FROM_PRETRAINED_ORDER = (
 _NO_PROCESSING_ORDER = (
     "fold_ln", "center_writing_weights", "center_unembed", "refactor_factored_attn_matrices",
     "fold_value_biases", "dtype", "default_prepend_bos", "default_padding_side",
-)  # fmt: skip
-_GENERATE_ORDER = (
-    "stop_at_eos", "eos_token_id", "do_sample", "top_k", "top_p", "temperature", "freq_penalty",
-    "use_past_kv_cache", "prepend_bos", "padding_side", "return_type", "verbose",
 )  # fmt: skip
 
 
@@ -115,22 +116,6 @@ def _prepends_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer puts BOS first on its own (the model's default for `prepend_bos`)."""
     ids = tokenizer("hello")["input_ids"]
     return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
-
-
-def _check_no_empty_rows(ids: list[list[int]], single: bool) -> None:
-    """Raise if a tokenized text has no tokens (an empty string without BOS), naming which."""
-    empty = [i for i, seq in enumerate(ids) if not seq]
-    if not empty:
-        return
-    fix = "pass some text, or prepend_bos=True to start it from BOS"
-    if single:
-        raise ValueError(
-            f"input is empty (0 tokens: the text is empty and no BOS is prepended); {fix}"
-        )
-    raise ValueError(
-        f"input string {empty[0]} of the list is empty (0 tokens: no text and no BOS; empty "
-        f"strings at {empty}); every string needs a token: {fix}, or drop it"
-    )
 
 
 class HookedTransformer(HookedRootModule):
@@ -420,11 +405,7 @@ class HookedTransformer(HookedRootModule):
 
     # -- tokens --------------------------------------------------------------------------------------
     def _require_tokenizer(self) -> PreTrainedTokenizerBase:
-        if self.tokenizer is None:
-            raise ValueError(
-                "this model has no tokenizer: pass token ids, or call model.set_tokenizer(tok)"
-            )
-        return self.tokenizer
+        return require_tokenizer(self.tokenizer)
 
     def _tokenize(
         self,
@@ -434,34 +415,8 @@ class HookedTransformer(HookedRootModule):
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
         """Token ids and attention mask (None when nothing was padded) for text."""
         tok = self._require_tokenizer()
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("input is an empty list of strings; pass at least one string")
-        prepend_bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-        if padding_side is None:
-            padding_side = self.cfg.default_padding_side
-            check_padding_side(padding_side, "model.cfg.default_padding_side")
-        check_padding_side(padding_side)
-        ids = tok(texts, add_special_tokens=False)["input_ids"]
-        if prepend_bos:
-            if tok.bos_token_id is None:
-                raise ValueError(
-                    "prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False"
-                )
-            ids = [[tok.bos_token_id, *seq] for seq in ids]
-        _check_no_empty_rows(ids, isinstance(text, str))
-        length = max(len(seq) for seq in ids)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        tokens = torch.full((len(ids), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, seq in enumerate(ids):
-            span = (
-                slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
-            )
-            tokens[i, span] = torch.tensor(seq, dtype=torch.long)
-            mask[i, span] = 1
-        device = self.W_E.device
-        return tokens.to(device), (None if bool(mask.all()) else mask.to(device))
+        bos, side = text_defaults(self.cfg, prepend_bos, padding_side)
+        return tokenize(tok, text, bos, side, self.W_E.device)
 
     def to_tokens(
         self,
@@ -571,15 +526,19 @@ class HookedTransformer(HookedRootModule):
         padding_side: str | None,
         attention_mask: Tensor | None,
     ) -> tuple[Int[Tensor, "batch pos"], Tensor | None]:
-        """Token ids [batch, pos] and the attention mask (the caller's, else the padding's)."""
-        if padding_side is not None:
-            check_padding_side(padding_side)
-        if isinstance(input, str) or (
-            isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))
-        ):
-            tokens, mask = self._tokenize(input, prepend_bos, padding_side)
-            return tokens, mask if attention_mask is None else attention_mask
-        return self._check_token_ids(input), attention_mask
+        """Token ids [batch, pos] and the attention mask (the caller's, else the padding's);
+        see `lmscope.tokens.input_to_tokens`. A compiled run checked them before it was traced."""
+        if torch.compiler.is_compiling():
+            return input, attention_mask
+        return input_to_tokens(
+            input,
+            self.cfg,
+            lambda: self.tokenizer,
+            self.W_E.device,
+            prepend_bos,
+            padding_side,
+            attention_mask,
+        )
 
     def _check_token_ids(self, input: Any) -> Int[Tensor, "batch pos"]:
         """Token ids as a [batch, pos] integer tensor on the model's device, after checking their
@@ -645,7 +604,7 @@ class HookedTransformer(HookedRootModule):
                 residual stream entering that layer is returned. `tokens` gives the token ids for
                 the loss when starting from a residual.
             past_kv_cache: a `KVCache`: attend to the positions it holds and append these (see
-                `lmscope.generation.KVCache`); `attention_mask` then covers the new tokens only.
+                `lmscope.kv_cache.KVCache`); `attention_mask` then covers the new tokens only.
             shortformer_pos_embed: TransformerLens's positional input for shortformer models,
                 which lmscope does not load; refused.
 
@@ -681,34 +640,22 @@ class HookedTransformer(HookedRootModule):
         device = self.W_E.device
         if attention_mask is not None:
             attention_mask = check_attention_mask(attention_mask, (batch, n_pos), device)
-        start = 0
-        key_mask = attention_mask  # which keys are real; with a KV cache, the cached ones too
+        # key_mask: which keys are real (None: all); with a KV cache, the cached ones too
+        step = None
         if past_kv_cache is not None:
-            start = past_kv_cache.length
-            past_kv_cache.reserve(batch, start + n_pos)
-            new_mask = (
-                attention_mask
-                if attention_mask is not None
-                else torch.ones(batch, n_pos, dtype=torch.long, device=device)
-            )
-            past_kv_cache.mask[:, start : start + n_pos] = new_mask
-            key_mask = past_kv_cache.mask[:, : start + n_pos]
-        total = start + n_pos
+            step = past_kv_cache.step(batch, n_pos, attention_mask)
+            start, total, key_mask, positions = step.start, step.end, step.key_mask, step.positions
+        else:
+            start, total = 0, n_pos
         if total > self.cfg.n_ctx:
             raise ValueError(
                 f"input has {total} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
                 "shorten it (model.to_tokens(text, truncate=True) cuts it to n_ctx)"
             )
-        if key_mask is not None:
-            positions = (key_mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
-            full = (
-                check_attention_mask_values(key_mask)
-                if attention_mask is not None
-                else bool(key_mask.all())
-            )
-            if full:
-                key_mask = None
-        else:
+        if step is None and attention_mask is not None:
+            positions, key_mask = real_positions(attention_mask, n_pos)
+        elif step is None:
+            key_mask = None
             positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
 
         if start_at_layer is None:
@@ -734,8 +681,8 @@ class HookedTransformer(HookedRootModule):
                 resid = block(
                     resid, masks[kind], rotaries.get(kind), entry, start, shared_kv, layer_input
                 )
-        if past_kv_cache is not None and not past_kv_cache.frozen:
-            past_kv_cache.length = total
+        if step is not None:
+            past_kv_cache.commit(step)
         if stop_at_layer is not None:
             return resid
         if hasattr(self, "ln_final"):
@@ -823,7 +770,7 @@ class HookedTransformer(HookedRootModule):
         if past_kv_cache is not None:
             raise ValueError(
                 "input_to_embed takes no past_kv_cache in lmscope: pass the cache to "
-                "model(tokens, past_kv_cache=cache) (lmscope.generation.KVCache)"
+                "model(tokens, past_kv_cache=cache) (lmscope.kv_cache.KVCache)"
             )
         tokens, mask = self._input_to_tokens(input, prepend_bos, padding_side, attention_mask)
         batch, n_pos = tokens.shape
@@ -840,18 +787,18 @@ class HookedTransformer(HookedRootModule):
         Example:
             >>> model.generate("The capital of France is", max_new_tokens=3, do_sample=False)
         """
-        from lmscope.generation import generate
+        from lmscope.generation import GENERATE_ORDER, generate
 
-        kwargs.update(_positional(args, _GENERATE_ORDER, "generate", kwargs))
+        kwargs.update(_positional(args, GENERATE_ORDER, "generate", kwargs))
         return generate(self, input, max_new_tokens, **kwargs)
 
     def generate_stream(
         self, input: Any = "", max_new_tokens: int = 10, *args: Any, **kwargs: Any
     ) -> Any:
         """Yield new tokens as they are generated; see `lmscope.generation.generate_stream`."""
-        from lmscope.generation import generate_stream
+        from lmscope.generation import GENERATE_ORDER, generate_stream
 
-        order = ("max_tokens_per_yield", *_GENERATE_ORDER)
+        order = ("max_tokens_per_yield", *GENERATE_ORDER)
         kwargs.update(_positional(args, order, "generate_stream", kwargs))
         return generate_stream(self, input, max_new_tokens, **kwargs)
 

@@ -6,7 +6,7 @@ Example:
     >>> cache = HookedTransformerKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
 """
 
-from lmscope.generation import KVCache, KVCacheEntry
+from lmscope.kv_cache import KVCache, KVCacheEntry
 
 HookedTransformerKeyValueCache = TransformerLensKeyValueCache = KVCache
 HookedTransformerKeyValueCacheEntry = TransformerLensKeyValueCacheEntry = KVCacheEntry

@@ -8,11 +8,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lmscope.config import HookedTransformerConfig
 
 
 def check_padding_side(padding_side: Any, source: str = "padding_side") -> None:
@@ -99,3 +105,148 @@ def check_token_ids(input: Any, d_vocab: int, device: torch.device) -> Int[Tenso
     if low < 0 or high >= d_vocab:
         raise ValueError(f"token ids must lie in [0, {d_vocab}); got ids from {low} to {high}")
     return tokens
+
+
+def real_positions(
+    key_mask: Int[Tensor, "batch key"], n_new: int, check: bool = True
+) -> tuple[Int[Tensor, "batch new"], Int[Tensor, "batch key"] | None]:
+    """The positions of the last `n_new` keys counted over real tokens only (so a left-padded row
+    numbers its tokens as an unpadded one does), and `key_mask`, or None when every key is real.
+    `check` validates the mask's values (`check_attention_mask_values`); either way one sync.
+
+    Example:
+        >>> positions, mask = real_positions(torch.tensor([[0, 1, 1]]), 3)
+        >>> positions.tolist(), mask is None
+        ([[0, 0, 1]], False)
+    """
+    positions = (key_mask.cumsum(-1) - 1).clamp(min=0)[:, key_mask.shape[1] - n_new :]
+    full = check_attention_mask_values(key_mask) if check else bool(key_mask.all())
+    return positions, None if full else key_mask
+
+
+def is_text(input: Any) -> bool:
+    """Whether `input` is text (a string or a non-empty list of strings), not token ids.
+
+    Example:
+        >>> is_text(["a", "b"]), is_text(torch.tensor([1, 2]))
+        (True, False)
+    """
+    return isinstance(input, str) or (
+        isinstance(input, (list, tuple)) and bool(input) and isinstance(input[0], str)
+    )
+
+
+def require_tokenizer(tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
+    """`tokenizer`, or a ValueError that says how to give the model one.
+
+    Example:
+        >>> require_tokenizer(model.tokenizer).decode([42])
+    """
+    if tokenizer is None:
+        raise ValueError(
+            "this model has no tokenizer: pass token ids, or call model.set_tokenizer(tok)"
+        )
+    return tokenizer
+
+
+def _check_no_empty_rows(ids: list[list[int]], single: bool) -> None:
+    """Raise if a tokenized text has no tokens (an empty string without BOS), naming which."""
+    empty = [i for i, seq in enumerate(ids) if not seq]
+    if not empty:
+        return
+    fix = "pass some text, or prepend_bos=True to start it from BOS"
+    if single:
+        raise ValueError(
+            f"input is empty (0 tokens: the text is empty and no BOS is prepended); {fix}"
+        )
+    raise ValueError(
+        f"input string {empty[0]} of the list is empty (0 tokens: no text and no BOS; empty "
+        f"strings at {empty}); every string needs a token: {fix}, or drop it"
+    )
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str | Sequence[str],
+    prepend_bos: bool,
+    padding_side: str,
+    device: torch.device,
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None]:
+    """Token ids of `text` on `device` and their attention mask (None when nothing was padded):
+    BOS put first once when `prepend_bos` (the tokenizer's own special tokens are off), a list
+    padded on `padding_side` with the tokenizer's pad id (else 0).
+
+    Example:
+        >>> tokens, mask = tokenize(model.tokenizer, ["Hi", "Hello there"], True, "left", "cpu")
+        >>> mask[0].tolist()[:2]
+        [0, 0]
+    """
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError("input is an empty list of strings; pass at least one string")
+    check_padding_side(padding_side)
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError(
+                "prepend_bos=True, but this tokenizer has no BOS token; pass prepend_bos=False"
+            )
+        ids = [[tokenizer.bos_token_id, *seq] for seq in ids]
+    _check_no_empty_rows(ids, isinstance(text, str))
+    length = max(len(seq) for seq in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((len(ids), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for i, seq in enumerate(ids):
+        span = slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
+        tokens[i, span] = torch.tensor(seq, dtype=torch.long)
+        mask[i, span] = 1
+    return tokens.to(device), (None if bool(mask.all()) else mask.to(device))
+
+
+def text_defaults(
+    cfg: HookedTransformerConfig, prepend_bos: bool | None, padding_side: str | None
+) -> tuple[bool, str]:
+    """`prepend_bos` and `padding_side` for tokenizing text, each defaulting to the config's
+    (`default_prepend_bos`, `default_padding_side`), checked.
+
+    Example:
+        >>> text_defaults(model.cfg, None, "left")
+        (True, 'left')
+    """
+    prepend_bos = cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    if padding_side is None:
+        padding_side = cfg.default_padding_side
+        check_padding_side(padding_side, "model.cfg.default_padding_side")
+    check_padding_side(padding_side)
+    return prepend_bos, padding_side
+
+
+def input_to_tokens(
+    input: Any,
+    cfg: HookedTransformerConfig,
+    get_tokenizer: Callable[[], PreTrainedTokenizerBase | None],
+    device: torch.device,
+    prepend_bos: bool | None = None,
+    padding_side: str | None = None,
+    attention_mask: Any = None,
+) -> tuple[Int[Tensor, "batch pos"], Any]:
+    """A model's input as token ids [batch, pos] on `device`, with its attention mask: the
+    caller's `attention_mask` if given (checked later, against the tokens' shape), else the
+    padding of tokenized text (None when nothing is padded). Text is tokenized with the config's
+    defaults for BOS and padding side; token ids are checked (`check_token_ids`).
+    `get_tokenizer` is called for text only, so token ids never load a lazily loaded tokenizer.
+
+    Example:
+        >>> tokens, mask = input_to_tokens(["a cat", "a"], model.cfg, lambda: model.tokenizer, "cpu")
+    """
+    if padding_side is not None:
+        check_padding_side(padding_side)
+    if isinstance(input, str) or (
+        isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))
+    ):
+        tokenizer = require_tokenizer(get_tokenizer())
+        bos, side = text_defaults(cfg, prepend_bos, padding_side)
+        tokens, mask = tokenize(tokenizer, input, bos, side, device)
+        return tokens, mask if attention_mask is None else attention_mask
+    return check_token_ids(input, cfg.d_vocab, device), attention_mask

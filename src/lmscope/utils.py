@@ -13,7 +13,6 @@ from torch import Tensor
 from lmscope import compat as _compat
 from lmscope.components.precision import upcast
 from lmscope.factored_matrix import composition_scores, get_corner
-from lmscope.generation import sample_logits
 from lmscope.initialization import (
     NonlinearityType,
     calc_fan_in_and_fan_out,
@@ -22,6 +21,7 @@ from lmscope.initialization import (
     init_xavier_normal_,
     init_xavier_uniform_,
 )
+from lmscope.sampling import sample_logits
 
 _NAME_ALIASES = {
     "attn": "pattern",

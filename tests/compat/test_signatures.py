@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import lmscope.model as model_module
+from lmscope.generation import GENERATE_ORDER
 
 TL = json.loads((Path(__file__).parent / "tl_signatures.json").read_text())
 
@@ -62,10 +63,10 @@ ORDER_TABLES = {
     "transformer_lens.HookedTransformer.from_pretrained_no_processing": (
         model_module._NO_PROCESSING_ORDER
     ),
-    "transformer_lens.HookedTransformer.generate": model_module._GENERATE_ORDER,
+    "transformer_lens.HookedTransformer.generate": GENERATE_ORDER,
     "transformer_lens.HookedTransformer.generate_stream": (
         "max_tokens_per_yield",
-        *model_module._GENERATE_ORDER,
+        *GENERATE_ORDER,
     ),
 }
 NN_MODULE = {"transformer_lens.HookedTransformer.to"}  # torch's own `to(*args, **kwargs)`
@@ -138,8 +139,8 @@ def test_order_tables_name_real_parameters() -> None:
 
     for fn, names in [
         (from_pretrained, model_module._FROM_PRETRAINED_ORDER),
-        (generate, model_module._GENERATE_ORDER),
-        (generate_stream, ("max_tokens_per_yield", *model_module._GENERATE_ORDER)),
+        (generate, GENERATE_ORDER),
+        (generate_stream, ("max_tokens_per_yield", *GENERATE_ORDER)),
     ]:
         config_fields = {"n_ctx"}  # a HookedTransformerConfig override, through **kwargs
         assert set(names) - config_fields <= set(inspect.signature(fn).parameters), fn.__name__

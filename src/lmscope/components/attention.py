@@ -33,7 +33,7 @@ from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
-    from lmscope.generation import KVCacheEntry
+    from lmscope.kv_cache import KVCacheEntry
 
 _compiling = torch.compiler.is_compiling
 

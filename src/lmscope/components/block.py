@@ -20,7 +20,7 @@ from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
-    from lmscope.generation import KVCacheEntry
+    from lmscope.kv_cache import KVCacheEntry
 
 
 class Identity(nn.Module):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from lmscope.config import HookedTransformerConfig
-    from lmscope.generation import KVCache
+    from lmscope.kv_cache import KVCache
 
 
 class HookedEncoderDecoder(EncoderModel):
@@ -152,11 +152,8 @@ class HookedEncoderDecoder(EncoderModel):
     ) -> Float[Tensor, "batch dec_pos d_vocab"]:
         """The decoder over `decoder_input` (with a KV cache: the new positions only)."""
         batch, n_new = decoder_input.shape
-        start = 0
-        if kv_cache is not None:
-            start = kv_cache.length
-            kv_cache.reserve(batch, start + n_new)
-        total = start + n_new
+        step = kv_cache.step(batch, n_new) if kv_cache is not None else None
+        start, total = (step.start, step.end) if step is not None else (0, n_new)
         resid = self.hook_decoder_embed(self.embed(decoder_input))
         device = resid.device
         bias = self.decoder[0].attn.compute_relative_attention_bias(n_new, total, device, start)
@@ -173,8 +170,8 @@ class HookedEncoderDecoder(EncoderModel):
                 start,
                 cross_caches[layer] if cross_caches is not None else None,
             )
-        if kv_cache is not None:
-            kv_cache.length = total
+        if step is not None:
+            kv_cache.commit(step)
         resid = self.decoder_final_ln(resid)
         if self.cfg.scale_decoder_outputs:
             resid = resid * self.cfg.d_model**-0.5
@@ -251,14 +248,18 @@ class HookedEncoderDecoder(EncoderModel):
         Example:
             >>> model.generate("summarize: The cat sat on the mat.", max_new_tokens=5, do_sample=False)
         """
-        from lmscope.generation import KVCache, _check_sampling, _eos_ids, sample_logits
+        from lmscope.generation import eos_ids
+        from lmscope.kv_cache import KVCache
+        from lmscope.sampling import check_sampling, sample_logits
 
         if return_type not in ("input", "str", "tokens", None):
             raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        _check_sampling(do_sample, top_k, top_p, temperature)
-        stop = _eos_ids(self, eos_token_id) if stop_at_eos else []
+        check_sampling(do_sample, top_k, top_p, temperature)
+        stop = (
+            eos_ids(eos_token_id, lambda: self.tokenizer, self.cfg.d_vocab) if stop_at_eos else []
+        )
         tokens, mask = self._encoder_inputs(input, one_zero_attention_mask)
         batch = tokens.shape[0]
         out = self._start_tokens(batch)

@@ -25,7 +25,7 @@ from lmscope.encoders.config import EncoderConfig
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
-    from lmscope.generation import KVCacheEntry
+    from lmscope.kv_cache import KVCacheEntry
 
 
 def relative_position_bucket(
