@@ -521,7 +521,11 @@ class ActivationCache:
         neuron_slice: Slice | SliceInput = None,
         pos_slice: Slice | SliceInput = None,
         project_output_onto: Projection = None,
-    ) -> Float[Tensor, "*batch_and_pos d_mlp d_model"]:
+    ) -> (
+        Float[Tensor, "*batch_and_pos neuron d_model"]
+        | Float[Tensor, "*batch_and_pos neuron"]
+        | Float[Tensor, "*batch_and_pos neuron n_out"]
+    ):
         """Each neuron's write to the residual stream, `post[n] * W_out[n]` (without b_out).
 
         With `project_output_onto` ([d_model] or [d_model, n_out]) the writes are projected on the

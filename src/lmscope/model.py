@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,7 +47,6 @@ from lmscope.tokens import (  # noqa: F401 (importable from here, as before)
 from lmscope.utils import lm_cross_entropy_loss
 
 if TYPE_CHECKING:
-    import os
     from pathlib import Path
 
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -257,7 +257,9 @@ class HookedTransformer(HookedRootModule):
             init_weights_(self.named_weights(), self.cfg.init_mode, self.cfg.initializer_range)
 
     @classmethod
-    def from_pretrained(cls, model_name: str, *args: Any, **kwargs: Any) -> HookedTransformer:
+    def from_pretrained(
+        cls, model_name: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> HookedTransformer:
         """Load a checkpoint (alias, hub id, local directory or .gguf file) with weight processing.
 
         Defaults follow TransformerLens: fold_ln, center_writing_weights, center_unembed and
@@ -272,7 +274,7 @@ class HookedTransformer(HookedRootModule):
 
     @classmethod
     def from_pretrained_no_processing(
-        cls, model_name: str, *args: Any, **kwargs: Any
+        cls, model_name: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> HookedTransformer:
         """Load a checkpoint with its weights exactly as stored (no folding or centring)."""
         from lmscope.loading import from_pretrained

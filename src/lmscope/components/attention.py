@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
@@ -78,7 +78,7 @@ class AttentionMask:
     @classmethod
     def build(
         cls,
-        key_valid: Bool[Tensor, "batch k"] | None,
+        key_valid: Bool[Tensor, "batch k"] | Int[Tensor, "batch k"] | None,  # 0/1 masks too
         q_len: int,
         k_len: int,
         device: torch.device,
@@ -118,7 +118,7 @@ class AttentionMask:
     @classmethod
     def _chunked(
         cls,
-        key_valid: Bool[Tensor, "batch k"] | None,
+        key_valid: Bool[Tensor, "batch k"] | Int[Tensor, "batch k"] | None,  # 0/1 masks too
         q_len: int,
         k_len: int,
         device: torch.device,
@@ -542,7 +542,7 @@ class Attention(nn.Module):
         x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
         W: Float[Tensor, "head d_model d_head"],
         bias: Float[Tensor, "head d_head"],
-    ) -> Float[Tensor, "batch head pos d_head"]:
+    ) -> Float[Tensor, "batch pos head d_head"]:
         if x.ndim == 3:
             return einops.einsum(x, W, "b p dm, h dm dh -> b p h dh") + bias
         return einops.einsum(x, W, "b p h dm, h dm dh -> b p h dh") + bias

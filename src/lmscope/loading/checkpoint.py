@@ -22,7 +22,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -277,6 +277,7 @@ def copy_into(out: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     return out.copy_(tensor)
 
 
+@runtime_checkable  # isinstance-checkable, so run-time type checks (beartype) can read the hint
 class Checkpoint(Protocol):
     """What a family adapter reads from: HF config and HF-named tensors."""
 
