@@ -215,3 +215,41 @@ def test_moves_keep_or_gather_the_placement(tiny_llama: TinyModel) -> None:
     with pytest.raises(ValueError, match=r"device_map\['blocks.1'\]: 'gpu' is not a device"):
         model.set_device_map({"embed": "cpu", "blocks.0": "cpu", "blocks.1": "gpu",
                               "unembed": "cpu"})  # fmt: skip
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["qwen3_5", "qwen3_5_moe"])
+def test_hybrid_model_split_across_devices_keeps_its_recurrent_cache(
+    moe: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Qwen3.5's linear-attention layers keep a recurrent state, not keys and values, in the KV
+    cache: a cached forward over a split model moves what each entry holds to its layer's
+    device (a state written before the model was split follows it)."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
+
+    from tests._tiny import build_tiny
+    from tests.loading.test_family_qwen3_5 import VOCAB, qwen3_5_config, qwen3_5_moe_config
+
+    config = qwen3_5_moe_config() if moe else qwen3_5_config()
+    cls = Qwen3_5MoeForCausalLM if moe else Qwen3_5ForCausalLM
+    model = HookedTransformer.from_pretrained_no_processing(
+        build_tiny(tmp_path_factory, "qwen3_5_devices", cls, config).path
+    )
+    assert model.cfg.layer_types == ["linear", "global", "linear"]
+    tokens = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    before = KVCache.init_cache(model.cfg, CPU, batch_size=2)
+    model(tokens, past_kv_cache=before)  # written unsplit: every entry on the CPU
+    patch = torch.fx.experimental._config.patch(meta_nonzero_assume_all_nonzero=True)
+    with patch:  # routing tokens to experts on meta (see the test above)
+        plan = _meta_split(model)  # block 0 (linear) on the CPU; blocks 1, 2 on meta
+        for kv in (
+            before,
+            KVCache.init_cache(model.cfg, CPU, batch_size=2),
+            KVCache(model.cfg, 2, 16, CPU, model.cfg.dtype, model._placement.blocks),
+        ):
+            if kv is not before:
+                model(tokens, past_kv_cache=kv)
+            assert model(tokens[:, :1], past_kv_cache=kv).device == META
+            conv, state = kv.entries[2].read(10)
+            assert conv.device == state.device == plan["blocks.2"] == META
+            assert kv.entries[0].read(10)[1].device == CPU
+            assert kv.entries[1].k.device == META
