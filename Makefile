@@ -9,7 +9,7 @@ BENCH_VENV := .venv-bench
 BENCH_TL3_VENV := .venv-bench-tl3
 SAE_VENV := .venv-sae
 
-.PHONY: demo test notebooks docs lint bench clean
+.PHONY: demo test test-fast test-typed notebooks docs lint bench clean
 
 $(VENV)/.runtime: requirements/runtime.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,21 @@ $(SAE_VENV)/.sae: $(VENV)/.dev requirements/sae-parity.txt
 
 test: $(VENV)/.dev /usr/bin/chromium $(SAE_VENV)/.sae
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the real-model tests (marker `slow`) and the suites that start a
+# browser, Ray, a server, notebooks or benchmark scripts. `make test` (CI) still runs them all.
+FAST := -m "not slow" --ignore=tests/viz --ignore=tests/docs --ignore=tests/serve \
+	--ignore=tests/harvest --ignore=tests/benchmarks --ignore=tests/sae --ignore=tests/robustness \
+	--ignore=tests/test_notebooks.py --ignore=tests/test_real_model.py \
+	--ignore=tests/test_real_model_gemma3.py --ignore=tests/test_generation_real.py \
+	--ignore=tests/test_analysis_real_model.py
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q $(FAST) tests
+
+# The same subset with every jaxtyping annotation in src/ checked at run time (jaxtyping's pytest
+# hook, beartype as the checker): a shape or dtype that disagrees with its annotation fails.
+test-typed: $(VENV)/.dev
+	$(PY) -m pytest -q $(FAST) --jaxtyping-packages=lmscope,beartype.beartype tests
 
 # Executes every notebook under notebooks/ (jupytext py:percent sources) with nbclient in a .venv
 # kernel, offline, writing executed copies to notebooks/executed/ (gitignored); a failing cell
