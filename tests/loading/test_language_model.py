@@ -86,6 +86,7 @@ def test_logits_match_the_multimodal_model(tiny, tokens) -> None:
     path, hf = tiny
     model = HookedTransformer.from_pretrained_no_processing(path)
     assert model.cfg.original_architecture == "Qwen3_5ForCausalLM"
+    assert model.cfg.default_prepend_bos is False  # Qwen's tokenizers have no BOS
     assert model.cfg.layer_types == ["linear", "global", "linear"]
     expected = hf(tokens).logits
     torch.testing.assert_close(model(tokens), expected, atol=ATOL, rtol=0)

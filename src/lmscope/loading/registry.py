@@ -171,6 +171,10 @@ FAMILIES: dict[str, FamilySpec] = {
     "Qwen3": FamilySpec("Qwen3ForCausalLM"),
     "Qwen2-MoE": FamilySpec("Qwen2MoeForCausalLM"),
     "Qwen3-MoE": FamilySpec("Qwen3MoeForCausalLM"),
+    # the hub's Qwen3.5 checkpoints are ...ForConditionalGeneration (text and vision): their
+    # language model loads through this architecture's adapter (loading/language_model.py)
+    "Qwen3.5": FamilySpec("Qwen3_5ForCausalLM"),
+    "Qwen3.5-MoE": FamilySpec("Qwen3_5MoeForCausalLM"),
     "Gemma": FamilySpec("GemmaForCausalLM"),
     "Gemma 2": FamilySpec("Gemma2ForCausalLM"),
     "Gemma 3": FamilySpec("Gemma3ForCausalLM"),
@@ -324,6 +328,8 @@ ENTRIES: tuple[ModelEntry, ...] = (
     _e("qwen3-8b", "Qwen/Qwen3-8B", "Qwen3"),
     _e("qwen1.5-moe-a2.7b", "Qwen/Qwen1.5-MoE-A2.7B", "Qwen2-MoE"),
     _e("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", "Qwen3-MoE"),
+    _e("qwen3.5-27b", "Qwen/Qwen3.5-27B", "Qwen3.5"),
+    _e("qwen3.5-35b-a3b", "Qwen/Qwen3.5-35B-A3B", "Qwen3.5-MoE"),
     # Gemma
     _e("gemma-2b", "google/gemma-2b", "Gemma"),
     _e("gemma-2-2b", "google/gemma-2-2b", "Gemma 2"),
@@ -391,7 +397,8 @@ ENTRIES: tuple[ModelEntry, ...] = (
 
 # TransformerLens 3.9 (loading_from_pretrained.convert_hf_model_config) sets
 # default_prepend_bos=False for these architectures and leaves every other at True. Qwen's MoE
-# models, which TransformerLens does not load, follow its Qwen models (their tokenizers have no BOS).
+# and Qwen3.5 models, which TransformerLens does not load, follow its Qwen models (their
+# tokenizers have no BOS).
 NO_BOS_ARCHITECTURES = frozenset(
     {
         "GPTNeoXForCausalLM",
@@ -402,6 +409,8 @@ NO_BOS_ARCHITECTURES = frozenset(
         "PhiForCausalLM",
         "Qwen2MoeForCausalLM",
         "Qwen3MoeForCausalLM",
+        "Qwen3_5ForCausalLM",
+        "Qwen3_5MoeForCausalLM",
     }
 )
 
