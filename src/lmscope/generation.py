@@ -112,8 +112,8 @@ def eos_ids(
     neither, a NoTokenizerError as TransformerLens raises (stopping at EOS needs an EOS id).
 
     Example:
-        >>> eos_ids(None, lambda: model.tokenizer, model.cfg.d_vocab)
-        [0]
+        >>> eos_ids([2, 7], lambda: None, d_vocab=100)
+        [2, 7]
     """
     if eos_token_id is None:
         tok = get_tokenizer()

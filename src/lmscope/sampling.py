@@ -58,6 +58,13 @@ def top_p_filter(
 def check_sampling(
     do_sample: bool, top_k: int | None, top_p: float | None, temperature: float
 ) -> None:
+    """Raise if the sampling settings are out of range (nothing to check for greedy decoding).
+
+    Example:
+        >>> check_sampling(True, top_k=0, top_p=None, temperature=1.0)
+        Traceback (most recent call last):
+        ValueError: top_k must be >= 1, got 0
+    """
     if not do_sample:
         return
     if temperature <= 0:
@@ -116,7 +123,14 @@ def sample_tokens(
     """`sample_logits` without a device sync: the tokens [batch] and which rows had no valid
     logits [batch] (NaN logits; when sampling, NaN probabilities). Bad rows draw from a uniform
     distribution instead, so `torch.multinomial` never sees NaN (on CUDA that is a device-side
-    assert); the caller must raise when any row is bad."""
+    assert); the caller must raise when any row is bad.
+
+    Example:
+        >>> logits = torch.tensor([[0.0, 5.0]])
+        >>> tokens, bad = sample_tokens(logits, False, None, None, 1.0, 0.0, None, None, None)
+        >>> tokens.tolist(), bad.tolist()
+        ([1], [False])
+    """
     if freq_penalty and tokens is not None:
         logits = apply_freq_penalty(logits, tokens, freq_penalty, token_mask)
     if not do_sample:
@@ -133,7 +147,12 @@ def sample_tokens(
 
 
 def bad_logits_message(bad_rows: Bool[Tensor, " batch"], do_sample: bool, step: int | None) -> str:
-    """What went wrong with the logits of `bad_rows`, and what usually causes it."""
+    """What went wrong with the logits of `bad_rows`, and what usually causes it.
+
+    Example:
+        >>> bad_logits_message(torch.tensor([False, True]), do_sample=False, step=3)[:40]
+        'generation step 3: NaN logits, so no tok'
+    """
     rows = bad_rows.nonzero().flatten().tolist()
     where = f"generation step {step}: " if step is not None else ""
     what = (
