@@ -5,6 +5,7 @@ before any file is written. The tiny checkpoints are the family table of tests/t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,11 +131,9 @@ def test_what_hf_cannot_express_is_refused_before_writing(
 
 
 def test_projected_opt_embeddings_are_refused(
-    request: pytest.FixtureRequest, tmp_path: Path
+    tiny_family: Callable[[str], TinyModel], tmp_path: Path
 ) -> None:
-    from test_dtypes import _classic
-
-    model = HookedTransformer.from_pretrained_no_processing(_classic("opt_proj")(request).path)
+    model = HookedTransformer.from_pretrained_no_processing(tiny_family("opt_proj").path)
     with pytest.raises(ValueError, match="cannot export embed.W_E: .*cannot be undone"):
         model.save_pretrained(tmp_path / "out")
 
