@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from lmscope.components.attention import AttentionMask
-    from lmscope.kv_cache import KVCacheEntry
+    from lmscope.kv_cache import KVCacheEntry, RecurrentState
     from lmscope.model import HookedTransformer
 
 DeviceLike = str | int | torch.device
@@ -350,28 +350,14 @@ class Placement:
         return out
 
     def enter(
-        self, layer: int, resid: Tensor, entry: KVCacheEntry | None
+        self, layer: int, resid: Tensor, entry: KVCacheEntry | RecurrentState | None
     ) -> tuple[Tensor, torch.device]:
         """The residual stream on block `layer`'s device (and its KV-cache entry moved there,
         once, if the cache was made elsewhere), with that device."""
         dev = self.blocks[layer]
         if entry is not None:
-            _move_entry(entry, dev)
+            entry.to(dev)  # keys and values, or a linear-attention layer's recurrent state
         return resid.to(dev), dev
-
-
-def _move_entry(entry: Any, device: torch.device) -> None:
-    """Move a layer's KV-cache entry to `device` where it lies elsewhere: its keys and values,
-    or a linear-attention layer's recurrent state (`RecurrentState.saved`: the convolution
-    inputs and state after each kept position, written on the layer's device, so moved only
-    when the model's placement changed after they were written)."""
-    if hasattr(entry, "k"):
-        if entry.k.device != device:
-            entry.k, entry.v = entry.k.to(device), entry.v.to(device)
-        return
-    entry.saved = {
-        end: (conv.to(device), state.to(device)) for end, (conv, state) in entry.saved.items()
-    }
 
 
 def _mask_to(mask: AttentionMask, device: torch.device) -> AttentionMask:

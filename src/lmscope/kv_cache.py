@@ -74,6 +74,17 @@ class KVCacheEntry:
         self.k = torch.nn.functional.pad(self.k, (0, 0, 0, pad))
         self.v = torch.nn.functional.pad(self.v, (0, 0, 0, pad))
 
+    def to(self, device: torch.device) -> None:
+        """Move the keys and values to `device` (in place; nothing is copied when they are there).
+
+        Example:
+            >>> entry.to(torch.device("meta"))
+            >>> entry.k.device
+            device(type='meta')
+        """
+        if self.k.device != device:
+            self.k, self.v = self.k.to(device), self.v.to(device)
+
 
 class RecurrentState:
     """A linear-attention layer's entry in the KV cache: the convolution's last inputs [batch,
@@ -109,6 +120,20 @@ class RecurrentState:
 
     def grow(self, capacity: int) -> None:
         """Nothing to grow: a recurrent state does not depend on the number of positions."""
+
+    def to(self, device: torch.device) -> None:
+        """Move every kept state (convolution inputs and delta-rule state) to `device`, in place.
+        A layer writes its state on its own device, so this moves something only when the
+        model's placement changed after the state was written.
+
+        Example:
+            >>> entry.to(torch.device("meta"))
+            >>> entry.read(3)[1].device
+            device(type='meta')
+        """
+        self.saved = {
+            end: (conv.to(device), state.to(device)) for end, (conv, state) in self.saved.items()
+        }
 
 
 def _layer_entry(
