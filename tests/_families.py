@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import torch
 import transformers as tr
 from transformers import (
     BloomConfig,
@@ -59,6 +60,7 @@ from tests._tiny import (
     D_VOCAB,
     N_CTX,
     N_HEADS,
+    NormWeights,
     TinyModel,
     build_tiny,
     gpt2_config,
@@ -84,7 +86,11 @@ class FamilySpec:
     - `seq`: the length of the [2, seq] token batch the checks run on;
     - `ragged`: the lengths of the padded batch's rows (padding, generation);
     - `skip`: conformance check name -> why it does not apply to this family;
-    - `features`: what family-specific tests expect of the checkpoint (free-form).
+    - `features`: what family-specific tests expect of the checkpoint (free-form);
+    - `norms`: how the family's norms apply their stored weight, `x_hat * w` ("w") or
+      `x_hat * (1 + w)` ("1+w", Gemma 1-3, Nemotron), so the draw gives gains 1 + N(0, 0.2)
+      either way (tests/_tiny.py's `perturb_norms`);
+    - `adjust`: what the family needs drawn beyond that (weights in place, under no_grad).
     """
 
     model_cls: type[PreTrainedModel]
@@ -93,6 +99,8 @@ class FamilySpec:
     ragged: tuple[int, ...] = (5, 11, 8)
     skip: Mapping[str, str] = field(default_factory=dict)
     features: Mapping[str, Any] = field(default_factory=dict)
+    norms: NormWeights = "w"
+    adjust: Callable[[PreTrainedModel], None] | None = None
 
 
 WINDOW = 5  # the local window of GPT-Neo and the Llama-like families
@@ -922,8 +930,10 @@ def _norm_variant_configs() -> dict[str, tuple[type, Callable[[], Any]]]:
     }
 
 
+_ONE_PLUS_W = ("gemma", "gemma2", "gemma3", "nemotron")  # norms computing x_hat * (1 + w)
 _NORM_VARIANTS = {
-    name: FamilySpec(model_cls, make) for name, (model_cls, make) in _norm_variant_configs().items()
+    name: FamilySpec(model_cls, make, norms="1+w" if name in _ONE_PLUS_W else "w")
+    for name, (model_cls, make) in _norm_variant_configs().items()
 }
 _NORM_VARIANTS["llama4"] = FamilySpec(
     *_norm_variant_configs()["llama4"],
@@ -943,10 +953,100 @@ _LATENT_ATTENTION = {
 for _name in ("deepseek_v2", "deepseek_v3"):
     _NORM_VARIANTS[_name] = FamilySpec(*_norm_variant_configs()[_name], skip=_LATENT_ATTENTION)
 
-FAMILY_SPECS: dict[str, FamilySpec] = {**_BASIC, **_CLASSIC, **_LLAMA_LIKE, **_NORM_VARIANTS}
+
+# -- Gemma 4 text ---------------------------------------------------------------------------------
+_GEMMA4_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+
+
+def gemma4_config(**overrides: Any) -> tr.Gemma4TextConfig:
+    """Every Gemma 4 feature at once: sliding-window and global layers of different head sizes
+    and key/value heads, proportional rope on the global layers, values that are the keys'
+    projection there (attention_k_eq_v), value norms, the last two layers reusing earlier
+    layers' keys and values with double-wide MLPs, per-layer embeddings and a final soft-cap.
+    Sizes are odd on purpose.
+
+    >>> gemma4_config(num_kv_shared_layers=0).num_kv_shared_layers
+    0
+    """
+    kw: dict[str, Any] = dict(
+        vocab_size=D_VOCAB,
+        hidden_size=40,
+        intermediate_size=36,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=10,
+        global_head_dim=14,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        hidden_size_per_layer_input=6,
+        vocab_size_per_layer_input=D_VOCAB,
+        num_kv_shared_layers=2,
+        use_double_wide_mlp=True,
+        sliding_window=4,
+        layer_types=_GEMMA4_TYPES,
+        max_position_embeddings=64,
+        final_logit_softcapping=30.0,
+        **_IDS,
+    )
+    kw.update(overrides)
+    return tr.Gemma4TextConfig(**kw)
+
+
+@torch.no_grad()
+def gemma4_adjust(model: PreTrainedModel) -> None:
+    """Gemma 4 leaves attention scores unscaled (scaling 1.0): its q/k norm weights carry the
+    1/sqrt(d_head), drawn here as d_head ** -0.25 each times 1 + N(0, 0.2). With O(1) weights
+    the softmax is so sharp that transformers' own float32 logits are ~3e-5 from its float64
+    ones, past the suite's 1e-5. The layer scalars (buffers) are drawn U(0.5, 1) away from 1,
+    and a router's scales (the 26B-A4B's MoE block) 1 + N(0, 0.2)."""
+    for pname, param in model.named_parameters():
+        if pname.endswith(("q_norm.weight", "k_norm.weight")):
+            param.mul_(param.shape[0] ** -0.25)
+    for bname, buffer in model.named_buffers():
+        if bname.endswith("layer_scalar"):
+            buffer.uniform_(0.5, 1.0)
+
+
+_GEMMA4 = {
+    "gemma4": FamilySpec(
+        tr.Gemma4ForCausalLM,
+        gemma4_config,
+        adjust=gemma4_adjust,
+        skip={
+            "hook_flags": "layers that reuse an earlier layer's keys and values take no per-head "
+            "inputs: refused by name (test_families_gemma4 checks the message)",
+            "hidden_states": "the last block's output (|x| up to 11.5) is 1.17e-5 from "
+            "transformers' float32, which is itself 1.54e-5 from its float64 run (lmscope's: "
+            "1.87e-5); every layer's resid_pre agrees to 1e-5 (test_families_gemma4)",
+        },
+    ),
+    # Gemma 4 31B's shape: no per-layer embeddings, no KV sharing, untied head, no soft-cap
+    "gemma4_plain": FamilySpec(
+        tr.Gemma4ForCausalLM,
+        lambda: gemma4_config(
+            hidden_size_per_layer_input=0,
+            num_kv_shared_layers=0,
+            use_double_wide_mlp=False,
+            attention_k_eq_v=False,
+            tie_word_embeddings=False,
+            final_logit_softcapping=None,
+        ),
+        adjust=gemma4_adjust,
+    ),
+}
+
+FAMILY_SPECS: dict[str, FamilySpec] = {
+    **_BASIC,
+    **_CLASSIC,
+    **_LLAMA_LIKE,
+    **_NORM_VARIANTS,
+    **_GEMMA4,
+}
 CLASSIC = list(_CLASSIC)
 LLAMA_LIKE = list(_LLAMA_LIKE)
 NORM_VARIANTS = list(_NORM_VARIANTS)
+GEMMA4 = list(_GEMMA4)
 
 _BUILT: dict[str, TinyModel] = {}
 
@@ -960,5 +1060,12 @@ def tiny_family(name: str, tmp_path_factory: pytest.TempPathFactory) -> TinyMode
     """
     if name not in _BUILT:
         spec = FAMILY_SPECS[name]
-        _BUILT[name] = build_tiny(tmp_path_factory, name, spec.model_cls, spec.config())
+        _BUILT[name] = build_tiny(
+            tmp_path_factory,
+            name,
+            spec.model_cls,
+            spec.config(),
+            norms=spec.norms,
+            adjust=spec.adjust,
+        )
     return _BUILT[name]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -77,20 +77,31 @@ def randomise(model: PreTrainedModel, std: float = 0.12) -> None:
             param.normal_(0.0, 0.1)
 
 
+NormWeights = Literal["w", "1+w"]
+"""How a family's norms apply their stored weight: `x_hat * w` (most families) or
+`x_hat * (1 + w)` (Gemma 1-3, Nemotron's LayerNorm1P)."""
+
+
 @torch.no_grad()
-def _family_adjustments(model: PreTrainedModel, config: Any) -> None:
-    """What some families need beyond `randomise` for their features to matter:
-    - DeepSeek-style routers' choice bias is a buffer: drawn N(0, 0.3) so it steers the choice;
-    - Gemma and Nemotron norms compute `x_hat * (1 + w)`, so their stored weights are drawn
-      around 0 (N(0, 0.2)), giving the same gains 1 + N(0, 0.2) as every other family's norms
-      (around 1 they would double every sublayer's output)."""
-    for bname, buffer in model.named_buffers():
-        if bname.endswith("e_score_correction_bias"):
-            buffer.normal_(0.0, 0.3)
-    if config.model_type.startswith("gemma") or config.model_type == "nemotron":
+def perturb_norms(model: PreTrainedModel, norms: NormWeights) -> None:
+    """Make every norm's gain 1 + N(0, 0.2), whichever way the family applies its weight:
+    `randomise` draws the stored weights around 1, right for `x_hat * w`; for `x_hat * (1 + w)`
+    they are moved to around 0 (around 1 they would double every sublayer's output).
+
+    >>> perturb_norms(GemmaForCausalLM(config), "1+w")
+    """
+    if norms == "1+w":
         for pname, param in model.named_parameters():
             if param.ndim == 1 and "norm" in pname and pname.endswith("weight"):
                 param.sub_(1.0)
+
+
+@torch.no_grad()
+def _router_buffers(model: PreTrainedModel) -> None:
+    """DeepSeek-style routers' choice bias is a buffer: drawn N(0, 0.3) so it steers the choice."""
+    for bname, buffer in model.named_buffers():
+        if bname.endswith("e_score_correction_bias"):
+            buffer.normal_(0.0, 0.3)
 
 
 def build_tiny(
@@ -98,9 +109,14 @@ def build_tiny(
     name: str,
     model_cls: type[PreTrainedModel],
     config: Any,
+    *,
+    norms: NormWeights = "w",
+    adjust: Callable[[PreTrainedModel], None] | None = None,
 ) -> TinyModel:
     """A tiny random checkpoint of `model_cls(config)` saved under a fresh tmp dir, with HF's
-    eager attention (and eager per-expert loop for mixtures of experts) as the oracle.
+    eager attention (and eager per-expert loop for mixtures of experts) as the oracle. `norms`
+    says how the family applies its norm weights (`perturb_norms`); `adjust` redraws what a
+    family needs beyond that (tests/_families.py's `FamilySpec.adjust`).
 
     >>> tiny = build_tiny(tmp_path_factory, "llama", LlamaForCausalLM, llama_config())
     """
@@ -110,7 +126,11 @@ def build_tiny(
     torch.manual_seed(SEED)
     model = model_cls(config)
     randomise(model)
-    _family_adjustments(model, config)
+    _router_buffers(model)
+    perturb_norms(model, norms)
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(model)
     model.eval()
     path = tmp_path_factory.mktemp(name)
     model.save_pretrained(path)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import transformers as tr
 from transformers import (
     LlamaForCausalLM,
     MistralConfig,
@@ -29,7 +28,6 @@ from lmscope.loading.encoder_families import encoder_family_for
 from lmscope.loading.families import PARTIAL_ROTARY_KEYS, family_for
 from tests._families import FAMILY_SPECS
 from tests._tiny import TinyModel, llama_config
-from tests.loading.test_families_gemma4 import _config as gemma4_config
 from tests.loading.test_family_qwen3_5 import qwen3_5_config, qwen3_5_moe_config
 
 CONFIGS = Path(families.__file__).parents[1] / "configs"
@@ -53,7 +51,6 @@ def spec_configs() -> dict[str, dict[str, Any]]:
     for name, spec in FAMILY_SPECS.items():
         found[name] = _as_saved(spec.config(), spec.model_cls)
     found["qwen3_5"] = _as_saved(qwen3_5_config(), Qwen3_5ForCausalLM)
-    found["gemma4"] = _as_saved(gemma4_config(), tr.Gemma4ForCausalLM)
     found["qwen3_5_moe"] = _as_saved(qwen3_5_moe_config(), Qwen3_5MoeForCausalLM)
     return found
 

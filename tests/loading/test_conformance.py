@@ -111,6 +111,14 @@ def _after_blocks(hf: torch.nn.Module) -> torch.nn.Module:
     raise AssertionError(f"no final norm found on {type(base).__name__}")
 
 
+def _layer_attn(model: HookedTransformer, layer: int) -> tuple[Any, bool]:
+    """The layer's own attention config (Gemma 4's global layers have their own head size and
+    key/value heads) and whether the layer reuses an earlier layer's keys and values (so computes
+    none and has no key/value hooks that fire)."""
+    sources = model.cfg.kv_source_layers
+    return model.blocks[layer].attn.cfg, sources is not None and sources[layer] is not None
+
+
 # -- agreement with transformers ------------------------------------------------------------------
 @torch.no_grad()
 def test_logits_match_hf(spec: FamilySpec, tiny: TinyModel, model, tokens) -> None:
@@ -187,8 +195,13 @@ def test_processed_model_log_probs_match_hf(spec: FamilySpec, tiny: TinyModel, t
         # centring the unembedding would shift the logits inside the soft-cap's tanh
         assert cfg.processing["center_unembed"] is (cfg.output_logits_soft_cap <= 0)
         # clip_qkv clamps v after its bias, so b_V stays where it is (and attention sinks leave
-        # rows that sum to less than 1, and latent attention has no b_V)
-        folds = cfg.clip_qkv is None and not cfg.attn_sinks and not cfg.kv_lora_rank
+        # rows that sum to less than 1, latent attention has no b_V, and a value norm follows it)
+        folds = (
+            cfg.clip_qkv is None
+            and not cfg.attn_sinks
+            and not cfg.kv_lora_rank
+            and not cfg.use_v_norm
+        )
         assert cfg.processing["fold_value_biases"] is folds
         for block in processed.blocks:  # pre-norms fold; post-norms keep their weights
             for name in ("ln1", "ln2"):
@@ -290,7 +303,8 @@ def test_residual_stream_decomposes_exactly(spec: FamilySpec, model, tokens) -> 
     # (norm hooks left uncached: a hooked norm takes its explicit path, so recomputing a post-LN
     # norm below must see the same fast kernel the forward pass used)
     _, cache = model.run_with_cache(
-        tokens, names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out"))
+        tokens,
+        names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out", "per_layer_out")),
     )
     for layer in range(model.cfg.n_layers):
         pre, post = cache["resid_pre", layer], cache["resid_post", layer]
@@ -305,7 +319,12 @@ def test_residual_stream_decomposes_exactly(spec: FamilySpec, model, tokens) -> 
         else:
             mid = cache["resid_mid", layer]
             assert torch.equal(pre + attn_out, mid)
-            assert torch.equal(mid + mlp_out, post)
+            end = mid + mlp_out
+            if model.cfg.d_per_layer_input:  # Gemma 4: the per-layer input, then the scalar
+                end = end + cache[f"blocks.{layer}.hook_per_layer_out"]
+            if model.cfg.layer_scalars:
+                end = end * model.blocks[layer].layer_scalar
+            assert torch.equal(end, post)
         if layer + 1 < model.cfg.n_layers:
             assert torch.equal(post, cache["resid_pre", layer + 1])
 
@@ -322,7 +341,7 @@ def test_every_hook_fires_once_with_its_shape(spec: FamilySpec, model, tokens) -
     _applies("hook_shapes", spec)
     cfg = model.cfg
     b, p = tokens.shape
-    h, kv, dh, dm = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_model
+    h, dm = cfg.n_heads, cfg.d_model
     shapes: dict[str, list[tuple[int, ...]]] = {}
     enabled = [n for n in model.hook_dict if model._disabled_reason(n) is None]
     with model.hooks(
@@ -335,6 +354,10 @@ def test_every_hook_fires_once_with_its_shape(spec: FamilySpec, model, tokens) -
         parts = name.split(".")
         if ".experts." in name:  # no token routed to this expert
             return True
+        if parts[0] == "blocks" and _layer_attn(model, int(parts[1]))[1]:
+            # a layer reusing another's keys and values computes only its queries
+            if parts[-1] in ("hook_k", "hook_rot_k", "hook_v") or parts[-2] in ("k_norm", "v_norm"):
+                return True
         rotates = cfg.rotary_layers is None or cfg.rotary_layers[int(parts[1])]
         after_rotary = parts[-2] in ("q_norm", "k_norm") and cfg.qk_norm_after_rotary
         return not rotates and (parts[-1] in ("hook_rot_q", "hook_rot_k") or after_rotary)
@@ -343,19 +366,10 @@ def test_every_hook_fires_once_with_its_shape(spec: FamilySpec, model, tokens) -
     assert {n for n in enabled if n not in shapes and not may_stay_silent(n)} == set()
     assert all(len(seen) == 1 for seen in shapes.values()), shapes
     expected = {
-        "hook_q": (b, p, h, dh),
-        "hook_rot_q": (b, p, h, dh),
-        "hook_k": (b, p, kv, dh),
-        "hook_rot_k": (b, p, kv, dh),
-        "hook_v": (b, p, kv, dh),
-        "hook_z": (b, p, h, dh),
         "hook_attn_scores": (b, h, p, p),
         "hook_pattern": (b, h, p, p),
         "hook_scale": (b, p, 1),
         "hook_normalized": (b, p, dm),
-        "hook_pre": (b, p, cfg.d_mlp),
-        "hook_pre_linear": (b, p, cfg.d_mlp),
-        "hook_post": (b, p, cfg.d_mlp),
         "hook_out": (b, p, cfg.d_vocab_out),
         "hook_embed": (b, p, dm),
         "hook_pos_embed": (b, p, dm),
@@ -368,6 +382,15 @@ def test_every_hook_fires_once_with_its_shape(spec: FamilySpec, model, tokens) -
     checked = 0
     for name, seen in shapes.items():
         parent, leaf = (["", *name.split(".")])[-2:]
+        if parent == "attn":  # the layer's own head size and key/value heads
+            acfg = _layer_attn(model, int(name.split(".")[1]))[0]
+            kv, dh = acfg.n_key_value_heads, acfg.d_head
+            head = {"q": (b, p, h, dh), "k": (b, p, kv, dh), "v": (b, p, kv, dh)}
+            expected |= {f"hook_{x}": head[x] for x in ("q", "k", "v")}
+            expected |= {"hook_rot_q": head["q"], "hook_rot_k": head["k"], "hook_z": head["q"]}
+        if parent == "mlp" and not cfg.num_experts:  # the layer's own width (Gemma 4's 2x)
+            d_mlp = model.blocks[int(name.split(".")[1])].mlp.d_mlp
+            expected |= {x: (b, p, d_mlp) for x in ("hook_pre", "hook_pre_linear", "hook_post")}
         block_level = parent.isdigit() and name.count(".") == 2  # blocks.{l}.hook_*
         standard = parent in _STANDARD or block_level or parent == ""
         if standard and leaf in expected and not (parent == "mlp" and cfg.num_experts):
@@ -380,7 +403,7 @@ def test_family_hooks_fire_with_documented_shapes(model, tokens) -> None:
     """Norm hooks (pre, post, q/k) and routing hooks fire once each where the family has them."""
     cfg = model.cfg
     b, p = tokens.shape
-    dm, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head
+    dm, h = cfg.d_model, cfg.n_heads
     expected: dict[str, tuple] = {}
     for layer in range(cfg.n_layers):
         x = f"blocks.{layer}."
@@ -394,12 +417,15 @@ def test_family_hooks_fire_with_documented_shapes(model, tokens) -> None:
                 expected[f"{x}{ln}.hook_scale"] = (b, p, 1)
                 expected[f"{x}{ln}.hook_normalized"] = (b, p, dm)
         rotates = cfg.rotary_layers is None or cfg.rotary_layers[layer]
+        acfg, reuses_kv = _layer_attn(model, layer)
+        kv, dh = acfg.n_key_value_heads, acfg.d_head
         if cfg.use_qk_norm and (rotates or not cfg.qk_norm_after_rotary):
             if cfg.qk_norm_per_head:
                 expected[f"{x}attn.q_norm.hook_scale"] = (b, p, h, 1)
                 expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h, dh)
-                expected[f"{x}attn.k_norm.hook_scale"] = (b, p, kv, 1)
-                expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv, dh)
+                if not reuses_kv:
+                    expected[f"{x}attn.k_norm.hook_scale"] = (b, p, kv, 1)
+                    expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv, dh)
             else:
                 expected[f"{x}attn.q_norm.hook_scale"] = (b, p, 1)
                 expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h * dh)
@@ -573,7 +599,7 @@ def test_gqa_keys_and_values_have_kv_head_shape(
     kv_names = lambda n: n.endswith(("hook_k", "hook_v"))  # noqa: E731
     _, cache = model.run_with_cache(tokens, names_filter=kv_names)
     assert cache["k", 0].shape == (b, p, cfg.n_key_value_heads, cfg.d_head)
-    assert cache["v", 1].shape[:3] == (b, p, cfg.n_key_value_heads)
+    assert cache["v", 1].shape[:3] == (b, p, _layer_attn(model, 1)[0].n_key_value_heads)
     ungrouped = HookedTransformer.from_pretrained_no_processing(
         tiny.path, ungroup_grouped_query_attention=True
     )
