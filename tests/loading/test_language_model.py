@@ -1,8 +1,10 @@
 """The language model of a multimodal checkpoint (lmscope.loading.language_model): a tiny random
 `Qwen3_5ForConditionalGeneration` (vision tower and language model) written offline loads as its
-text model, whose logits equal the multimodal model's on text, with the vision tensors left
+text model (and so does a tiny `Gemma4ForConditionalGeneration`), whose logits equal the multimodal model's on text, with the vision tensors left
 unread; the same tensors stored in the older llava layout (`language_model.model.*`) load the
-same; a misnamed text tensor or an unsupported language model is refused.
+same; a misnamed text tensor or an unsupported language model is refused. Tiny random
+`Gemma3ForConditionalGeneration` and `Llama4ForConditionalGeneration` load the same way, from
+both layouts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from lmscope import HookedTransformer
 from lmscope.errors import CheckpointError
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.language_model import LanguageModelCheckpoint, language_model_view
+from tests._families import FAMILY_SPECS
+from tests._families import gemma4_adjust, gemma4_config
 from tests.loading.test_family_qwen3_5 import VOCAB, qwen3_5_config
 
 try:  # the shared builders (moving from tests/conftest.py to tests/_tiny.py)
@@ -157,3 +161,134 @@ def test_an_unsupported_language_model_is_refused(tiny, tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="'fancy_text'.*not an architecture lmscope"):
         HookedTransformer.from_pretrained_no_processing(tmp_path)
+
+
+# -- Gemma 3 and Llama 4: the hub's other multimodal families -------------------------------------
+def _gemma3() -> tr.Gemma3ForConditionalGeneration:
+    """Gemma 3 text (the conformance suite's tiny spec, final soft-cap included) with a SigLIP
+    tower; transformers' composite model ties its head (tie_word_embeddings True)."""
+    vision = tr.SiglipVisionConfig(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16, patch_size=4,
+    )  # fmt: skip
+    config = tr.Gemma3Config(
+        text_config=FAMILY_SPECS["gemma3"].config().to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+    )
+    return _random_multimodal(tr.Gemma3ForConditionalGeneration, config, one_plus_w=True)
+
+
+def _llama4() -> tr.Llama4ForConditionalGeneration:
+    """Llama 4 text (the suite's tiny spec: chunked and NoPE layers, experts) with a vision
+    tower; untied, as the hub's checkpoints."""
+    vision = tr.Llama4VisionConfig(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16, patch_size=4, vision_output_dim=16, projector_input_dim=16,
+        projector_output_dim=16,
+    )  # fmt: skip
+    config = tr.Llama4Config(
+        text_config=FAMILY_SPECS["llama4"].config().to_dict(), vision_config=vision.to_dict()
+    )
+    return _random_multimodal(tr.Llama4ForConditionalGeneration, config, one_plus_w=False)
+
+
+def _random_multimodal(cls, config, one_plus_w: bool) -> tr.PreTrainedModel:
+    """`cls(config)` redrawn as tests/_tiny.py draws the text families, with eager attention
+    and experts; (1 + w) norms of the language model drawn around 0."""
+    for part in (config, config.text_config):
+        part._attn_implementation = "eager"
+        part._experts_implementation = "eager"
+    torch.manual_seed(SEED)
+    hf = cls(config)
+    randomise(hf)
+    if one_plus_w:
+        with torch.no_grad():
+            for name, param in hf.named_parameters():
+                if param.ndim == 1 and "language_model" in name and "norm" in name:
+                    param.sub_(1.0)
+    return hf.eval()
+
+
+@torch.no_grad()
+def _text_logits(hf: tr.PreTrainedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """The multimodal model's logits on text. transformers 5.24's Llama4ForConditionalGeneration
+    forward raises (AttributeError: 'MoeCausalLMOutputWithPast' has no 'image_outputs') after
+    computing them, so for Llama 4 they are its language model's, which is what that forward runs
+    on text (its input embeddings are the language model's)."""
+    if isinstance(hf, tr.Llama4ForConditionalGeneration):
+        return hf.language_model(tokens).logits
+    return hf(tokens).logits
+
+
+def _to_transformers5(name: str) -> str:
+    """The llava layout's names (what transformers 5.24 saves for Gemma 3 and Llama 4) in
+    transformers 5's (Qwen3.5's) layout."""
+    if name.startswith("language_model.model."):
+        return "model.language_model." + name.removeprefix("language_model.model.")
+    return name.removeprefix("language_model.")  # language_model.lm_head -> lm_head
+
+
+@pytest.fixture(scope="module", params=["gemma3", "llama4"])
+def other_family(request, tmp_path_factory: pytest.TempPathFactory):
+    hf = {"gemma3": _gemma3, "llama4": _llama4}[request.param]()
+    path = tmp_path_factory.mktemp(f"{request.param}_vl")
+    hf.save_pretrained(path)
+    return request.param, path, hf
+
+
+@pytest.mark.parametrize("layout", ["llava", "transformers5"])
+@torch.no_grad()
+def test_gemma3_and_llama4_multimodal_checkpoints_load_as_their_language_model(
+    other_family, layout: str, tokens, tmp_path: Path
+) -> None:
+    """Both layouts the view reads give the multimodal model's text logits to 1e-5; the vision
+    tower and projector are left unread. Gemma 3's composite model applies no final soft-cap
+    (its text config's 3.0 is cleared), unlike Gemma3ForCausalLM."""
+    name, path, hf = other_family
+    stored = DirectoryCheckpoint(path).tensor_names()
+    assert any(n.startswith("language_model.model.") for n in stored)  # what transformers saves
+    if layout == "transformers5":
+        _rewrite(path, tmp_path / "t5", _to_transformers5)
+        path = tmp_path / "t5"
+    view = language_model_view(DirectoryCheckpoint(path))
+    assert isinstance(view, LanguageModelCheckpoint)
+    assert view.left_out and not any("language_model" in n for n in view.left_out)
+    model = HookedTransformer.from_pretrained_no_processing(path)
+    causal = {"gemma3": "Gemma3ForCausalLM", "llama4": "Llama4ForCausalLM"}[name]
+    assert model.cfg.original_architecture == causal
+    assert model.cfg.tie_word_embeddings is (name == "gemma3")
+    if name == "gemma3":
+        assert hf.config.text_config.final_logit_softcapping == 3.0
+        assert model.cfg.output_logits_soft_cap <= 0  # as Gemma3ForConditionalGeneration
+    torch.testing.assert_close(model(tokens), _text_logits(hf, tokens), atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_gemma4_multimodal_model_loads_as_its_language_model(tmp_path: Path) -> None:
+    """The hub's Gemma 4 checkpoints are Gemma4ForConditionalGeneration: a tiny one (vision tower,
+    tied head, the language model with every Gemma 4 feature on) loads as Gemma4ForCausalLM
+    and its logits equal the multimodal model's on text."""
+    vision = tr.Gemma4VisionConfig(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, patch_size=4, position_embedding_size=16,
+    )  # fmt: skip
+    config = tr.Gemma4Config(
+        text_config=gemma4_config().to_dict(), vision_config=vision.to_dict(), audio_config=None
+    )
+    config._attn_implementation = "eager"
+    config.text_config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    hf = tr.Gemma4ForConditionalGeneration(config)
+    randomise(hf)
+    gemma4_adjust(hf.model.language_model)
+    hf.eval().save_pretrained(tmp_path)
+    view = language_model_view(DirectoryCheckpoint(tmp_path))
+    assert view.hf_config["architectures"] == ["Gemma4ForCausalLM"]
+    assert view.left_out and all(
+        n.startswith(("model.vision_tower.", "model.embed_vision.")) for n in view.left_out
+    )
+    model = HookedTransformer.from_pretrained_no_processing(tmp_path)
+    assert model.cfg.kv_source_layers == [None, None, 0, 1] and model.cfg.d_per_layer_input == 6
+    tokens = torch.randint(3, VOCAB, (2, 13), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(tokens), hf(input_ids=tokens).logits, atol=ATOL, rtol=0)

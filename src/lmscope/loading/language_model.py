@@ -7,7 +7,9 @@ and a language model whose config is nested (`text_config`) and whose tensors si
 text family (`Qwen3_5ForCausalLM`, ...) then loads like any other checkpoint:
 
 - the config is `text_config`, with the causal-LM architecture, and the composite config's
-  `tie_word_embeddings` (the composite model's tying is what transformers applies);
+  `tie_word_embeddings` (the composite model's tying is what transformers applies); a text-config
+  setting the composite model never applies is cleared (`COMPOSITE_IGNORES`: transformers'
+  `Gemma3ForConditionalGeneration` has no final logit soft-cap, which its `Gemma3ForCausalLM` has);
 - the tensors are the language model's, named as the causal LM names them: `model.X` is stored
   as `model.language_model.X` (transformers 5's layout) or `language_model.model.X` (the older
   llava layout, with the head at `language_model.lm_head`);
@@ -40,6 +42,13 @@ LAYOUTS: tuple[tuple[str, str], ...] = (
     ("model.language_model.", "lm_head."),  # transformers 5 (Qwen3.5, re-saved Gemma 3)
     ("language_model.model.", "language_model.lm_head."),  # llava style (Gemma 3, Llama 4 hub)
 )
+
+# text-config settings a composite model's forward never applies (transformers 5.24), cleared so
+# the text model computes what the checkpoint's own class does: AutoModelForCausalLM loads a
+# Gemma 3 checkpoint as Gemma3ForConditionalGeneration, whose logits are not soft-capped
+COMPOSITE_IGNORES: dict[str, tuple[str, ...]] = {
+    "Gemma3ForConditionalGeneration": ("final_logit_softcapping",),
+}
 
 
 class LanguageModelCheckpoint:
@@ -109,7 +118,8 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     """The causal language model's config.json inside a multimodal one: `text_config`, with
     the causal-LM architecture lmscope reads (`XForConditionalGeneration` -> `XForCausalLM`,
     else the family named by the text config's `model_type`) and the composite config's
-    `tie_word_embeddings` when it states one.
+    `tie_word_embeddings` when it states one; the settings the composite model ignores
+    (`COMPOSITE_IGNORES`) are cleared.
 
     Example:
         >>> text_config({"architectures": ["Qwen3_5ForConditionalGeneration"],
@@ -135,6 +145,8 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     text["architectures"] = [candidate]
     if "tie_word_embeddings" in hf_config:
         text["tie_word_embeddings"] = hf_config["tie_word_embeddings"]
+    for key in COMPOSITE_IGNORES.get(outer, ()):
+        text[key] = None
     return text
 
 
