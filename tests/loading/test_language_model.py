@@ -21,15 +21,10 @@ from lmscope import HookedTransformer
 from lmscope.errors import CheckpointError
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.language_model import LanguageModelCheckpoint, language_model_view
-from tests._families import FAMILY_SPECS
-from tests._families import gemma4_adjust, gemma4_config
+from tests._families import FAMILY_SPECS, gemma4_adjust, gemma4_config
 from tests.loading.test_family_qwen3_5 import VOCAB, qwen3_5_config
 
-try:  # the shared builders (moving from tests/conftest.py to tests/_tiny.py)
-    from tests._tiny import SEED, randomise
-except ImportError:
-    from conftest import SEED
-    from conftest import _randomise as randomise
+from tests._tiny import SEED, perturb_norms, randomise
 
 ATOL = 1e-5
 
@@ -176,7 +171,7 @@ def _gemma3() -> tr.Gemma3ForConditionalGeneration:
         vision_config=vision.to_dict(),
         mm_tokens_per_image=4,
     )
-    return _random_multimodal(tr.Gemma3ForConditionalGeneration, config, one_plus_w=True)
+    return _random_multimodal(tr.Gemma3ForConditionalGeneration, config, "gemma3")
 
 
 def _llama4() -> tr.Llama4ForConditionalGeneration:
@@ -190,23 +185,19 @@ def _llama4() -> tr.Llama4ForConditionalGeneration:
     config = tr.Llama4Config(
         text_config=FAMILY_SPECS["llama4"].config().to_dict(), vision_config=vision.to_dict()
     )
-    return _random_multimodal(tr.Llama4ForConditionalGeneration, config, one_plus_w=False)
+    return _random_multimodal(tr.Llama4ForConditionalGeneration, config, "llama4")
 
 
-def _random_multimodal(cls, config, one_plus_w: bool) -> tr.PreTrainedModel:
-    """`cls(config)` redrawn as tests/_tiny.py draws the text families, with eager attention
-    and experts; (1 + w) norms of the language model drawn around 0."""
+def _random_multimodal(cls, config, family: str) -> tr.PreTrainedModel:
+    """`cls(config)` redrawn as tests/_tiny.py draws the text `family` (its spec's norms), with
+    eager attention and experts."""
     for part in (config, config.text_config):
         part._attn_implementation = "eager"
         part._experts_implementation = "eager"
     torch.manual_seed(SEED)
     hf = cls(config)
     randomise(hf)
-    if one_plus_w:
-        with torch.no_grad():
-            for name, param in hf.named_parameters():
-                if param.ndim == 1 and "language_model" in name and "norm" in name:
-                    param.sub_(1.0)
+    perturb_norms(hf, FAMILY_SPECS[family].norms)  # the vision tower's too: unread here
     return hf.eval()
 
 
