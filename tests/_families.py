@@ -998,8 +998,7 @@ def gemma4_adjust(model: PreTrainedModel) -> None:
     """Gemma 4 leaves attention scores unscaled (scaling 1.0): its q/k norm weights carry the
     1/sqrt(d_head), drawn here as d_head ** -0.25 each times 1 + N(0, 0.2). With O(1) weights
     the softmax is so sharp that transformers' own float32 logits are ~3e-5 from its float64
-    ones, past the suite's 1e-5. The layer scalars (buffers) are drawn U(0.5, 1) away from 1,
-    and a router's scales (the 26B-A4B's MoE block) 1 + N(0, 0.2)."""
+    ones, past the suite's 1e-5. The layer scalars (buffers) are drawn U(0.5, 1), away from 1."""
     for pname, param in model.named_parameters():
         if pname.endswith(("q_norm.weight", "k_norm.weight")):
             param.mul_(param.shape[0] ** -0.25)
