@@ -10,7 +10,9 @@ here, computed from:
   (where each copy comes from is written in `configs/SOURCES.md`), run through lmscope's own
   family adapter (`config_from_hf`) and counted on a meta-device model, so the table also tests
   the adapters; a config whose architecture no adapter reads, or that its adapter refuses,
-  leaves the row's figures unknown and says why;
+  leaves the row's figures unknown and says why; a multimodal config (`...ForConditionalGeneration`
+  with a `text_config`) is read as the language model lmscope loads from it
+  (`lmscope.loading.language_model.text_config`), so its figures are the text model's;
 * or figures that a public model card states (`CARDS`), and only those;
 * and otherwise nothing: an unknown figure is shown as unknown ("?"), never guessed.
 
@@ -130,15 +132,31 @@ def adapter_for(hf: dict[str, Any]) -> tuple[Any, Any, Any] | None:
     return family_for(hf), HookedTransformerConfig, HookedTransformer
 
 
+def as_loaded(hf: dict[str, Any]) -> dict[str, Any]:
+    """The config lmscope builds from `hf`: a multimodal one's language model (its `text_config`
+    with the causal-LM architecture; ValueError when that is no supported family), else `hf`.
+
+    Example:
+        >>> as_loaded({"architectures": ["Qwen3_5ForConditionalGeneration"],
+        ...            "text_config": {"model_type": "qwen3_5_text"}})["architectures"]
+        ['Qwen3_5ForCausalLM']
+    """
+    from lmscope.loading.language_model import is_multimodal, text_config
+
+    return text_config(hf) if is_multimodal(hf) else hf
+
+
 def figures_from_config(hf: dict[str, Any]) -> dict[str, Any]:
-    """Table figures of a config.json, through lmscope's own family adapter (which raises
-    ValueError, naming the key, for a config it refuses).
+    """Table figures of a config.json (a multimodal one's language model, `as_loaded`), through
+    lmscope's own family adapter (which raises ValueError, naming the key, for a config it
+    refuses).
 
     Example:
         >>> hf = json.loads(config_path("openai-community/gpt2").read_text())
         >>> figures_from_config(hf)["params"]
         124439808
     """
+    hf = as_loaded(hf)
     found = adapter_for(hf)
     if found is None:
         raise ValueError(f"no lmscope adapter reads {hf.get('architectures')}")
@@ -169,6 +187,11 @@ def entry_figures(entry: ModelEntry) -> dict[str, Any]:
     path = config_path(entry.hub_id)
     if path.is_file():
         hf = json.loads(path.read_text())
+        archs = hf.get("architectures") or []
+        try:  # a multimodal checkpoint's row is its language model's (what lmscope loads)
+            hf = as_loaded(hf)
+        except ValueError as err:  # its language model is no supported family
+            return {"architecture": archs[0], "note": f"config vendored; {err}"}
         archs = hf.get("architectures") or []
         found: dict[str, Any] = {"architecture": archs[0] if archs else None}
         if adapter_for(hf) is None:
@@ -290,8 +313,10 @@ The figures come from each model's own `config.json` (copies in
 `src/lmscope/loading/configs/`, sources in `configs/SOURCES.md`) run through lmscope's
 family adapter, so they are what lmscope builds: `d_mlp` is per expert for mixtures of
 experts, `params` counts the checkpoint's weights once (tied embeddings once), `context` is
-the longest input the model accepts (`n_ctx`). **?** marks a figure that no readable source
-states yet (or whose config no adapter reads yet); nothing is filled in by hand or guessed.
+the longest input the model accepts (`n_ctx`). A multimodal checkpoint (text and vision,
+`...ForConditionalGeneration`) loads as its language model, and its row gives that model's
+figures (the vision tower is neither loaded nor counted). **?** marks a figure that no readable
+source states yet (or whose config no adapter reads yet); nothing is filled in by hand or guessed.
 † marks figures stated by a public model card instead of a config.
 
 *default BOS* says whether strings get a BOS token first by default

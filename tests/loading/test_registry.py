@@ -269,6 +269,39 @@ def test_figures_note_why_a_vendored_config_gives_none(tmp_path, monkeypatch) ->
     assert table.entry_figures(entry)["n_layers"] == 12
 
 
+def test_a_multimodal_config_gives_its_language_models_figures(tmp_path, monkeypatch) -> None:
+    """A vendored `...ForConditionalGeneration` config (here gemma-3-1b-it's as the text_config
+    of a Gemma 3 multimodal one) is read as the language model lmscope loads from it: the text
+    config's figures, its causal-LM architecture (whose BOS default the row takes); one whose
+    language model no family reads is noted."""
+    entry = reg.ModelEntry("x", "org/x", "Gemma 3")
+    path = tmp_path / "org--x.json"
+    monkeypatch.setattr(table, "config_path", lambda hub_id: path)
+    text = json.loads(reg.config_path("google/gemma-3-1b-it").read_text())
+    path.write_text(json.dumps(text))
+    expected = table.entry_figures(entry)
+    multimodal = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": {k: v for k, v in text.items() if k != "architectures"},
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152},
+    }
+    path.write_text(json.dumps(multimodal))
+    figures = table.entry_figures(entry)
+    assert figures == expected and figures["architecture"] == "Gemma3ForCausalLM"
+    assert figures["n_layers"] == 26 and figures["source"] == "config"
+    path.write_text(
+        json.dumps({**multimodal, "architectures": ["FancyForConditionalGeneration"],
+                    "text_config": {"model_type": "fancy_text"}})
+    )  # fmt: skip
+    figures = table.entry_figures(entry)
+    assert figures["architecture"] == "FancyForConditionalGeneration"
+    assert figures["note"].startswith(
+        "config vendored; FancyForConditionalGeneration is a multimodal"
+    )
+    assert "n_layers" not in figures
+
+
 def test_families_are_declared_once_and_read_by_an_adapter() -> None:
     assert {e.family for e in reg.ENTRIES} <= set(reg.FAMILIES)
 
