@@ -1035,17 +1035,73 @@ _GEMMA4 = {
     ),
 }
 
+# -- Qwen3.5 / Qwen3.5-MoE text: gated delta-net linear attention mixed with gated attention -----
+QWEN3_5_SEQ = 70  # past the delta rule's 64-position chunk
+_QWEN3_5_SIZES: dict[str, Any] = {
+    "vocab_size": D_VOCAB, "hidden_size": 40,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "linear_key_head_dim": 6, "linear_value_head_dim": 10, "linear_conv_kernel_dim": 3,
+    "max_position_embeddings": 96, "attention_bias": True,
+    "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+    **_IDS,
+}  # fmt: skip
+
+
+def qwen3_5_config(**overrides: Any) -> tr.Qwen3_5TextConfig:
+    """Two linear-attention layers around one gated attention layer: 2 key heads serving 4 value
+    heads, a 3-tap convolution, GQA with biases, partial rotary (4 of head_dim 16).
+
+    >>> qwen3_5_config().layer_types[1]
+    'full_attention'
+    """
+    return tr.Qwen3_5TextConfig(**{"intermediate_size": 56, **_QWEN3_5_SIZES, **overrides})
+
+
+def qwen3_5_moe_config(**overrides: Any) -> tr.Qwen3_5MoeTextConfig:
+    """The dense config's layers with 5 experts of 12 (top 2) and a gated shared expert of 20.
+
+    >>> qwen3_5_moe_config().num_experts
+    5
+    """
+    experts = {"moe_intermediate_size": 12, "shared_expert_intermediate_size": 20,
+               "num_experts": 5, "num_experts_per_tok": 2}  # fmt: skip
+    return tr.Qwen3_5MoeTextConfig(**{**experts, **_QWEN3_5_SIZES, **overrides})
+
+
+@torch.no_grad()
+def qwen3_5_adjust(model: PreTrainedModel) -> None:
+    """Qwen3.5's norms are (1 + w) (`norms="1+w"`) but for the linear layers' gated RMSNorm,
+    which computes x_hat * w: its weights go back around 1. A_log is drawn U(-1, 1) so the
+    decays exp(-exp(A_log) * softplus(.)) vary between heads."""
+    for name, param in model.named_parameters():
+        if name.endswith("linear_attn.norm.weight"):
+            param.add_(1.0)
+        if name.endswith("A_log"):
+            param.uniform_(-1.0, 1.0)
+
+
+_QWEN3_5 = {
+    name: FamilySpec(cls, make, seq=QWEN3_5_SEQ, norms="1+w", adjust=qwen3_5_adjust)
+    for name, cls, make in (
+        ("qwen3_5", tr.Qwen3_5ForCausalLM, qwen3_5_config),
+        ("qwen3_5_moe", tr.Qwen3_5MoeForCausalLM, qwen3_5_moe_config),
+    )
+}
+
 FAMILY_SPECS: dict[str, FamilySpec] = {
     **_BASIC,
     **_CLASSIC,
     **_LLAMA_LIKE,
     **_NORM_VARIANTS,
     **_GEMMA4,
+    **_QWEN3_5,
 }
 CLASSIC = list(_CLASSIC)
 LLAMA_LIKE = list(_LLAMA_LIKE)
 NORM_VARIANTS = list(_NORM_VARIANTS)
 GEMMA4 = list(_GEMMA4)
+QWEN3_5 = list(_QWEN3_5)
 
 _BUILT: dict[str, TinyModel] = {}
 

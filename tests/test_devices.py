@@ -10,6 +10,8 @@ have been moved, for every family adapter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from test_dtypes import FAMILIES
@@ -217,25 +219,18 @@ def test_moves_keep_or_gather_the_placement(tiny_llama: TinyModel) -> None:
                               "unembed": "cpu"})  # fmt: skip
 
 
-@pytest.mark.parametrize("moe", [False, True], ids=["qwen3_5", "qwen3_5_moe"])
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
 def test_hybrid_model_split_across_devices_keeps_its_recurrent_cache(
-    moe: bool, tmp_path_factory: pytest.TempPathFactory
+    family: str, tiny_family: Callable[[str], TinyModel]
 ) -> None:
     """Qwen3.5's linear-attention layers keep a recurrent state, not keys and values, in the KV
     cache: a cached forward over a split model moves what each entry holds to its layer's
     device (a state written before the model was split follows it)."""
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM
+    from tests._tiny import D_VOCAB
 
-    from tests._tiny import build_tiny
-    from tests.loading.test_family_qwen3_5 import VOCAB, qwen3_5_config, qwen3_5_moe_config
-
-    config = qwen3_5_moe_config() if moe else qwen3_5_config()
-    cls = Qwen3_5MoeForCausalLM if moe else Qwen3_5ForCausalLM
-    model = HookedTransformer.from_pretrained_no_processing(
-        build_tiny(tmp_path_factory, "qwen3_5_devices", cls, config).path
-    )
+    model = HookedTransformer.from_pretrained_no_processing(tiny_family(family).path)
     assert model.cfg.layer_types == ["linear", "global", "linear"]
-    tokens = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(3, D_VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
     before = KVCache.init_cache(model.cfg, CPU, batch_size=2)
     model(tokens, past_kv_cache=before)  # written unsplit: every entry on the CPU
     patch = torch.fx.experimental._config.patch(meta_nonzero_assume_all_nonzero=True)

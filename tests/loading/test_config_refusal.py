@@ -16,8 +16,6 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
-    Qwen3_5ForCausalLM,
-    Qwen3_5MoeForCausalLM,
 )
 
 from lmscope import HookedTransformer
@@ -28,7 +26,6 @@ from lmscope.loading.encoder_families import encoder_family_for
 from lmscope.loading.families import PARTIAL_ROTARY_KEYS, family_for
 from tests._families import FAMILY_SPECS
 from tests._tiny import TinyModel, llama_config
-from tests.loading.test_family_qwen3_5 import qwen3_5_config, qwen3_5_moe_config
 
 CONFIGS = Path(families.__file__).parents[1] / "configs"
 
@@ -50,8 +47,6 @@ def spec_configs() -> dict[str, dict[str, Any]]:
     }
     for name, spec in FAMILY_SPECS.items():
         found[name] = _as_saved(spec.config(), spec.model_cls)
-    found["qwen3_5"] = _as_saved(qwen3_5_config(), Qwen3_5ForCausalLM)
-    found["qwen3_5_moe"] = _as_saved(qwen3_5_moe_config(), Qwen3_5MoeForCausalLM)
     return found
 
 

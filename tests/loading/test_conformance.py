@@ -111,6 +111,13 @@ def _after_blocks(hf: torch.nn.Module) -> torch.nn.Module:
     raise AssertionError(f"no final norm found on {type(base).__name__}")
 
 
+def _attn_layers(model: HookedTransformer) -> list[int]:
+    """The layers with softmax attention (a hybrid's linear-attention layers have none: their
+    recurrent hooks are checked in its family tests)."""
+    kinds = model.cfg.layer_types
+    return [i for i in range(model.cfg.n_layers) if i >= len(kinds) or kinds[i] != "linear"]
+
+
 def _layer_attn(model: HookedTransformer, layer: int) -> tuple[Any, bool]:
     """The layer's own attention config (Gemma 4's global layers have their own head size and
     key/value heads) and whether the layer reuses an earlier layer's keys and values (so computes
@@ -201,6 +208,7 @@ def test_processed_model_log_probs_match_hf(spec: FamilySpec, tiny: TinyModel, t
             and not cfg.attn_sinks
             and not cfg.kv_lora_rank
             and not cfg.use_v_norm
+            and not cfg.attn_output_gate  # the gate scales what b_V adds, per position
         )
         assert cfg.processing["fold_value_biases"] is folds
         for block in processed.blocks:  # pre-norms fold; post-norms keep their weights
@@ -260,10 +268,12 @@ def test_explicit_attention_path_matches_sdpa(
         fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: seen.append(hook.name))],
         **kwargs,
     )
-    assert seen == [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    layers = _attn_layers(model)
+    assert seen == [f"blocks.{i}.attn.hook_pattern" for i in layers]
     torch.testing.assert_close(explicit, fast, atol=LOGIT_ATOL, rtol=0)
     # The explicit path's z equals the fast path's z too (hook_z alone keeps the fast path).
-    z, pattern = "blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"
+    layer = next((i for i in layers if i >= 1), layers[0])
+    z, pattern = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.attn.hook_pattern"
     _, fast_cache = model.run_with_cache(tokens, names_filter=z, **kwargs)
     _, slow_cache = model.run_with_cache(tokens, names_filter=[z, pattern], **kwargs)
     torch.testing.assert_close(slow_cache[z], fast_cache[z], atol=LOGIT_ATOL, rtol=0)
@@ -279,7 +289,7 @@ def test_attention_patterns_are_masked_distributions(model, tokens) -> None:
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("pattern"))
     q = torch.arange(p)[:, None]
     k = torch.arange(p)[None, :]
-    for layer in range(cfg.n_layers):
+    for layer in _attn_layers(model):
         kind = cfg.layer_types[layer] if cfg.layer_types else "global"
         pattern = cache["pattern", layer]
         assert pattern.shape == (2, cfg.n_heads, p, p)
@@ -417,9 +427,10 @@ def test_family_hooks_fire_with_documented_shapes(model, tokens) -> None:
                 expected[f"{x}{ln}.hook_scale"] = (b, p, 1)
                 expected[f"{x}{ln}.hook_normalized"] = (b, p, dm)
         rotates = cfg.rotary_layers is None or cfg.rotary_layers[layer]
-        acfg, reuses_kv = _layer_attn(model, layer)
+        has_attn = layer in _attn_layers(model)
+        acfg, reuses_kv = _layer_attn(model, layer) if has_attn else (cfg, False)
         kv, dh = acfg.n_key_value_heads, acfg.d_head
-        if cfg.use_qk_norm and (rotates or not cfg.qk_norm_after_rotary):
+        if has_attn and cfg.use_qk_norm and (rotates or not cfg.qk_norm_after_rotary):
             if cfg.qk_norm_per_head:
                 expected[f"{x}attn.q_norm.hook_scale"] = (b, p, h, 1)
                 expected[f"{x}attn.q_norm.hook_normalized"] = (b, p, h, dh)
@@ -456,16 +467,18 @@ def test_hook_flags_keep_the_logits(spec: FamilySpec, model, tokens) -> None:
     logits, cache = model.run_with_cache(tokens)
     torch.testing.assert_close(logits, expected, atol=LOGIT_ATOL, rtol=0)
     cfg = model.cfg
-    assert cache["blocks.0.hook_k_input"].shape == (
+    first = _attn_layers(model)[0]
+    assert cache[f"blocks.{first}.hook_k_input"].shape == (
         *tokens.shape,
         cfg.n_key_value_heads,
         cfg.d_model,
     )
-    assert cache["result", 0].shape == (*tokens.shape, cfg.n_heads, cfg.d_model)
-    attn_out = cache["result", 0].sum(2) + model.blocks[0].attn.b_O
-    if hasattr(model.blocks[0], "ln1_post"):  # the post-norm follows the summed heads
-        attn_out = model.blocks[0].ln1_post(attn_out)
-    torch.testing.assert_close(attn_out, cache["attn_out", 0], atol=1e-5, rtol=0)
+    assert cache["result", first].shape == (*tokens.shape, cfg.n_heads, cfg.d_model)
+    block = model.blocks[first]
+    attn_out = cache["result", first].sum(2) + block.attn.b_O
+    if hasattr(block, "ln1_post"):  # the post-norm follows the summed heads
+        attn_out = block.ln1_post(attn_out)
+    torch.testing.assert_close(attn_out, cache["attn_out", first], atol=1e-5, rtol=0)
 
 
 @torch.no_grad()
@@ -598,16 +611,18 @@ def test_gqa_keys_and_values_have_kv_head_shape(
     b, p = tokens.shape
     kv_names = lambda n: n.endswith(("hook_k", "hook_v"))  # noqa: E731
     _, cache = model.run_with_cache(tokens, names_filter=kv_names)
-    assert cache["k", 0].shape == (b, p, cfg.n_key_value_heads, cfg.d_head)
-    assert cache["v", 1].shape[:3] == (b, p, _layer_attn(model, 1)[0].n_key_value_heads)
+    first, *rest = _attn_layers(model)
+    second = rest[0] if rest else first
+    assert cache["k", first].shape == (b, p, cfg.n_key_value_heads, cfg.d_head)
+    kv_second = _layer_attn(model, second)[0].n_key_value_heads
+    assert cache["v", second].shape[:3] == (b, p, kv_second)
     ungrouped = HookedTransformer.from_pretrained_no_processing(
         tiny.path, ungroup_grouped_query_attention=True
     )
     logits, ucache = ungrouped.run_with_cache(tokens, names_filter=kv_names)
-    assert ucache["k", 0].shape == (b, p, cfg.n_heads, cfg.d_head)
-    torch.testing.assert_close(
-        ucache["k", 0], cache["k", 0].repeat_interleave(cfg.n_groups, dim=2), atol=0, rtol=0
-    )
+    assert ucache["k", first].shape == (b, p, cfg.n_heads, cfg.d_head)
+    grouped = cache["k", first].repeat_interleave(cfg.n_groups, dim=2)
+    torch.testing.assert_close(ucache["k", first], grouped, atol=0, rtol=0)
     torch.testing.assert_close(logits, model(tokens), atol=LOGIT_ATOL, rtol=0)
 
 
@@ -623,7 +638,7 @@ def test_patching_one_kv_head(
     model = HookedTransformer.from_pretrained_no_processing(
         tiny.path, ungroup_grouped_query_attention=ungroup
     )
-    name = f"blocks.0.attn.hook_{which}"
+    name = f"blocks.{_attn_layers(model)[0]}.attn.hook_{which}"
     clean = model(tokens)
     _, source = model.run_with_cache(tokens.flip(-1), names_filter=name)
 

@@ -21,9 +21,9 @@ from lmscope import HookedTransformer
 from lmscope.errors import CheckpointError
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.language_model import LanguageModelCheckpoint, language_model_view
-from tests._families import FAMILY_SPECS, gemma4_adjust, gemma4_config
+from tests._families import FAMILY_SPECS, gemma4_adjust, gemma4_config, qwen3_5_config
+from tests._tiny import D_VOCAB as VOCAB
 from tests._tiny import SEED, perturb_norms, randomise
-from tests.loading.test_family_qwen3_5 import VOCAB, qwen3_5_config
 
 ATOL = 1e-5
 
