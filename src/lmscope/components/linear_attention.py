@@ -44,6 +44,7 @@ from lmscope.components.mlp import ACTIVATIONS
 from lmscope.components.norm import RMSNorm
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
+from lmscope.kv_cache import RecurrentState  # noqa: F401 (the cache's entry, importable here)
 
 CHUNK = 64  # positions per chunk of the delta rule
 
@@ -53,42 +54,6 @@ class RecurrentMask(AttentionMask):
     real token) or None when none is padding. Padded positions enter the layer as zeros, as
     transformers does, so they write nothing to the state and a left-padded row equals the row
     alone."""
-
-
-class RecurrentState:
-    """A linear-attention layer's entry in the KV cache: the convolution's last inputs [batch,
-    conv_size - 1, conv_dim] and the delta rule's state [batch, v_head, d_key, d_value] (float32),
-    kept for the position a call started at and the one it ended at, so a frozen cache's calls all
-    continue from the same state.
-
-    Example:
-        >>> entry = RecurrentState()
-        >>> entry.read(0) is None      # nothing before the first position
-        True
-    """
-
-    def __init__(self, *_: object) -> None:
-        self.saved: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def read(self, start: int) -> tuple[Tensor, Tensor] | None:
-        """(conv inputs, state) after `start` positions (None at 0: zeros)."""
-        if start == 0:
-            return None
-        if start not in self.saved:
-            raise ValueError(
-                f"the linear-attention state after {start} positions is not in this KV cache "
-                f"(it holds positions {sorted(self.saved)}): a recurrent layer continues only "
-                "from where its last call started or ended; run the positions in order"
-            )
-        return self.saved[start]
-
-    def write(self, start: int, end: int, conv: Tensor, state: Tensor) -> None:
-        """Keep the state after `end` positions (and the one after `start`)."""
-        self.saved = {k: v for k, v in self.saved.items() if k == start}
-        self.saved[end] = (conv, state)
-
-    def grow(self, capacity: int) -> None:
-        """A recurrent state has no per-position buffers to grow."""
 
 
 def _l2norm(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
