@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from lmscope.loading.transforms import Chain, FusedHeads, Part, Transform, Transpose
+from lmscope.loading.transforms import Chain, FusedHeads, Part, Scale, Transform, Transpose
 
 Source = str | tuple  # "name", or (Transform, "name", ...)
 WeightMap = dict[str, Source]
@@ -325,4 +325,32 @@ def experts(
     m: WeightMap = {f"{ours}.router_weight": f"{router}.weight"}
     for e in range(n_experts):
         m |= gated_mlp(f"{ours}.experts.{e}", f"{theirs}.{e}", names=names)
+    return m
+
+
+def fused_gated_mlp(
+    ours: str, gate_up: str, down: str, d_mlp: int, *lead: Transform, out_scale: float = 1.0
+) -> WeightMap:
+    """A gated MLP stored as `gate_up` [2 d_mlp, d_model] ([gate | up] rows) and `down`
+    [d_model, d_mlp], each read through the view steps `lead` first (one expert's slice of a
+    fused [experts, ...] tensor: `Index(e, n)`); `down` times `out_scale` unless it is 1
+    (Granite's residual multiplier).
+
+    Example:
+        >>> m = fused_gated_mlp("blocks.0.moe.experts.3", "model.layers.0.experts.gate_up_proj",
+        ...                     "model.layers.0.experts.down_proj", 20, Index(3, 8))
+        >>> m["blocks.0.moe.experts.3.in_weight"][0].steps[1]   # rows 20:40 of expert 3's slice
+        Part(dim=0, start=20, stop=40, size=40)
+    """
+    m: WeightMap = {}
+    for i, role in enumerate(("gate", "in")):
+        part = Part(0, i * d_mlp, (i + 1) * d_mlp, 2 * d_mlp)
+        m[f"{ours}.{MLP[role][0]}"] = (Chain((*lead, part)), gate_up)
+    scale = (Scale(out_scale),) if out_scale != 1.0 else ()
+    out: Source = down
+    if lead:
+        out = (Chain((*lead, *scale)), down)
+    elif scale:
+        out = (scale[0], down)
+    m[f"{ours}.{MLP['out'][0]}"] = out
     return m

@@ -23,8 +23,16 @@ from typing import Any
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap
 from lmscope.loading.families.llama import LLAMA_LIKE_KEYS, llama_like_config
-from lmscope.loading.pieces import MLP, embeddings, layers, llama_attention, norm, norms
-from lmscope.loading.transforms import Chain, Index, Part, Scale
+from lmscope.loading.pieces import (
+    MLP,
+    embeddings,
+    fused_gated_mlp,
+    layers,
+    llama_attention,
+    norm,
+    norms,
+)
+from lmscope.loading.transforms import Chain, Index, Scale
 
 
 def granite_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -53,19 +61,6 @@ def _scaled(factor: float, name: str, *steps: Any) -> Any:
     if factor == 1.0:
         return (Chain(steps), name) if steps else name
     return (Chain((*steps, Scale(factor))), name) if steps else (Scale(factor), name)
-
-
-def _fused_gated(
-    ours: str, gate_up: str, down: str, d_mlp: int, rm: float, *lead: Any
-) -> WeightMap:
-    """A gated MLP stored as `input_linear` [2 d_mlp, d_model] ([gate | up]) and `output_linear`
-    (after the view steps `lead`, e.g. one expert's slice), its output scaled by `rm`."""
-    m: WeightMap = {}
-    for i, role in enumerate(("gate", "in")):
-        part = Part(0, i * d_mlp, (i + 1) * d_mlp, 2 * d_mlp)
-        m[f"{ours}.{MLP[role][0]}"] = (Chain((*lead, part)), gate_up)
-    m[f"{ours}.out_weight"] = _scaled(rm, down, *lead)
-    return m
 
 
 _LLAMA_MLP = {"gate": "gate_proj", "in": "up_proj", "out": "down_proj"}
@@ -100,22 +95,22 @@ def granite_weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> Weig
         moe, n, d_mlp = f"{h}.block_sparse_moe", cfg.num_experts, cfg.d_mlp
         m[f"{ours}.mlp.router_weight"] = f"{moe}.router.layer.weight"
         for e in range(n):
-            m |= _fused_gated(
+            m |= fused_gated_mlp(
                 f"{ours}.mlp.experts.{e}",
                 f"{moe}.input_linear.weight",
                 f"{moe}.output_linear.weight",
                 d_mlp,
-                rm,
                 Index(e, n),
+                out_scale=rm,
             )
         if cfg.shared_expert_d_mlp:
             shared = f"{h}.shared_mlp"
-            m |= _fused_gated(
+            m |= fused_gated_mlp(
                 f"{ours}.mlp.shared_expert",
                 f"{shared}.input_linear.weight",
                 f"{shared}.output_linear.weight",
                 cfg.shared_expert_d_mlp,
-                rm,
+                out_scale=rm,
             )
     return m
 
