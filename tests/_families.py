@@ -998,10 +998,14 @@ def gemma4_adjust(model: PreTrainedModel) -> None:
     """Gemma 4 leaves attention scores unscaled (scaling 1.0): its q/k norm weights carry the
     1/sqrt(d_head), drawn here as d_head ** -0.25 each times 1 + N(0, 0.2). With O(1) weights
     the softmax is so sharp that transformers' own float32 logits are ~3e-5 from its float64
-    ones, past the suite's 1e-5. The layer scalars (buffers) are drawn U(0.5, 1), away from 1."""
+    ones, past the suite's 1e-5. The layer scalars (buffers) are drawn U(0.5, 1), away from 1,
+    and a mixture of experts' router scale and per-expert scale 1 + N(0, 0.2) (`randomise` drew
+    these 1-D parameters, which are not named weight, around 0)."""
     for pname, param in model.named_parameters():
         if pname.endswith(("q_norm.weight", "k_norm.weight")):
             param.mul_(param.shape[0] ** -0.25)
+        if pname.endswith(("router.scale", "router.per_expert_scale")):
+            param.copy_(1.0 + 0.2 * torch.randn_like(param))
     for bname, buffer in model.named_buffers():
         if bname.endswith("layer_scalar"):
             buffer.uniform_(0.5, 1.0)
@@ -1030,6 +1034,21 @@ _GEMMA4 = {
             attention_k_eq_v=False,
             tie_word_embeddings=False,
             final_logit_softcapping=None,
+        ),
+        adjust=gemma4_adjust,
+    ),
+    # Gemma 4 26B-A4B's shape: 5 experts of 20 (top 2) beside each dense MLP of 36, no per-layer
+    # embeddings or KV sharing, values = keys on the global layers, a final soft-cap
+    "gemma4_moe": FamilySpec(
+        tr.Gemma4ForCausalLM,
+        lambda: gemma4_config(
+            hidden_size_per_layer_input=0,
+            num_kv_shared_layers=0,
+            use_double_wide_mlp=False,
+            enable_moe_block=True,
+            num_experts=5,
+            top_k_experts=2,
+            moe_intermediate_size=20,
         ),
         adjust=gemma4_adjust,
     ),

@@ -184,6 +184,13 @@ class HookedTransformerConfig:
     router_topk_groups: int | None = None
     router_group_score: str = "top2_sum"  # a group's score: "top2_sum" (DS-V3) or "max" (DS-V2)
     routed_scaling_factor: float = 1.0  # the chosen experts' weights times this (DeepSeek)
+    # Gemma 4 26B-A4B: the experts run beside a dense MLP (`blocks.{l}.moe`; each branch is
+    # post-normed, the sum normed again by ln2_post), the router reads its own weightless RMSNorm
+    # of the block's input times a learned `router_scale` and d_model ** -0.5, and each chosen
+    # expert's weight is multiplied by its learned `per_expert_scale`
+    moe_beside_mlp: bool = False
+    router_input_norm: bool = False
+    router_per_expert_scale: bool = False
     # hook flags (TransformerLens names); toggled on a model with set_use_*
     use_attn_result: bool = False
     use_split_qkv_input: bool = False
@@ -356,9 +363,15 @@ class HookedTransformerConfig:
             )
         if self.router_group_score not in ("top2_sum", "max"):
             raise ValueError(f"router_group_score {self.router_group_score!r} is not top2_sum/max")
+        if self.moe_beside_mlp and (self.norm_placement != "pre_and_post" or self.mlp_types):
+            raise ValueError(
+                "moe_beside_mlp (experts beside a dense MLP, Gemma 4) needs "
+                "norm_placement='pre_and_post' and experts on every layer (no mlp_types)"
+            )
 
     def mlp_type(self, layer: int) -> str:
-        """Layer `layer`'s MLP: "moe" (routed experts) or "dense"."""
+        """Layer `layer`'s MLP: "moe" (routed experts; at `blocks.{layer}.moe`, beside a dense
+        MLP, with `moe_beside_mlp`) or "dense"."""
         if self.mlp_types is not None:
             return self.mlp_types[layer]
         return "moe" if self.num_experts else "dense"

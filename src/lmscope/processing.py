@@ -182,6 +182,8 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
         _fold_norm(cfg, block, "ln1", attn.input_weights())
         if not cfg.attn_only:
             _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
+        if hasattr(block, "moe"):  # experts beside the MLP read their own pre-norm (Gemma 4)
+            _fold_norm(cfg, block, "ln2_moe", block.moe.input_weights())
     if steps.get("center_writing_weights"):
         mlp = [] if cfg.attn_only else block.mlp.output_weights()
         _center([attn.W_O, attn.b_O, *mlp])

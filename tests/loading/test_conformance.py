@@ -126,6 +126,12 @@ def _layer_attn(model: HookedTransformer, layer: int) -> tuple[Any, bool]:
     return model.blocks[layer].attn.cfg, sources is not None and sources[layer] is not None
 
 
+def _experts_at(model: HookedTransformer, layer: int) -> str:
+    """The hook prefix of layer `layer`'s routed experts: `blocks.{l}.mlp.`, or `blocks.{l}.moe.`
+    where they run beside a dense MLP (Gemma 4 26B-A4B)."""
+    return f"blocks.{layer}.{'moe' if model.cfg.moe_beside_mlp else 'mlp'}."
+
+
 # -- agreement with transformers ------------------------------------------------------------------
 @torch.no_grad()
 def test_logits_match_hf(spec: FamilySpec, tiny: TinyModel, model, tokens) -> None:
@@ -443,10 +449,15 @@ def test_family_hooks_fire_with_documented_shapes(model, tokens) -> None:
                 expected[f"{x}attn.k_norm.hook_scale"] = (b, p, 1)
                 expected[f"{x}attn.k_norm.hook_normalized"] = (b, p, kv * dh)
         if cfg.num_experts and cfg.mlp_type(layer) == "moe":
-            k, e = cfg.experts_per_token, cfg.num_experts
-            expected[f"{x}mlp.hook_router_logits"] = (b, p, e)
-            expected[f"{x}mlp.hook_expert_weights"] = (b, p, k)
-            expected[f"{x}mlp.hook_expert_indices"] = (b, p, k)
+            k, e, moe = cfg.experts_per_token, cfg.num_experts, _experts_at(model, layer)
+            expected[f"{moe}hook_router_logits"] = (b, p, e)
+            expected[f"{moe}hook_expert_weights"] = (b, p, k)
+            expected[f"{moe}hook_expert_indices"] = (b, p, k)
+        if cfg.router_input_norm:  # the router's own weightless norm
+            expected[f"{x}moe.router_ln.hook_scale"] = (b, p, 1)
+        if cfg.moe_beside_mlp:  # the two branches, each after its post-norm
+            expected[f"{x}hook_dense_out"] = expected[f"{x}hook_moe_out"] = (b, p, dm)
+            expected[f"{x}ln2_moe.hook_normalized"] = (b, p, dm)
     seen: dict[str, list] = {}
 
     def record(x: torch.Tensor, hook: Any) -> None:
@@ -504,10 +515,16 @@ def test_mixture_of_experts_routing_hooks(model, tokens) -> None:
         pytest.skip("not a mixture of experts")
     b, p = tokens.shape
     layer = cfg.mlp_types.index("moe") if cfg.mlp_types else 0
-    mlp = f"blocks.{layer}.mlp."
+    mlp = _experts_at(model, layer)
+    # what the experts add: the MLP's output, or beside a dense MLP their own branch's
+    out = f"blocks.{layer}.hook_{'moe_out' if cfg.moe_beside_mlp else 'mlp_out'}"
     _, cache = model.run_with_cache(tokens)
     weights, indices = cache[mlp + "hook_expert_weights"], cache[mlp + "hook_expert_indices"]
     logits = cache[mlp + "hook_router_logits"]
+    if cfg.router_per_expert_scale:  # Gemma 4: each chosen weight times its expert's scale
+        scales = model.get_submodule(mlp[:-1]).per_expert_scale[indices]
+        assert not torch.allclose(scales, torch.ones_like(scales))
+        weights = weights / scales
     scores = logits.sigmoid() if cfg.router_scoring == "sigmoid" else logits.softmax(-1)
     scale = cfg.routed_scaling_factor
     if cfg.router_scoring == "sparsemixer":  # each weight a softmax over the experts near it
@@ -533,12 +550,12 @@ def test_mixture_of_experts_routing_hooks(model, tokens) -> None:
             tokens,
             fwd_hooks=[
                 (mlp + "hook_expert_weights", lambda w, hook: torch.zeros_like(w)),
-                (f"blocks.{layer}.hook_mlp_out", lambda x, hook: seen.append(x.clone())),
+                (out, lambda x, hook: seen.append(x.clone())),
             ],
         )
     shared = cache[mlp + "hook_shared_expert_out"] if cfg.shared_expert_d_mlp else 0 * seen[0]
     torch.testing.assert_close(seen[0], shared, atol=1e-6, rtol=0)
-    assert cache["mlp_out", layer].abs().max() > 0
+    assert cache[out].abs().max() > 0
 
 
 # -- KV cache and generation ----------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Gemma 4 text (Gemma4ForCausalLM): what is special to it, beyond the conformance suite
 (tests/loading/test_conformance.py), which runs every generic check (logits, loss, padding,
 processed log-probs, KV cache, greedy tokens, hook shapes) on tests/_families.py's "gemma4"
-(every feature on) and "gemma4_plain" (the 31B's shape) checkpoints.
+(every feature on), "gemma4_plain" (the 31B's shape) and "gemma4_moe" (the 26B-A4B's: experts
+beside each MLP) checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,8 +126,7 @@ def test_start_at_layer_needs_the_tokens_and_the_source_layer(model: HookedTrans
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (dict(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=8),
-         "enable_moe_block"),
+        (dict(enable_moe_block=True, num_experts=4, moe_intermediate_size=8), "top_k_experts"),
         (dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
         (dict(rope_parameters={"sliding_attention": {"rope_type": "linear", "factor": 2.0,
          "rope_theta": 1e4}, "full_attention": {"rope_type": "default", "rope_theta": 1e6}}),
@@ -139,3 +140,79 @@ def test_unsupported_features_are_refused_naming_the_attribute(
     hf["architectures"] = ["Gemma4ForCausalLM"]
     with pytest.raises((NotImplementedError, ValueError), match=match):
         family_for(hf).config_from_hf(hf)
+
+
+# -- the mixture of experts beside each MLP (Gemma 4 26B-A4B) -------------------------------------
+@pytest.fixture(scope="module")
+def moe_tiny(tiny_family: Callable[[str], TinyModel]) -> TinyModel:
+    return tiny_family("gemma4_moe")
+
+
+@torch.no_grad()
+def test_moe_block_reads_the_fused_experts_beside_the_mlp(moe_tiny: TinyModel) -> None:
+    model = HookedTransformer.from_pretrained_no_processing(moe_tiny.path)
+    cfg, block = model.cfg, model.blocks[1]
+    assert (cfg.num_experts, cfg.experts_per_token, cfg.d_mlp, cfg.dense_d_mlp) == (5, 2, 20, 36)
+    assert cfg.moe_beside_mlp and cfg.router_input_norm and cfg.router_per_expert_scale
+    assert block.mlp.W_in.shape == (40, 36)  # the dense MLP stays at blocks.{l}.mlp
+    hf = moe_tiny.hf_model.model.layers[1]
+    gate_up = hf.experts.gate_up_proj[3]  # [2 * 20, 40]: gate rows, then up rows
+    torch.testing.assert_close(block.moe.experts[3].W_gate, gate_up[:20].T, atol=0, rtol=0)
+    torch.testing.assert_close(block.moe.experts[3].W_in, gate_up[20:].T, atol=0, rtol=0)
+    torch.testing.assert_close(
+        block.moe.experts[3].W_out, hf.experts.down_proj[3].T, atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        block.moe.per_expert_scale, hf.router.per_expert_scale, atol=0, rtol=0
+    )
+    # fold_ln folds the experts' pre-norm into them, but not into the router (it reads its own)
+    processed = HookedTransformer.from_pretrained(moe_tiny.path)
+    assert processed.blocks[1].ln2_moe.w is None and processed.blocks[1].ln2_moe_post.w is not None
+    torch.testing.assert_close(processed.blocks[1].moe.W_gate, block.moe.W_gate, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_moe_routing_and_branch_match_hf(moe_tiny: TinyModel) -> None:
+    """Every layer's expert choices and weights are transformers' router's, and hook_moe_out is
+    what its post_feedforward_layernorm_2 returns."""
+    model = HookedTransformer.from_pretrained_no_processing(moe_tiny.path)
+    tokens = _tokens()
+    seen: dict[str, Any] = {}
+    hooks = []
+    for i, layer in enumerate(moe_tiny.hf_model.model.layers):
+        hooks.append(
+            layer.router.register_forward_hook(
+                lambda mod, args, out, i=i: seen.update({f"router{i}": out})
+            )
+        )
+        hooks.append(layer.post_feedforward_layernorm_2.register_forward_hook(
+            lambda mod, args, out, i=i: seen.update({f"moe{i}": out})))  # fmt: skip
+    try:
+        moe_tiny.hf_model(tokens)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    _, cache = model.run_with_cache(tokens)
+    for i in range(model.cfg.n_layers):
+        _, hf_weights, hf_indices = seen[f"router{i}"]
+        ours = f"blocks.{i}.moe."
+        assert torch.equal(cache[ours + "hook_expert_indices"].flatten(0, 1), hf_indices)
+        torch.testing.assert_close(
+            cache[ours + "hook_expert_weights"].flatten(0, 1), hf_weights, atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            cache[f"blocks.{i}.hook_moe_out"], seen[f"moe{i}"], atol=ATOL, rtol=0
+        )
+
+
+@torch.no_grad()
+def test_moe_checkpoint_exports_bit_exact(moe_tiny: TinyModel, tmp_path: Path) -> None:
+    """The fused experts' per-expert views invert into the same gate_up_proj / down_proj."""
+    from safetensors import safe_open
+
+    model = HookedTransformer.from_pretrained_no_processing(moe_tiny.path)
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
+        for name, value in moe_tiny.hf_model.state_dict().items():
+            if name != "lm_head.weight":  # tied to the embedding
+                assert torch.equal(f.get_tensor(name), value), name

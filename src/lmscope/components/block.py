@@ -40,7 +40,11 @@ class TransformerBlock(nn.Module):
     `num_experts` (the MLP is a mixture of experts; `cfg.mlp_types` may keep some layers dense).
     `attn_type` is "global" or "local". Gemma 4 adds its per-layer input after the MLP
     (`per_layer`, `hook_per_layer_out`, with `cfg.d_per_layer_input`) and multiplies the block's
-    output by a learned `layer_scalar` (`cfg.layer_scalars`) before `hook_resid_post`.
+    output by a learned `layer_scalar` (`cfg.layer_scalars`) before `hook_resid_post`. With
+    `cfg.moe_beside_mlp` (Gemma 4 26B-A4B) routed experts (`moe`) run beside the dense MLP: the
+    MLP reads ln2, the experts their own pre-norm `ln2_moe` (routed on the un-normed resid_mid),
+    each branch is post-normed (`ln2_mlp_post`, `ln2_moe_post`; hooks `hook_dense_out`,
+    `hook_moe_out`), and ln2_post normalises their sum into `hook_mlp_out`.
     """
 
     def __init__(self, cfg: HookedTransformerConfig, layer_idx: int) -> None:
@@ -68,7 +72,7 @@ class TransformerBlock(nn.Module):
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
             self.ln2 = (make_norm(cfg) if pre else None) or Identity()
-            if cfg.mlp_type(layer_idx) == "moe":
+            if cfg.mlp_type(layer_idx) == "moe" and not cfg.moe_beside_mlp:
                 self.mlp = MoE(cfg)
             elif cfg.d_mlp_layers is not None:  # Gemma 4's double-wide MLPs
                 self.mlp = MLP(cfg, cfg.d_mlp_layers[layer_idx])
@@ -76,6 +80,13 @@ class TransformerBlock(nn.Module):
                 self.mlp = MLP(cfg, cfg.dense_d_mlp if cfg.num_experts else None)
             if post:
                 self.ln2_post = make_norm(cfg) or Identity()
+            if cfg.moe_beside_mlp:  # Gemma 4 26B-A4B: experts beside the dense MLP
+                self.moe = MoE(cfg)
+                self.ln2_moe = make_norm(cfg) or Identity()
+                self.ln2_mlp_post = make_norm(cfg) or Identity()
+                self.ln2_moe_post = make_norm(cfg) or Identity()
+                self.hook_dense_out = HookPoint()  # [batch, pos, d_model], after ln2_mlp_post
+                self.hook_moe_out = HookPoint()  # [batch, pos, d_model], after ln2_moe_post
             self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], with use_hook_mlp_in
             self.hook_mlp_out = HookPoint()
             if not cfg.parallel_attn_mlp:
@@ -197,6 +208,10 @@ class TransformerBlock(nn.Module):
 
     def _mlp(self, mlp_in: Tensor) -> Tensor:
         out = self.mlp(self.ln2(mlp_in))
+        if hasattr(self, "moe"):  # the two branches, each post-normed, summed
+            dense = self.hook_dense_out(self.ln2_mlp_post(out))
+            experts = self.moe(self.ln2_moe(mlp_in), router_in=mlp_in)
+            out = dense + self.hook_moe_out(self.ln2_moe_post(experts))
         return self.ln2_post(out) if hasattr(self, "ln2_post") else out
 
     def _per_head_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,6 +7,11 @@ choosing within the best groups of experts (`router_groups` / `router_topk_group
 weights (`routed_scaling_factor`) and ungated shared experts; and routers that take the top-k
 logits first and softmax over them (`router_scoring="topk_softmax"`, GPT-OSS, GraniteMoE), with a
 router bias (`router_bias`), and PhiMoE's SparseMixer (`router_scoring="sparsemixer"`).
+Gemma 4's router (26B-A4B, `router_input_norm`) reads its own input: a weightless RMSNorm
+(`router_ln`) times a learned `router_scale` [d_model] and d_model ** -0.5, computed as
+transformers does (not folded into the router: the products round differently); with
+`router_per_expert_scale` each chosen expert's weight is multiplied by `per_expert_scale`
+[num_experts] after renormalising.
 
 Hooks: `hook_router_logits` [batch, pos, num_experts] (the router's output, bias included),
 `hook_expert_weights` and `hook_expert_indices` [batch, pos, experts_per_token] (editing the
@@ -22,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from lmscope.components.mlp import MLP
+from lmscope.components.norm import RMSNorm
 from lmscope.components.precision import upcast
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
@@ -41,6 +47,11 @@ class MoE(nn.Module):
             self.router_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
         if cfg.router_choice_bias:  # steers which experts are chosen, not their weights
             self.router_choice_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=cfg.dtype))
+        if cfg.router_input_norm:  # Gemma 4: the router normalises its own input
+            self.router_ln = RMSNorm(cfg, weights=False)
+            self.router_scale = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))
+        if cfg.router_per_expert_scale:
+            self.per_expert_scale = nn.Parameter(torch.ones(cfg.num_experts, dtype=cfg.dtype))
         self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.num_experts))
         if cfg.shared_expert_d_mlp:
             self.shared_expert = MLP(cfg, cfg.shared_expert_d_mlp)
@@ -74,9 +85,11 @@ class MoE(nn.Module):
         return writers
 
     def input_weights(self) -> list[tuple[Tensor, Tensor | None]]:
-        pairs: list[tuple[Tensor, Tensor | None]] = [
-            (self.W_gate, getattr(self, "router_bias", None))
-        ]
+        """The readers of the experts' input (a norm before the block folds into them); a router
+        with its own input norm (`router_input_norm`) reads something else and is left out."""
+        pairs: list[tuple[Tensor, Tensor | None]] = []
+        if not self.cfg.router_input_norm:
+            pairs.append((self.W_gate, getattr(self, "router_bias", None)))
         for expert in self.experts:
             pairs += expert.input_weights()
         if self.cfg.shared_expert_d_mlp:
@@ -111,6 +124,8 @@ class MoE(nn.Module):
                 weights = weights / weights.sum(dim=-1, keepdim=True)
         if cfg.routed_scaling_factor != 1.0:
             weights = weights * cfg.routed_scaling_factor
+        if cfg.router_per_expert_scale:
+            weights = weights * self.per_expert_scale[indices]
         return weights, indices
 
     def _sparsemixer(
@@ -146,9 +161,29 @@ class MoE(nn.Module):
         keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(-1, best, True)
         return grouped.masked_fill(~keep[..., None], float("-inf")).flatten(-2)
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def router_input(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """What the router reads: `x` itself, or with `router_input_norm` (Gemma 4) its
+        weightless RMSNorm times `router_scale` times d_model ** -0.5, in transformers' order.
+
+        Example:
+            >>> model.blocks[0].moe.router_input(resid_mid).shape   # [batch, pos, d_model]
+        """
+        if not self.cfg.router_input_norm:
+            return x
+        return self.router_ln(x) * self.router_scale * self.cfg.d_model**-0.5
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        router_in: Float[Tensor, "batch pos d_model"] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The experts' mix for the tokens `x`, routed on `router_in` (default `x`; Gemma 4
+        routes on the block's un-normed input while its experts read their own pre-norm)."""
         cfg = self.cfg
-        logits = F.linear(x, self.router_weight, getattr(self, "router_bias", None))
+        routed = self.router_input(x if router_in is None else router_in)
+        logits = F.linear(routed, self.router_weight, getattr(self, "router_bias", None))
         weights, indices = self.route(self.hook_router_logits(logits))
         weights = self.hook_expert_weights(weights.to(x.dtype))
         indices = self.hook_expert_indices(indices)

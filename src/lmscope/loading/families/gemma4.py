@@ -13,11 +13,17 @@ per-head q/k norms, with these differences, each a switch on the shared componen
   their type (`kv_source_layers`), and with `use_double_wide_mlp` have MLPs twice as wide
   (`d_mlp_layers`);
 - per-layer embeddings (`hidden_size_per_layer_input`: `per_layer_embed`, `blocks.{l}.per_layer`)
-  and a learned scalar on each block's output (`layer_scalar`).
+  and a learned scalar on each block's output (`layer_scalar`);
+- with `enable_moe_block` (Gemma 4 26B-A4B), routed experts beside each dense MLP
+  (`moe_beside_mlp`: `blocks.{l}.moe`, its own pre-norm `ln2_moe`, the two branches post-normed by
+  `ln2_mlp_post` / `ln2_moe_post`, summed, then `ln2_post`): a softmax router over a weightless
+  RMSNorm of resid_mid times a learned scale and d_model ** -0.5 (`router_input_norm`), top-k
+  renormalised, times a learned per-expert scale (`router_per_expert_scale`); the experts are
+  stored fused, `experts.gate_up_proj` [experts, 2 d_expert, d_model] ([gate | up] rows) and
+  `experts.down_proj` [experts, d_model, d_expert], read per expert as views.
 
 The embeddings' constant scales (sqrt(d_model), sqrt(hidden_size_per_layer_input)) are folded
-into the stored tables at load, in float32, as for Gemma 1-3. The mixture-of-experts block that
-runs beside the MLP (`enable_moe_block`, Gemma 4 26B-A4B) and bidirectional attention are
+into the stored tables at load, in float32, as for Gemma 1-3. Bidirectional attention is
 refused, naming the attribute.
 """
 
@@ -29,17 +35,21 @@ from typing import Any
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import DECODER_KEYS, Family, WeightMap, rope_settings
 from lmscope.loading.families.gemma import scaled_embedding
-from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
+from lmscope.loading.pieces import (
+    embeddings,
+    fused_gated_mlp,
+    gated_mlp,
+    layers,
+    llama_attention,
+    norm,
+    norms,
+)
+from lmscope.loading.transforms import Index
 
 _ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 
 
 def _refuse(hf: dict[str, Any]) -> None:
-    if hf.get("enable_moe_block"):
-        raise NotImplementedError(
-            "Gemma 4 config attribute enable_moe_block=True (a mixture of experts beside each "
-            "MLP, Gemma 4 26B-A4B) is not supported by lmscope yet"
-        )
     if hf.get("use_bidirectional_attention"):
         raise NotImplementedError(
             f"Gemma 4 config attribute use_bidirectional_attention="
@@ -142,6 +152,30 @@ def _rope(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _experts(hf: dict[str, Any]) -> dict[str, Any]:
+    """The mixture of experts beside each MLP (`enable_moe_block`, Gemma 4 26B-A4B): `d_mlp` is
+    each expert's width and `dense_d_mlp` the MLP's."""
+    if not hf.get("enable_moe_block"):
+        return {"d_mlp": hf["intermediate_size"]}
+    missing = [
+        k for k in ("num_experts", "top_k_experts", "moe_intermediate_size") if not hf.get(k)
+    ]
+    if missing:
+        raise ValueError(
+            f"Gemma 4 config has enable_moe_block=True but no {', '.join(missing)}: the mixture "
+            "of experts needs its number of experts, experts per token and expert width"
+        )
+    return dict(
+        d_mlp=hf["moe_intermediate_size"],
+        dense_d_mlp=hf["intermediate_size"],
+        num_experts=hf["num_experts"],
+        experts_per_token=hf["top_k_experts"],
+        moe_beside_mlp=True,
+        router_input_norm=True,
+        router_per_expert_scale=True,
+    )
+
+
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     _refuse(hf)
     types = _layer_types(hf)
@@ -149,7 +183,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     d_head = hf.get("head_dim", 256)
     d_head_global, kv_global = _global_sizes(hf, types)
     sources = _kv_sources(hf, types)
-    d_mlp = hf["intermediate_size"]
+    d_mlp = hf["intermediate_size"]  # the dense MLP's (each expert's: _experts)
     d_mlp_layers = None
     if sources is not None and hf.get("use_double_wide_mlp", False):
         d_mlp_layers = [d_mlp * (2 if s is not None else 1) for s in sources]
@@ -161,7 +195,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         n_heads=n_heads,
         d_head=d_head,
         n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=d_mlp,
+        **_experts(hf),
         d_vocab=hf["vocab_size"],
         n_ctx=hf["max_position_embeddings"],
         act_fn=hf.get("hidden_activation") or "gelu_pytorch_tanh",
@@ -218,12 +252,31 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
         dropped = ("k_", "v_", "k_norm") if shared else ("v_",) if v_from_k else ()
         m |= {k: v for k, v in attn.items() if not k[len(ours) + 6 :].startswith(dropped)}
         m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
+        if cfg.moe_beside_mlp:
+            m |= _moe(cfg, ours, h)
         m[f"{ours}.layer_scalar"] = f"{h}.layer_scalar"
         if cfg.d_per_layer_input:
             m[f"{ours}.per_layer.gate_weight"] = f"{h}.per_layer_input_gate.weight"
             m[f"{ours}.per_layer.out_weight"] = f"{h}.per_layer_projection.weight"
             m |= norm(f"{ours}.per_layer.ln", f"{h}.post_per_layer_input_norm")
     return m
+
+
+def _moe(cfg: HookedTransformerConfig, ours: str, h: str) -> WeightMap:
+    """The experts beside layer `h`'s MLP: the router (`router.proj`, `router.scale`,
+    `router.per_expert_scale`), the fused experts and the three extra norms."""
+    n, x = cfg.num_experts, f"{ours}.moe"
+    m: WeightMap = {
+        f"{x}.router_weight": f"{h}.router.proj.weight",
+        f"{x}.router_scale": f"{h}.router.scale",
+        f"{x}.per_expert_scale": f"{h}.router.per_expert_scale",
+    }
+    for e in range(n):
+        gate_up, down = f"{h}.experts.gate_up_proj", f"{h}.experts.down_proj"
+        m |= fused_gated_mlp(f"{x}.experts.{e}", gate_up, down, cfg.d_mlp, Index(e, n))
+    m |= norm(f"{ours}.ln2_moe", f"{h}.pre_feedforward_layernorm_2")
+    m |= norm(f"{ours}.ln2_mlp_post", f"{h}.post_feedforward_layernorm_1")
+    return m | norm(f"{ours}.ln2_moe_post", f"{h}.post_feedforward_layernorm_2")
 
 
 FAMILY = Family(
@@ -242,6 +295,8 @@ FAMILY = Family(
         "hidden_activation",
         "hidden_size_per_layer_input",
         "layer_types",
+        "moe_intermediate_size",
+        "num_experts",
         "num_global_key_value_heads",
         "num_key_value_heads",
         "num_kv_shared_layers",
@@ -249,11 +304,9 @@ FAMILY = Family(
         "rms_norm_eps",
         "rope_parameters",
         "sliding_window",
+        "top_k_experts",
         "use_bidirectional_attention",
         "use_double_wide_mlp",
         "vocab_size_per_layer_input",
     },
-    # only read by the mixture-of-experts block, which enable_moe_block=True would switch on
-    # (and which is refused)
-    ignored_keys=frozenset({"moe_intermediate_size", "num_experts", "top_k_experts"}),
 )
