@@ -26,7 +26,7 @@ from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
 from lmscope.loading.hf_model import HFModelCheckpoint
 from lmscope.loading.language_model import language_model_view
-from lmscope.loading.pieces import view_name
+from lmscope.loading.pieces import source_names, view_name
 from lmscope.loading.pretrained_args import (
     first_layers,
     hf_keyword_arguments,
@@ -439,11 +439,6 @@ _HARMLESS_BUFFERS = (
 )
 
 
-def _source_names(source: Any) -> list[str]:
-    """The checkpoint tensor names a weight-map source reads."""
-    return [source] if isinstance(source, str) else list(source[1:])
-
-
 def check_sources(
     weight_map: dict[str, Any], checkpoint: Checkpoint, unread: frozenset[str] = frozenset()
 ) -> None:
@@ -451,7 +446,7 @@ def check_sources(
     every tensor of the checkpoint must be read (CheckpointError naming the rest), except
     known harmless buffers, an `lm_head.weight` equal to the embedding a tied model uses, and
     the tensors named in `unread` (left out on purpose)."""
-    used = {checkpoint.resolve(n) for source in weight_map.values() for n in _source_names(source)}
+    used = {checkpoint.resolve(n) for source in weight_map.values() for n in source_names(source)}
     used |= unread
     unread = [n for n in checkpoint.unread_tensors(used) if not n.endswith(_HARMLESS_BUFFERS)]
     unread = [n for n in unread if not _is_tied_copy(n, weight_map, checkpoint)]
@@ -470,7 +465,7 @@ def _is_tied_copy(name: str, weight_map: dict[str, Any], checkpoint: Checkpoint)
     """Whether the unread `name` is a tied model's duplicate `lm_head.weight`, equal to the
     embedding the unembedding reads (a different head is an error: it would be ignored)."""
     head = weight_map.get("unembed.weight") or weight_map.get("unembed.W_U")  # W_U: a view map
-    unembed = _source_names(head or ())
+    unembed = source_names(head or ())
     if not name.endswith("lm_head.weight") or len(unembed) != 1:
         return False
     head, embedding = checkpoint.get(name), checkpoint.get(unembed[0])

@@ -83,6 +83,16 @@ def source(name: str, transform: Transform | None = None) -> Source:
     return name if transform is None else (transform, name)
 
 
+def source_names(source: Source) -> list[str]:
+    """The checkpoint tensor names a weight-map source reads.
+
+    Example:
+        >>> source_names((TRANSPOSE, "transformer.h.0.mlp.c_fc.weight"))
+        ['transformer.h.0.mlp.c_fc.weight']
+    """
+    return [source] if isinstance(source, str) else list(source[1:])
+
+
 def layers(cfg: Any, theirs: str) -> Iterator[tuple[str, str]]:
     """(our block, the checkpoint's block) for every layer: ("blocks.0", "model.layers.0"), ...
 

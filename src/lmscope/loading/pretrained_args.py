@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lmscope.loading.pieces import source_names
 from lmscope.loading.training_checkpoints import checkpoint_revision
 
 if TYPE_CHECKING:
@@ -95,8 +96,6 @@ def first_layers(
     Example:
         >>> small, unread = first_layers(family, cfg, 2, checkpoint)
     """
-    from lmscope.loading import _source_names
-
     if isinstance(n_layers, bool) or not isinstance(n_layers, int):
         raise TypeError(f"first_n_layers must be an int, got {type(n_layers).__name__}")
     if not 1 <= n_layers <= cfg.n_layers:
@@ -112,6 +111,6 @@ def first_layers(
         checkpoint.resolve(name)
         for key, source in full.items()
         if key not in kept
-        for name in _source_names(source)
+        for name in source_names(source)
     }
     return small, frozenset(left_out)
