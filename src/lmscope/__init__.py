@@ -18,6 +18,7 @@ from lmscope.past_key_value_caching import (
     TransformerLensKeyValueCacheEntry,
 )
 from lmscope.sae import SAE, HookedSAETransformer
+from lmscope.version import __version__ as __version__
 
 # TransformerLens module paths (docs/migration.md). Importing a module named like its class
 # (lmscope.FactoredMatrix) binds the module here, so the name is set back to the class.
@@ -65,4 +66,3 @@ __all__ = [
     "utilities",
     "utils",
 ]
-__version__ = "0.1.0"

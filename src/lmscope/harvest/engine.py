@@ -42,6 +42,7 @@ from lmscope.harvest.work import (
     stop_layer,
     write_shard,
 )
+from lmscope.version import __version__
 
 ENGINES = ("local", "ray")
 _PROGRESS_DELAY_S = 2.0
@@ -157,8 +158,6 @@ def _open_manifest(
             f"out={str(out)!r} is not empty and holds no {MANIFEST} (it has {sorted(leftovers)[:5]}); "
             "harvest writes into a new or empty folder, or resumes one it made"
         )
-    from lmscope import __version__
-
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
