@@ -21,7 +21,7 @@ from lmscope import HookedTransformer
 from lmscope.errors import CheckpointError
 from lmscope.loading.checkpoint import DirectoryCheckpoint
 from lmscope.loading.language_model import LanguageModelCheckpoint, language_model_view
-from tests._families import FAMILY_SPECS, gemma4_adjust, gemma4_config, qwen3_5_config
+from tests._families import FAMILY_SPECS, gemma4_adjust, qwen3_5_config
 from tests._tiny import D_VOCAB as VOCAB
 from tests._tiny import SEED, perturb_norms, randomise
 
@@ -254,20 +254,25 @@ def test_gemma3_and_llama4_multimodal_checkpoints_load_as_their_language_model(
     torch.testing.assert_close(model(tokens), _text_logits(hf, tokens), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["gemma4", "gemma4_moe"])
 @torch.no_grad()
-def test_gemma4_multimodal_model_loads_as_its_language_model(tmp_path: Path) -> None:
+def test_gemma4_multimodal_model_loads_as_its_language_model(tmp_path: Path, name: str) -> None:
     """The hub's Gemma 4 checkpoints are Gemma4ForConditionalGeneration: a tiny one (vision tower,
-    tied head, the language model with every Gemma 4 feature on) loads as Gemma4ForCausalLM
-    and its logits equal the multimodal model's on text."""
+    tied head, the language model with every Gemma 4 feature on, or the 26B-A4B's experts beside
+    each MLP) loads as Gemma4ForCausalLM and its logits equal the multimodal model's on text."""
     vision = tr.Gemma4VisionConfig(
         hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=2, head_dim=8, patch_size=4, position_embedding_size=16,
     )  # fmt: skip
     config = tr.Gemma4Config(
-        text_config=gemma4_config().to_dict(), vision_config=vision.to_dict(), audio_config=None
+        text_config=FAMILY_SPECS[name].config().to_dict(),
+        vision_config=vision.to_dict(),
+        audio_config=None,
     )
     config._attn_implementation = "eager"
     config.text_config._attn_implementation = "eager"
+    if name == "gemma4_moe":
+        config.text_config._experts_implementation = "eager"
     torch.manual_seed(SEED)
     hf = tr.Gemma4ForConditionalGeneration(config)
     randomise(hf)
@@ -279,6 +284,10 @@ def test_gemma4_multimodal_model_loads_as_its_language_model(tmp_path: Path) -> 
         n.startswith(("model.vision_tower.", "model.embed_vision.")) for n in view.left_out
     )
     model = HookedTransformer.from_pretrained_no_processing(tmp_path)
-    assert model.cfg.kv_source_layers == [None, None, 0, 1] and model.cfg.d_per_layer_input == 6
+    if name == "gemma4":
+        assert model.cfg.kv_source_layers == [None, None, 0, 1]
+        assert model.cfg.d_per_layer_input == 6
+    else:  # the fused experts, read through the language model's names
+        assert model.cfg.moe_beside_mlp and model.cfg.num_experts == 5
     tokens = torch.randint(3, VOCAB, (2, 13), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model(tokens), hf(input_ids=tokens).logits, atol=ATOL, rtol=0)
