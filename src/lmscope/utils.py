@@ -11,6 +11,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lmscope import compat as _compat
+from lmscope.components.activations import ACTIVATIONS
 from lmscope.components.precision import upcast
 from lmscope.factored_matrix import composition_scores, get_corner
 from lmscope.initialization import (
@@ -713,8 +714,6 @@ def gelu_new(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch po
         >>> gelu_new(torch.tensor([0.0, 1.0]))
         tensor([0.0000, 0.8412])
     """
-    from lmscope.components.mlp import ACTIVATIONS  # mlp imports hooks, which import utils
-
     return ACTIVATIONS["gelu_new"](input)
 
 
@@ -725,8 +724,6 @@ def gelu_fast(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch p
         >>> gelu_fast(torch.tensor([0.0, 1.0]))
         tensor([0.0000, 0.8412])
     """
-    from lmscope.components.mlp import ACTIVATIONS  # mlp imports hooks, which import utils
-
     return ACTIVATIONS["gelu_fast"](input)
 
 
@@ -737,8 +734,6 @@ def solu(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_
         >>> solu(torch.tensor([0.0, 0.0]))
         tensor([0., 0.])
     """
-    from lmscope.components.mlp import ACTIVATIONS  # mlp imports hooks, which import utils
-
     return ACTIVATIONS["solu_ln"](input)
 
 

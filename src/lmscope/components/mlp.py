@@ -7,40 +7,15 @@ biases are views.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from lmscope.components.activations import ACTIVATIONS as ACTIVATIONS
 from lmscope.components.linear import linear
 from lmscope.components.norm import LayerNorm
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
-
-
-def _gelu_fast(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-def _gelu_new(x: Tensor) -> Tensor:
-    return (
-        0.5 * x * (1.0 + torch.tanh((2.0 / torch.pi) ** 0.5 * (x + 0.044715 * torch.pow(x, 3.0))))
-    )
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": _gelu_new,
-    "gelu_fast": _gelu_fast,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "relu2": lambda x: torch.square(F.relu(x)),  # squared ReLU (Nemotron, Persimmon, Arcee)
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # GPT-OSS's gate (swiglu_alpha 1.702)
-    "silu": F.silu,
-    "solu_ln": lambda x: x * torch.softmax(x, dim=-1),
-}
 
 
 class MLP(nn.Module):

@@ -22,6 +22,21 @@ from lmscope.config import POSITIONAL_EMBEDDING_TYPES, HookedTransformerConfig
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 
 
+@dataclass(frozen=True)
+class SentencePooling:
+    """How a sentence-transformers checkpoint turns token vectors into one sentence vector: its
+    `1_Pooling/config.json` mode, whether `modules.json` ends in Normalize, and the
+    `max_seq_length` it truncates to.
+
+    Example:
+        >>> SentencePooling("mean", normalize=True, max_seq_length=256)
+    """
+
+    mode: str = "mean"
+    normalize: bool = False
+    max_seq_length: int | None = None
+
+
 @dataclass
 class EncoderConfig(HookedTransformerConfig):
     """Shape and behaviour of a HookedEncoder or HookedEncoderDecoder.

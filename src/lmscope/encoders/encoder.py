@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -25,7 +24,7 @@ from lmscope.components.embed import Unembed
 from lmscope.components.norm import LayerNorm
 from lmscope.encoders.base import EncoderModel, TextInput, is_text
 from lmscope.encoders.bert import BertBlock, BertEmbed, BertMLMHead, BertNSPHead, BertPooler
-from lmscope.encoders.config import POOLING_MODES
+from lmscope.encoders.config import POOLING_MODES, SentencePooling
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
@@ -35,21 +34,6 @@ if TYPE_CHECKING:
 
 EncoderReturnType = Literal["logits", "predictions", "embeddings", "pooled"] | None
 _AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class SentencePooling:
-    """How a sentence-transformers checkpoint turns token vectors into one sentence vector: its
-    `1_Pooling/config.json` mode, whether `modules.json` ends in Normalize, and the
-    `max_seq_length` it truncates to.
-
-    Example:
-        >>> SentencePooling("mean", normalize=True, max_seq_length=256)
-    """
-
-    mode: str = "mean"
-    normalize: bool = False
-    max_seq_length: int | None = None
 
 
 def pool_tokens(

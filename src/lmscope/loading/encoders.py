@@ -238,7 +238,7 @@ def sentence_pooling(path: Path | None) -> Any:
         >>> sentence_pooling(Path("all-MiniLM-L6-v2"))
         SentencePooling(mode='mean', normalize=True, max_seq_length=256)
     """
-    from lmscope.encoders.encoder import SentencePooling
+    from lmscope.encoders.config import SentencePooling
 
     if path is None or not (Path(path) / "modules.json").is_file():
         return None
