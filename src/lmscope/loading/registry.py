@@ -178,6 +178,9 @@ FAMILIES: dict[str, FamilySpec] = {
     "Gemma": FamilySpec("GemmaForCausalLM"),
     "Gemma 2": FamilySpec("Gemma2ForCausalLM"),
     "Gemma 3": FamilySpec("Gemma3ForCausalLM"),
+    # the hub's Gemma 4 checkpoints are Gemma4ForConditionalGeneration (text, vision, audio):
+    # their language model loads through this architecture's adapter (loading/language_model.py)
+    "Gemma 4": FamilySpec("Gemma4ForCausalLM"),
     "Phi": FamilySpec("PhiForCausalLM"),
     "Phi-3": FamilySpec("Phi3ForCausalLM"),
     "OLMo": FamilySpec("OlmoForCausalLM"),
@@ -337,6 +340,8 @@ ENTRIES: tuple[ModelEntry, ...] = (
     _e("gemma-3-270m", "google/gemma-3-270m", "Gemma 3"),
     _e("gemma-3-1b", "google/gemma-3-1b-pt", "Gemma 3", "gemma-3-1b-pt"),
     _e("gemma-3-1b-it", "google/gemma-3-1b-it", "Gemma 3"),
+    _e("gemma-4-e2b-it", "google/gemma-4-E2B-it", "Gemma 4"),
+    _e("gemma-4-26b-a4b-it", "google/gemma-4-26B-A4B-it", "Gemma 4"),
     # Phi
     _e("phi-1", "microsoft/phi-1", "Phi"),
     _e("phi-1.5", "microsoft/phi-1_5", "Phi", "phi-1_5"),
