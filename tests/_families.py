@@ -1011,6 +1011,10 @@ def gemma4_adjust(model: PreTrainedModel) -> None:
             buffer.uniform_(0.5, 1.0)
 
 
+# the big checkpoints' layers: no per-layer embeddings, no keys shared across layers
+_GEMMA4_UNSHARED: dict[str, Any] = dict(
+    hidden_size_per_layer_input=0, num_kv_shared_layers=0, use_double_wide_mlp=False
+)
 _GEMMA4 = {
     "gemma4": FamilySpec(
         tr.Gemma4ForCausalLM,
@@ -1028,9 +1032,7 @@ _GEMMA4 = {
     "gemma4_plain": FamilySpec(
         tr.Gemma4ForCausalLM,
         lambda: gemma4_config(
-            hidden_size_per_layer_input=0,
-            num_kv_shared_layers=0,
-            use_double_wide_mlp=False,
+            **_GEMMA4_UNSHARED,
             attention_k_eq_v=False,
             tie_word_embeddings=False,
             final_logit_softcapping=None,
@@ -1042,9 +1044,7 @@ _GEMMA4 = {
     "gemma4_moe": FamilySpec(
         tr.Gemma4ForCausalLM,
         lambda: gemma4_config(
-            hidden_size_per_layer_input=0,
-            num_kv_shared_layers=0,
-            use_double_wide_mlp=False,
+            **_GEMMA4_UNSHARED,
             enable_moe_block=True,
             num_experts=5,
             top_k_experts=2,
