@@ -1024,8 +1024,10 @@ _GEMMA4 = {
             "hook_flags": "layers that reuse an earlier layer's keys and values take no per-head "
             "inputs: refused by name (test_families_gemma4 checks the message)",
             "hidden_states": "the last block's output (|x| up to 11.5) is 1.17e-5 from "
-            "transformers' float32, which is itself 1.54e-5 from its float64 run (lmscope's: "
-            "1.87e-5); every layer's resid_pre agrees to 1e-5 (test_families_gemma4)",
+            "transformers' eager run, which mixes values as softmax(scores) @ v where lmscope "
+            "takes z from SDPA's kernel: transformers' own sdpa run is the same 1.17e-5 from its "
+            "eager one and bit-equal to lmscope, and lmscope mixing as pattern @ v is bit-equal "
+            "to eager (test_families_gemma4 checks both)",
         },
     ),
     # Gemma 4 31B's shape: no per-layer embeddings, no KV sharing, untied head, no soft-cap

@@ -49,6 +49,61 @@ def test_every_layers_residual_stream_matches_hf(full: TinyModel, model: HookedT
         )
 
 
+def _block_outputs_of_hf(
+    full: TinyModel, tokens: torch.Tensor, attention: str
+) -> list[torch.Tensor]:
+    """Every decoder layer's output in transformers' float32 run with `attention` ("eager" or
+    "sdpa"); the shared checkpoint is put back to eager, the suite's oracle."""
+    hf = full.hf_model
+    outputs: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda mod, args, out: outputs.append(out))
+        for layer in hf.model.layers
+    ]
+    hf.set_attn_implementation(attention)
+    try:
+        hf(tokens)
+    finally:
+        hf.set_attn_implementation("eager")
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def _suite_tokens() -> torch.Tensor:
+    """The conformance suite's [2, 12] batch (tests/loading/test_conformance.py's `tokens`)."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, D_VOCAB, (2, 12), generator=gen)
+
+
+@torch.no_grad()
+def test_every_block_output_matches_hf_with_the_same_attention_kernel(
+    full: TinyModel, model: HookedTransformer
+) -> None:
+    """Why the suite's hidden-state check skips "gemma4" (see its reason in tests/_families.py):
+    the only difference from transformers' eager run is how z = softmax(scores) @ v is
+    computed. lmscope takes z from SDPA's kernel, as transformers' "sdpa" run does: every
+    block's output matches that run (measured bit-equal); replacing the pattern with itself
+    makes lmscope mix values as pattern @ v, eager's order, and every block's output matches
+    the eager run (measured bit-equal). Eager and SDPA, both transformers', differ by 1.17e-05
+    on the last block here (|x| up to 11.5)."""
+    tokens = _suite_tokens()
+    n = model.cfg.n_layers
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: "resid_post" in name)
+    sdpa = _block_outputs_of_hf(full, tokens, "sdpa")
+    for layer in range(n):
+        torch.testing.assert_close(cache["resid_post", layer], sdpa[layer], atol=ATOL, rtol=0)
+
+    as_eager = [
+        (f"blocks.{layer}.attn.hook_pattern", lambda p, hook: p.clone()) for layer in range(n)
+    ]
+    with model.hooks(fwd_hooks=as_eager):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: "resid_post" in name)
+    eager = _block_outputs_of_hf(full, tokens, "eager")
+    for layer in range(n):
+        torch.testing.assert_close(cache["resid_post", layer], eager[layer], atol=ATOL, rtol=0)
+
+
 def test_per_head_inputs_are_refused_on_layers_that_reuse_keys(full: TinyModel) -> None:
     model = HookedTransformer.from_pretrained_no_processing(full.path)
     model.set_use_split_qkv_input(True)
