@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lmscope import HookedTransformer
-from lmscope.hooks import silenced
+from lmscope.hooks import CacheHook, silenced
 from tests._tiny import D_VOCAB, TinyModel
 
 N_ITER = 25
@@ -259,3 +259,46 @@ def test_concurrent_adds_and_removes_lose_nothing(llama: HookedTransformer) -> N
 
     _run_concurrently({f"t{k}": lambda i: churn() if i == 0 else None for k in range(n_threads)})
     assert point._fwd == []
+
+
+def test_fires_and_only_caches_follow_each_hooks_thread(llama: HookedTransformer) -> None:
+    """The flags a hook point works out when its hooks change (`fires`, `has_hooks`,
+    `only_caches`) say what its handles say, for one thread's hooks, global ones and a mix."""
+    point = llama.hook_dict["blocks.0.hook_resid_pre"]
+
+    def check(here: bool, there: bool, caches_here: bool, caches_there: bool) -> None:
+        assert (point.fires(), point.has_hooks(), point.only_caches()) == (here, here, caches_here)
+        got = _in_thread(lambda: (point.fires(), point.has_hooks(), point.only_caches()))
+        assert got == (there, there, caches_there)
+
+    check(False, False, True, True)
+    [scoped] = llama.add_hook(point.name, CacheHook({}), thread_scoped=True)
+    check(True, False, True, True)
+    [dead] = _in_thread(
+        lambda: llama.add_hook(point.name, lambda x, hook: None, thread_scoped=True)
+    )
+    check(True, False, True, True)  # a mix of owners: the other thread's hook fires nowhere now
+    [glob] = llama.add_hook(point.name, lambda x, hook: None)
+    check(True, True, False, False)
+    glob.remove()
+    scoped.remove()
+    check(False, False, True, True)
+    dead.remove()
+    [grad] = llama.add_hook(point.name, CacheHook({}), dir="bwd")
+    check(True, True, False, False)  # a backward hook sees gradients
+    grad.remove()
+    assert point._who is None and point._store is None
+
+
+def test_caching_hooks_kept_after_the_run_store_in_every_thread(llama: HookedTransformer) -> None:
+    """run_with_cache(reset_hooks_end=False) leaves its hooks global: another thread's forward
+    stores too (the point's dict-store flag follows the handles' new owner)."""
+    tokens = _tokens(2)
+    with torch.no_grad():
+        _, cache = llama.run_with_cache(
+            tokens, names_filter="hook_embed", reset_hooks_end=False, return_cache_object=False
+        )
+        cache.clear()
+        _in_thread(lambda: llama(tokens))
+    llama.reset_hooks()
+    assert list(cache) == ["hook_embed"]

@@ -91,24 +91,56 @@ class HookHandle:
         return self.owner is None or self.owner is thread
 
 
+def _flags(
+    fwd: list[HookHandle], bwd: list[HookHandle]
+) -> tuple[threading.Thread | bool | None, tuple[Any, Any] | None, bool]:
+    """A hook point's per-edit flags, worked out once when its hooks change so that a forward pass
+    reads them with one attribute load each (see `HookPoint.fires`, `only_caches`, `__call__`):
+
+    - `_who`: None without hooks; the thread every hook is scoped to; True when every hook is
+      global (fires in every thread); False for a mix (each handle is checked).
+    - `_store`: (cache, owner thread) when the one hook is a plain forward `CacheHook`, which
+      `HookPoint.__call__` runs as a dict store without looking further (else None).
+    - `_caching`: no backward hook and every forward hook a `CacheHook`."""
+    if len(fwd) + len(bwd) == 1:  # the common case: one hook (run_with_cache's)
+        only = fwd[0] if fwd else bwd[0]
+        fn, owner = only.fn, only.owner
+        caching = fn.__class__ is CacheHook and bool(fwd)
+        store = (fn.cache, owner) if caching and fn.plain else None  # type: ignore[union-attr]
+        return (True if owner is None else owner), store, caching
+    if not fwd and not bwd:
+        return None, None, True
+    owners = {h.owner for h in fwd} | {h.owner for h in bwd}
+    who = (True if None in owners else owners.pop()) if len(owners) == 1 else False
+    caching = not bwd and all(h.fn.__class__ is CacheHook for h in fwd)
+    return who, None, caching
+
+
 def _set_hooks(attrs: dict[str, Any], key: str, hooks: list[HookHandle]) -> None:
-    """Set a hook point's `key` ("_fwd" or "_bwd") hook list (`attrs`: its `__dict__`), and its
-    `_store`: (cache, owner thread) when its one hook is a plain forward `CacheHook`, which
-    `HookPoint.__call__` then runs as a dict store without looking further (else None)."""
+    """Set a hook point's `key` ("_fwd" or "_bwd") hook list (`attrs`: its `__dict__`) and its
+    flags (`_flags`)."""
     attrs[key] = hooks
-    fwd = attrs["_fwd"]
-    only = fwd[0] if len(fwd) == 1 and not attrs["_bwd"] else None
-    fn = only.fn if only is not None else None
-    plain = fn.__class__ is CacheHook and fn.plain  # type: ignore[union-attr]
-    attrs["_store"] = (fn.cache, only.owner) if plain else None  # type: ignore[union-attr]
+    attrs["_who"], attrs["_store"], attrs["_caching"] = _flags(attrs["_fwd"], attrs["_bwd"])
 
 
 def _attach(handles: list[HookHandle], prepend: bool = False) -> None:
-    """Add each handle to its hook point's list, under one lock."""
+    """Add each handle to its hook point's list, under one lock, in one pass. A handle alone at its
+    point (each of run_with_cache's) sets the list and flags directly, the flags worked out once
+    per hook function, thread and direction."""
+    alone: dict[tuple[Any, Any, str], tuple[Any, Any, bool]] = {}
     with _EDIT_LOCK:
         for handle in handles:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
-            _set_hooks(attrs, key, [handle, *attrs[key]] if prepend else [*attrs[key], handle])
+            if attrs.get("_who") is not None:  # hooks here already
+                _set_hooks(attrs, key, [handle, *attrs[key]] if prepend else [*attrs[key], handle])
+                continue
+            lists = ([handle], []) if key == "_fwd" else ([], [handle])
+            memo = (handle.fn, handle.owner, key)
+            flags = alone.get(memo)
+            if flags is None:
+                flags = alone[memo] = _flags(*lists)
+            attrs[key] = lists[key == "_bwd"]
+            attrs["_who"], attrs["_store"], attrs["_caching"] = flags
 
 
 def _detach(handles: list[HookHandle]) -> None:
@@ -118,9 +150,22 @@ def _detach(handles: list[HookHandle]) -> None:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
             old = attrs[key]
             if len(old) == 1 and old[0] is handle:
-                _set_hooks(attrs, key, [])
-            else:
+                if not attrs["_bwd" if key == "_fwd" else "_fwd"]:  # it was the only hook
+                    attrs["_who"] = None  # first: a forward in another thread now skips it
+                    attrs[key], attrs["_store"], attrs["_caching"] = [], None, True
+                else:
+                    _set_hooks(attrs, key, [])
+            elif handle in old:
                 _set_hooks(attrs, key, [h for h in old if h is not handle])
+
+
+def _rescope(handles: list[HookHandle], owner: threading.Thread | None) -> None:
+    """Give each handle a new `owner` (and its hook point new flags), under one lock."""
+    with _EDIT_LOCK:
+        for handle in handles:
+            handle.owner = owner
+            attrs = handle.hook_point.__dict__
+            attrs["_who"], attrs["_store"], attrs["_caching"] = _flags(attrs["_fwd"], attrs["_bwd"])
 
 
 # How many hooks were ever given a context level other than by `hooks()` itself (add_hook's
@@ -247,7 +292,10 @@ class HookPoint(nn.Module):
     """
 
     _plan: tuple[Any, ...] = ()  # a compiled run's hooks here (see `_run_plan`)
-    _store: tuple[dict[str, Tensor], threading.Thread | None] | None = None  # see `_set_hooks`
+    # flags `_flags` works out whenever the hooks change
+    _who: threading.Thread | bool | None = None
+    _store: tuple[dict[str, Tensor], threading.Thread | None] | None = None
+    _caching: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -256,9 +304,10 @@ class HookPoint(nn.Module):
         self._bwd: list[HookHandle] = []
         self._captured: list[Tensor] = []
         self.ctx: dict[Any, Any] = {}
+        self.__dict__.update(_who=None, _store=None, _caching=True)  # no hooks yet
 
     def __call__(self, x: Tensor) -> Tensor:
-        if not self._fwd and not self._bwd:
+        if self._who is None:  # no hooks
             return x
         store = self._store
         if store is not None and not _SILENCING[0] and not _compiling():
@@ -341,6 +390,13 @@ class HookPoint(nn.Module):
         Example:
             >>> model.blocks[0].attn.hook_pattern.only_caches()
         """
+        who = self._who
+        if who is None:
+            return True
+        if who is True:  # every hook is global
+            return self._caching
+        if who is not False:  # every hook is scoped to thread `who`
+            return self._caching or who is not _current_thread()
         me = _current_thread()
         if any(h.owner is None or h.owner is me for h in self._bwd):
             return False
@@ -354,11 +410,16 @@ class HookPoint(nn.Module):
         Example:
             >>> if attn.hook_pattern.fires(): ...   # materialise the pattern
         """
-        if not self._fwd and not self._bwd:
+        who = self._who
+        if who is None:
             return False
         if _compiling():
             return bool(self._plan)
-        return self.has_hooks()
+        if _SILENCING[0] and self in _LOCAL.silenced:
+            return False
+        if who is True:
+            return True
+        return self.has_hooks() if who is False else who is _current_thread()
 
     def _edit(self, dir: Direction, change: Callable[[list[HookHandle]], list[HookHandle]]) -> None:
         """Replace the `dir` hook list by `change(old)`, atomically across threads."""
@@ -442,12 +503,15 @@ class HookPoint(nn.Module):
         unless `including_permanent=False`; with `level`, only hooks of that context level)."""
         if dir != "both":
             _check_dir(dir, "dir", ("fwd", "bwd", "both"))
-        if not self._fwd and not self._bwd:
+        who = self._who
+        if who is None:
             return False
-        if self._is_silenced():
+        if _SILENCING[0] and self._is_silenced():
             return False
-        me = threading.current_thread()
+        me = _current_thread()
         if dir == "both" and including_permanent and level is None:
+            if who is not False:  # every hook global (True) or scoped to one thread
+                return who is True or who is me
             return _any_fires_in(self._fwd, me) or _any_fires_in(self._bwd, me)
         lists = {"fwd": (self._fwd,), "bwd": (self._bwd,), "both": (self._fwd, self._bwd)}[dir]
         return any(
@@ -858,8 +922,7 @@ class HookedRootModule(nn.Module):
                         self.clear_contexts()
                     self.__dict__["is_caching"] = False
             else:
-                for handle in handles:
-                    handle.owner = None
+                _rescope(handles, None)
         finally:
             self.context_level = level - 1
 
