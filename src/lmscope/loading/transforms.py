@@ -4,16 +4,16 @@ read backwards.
 
 lmscope stores weights as checkpoints store them (`nn.Linear` [out, in]), so most weight-map
 entries are a plain tensor name and need no transform. What remains is real: a slice of a fused
-projection (`Part`, `FusedHeads`), a GPT-2 Conv1D stored [in, out] (`Transpose`), Gemma's `1 + w`
-norms (`PlusOne`) and scaled embedding (`Scale`), llama.cpp's rotary permutation of q/k rows
-(`RotaryUnpermute`, applied by the GGUF reader).
+projection (`Part`, `FusedHeads`, `FusedGroups`), a GPT-2 Conv1D stored [in, out] (`Transpose`),
+Gemma's `1 + w` norms (`PlusOne`) and scaled embedding (`Scale`), llama.cpp's rotary permutation
+of q/k rows (`RotaryUnpermute`, applied by the GGUF reader).
 
 A transform's call turns checkpoint tensors into one model parameter. Most are views (a slice, a
 transpose): the loader then adopts the checkpoint's memory without a copy, and their inverse needs
 no code of its own, since the forward view of a preallocated checkpoint tensor is exactly where
 the weight goes back (`Transform.inverse`). The others (`PlusOne`, `Scale`, `FusedHeads`,
-`RotaryUnpermute`) override `inverse`; one that cannot be undone (a product of two checkpoint
-tensors) sets `invertible = False`.
+`FusedGroups`, `RotaryUnpermute`) override `inverse`; one that cannot be undone (a product of two
+checkpoint tensors) sets `invertible = False`.
 
 Example:
     >>> fused = torch.randn(2, 6)                    # a Conv1D c_attn [d_model, 3 * d_model]
@@ -119,6 +119,50 @@ class FusedHeads(Transform):
     def inverse(self, value: Tensor, out: Tensor) -> None:
         part = self._part(out)
         part.copy_(value.reshape(part.shape))
+
+
+@dataclass(frozen=True)
+class FusedGroups(Transform):
+    """Parts `parts` of a projection fused per group whose parts differ in size, its rows laid
+    out [group, part (`sizes` rows each), ...], gathered part by part into [part, group, rows]
+    (Qwen3-Next's linear attention fuses per key head `in_proj_qkvz` as [q | k | v | z] of
+    `(d_key, d_key, r d_value, r d_value)` rows and `in_proj_ba` as [b | a] of `(r, r)`, r value
+    heads per key head; lmscope stores Qwen3.5's [q | k | v] rows head by head). The rows are
+    not contiguous, so this copies (and inverts by scattering them back).
+
+    Example:
+        >>> ba = FusedGroups(2, (1, 1), (1,))      # a of [b0 a0 | b1 a1]
+        >>> ba(torch.arange(4.0))
+        tensor([1., 3.])
+    """
+
+    n_groups: int
+    sizes: tuple[int, ...]
+    parts: tuple[int, ...]
+
+    def _pieces(self, w: Tensor) -> list[Tensor]:
+        rows = self.n_groups * sum(self.sizes)
+        if w.shape[0] != rows:
+            raise ValueError(
+                f"the fused tensor has {w.shape[0]} rows, the model's layout needs {rows} "
+                f"({self.n_groups} groups of {' + '.join(map(str, self.sizes))})"
+            )
+        split = w.view(self.n_groups, sum(self.sizes), *w.shape[1:]).split(self.sizes, dim=1)
+        return [split[p] for p in self.parts]  # each [n_groups, size, ...]
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return torch.cat([piece.reshape(-1, *w.shape[1:]) for piece in self._pieces(w)])
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        per_group = sum(self.sizes[p] for p in self.parts)
+        return [(shape[0] // per_group * sum(self.sizes), *shape[1:])]
+
+    def inverse(self, value: Tensor, out: Tensor) -> None:
+        start = 0
+        for piece in self._pieces(out):
+            rows = piece.shape[0] * piece.shape[1]
+            piece.copy_(value[start : start + rows].reshape(piece.shape))
+            start += rows
 
 
 @dataclass(frozen=True)
