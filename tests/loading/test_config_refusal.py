@@ -113,6 +113,7 @@ FLIPS: dict[str, tuple[str, str, Any]] = {
     "qwen3_5_text": ("qwen3_5", "attn_logit_softcapping", 30.0),
     "gemma4_text": ("gemma4", "attn_logit_softcapping", 30.0),
     "qwen3_5_moe_text": ("qwen3_5_moe", "attn_logit_softcapping", 30.0),
+    "qwen3_next": ("qwen3_next", "attn_logit_softcapping", 30.0),
 }
 NEUTRAL = {"qwen3_moe"}
 

@@ -175,6 +175,7 @@ FAMILIES: dict[str, FamilySpec] = {
     # language model loads through this architecture's adapter (loading/language_model.py)
     "Qwen3.5": FamilySpec("Qwen3_5ForCausalLM"),
     "Qwen3.5-MoE": FamilySpec("Qwen3_5MoeForCausalLM"),
+    "Qwen3-Next": FamilySpec("Qwen3NextForCausalLM"),
     "Gemma": FamilySpec("GemmaForCausalLM"),
     "Gemma 2": FamilySpec("Gemma2ForCausalLM"),
     "Gemma 3": FamilySpec("Gemma3ForCausalLM"),
@@ -333,6 +334,7 @@ ENTRIES: tuple[ModelEntry, ...] = (
     _e("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", "Qwen3-MoE"),
     _e("qwen3.5-27b", "Qwen/Qwen3.5-27B", "Qwen3.5"),
     _e("qwen3.5-35b-a3b", "Qwen/Qwen3.5-35B-A3B", "Qwen3.5-MoE"),
+    _e("qwen3-next-80b-a3b-instruct", "Qwen/Qwen3-Next-80B-A3B-Instruct", "Qwen3-Next"),
     # Gemma
     _e("gemma-2b", "google/gemma-2b", "Gemma"),
     _e("gemma-2-2b", "google/gemma-2-2b", "Gemma 2"),
@@ -402,7 +404,7 @@ ENTRIES: tuple[ModelEntry, ...] = (
 
 # TransformerLens 3.9 (loading_from_pretrained.convert_hf_model_config) sets
 # default_prepend_bos=False for these architectures and leaves every other at True. Qwen's MoE
-# and Qwen3.5 models, which TransformerLens does not load, follow its Qwen models (their
+# and Qwen3.5 / Qwen3-Next models, which TransformerLens does not load, follow its Qwen models (their
 # tokenizers have no BOS).
 NO_BOS_ARCHITECTURES = frozenset(
     {
@@ -416,6 +418,7 @@ NO_BOS_ARCHITECTURES = frozenset(
         "Qwen3MoeForCausalLM",
         "Qwen3_5ForCausalLM",
         "Qwen3_5MoeForCausalLM",
+        "Qwen3NextForCausalLM",
     }
 )
 

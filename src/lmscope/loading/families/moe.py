@@ -31,7 +31,7 @@ def _num_experts(hf: dict[str, Any]) -> int:
     return int(hf.get("num_experts") or hf.get("num_local_experts") or 0)
 
 
-def _moe_layers(hf: dict[str, Any]) -> dict[str, Any]:
+def qwen_moe_layers(hf: dict[str, Any]) -> dict[str, Any]:
     """`mlp_types` and `dense_d_mlp` for Qwen MoE layers made dense by `mlp_only_layers` or
     `decoder_sparse_step` (transformers' rule: experts where (layer + 1) % step == 0)."""
     n_layers, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1) or 1
@@ -74,7 +74,7 @@ def _qwen_moe_config(hf: dict[str, Any], local: list[bool]) -> dict[str, Any]:
         num_experts=_num_experts(hf),
         experts_per_token=hf["num_experts_per_tok"],
         norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
-        **_moe_layers(hf),
+        **qwen_moe_layers(hf),
     )
     return fields
 

@@ -20,6 +20,7 @@ softmax attention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
@@ -50,7 +51,8 @@ def _layer_types(hf: dict[str, Any]) -> list[str]:
 
 def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     fields = llama_like_config(hf)
-    fraction = rope_settings(hf)["fraction"]
+    # transformers' Qwen3-Next / Qwen3.5 configs default partial_rotary_factor to 1/4
+    fraction = rope_settings({"partial_rotary_factor": 0.25, **hf})["fraction"]
     fields.update(
         rotary_dim=int(fields["d_head"] * fraction),
         use_qk_norm=True,
@@ -79,8 +81,14 @@ def moe_config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _linear_attention(ours: str, theirs: str) -> WeightMap:
-    """A gated delta-net layer, every tensor as the checkpoint stores it."""
+def linear_attention(cfg: HookedTransformerConfig, ours: str, theirs: str) -> WeightMap:
+    """A gated delta-net layer, every tensor as the checkpoint stores it (Qwen3.5).
+
+    Example:
+        >>> linear_attention(cfg, "blocks.0.linear_attn", "model.layers.0.linear_attn")[
+        ...     "blocks.0.linear_attn.qkv_weight"]
+        'model.layers.0.linear_attn.in_proj_qkv.weight'
+    """
     names = {
         "qkv_weight": "in_proj_qkv.weight",
         "gate_weight": "in_proj_z.weight",
@@ -114,7 +122,16 @@ def _gated_attention(cfg: HookedTransformerConfig, ours: str, theirs: str, bias:
     return m | norm(f"{ours}.k_norm", f"{theirs}.k_norm", transform=plus_one)
 
 
-def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
+LinearAttentionMap = Callable[[HookedTransformerConfig, str, str], WeightMap]
+
+
+def weight_map(
+    cfg: HookedTransformerConfig,
+    hf: dict[str, Any],
+    linear: LinearAttentionMap = linear_attention,
+) -> WeightMap:
+    """The hybrid's weights; `linear` maps one linear-attention layer (Qwen3-Next passes its
+    fused projections' map)."""
     bias = bool(hf.get("attention_bias"))
     m = embeddings(cfg, "model.embed_tokens.weight")
     m |= norm("ln_final", "model.norm", transform=plus_one)
@@ -123,7 +140,7 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", transform=plus_one
         )
         if cfg.layer_types[layer] == "linear":
-            m |= _linear_attention(f"{ours}.linear_attn", f"{h}.linear_attn")
+            m |= linear(cfg, f"{ours}.linear_attn", f"{h}.linear_attn")
         else:
             m |= _gated_attention(cfg, f"{ours}.attn", f"{h}.self_attn", bias)
         if not cfg.num_experts:
@@ -131,7 +148,7 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
     return qwen_experts(m, cfg) if cfg.num_experts else m
 
 
-_KEYS = LLAMA_LIKE_KEYS | {
+HYBRID_KEYS = LLAMA_LIKE_KEYS | {
     "attention_bias",
     "full_attention_interval",
     "layer_types",
@@ -142,19 +159,19 @@ _KEYS = LLAMA_LIKE_KEYS | {
     "linear_value_head_dim",
     "partial_rotary_factor",
 }
-_MOE_KEYS = {
+HYBRID_MOE_KEYS = {
     "moe_intermediate_size",
     "num_experts",
     "num_experts_per_tok",
     "shared_expert_intermediate_size",
 }
 FAMILIES = [
-    Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), config_from_hf, weight_map, _KEYS),
+    Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), config_from_hf, weight_map, HYBRID_KEYS),
     Family(
         "qwen3_5_moe_text",
         ("Qwen3_5MoeForCausalLM",),
         moe_config_from_hf,
         weight_map,
-        _KEYS | _MOE_KEYS,
+        HYBRID_KEYS | HYBRID_MOE_KEYS,
     ),
 ]
