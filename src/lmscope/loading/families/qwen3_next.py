@@ -13,8 +13,10 @@ What differs from Qwen3.5 (transformers' `modeling_qwen3_next` against `modeling
   `sigmoid(x @ W_shared_expert_gate)`), except on the layers `mlp_only_layers` or
   `decoder_sparse_step` make dense (a gated MLP of `intermediate_size`, `cfg.mlp_types`).
 - Rotary is plain (no multimodal sections); the text model of Qwen3.5 computes the same.
-- The checkpoint's multi-token-prediction head (`mtp.*`) is not part of the causal LM:
-  transformers ignores it, and so does the weight map.
+- The checkpoint's multi-token-prediction head (`mtp.*`) is not part of the causal LM
+  (transformers ignores it). The weight map does not read it, but the loader refuses a checkpoint
+  holding tensors nothing reads, so a checkpoint with `mtp.*` tensors is refused until the loader
+  learns to leave a family's named extras unread.
 """
 
 from __future__ import annotations
