@@ -30,6 +30,7 @@ from lmscope.devices import (
 )
 from lmscope.generation import KVCache
 from tests._tiny import TinyModel
+from tests._unchecked import unchecked
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 GIB = 2**30
@@ -70,15 +71,21 @@ def test_auto_fills_devices_in_order_then_spills_to_cpu() -> None:
 
 def test_explicit_plan_checks_every_part() -> None:
     full = {"embed": "cpu", "blocks.0": "cpu", "blocks.1": 0, "unembed": torch.device("cpu")}
-    with pytest.raises(ValueError, match=r"device_map\['blocks.1'\]: cuda:0 is not on this"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match=r"device_map\['blocks.1'\]: cuda:0 is not on this"),
+    ):
         explicit_plan(full, 2)
     full["blocks.1"] = "cpu"
     assert explicit_plan(full, 2)["ln_final"] == CPU  # defaults to the unembedding's device
-    with pytest.raises(ValueError, match=r"does not place blocks\.2, blocks\.3"):
+    with unchecked(), pytest.raises(ValueError, match=r"does not place blocks\.2, blocks\.3"):
         explicit_plan(full, 4)
-    with pytest.raises(ValueError, match=r"'model.layers.1' \(lmscope calls it 'blocks.1'\)"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match=r"'model.layers.1' \(lmscope calls it 'blocks.1'\)"),
+    ):
         explicit_plan({**full, "model.layers.1": "cpu"}, 2)
-    with pytest.raises(TypeError, match="device_map must be 'auto' or a dict"):
+    with unchecked(), pytest.raises(TypeError, match="device_map must be 'auto' or a dict"):
         explicit_plan(["cpu"], 2)  # type: ignore[arg-type]
 
 

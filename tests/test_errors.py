@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from lmscope import HookedTransformer, HookedTransformerConfig
 from lmscope.loading import checkpoint as checkpoint_module
 from tests._tiny import D_VOCAB, N_CTX, TinyModel
+from tests._unchecked import unchecked
 
 
 @pytest.fixture
@@ -141,20 +142,32 @@ def test_bare_hook_tuple_is_refused_with_the_fix(gpt2: HookedTransformer, tokens
         rf"{arg} must be a list of \(name, fn\) pairs, got a bare \(name, fn\) tuple "
         rf"\('blocks\.0\.hook_resid_pre', 'noop'\); wrap it in a list: {arg}=\[\(name, fn\)\]"
     )
-    with pytest.raises(TypeError, match=message):
+    with unchecked(), pytest.raises(TypeError, match=message):
         gpt2.run_with_hooks(tokens, **bare)
-    with pytest.raises(TypeError, match=message):
+    with unchecked(), pytest.raises(TypeError, match=message):
         with gpt2.hooks(**bare):
             pass
-    with pytest.raises(TypeError, match=r"got a bare \(name, fn\) tuple \('<lambda>', 'noop'\)"):
+    with (
+        unchecked(),
+        pytest.raises(TypeError, match=r"got a bare \(name, fn\) tuple \('<lambda>', 'noop'\)"),
+    ):
         gpt2.run_with_hooks(tokens, **{arg: (lambda n: n.endswith("resid_pre"), noop)})
-    with pytest.raises(TypeError, match=rf"{arg}\[1\] must be a \(name or name filter, fn\) pair"):
+    with (
+        unchecked(),
+        pytest.raises(TypeError, match=rf"{arg}\[1\] must be a \(name or name filter, fn\) pair"),
+    ):
         gpt2.run_with_hooks(tokens, **{arg: [("hook_embed", noop), "hook_embed"]})
-    with pytest.raises(
-        TypeError, match=rf"{arg}\[0\] for 'hook_embed': the hook must be a function"
+    with (
+        unchecked(),
+        pytest.raises(
+            TypeError, match=rf"{arg}\[0\] for 'hook_embed': the hook must be a function"
+        ),
     ):
         gpt2.run_with_hooks(tokens, **{arg: [("hook_embed", "noop")]})
-    with pytest.raises(TypeError, match=rf"{arg} must be a list of \(name, fn\) pairs, got dict"):
+    with (
+        unchecked(),
+        pytest.raises(TypeError, match=rf"{arg} must be a list of \(name, fn\) pairs, got dict"),
+    ):
         gpt2.run_with_hooks(tokens, **{arg: {"hook_embed": noop}})
     assert not any(hp.has_hooks() for hp in gpt2.hook_dict.values())
     # a tuple of pairs is a sequence of pairs, as a list is
@@ -238,8 +251,11 @@ def test_small_integer_token_dtypes_give_the_same_logits(
 
 
 def test_bool_token_input_is_refused(gpt2: HookedTransformer) -> None:
-    with pytest.raises(
-        ValueError, match=r"token input is a bool tensor \(a mask\?\), not token ids"
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError, match=r"token input is a bool tensor \(a mask\?\), not token ids"
+        ),
     ):
         gpt2(torch.ones(2, 4, dtype=torch.bool))
 
@@ -255,13 +271,19 @@ def test_token_ids_out_of_vocabulary(gpt2: HookedTransformer, bad_id: int) -> No
 
 
 def test_float_or_badly_shaped_token_input(gpt2: HookedTransformer) -> None:
-    with pytest.raises(
-        ValueError, match=r"token input must be integer ids.*float32.*start_at_layer"
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError, match=r"token input must be integer ids.*float32.*start_at_layer"
+        ),
     ):
         gpt2(torch.randn(1, 4, 64))
-    with pytest.raises(
-        ValueError,
-        match=r"token input must be integer ids of shape \[batch, pos\] or \[pos\], got \(1, 2, 3\)",
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError,
+            match=r"token input must be integer ids of shape \[batch, pos\] or \[pos\], got \(1, 2, 3\)",
+        ),
     ):
         gpt2(torch.zeros(1, 2, 3, dtype=torch.long))
 
@@ -275,40 +297,53 @@ def test_attention_mask_must_have_the_tokens_shape(gpt2: HookedTransformer, toke
             rf"attention_mask has shape {re.escape(str(tuple(bad.shape)))}, but the tokens have "
             r"shape \(2, 12\): it needs one entry per token, \[batch, pos\] \(it is not broadcast\)"
         )
-        with pytest.raises(ValueError, match=message):
+        with unchecked(), pytest.raises(ValueError, match=message):
             gpt2(tokens, attention_mask=bad)
-        with pytest.raises(ValueError, match=message):
+        with unchecked(), pytest.raises(ValueError, match=message):
             gpt2.generate(tokens, 1, attention_mask=bad, verbose=False)
     resid = gpt2(tokens, stop_at_layer=1)
-    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 12\), but the tokens"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match=r"attention_mask has shape \(1, 12\), but the tokens"),
+    ):
         gpt2(resid, start_at_layer=1, attention_mask=ones[:1])
 
 
 def test_attention_mask_dtype_and_values(gpt2: HookedTransformer, tokens) -> None:
     ones = torch.ones_like(tokens)
     for dtype in (torch.float32, torch.float16):
-        with pytest.raises(
-            ValueError, match=rf"attention_mask must hold integers or bools.*got {dtype}"
+        with (
+            unchecked(),
+            pytest.raises(
+                ValueError, match=rf"attention_mask must hold integers or bools.*got {dtype}"
+            ),
         ):
             gpt2(tokens, attention_mask=ones.to(dtype))
     for value, low, high in ((2, 1, 2), (-1, -1, 1)):
         bad = ones.clone()
         bad[1, 3] = value
-        with pytest.raises(
-            ValueError,
-            match=rf"attention_mask must be 1 for real tokens and 0 for padding, but it holds "
-            rf"values from {low} to {high}",
+        with (
+            unchecked(),
+            pytest.raises(
+                ValueError,
+                match=rf"attention_mask must be 1 for real tokens and 0 for padding, but it holds "
+                rf"values from {low} to {high}",
+            ),
         ):
             gpt2(tokens, attention_mask=bad)
     empty_row = ones.clone()
     empty_row[1] = 0
-    with pytest.raises(
-        ValueError, match=r"attention_mask row 1 is all 0 \(rows \[1\] have no real"
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match=r"attention_mask row 1 is all 0 \(rows \[1\] have no real"),
     ):
         gpt2(tokens, attention_mask=empty_row)
-    with pytest.raises(ValueError, match=r"holds values from 2 to 2"):
+    with unchecked(), pytest.raises(ValueError, match=r"holds values from 2 to 2"):
         gpt2.generate(tokens, 1, attention_mask=2 * ones, verbose=False)
-    with pytest.raises(TypeError, match=r"attention_mask must be a tensor of 1s.*got str"):
+    with (
+        unchecked(),
+        pytest.raises(TypeError, match=r"attention_mask must be a tensor of 1s.*got str"),
+    ):
         gpt2(tokens, attention_mask="all")
     # a bool, int32 or nested-list mask gives the same logits as a long one
     padded = ones.clone()
@@ -332,20 +367,30 @@ def test_string_input_without_tokenizer(gpt2: HookedTransformer) -> None:
 
 
 def test_bad_return_type_and_start_at_layer(gpt2: HookedTransformer, tokens) -> None:
-    with pytest.raises(
-        ValueError, match="return_type must be 'logits', 'loss', 'both' or None, got 'logit'"
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError, match="return_type must be 'logits', 'loss', 'both' or None, got 'logit'"
+        ),
     ):
         gpt2(tokens, return_type="logit")
-    with pytest.raises(
-        ValueError, match=r"with start_at_layer, input is the residual stream \[batch, pos, 64\]"
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError,
+            match=r"with start_at_layer, input is the residual stream \[batch, pos, 64\]",
+        ),
     ):
         gpt2(torch.randn(2, 12, 32), start_at_layer=1)
     resid = gpt2(tokens, stop_at_layer=1)
-    with pytest.raises(ValueError, match="a loss needs token ids: pass tokens="):
+    with unchecked(), pytest.raises(ValueError, match="a loss needs token ids: pass tokens="):
         gpt2(resid, start_at_layer=1, return_type="loss")
-    with pytest.raises(
-        ValueError,
-        match=r"tokens has shape \(1, 12\), but the residual stream's \[batch, pos\] is \(2, 12\)",
+    with (
+        unchecked(),
+        pytest.raises(
+            ValueError,
+            match=r"tokens has shape \(1, 12\), but the residual stream's \[batch, pos\] is \(2, 12\)",
+        ),
     ):
         gpt2(resid, start_at_layer=1, tokens=tokens[:1], return_type="loss")
     # and the split run agrees with the full one

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from lmscope import FactoredMatrix
 from lmscope.factored_matrix import composition_scores
+from tests._unchecked import unchecked
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_analysis_models", Path(__file__).parent / "analysis" / "tiny_analysis_models.py"
@@ -142,11 +143,11 @@ def test_indexing_and_unsqueeze() -> None:
 
 
 def test_construction_errors() -> None:
-    with pytest.raises(ValueError, match="inner"):
+    with unchecked(), pytest.raises(ValueError, match="inner"):
         FactoredMatrix(rand(3, 2, seed=0), rand(3, 2, seed=0))
-    with pytest.raises(ValueError, match="broadcast"):
+    with unchecked(), pytest.raises(ValueError, match="broadcast"):
         FactoredMatrix(rand(2, 3, 2, seed=0), rand(3, 2, 3, seed=0))
-    with pytest.raises(ValueError, match="scalar"):
+    with unchecked(), pytest.raises(ValueError, match="scalar"):
         FactoredMatrix(rand(3, 2, seed=0), rand(2, 3, seed=0)) * torch.ones(2)
 
 
@@ -204,7 +205,7 @@ def test_all_composition_scores_match_dense(variant: str) -> None:
                 for h1, h2 in [(0, 3), (2, 1)]:
                     want = _dense_score(OV[l1, h1], right[l2, h2]) if l1 < l2 else torch.tensor(0.0)
                     torch.testing.assert_close(scores[l1, h1, l2, h2], want, atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="mode"):
+    with unchecked(), pytest.raises(ValueError, match="mode"):
         model.all_composition_scores("X")  # type: ignore[arg-type]
 
 
@@ -277,7 +278,7 @@ def test_composition_scores_stream_in_chunks_and_pair_broadcast_dims() -> None:
 
     small = product_norms(left.collapse_l(), right.collapse_r(), max_elements=1)  # 12 chunks
     close(small, torch.linalg.matrix_norm(left.collapse_l()[:, :, None] @ right.collapse_r()))
-    with pytest.raises(ValueError, match="last dim"):
+    with unchecked(), pytest.raises(ValueError, match="last dim"):
         product_norms(rand(2, 3, seed=0), rand(2, 3, seed=0))
 
 

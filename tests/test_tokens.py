@@ -10,6 +10,7 @@ import torch
 from lmscope import HookedTransformer, HookedTransformerConfig
 from lmscope.utils import test_prompt
 from tests._tiny import TinyModel
+from tests._unchecked import unchecked
 
 TEXTS = ["Hello world! Hello there", "The cat", "Mary went to the store and the park"]
 
@@ -170,7 +171,7 @@ def test_padding_side_other_than_left_or_right_is_refused(
         lambda: model.generate_stream(TEXTS, 1, padding_side=bad),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match=message):
+        with unchecked(), pytest.raises(ValueError, match=message):
             call()
 
 
@@ -204,11 +205,18 @@ def test_test_prompt_reports_the_models_numbers(model: HookedTransformer, capsys
 
 
 def test_test_prompt_takes_one_prompt_string(model: HookedTransformer) -> None:
-    with pytest.raises(
-        TypeError, match=r"test_prompt takes one prompt string .*got list; call it once per prompt"
+    with (
+        unchecked(),
+        pytest.raises(
+            TypeError,
+            match=r"test_prompt takes one prompt string .*got list; call it once per prompt",
+        ),
     ):
         test_prompt(["The cat", "The dog"], "sat", model, print_details=False)
-    with pytest.raises(TypeError, match=r"answer must be a string or a non-empty list of strings"):
+    with (
+        unchecked(),
+        pytest.raises(TypeError, match=r"answer must be a string or a non-empty list of strings"),
+    ):
         test_prompt("The cat", [], model, print_details=False)
 
 
@@ -226,7 +234,10 @@ def test_to_str_tokens(model: HookedTransformer, model_bos: HookedTransformer) -
     assert model.to_str_tokens(tokens[0].tolist()) == pieces
     # a list of strings gives one list per string (unpadded), as in TransformerLens
     assert model.to_str_tokens(TEXTS) == [model.to_str_tokens(t) for t in TEXTS]
-    with pytest.raises(ValueError, match=r"to_str_tokens takes one sequence.*got \(3, \d+\)"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match=r"to_str_tokens takes one sequence.*got \(3, \d+\)"),
+    ):
         model.to_str_tokens(model.to_tokens(TEXTS))
 
 

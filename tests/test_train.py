@@ -16,6 +16,7 @@ import lmscope
 from lmscope import HookedTransformer, HookedTransformerConfig
 from lmscope.errors import CheckpointError
 from lmscope.train import HookedTransformerTrainConfig, epoch_order, train
+from tests._unchecked import unchecked
 
 CFG = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu", seed=0)
 # TransformerLens 3.9's HookedTransformerTrainConfig fields and defaults (transformer_lens/train.py)
@@ -163,13 +164,13 @@ def test_resume_refuses_another_architecture_or_other_settings(tmp_path: Path) -
 
 
 def test_bad_settings_and_data_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Optimizer Lion not supported"):
+    with unchecked(), pytest.raises(ValueError, match="Optimizer Lion not supported"):
         HookedTransformerTrainConfig(num_epochs=1, batch_size=2, optimizer_name="Lion")
-    with pytest.raises(ValueError, match="save_every needs save_dir"):
+    with unchecked(), pytest.raises(ValueError, match="save_every needs save_dir"):
         HookedTransformerTrainConfig(num_epochs=1, batch_size=2, save_every=10)
-    with pytest.raises(KeyError, match="no 'tokens'"):
+    with unchecked(), pytest.raises(KeyError, match="no 'tokens'"):
         train(_model(), _config(tmp_path), [{"ids": t} for t in _data()])
-    with pytest.raises(ValueError, match="integer ids"):
+    with unchecked(), pytest.raises(ValueError, match="integer ids"):
         train(_model(), _config(tmp_path), torch.rand(4, 16))
 
 

@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 TokensLike = str | int | Int[Tensor, ""] | Int[Tensor, " batch"] | Int[Tensor, "batch pos"]
 Stack = Float[Tensor, "components *batch_and_pos d_model"]
 Projection = Float[Tensor, " d_model"] | Float[Tensor, "d_model n_out"] | None
+# A stack after `project_output_onto`: a [d_model] direction drops the last axis, a
+# [d_model, n_out] projection makes it n_out.
+ProjectedStack = (
+    Stack
+    | Float[Tensor, "components *batch_and_pos"]
+    | Float[Tensor, "components *batch_and_pos n_out"]
+)
 
 
 @contextmanager
@@ -569,7 +576,7 @@ class ActivationCache:
         apply_ln: bool = False,
         project_output_onto: Projection = None,
         mlp_input: bool = False,
-    ) -> Stack | tuple[Stack, list[str]]:
+    ) -> ProjectedStack | tuple[ProjectedStack, list[str]]:
         """Every neuron's write for the MLPs before `layer`, as [layer*neuron, ..., d_model].
 
         Labels are "L{l}N{n}". `incl_remainder` adds the rest of the residual entering `layer`
@@ -654,7 +661,7 @@ class ActivationCache:
         batch_slice: Slice | SliceInput = None,
         has_batch_dim: bool = True,
         recompute_ln: bool = False,
-    ) -> Float[Tensor, "components *batch_and_pos d_model"]:
+    ) -> Float[Tensor, "components *batch_slice_and_pos d_model"]:
         """Treat each component as input to the norm before `layer` (ln_final at n_layers / None,
         ln2 with `mlp_input`) and normalise it.
 
@@ -697,7 +704,7 @@ class ActivationCache:
         pos_slice: Slice | SliceInput = None,
         return_labels: bool = False,
         project_output_onto: Projection = None,
-    ) -> Stack | tuple[Stack, list[str]]:
+    ) -> ProjectedStack | tuple[ProjectedStack, list[str]]:
         """The residual entering `layer` as: every head ("L{l}H{h}"), every neuron ("L{l}N{n}") or
         MLP ("{l}_mlp_out" without `expand_neurons`), "embed", "pos_embed" and the summed "bias"
         (b_O's, and b_out's when neurons are expanded). The components sum to the residual.

@@ -200,7 +200,7 @@ class HookedTransformerConfig:
     default_prepend_bos: bool = True
     default_padding_side: str = "right"
     # numerics and init
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | str = torch.float32  # a name ("bfloat16") is resolved when made
     device: str | None = None
     seed: int | None = None
     init_weights: bool = True
@@ -376,7 +376,7 @@ class HookedTransformerConfig:
             return self.mlp_types[layer]
         return "moe" if self.num_experts else "dense"
 
-    def for_layer(self, layer: int) -> HookedTransformerConfig:
+    def for_layer(self, layer: int) -> HookedTransformerConfig | LayerConfig:
         """The config layer `layer`'s attention reads: this one, or (where the layer's head size
         or key/value heads differ, Gemma 4's global layers) a `LayerConfig` view with those.
 
@@ -390,7 +390,7 @@ class HookedTransformerConfig:
             kv = self.n_key_value_heads_global
             if kv is not None and kv != self.n_key_value_heads:
                 sizes["n_key_value_heads"] = kv
-        return LayerConfig(self, sizes) if sizes else self  # type: ignore[return-value]
+        return LayerConfig(self, sizes) if sizes else self
 
     # -- derived -----------------------------------------------------------------------------
     @property

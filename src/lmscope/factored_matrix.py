@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
-Scalar = int | float | Tensor
+Scalar = int | float | numbers.Real | Tensor  # numbers.Real: numpy scalars too
 
 
 class FactoredMatrixShapeError(ValueError, AssertionError):

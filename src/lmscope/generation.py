@@ -71,7 +71,7 @@ class GenerationConfig:
 
     max_new_tokens: int = 10
     stop_at_eos: bool = True
-    eos_token_id: int | tuple[int, ...] | None = None
+    eos_token_id: int | Sequence[int] | None = None  # kept as a tuple
     do_sample: bool = True
     top_k: int | None = None
     top_p: float | None = None

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 from lmscope.tokens import real_positions
 
 
@@ -41,10 +41,10 @@ class KVCacheEntry:
 
     def __init__(
         self,
-        cfg: HookedTransformerConfig,
+        cfg: HookedTransformerConfig | LayerConfig,
         batch: int,
         capacity: int,
-        device: torch.device,
+        device: torch.device | str,
         dtype: torch.dtype,
     ) -> None:
         n_heads = cfg.n_heads if cfg.ungroup_grouped_query_attention else cfg.n_key_value_heads
@@ -59,7 +59,7 @@ class KVCacheEntry:
     def append(
         self,
         k: Float[Tensor, "batch kv_head pos d_head"],
-        v: Float[Tensor, "batch kv_head pos d_head"],
+        v: Float[Tensor, "batch kv_head pos d_head_v"],  # MLA: values have their own size
         start: int,
     ) -> tuple[Tensor, Tensor]:
         """Write the new positions at `start` and return views of everything up to them."""
@@ -141,7 +141,7 @@ def _layer_entry(
     layer: int,
     batch: int,
     capacity: int,
-    device: torch.device,
+    device: torch.device | str,
     dtype: torch.dtype,
 ) -> KVCacheEntry | RecurrentState:
     """Layer `layer`'s entry: a recurrent state for a linear-attention layer, else keys and values
@@ -191,7 +191,7 @@ class KVCache:
         capacity: int,
         device: torch.device | str,
         dtype: torch.dtype,
-        layer_devices: Sequence[torch.device] | None = None,
+        layer_devices: Sequence[torch.device | str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.batch = batch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int, Integer
 from torch import Tensor, nn
 
 from lmscope.components.attention import AttentionMask, alibi_bias
@@ -55,8 +55,13 @@ if TYPE_CHECKING:
     from lmscope.factored_matrix import FactoredMatrix
     from lmscope.kv_cache import KVCache
 
-ModelInput = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
+# Integer: uint8 token ids too (any integer dtype is read as ids)
+ModelInput = str | Sequence[str] | Integer[Tensor, "batch pos"] | Integer[Tensor, " pos"]
 ReturnType = Literal["logits", "loss", "both", None]
+# 1 = real token, 0 = padding: integers, bools or nested lists of them
+AttentionMaskInput = (
+    Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | Sequence[Sequence[int]] | None
+)
 
 # Hook points that only fire while a config flag is on, and the setter that turns it on.
 _FLAGGED_HOOKS = {
@@ -451,10 +456,10 @@ class HookedTransformer(HookedRootModule):
 
     def to_str_tokens(
         self,
-        input: str | Int[Tensor, " pos"] | Int[Tensor, "1 pos"] | Sequence[int],
+        input: str | Int[Tensor, " pos"] | Int[Tensor, "1 pos"] | Sequence[int] | Sequence[str],
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
-    ) -> list[str]:
+    ) -> list[str] | list[list[str]]:
         """Each token of `input` as its own string (a list of strings gives one list each)."""
         tok = self._require_tokenizer()
         if isinstance(input, (list, tuple)) and input and isinstance(input[0], str):
@@ -526,8 +531,8 @@ class HookedTransformer(HookedRootModule):
         input: ModelInput,
         prepend_bos: bool | None,
         padding_side: str | None,
-        attention_mask: Tensor | None,
-    ) -> tuple[Int[Tensor, "batch pos"], Tensor | None]:
+        attention_mask: AttentionMaskInput,
+    ) -> tuple[Int[Tensor, "batch pos"], AttentionMaskInput]:
         """Token ids [batch, pos] and the attention mask (the caller's, else the padding's);
         see `lmscope.tokens.input_to_tokens`. A compiled run checked them before it was traced."""
         if torch.compiler.is_compiling():
@@ -589,7 +594,7 @@ class HookedTransformer(HookedRootModule):
         start_at_layer: int | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
         shortformer_pos_embed: Float[Tensor, "batch pos d_model"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: AttentionMaskInput = None,
         stop_at_layer: int | None = None,
         past_kv_cache: KVCache | None = None,
     ) -> Any:
@@ -754,7 +759,7 @@ class HookedTransformer(HookedRootModule):
         input: ModelInput,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: AttentionMaskInput = None,
         past_kv_cache: Any = None,
     ) -> tuple[
         Float[Tensor, "batch pos d_model"],

@@ -29,7 +29,7 @@ import dataclasses
 import importlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,7 +136,9 @@ class _TokenRows(Dataset):
         return {"tokens": self.tokens[i]}
 
 
-def _as_dataset(dataset: Dataset | Tensor) -> Dataset:
+def _as_dataset(
+    dataset: Dataset | Sequence[Mapping[str, Tensor]] | Tensor,
+) -> Dataset | Sequence[Mapping[str, Tensor]]:
     if isinstance(dataset, Tensor):
         return _TokenRows(dataset)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
@@ -198,7 +200,9 @@ def _steps_per_epoch(n: int, config: HookedTransformerTrainConfig) -> int:
 
 
 def _batches(
-    dataset: Dataset, config: HookedTransformerTrainConfig, progress: _Progress
+    dataset: Dataset | Sequence[Mapping[str, Tensor]],
+    config: HookedTransformerTrainConfig,
+    progress: _Progress,
 ) -> Iterator[Tensor]:
     """The remaining batches of the current epoch, from `progress.batch_in_epoch` on."""
     order = epoch_order(len(dataset), config.seed, progress.epoch)  # type: ignore[arg-type]
@@ -316,7 +320,7 @@ def _wandb(config: HookedTransformerTrainConfig) -> Any:
 def train(
     model: HookedTransformer,
     config: HookedTransformerTrainConfig,
-    dataset: Dataset | Int[Tensor, "n_seqs seq_len"],
+    dataset: Dataset | Sequence[Mapping[str, Tensor]] | Int[Tensor, "n_seqs seq_len"],
     *,
     resume_from: str | Path | None = None,
 ) -> HookedTransformer:

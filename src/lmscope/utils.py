@@ -435,7 +435,7 @@ def is_lower_triangular(x: Tensor) -> bool:
     return is_square(x) and bool(x.equal(x.tril()))
 
 
-def remove_batch_dim(tensor: Float[Tensor, "1 ..."]) -> Float[Tensor, "..."]:
+def remove_batch_dim(tensor: Float[Tensor, "batch ..."]) -> Float[Tensor, "..."]:
     """`tensor` without its first dimension when that dimension is 1, else unchanged.
 
     Example:
@@ -707,7 +707,9 @@ def print_gpu_mem(step_name: str = "") -> None:
     print(f"{step_name} ~ {round(allocated / 2**30, 2)} GiB allocated on GPU.")
 
 
-def gelu_new(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+def gelu_new(
+    input: Float[Tensor, "*batch_and_pos d_mlp"],
+) -> Float[Tensor, "*batch_and_pos d_mlp"]:
     """GPT-2's tanh approximation of GELU (the function GPT-2 models use).
 
     Example:
@@ -717,7 +719,9 @@ def gelu_new(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch po
     return ACTIVATIONS["gelu_new"](input)
 
 
-def gelu_fast(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+def gelu_fast(
+    input: Float[Tensor, "*batch_and_pos d_mlp"],
+) -> Float[Tensor, "*batch_and_pos d_mlp"]:
     """The faster-written tanh GELU approximation (`gelu_fast` models).
 
     Example:
@@ -727,7 +731,9 @@ def gelu_fast(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch p
     return ACTIVATIONS["gelu_fast"](input)
 
 
-def solu(input: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+def solu(
+    input: Float[Tensor, "*batch_and_pos d_mlp"],
+) -> Float[Tensor, "*batch_and_pos d_mlp"]:
     """SoLU: `x * softmax(x)` over the last dimension (before the SoLU models' MLP LayerNorm).
 
     Example:

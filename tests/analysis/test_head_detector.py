@@ -16,6 +16,7 @@ from lmscope.analysis.head_detector import (
     get_previous_token_head_detection_pattern,
     get_supported_heads,
 )
+from tests._unchecked import unchecked
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,9 +113,9 @@ def test_detect_head_with_a_custom_pattern_and_a_cache() -> None:
     assert scores[1, 2] == 1.0 and scores.flatten().argmax() == 1 * 4 + 2
     custom = detect_head(model, tokens, planted, cache=cache)
     torch.testing.assert_close(custom[1, 2], torch.tensor(1.0))
-    with pytest.raises(ValueError, match="tokens"):
+    with unchecked(), pytest.raises(ValueError, match="tokens"):
         detect_head(model, tokens, torch.eye(3))
-    with pytest.raises(ValueError, match="unknown head type"):
+    with unchecked(), pytest.raises(ValueError, match="unknown head type"):
         detect_head(model, tokens, "name_mover_head")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="single sequence"):
+    with unchecked(), pytest.raises(ValueError, match="single sequence"):
         detect_head(model, random_tokens(2, 6), "induction_head", cache=cache)

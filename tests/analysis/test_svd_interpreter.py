@@ -7,6 +7,7 @@ import torch
 from tiny_analysis_models import make_model
 
 from lmscope.analysis import SVDInterpreter
+from tests._unchecked import unchecked
 
 
 def _assert_same_up_to_sign(got: torch.Tensor, vh_rows: torch.Tensor, W_U: torch.Tensor) -> None:
@@ -46,13 +47,13 @@ def test_mlp_singular_vectors_fold_an_unfolded_ln2_weight() -> None:
 
 def test_errors() -> None:
     svd = SVDInterpreter(make_model("ln"))
-    with pytest.raises(ValueError, match="head_index"):
+    with unchecked(), pytest.raises(ValueError, match="head_index"):
         svd.get_singular_vectors("OV", 0)
-    with pytest.raises(ValueError, match="no head_index"):
+    with unchecked(), pytest.raises(ValueError, match="no head_index"):
         svd.get_singular_vectors("w_in", 0, head_index=1)
-    with pytest.raises(ValueError, match="not gated"):
+    with unchecked(), pytest.raises(ValueError, match="not gated"):
         svd.get_singular_vectors("w_gate", 0)
-    with pytest.raises(ValueError, match="singular vectors exist"):
+    with unchecked(), pytest.raises(ValueError, match="singular vectors exist"):
         svd.get_singular_vectors("OV", 0, num_vectors=20, head_index=0)
-    with pytest.raises(ValueError, match="vector_type"):
+    with unchecked(), pytest.raises(ValueError, match="vector_type"):
         svd.get_singular_vectors("QK", 0, head_index=0)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from lmscope.factored_matrix import (
     FactoredMatrixIndexError,
     FactoredMatrixShapeError,
 )
+from tests._unchecked import unchecked
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -118,13 +119,13 @@ def test_dimension_mismatches_raise_transformer_lens_types() -> None:
         (lambda: M.unsqueeze(5), FactoredMatrixIndexError, IndexError),
     ]
     for make, ours, theirs in cases:
-        with pytest.raises(ours) as err:
+        with unchecked(), pytest.raises(ours) as err:
             make()
         assert isinstance(err.value, theirs) and isinstance(err.value, (ValueError, IndexError))
     lead = FactoredMatrix(rand(2, 3, 4), rand(2, 4, 6))
-    with pytest.raises(RuntimeError, match="[Mm]ismatch"):
+    with unchecked(), pytest.raises(RuntimeError, match="[Mm]ismatch"):
         lead @ FactoredMatrix(rand(5, 6, 7), rand(5, 7, 2))
-    with pytest.raises(RuntimeError, match="[Mm]ismatch"):
+    with unchecked(), pytest.raises(RuntimeError, match="[Mm]ismatch"):
         FactoredMatrix(rand(9, 5, 3), rand(2, 4, 3, 7))
 
 

@@ -11,6 +11,7 @@ import torch
 from lmscope import HookedTransformer, HookPoint
 from lmscope.hooks import HookHandle, HookNotEnabledError
 from tests._tiny import TinyModel
+from tests._unchecked import unchecked
 
 RESID = "blocks.0.hook_resid_pre"
 
@@ -118,7 +119,7 @@ def test_a_bad_direction_is_a_value_error_that_removes_nothing(
         lambda: model.list_hooks(dir=bad),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match=r"must be 'fwd' or 'bwd'.*got"):
+        with unchecked(), pytest.raises(ValueError, match=r"must be 'fwd' or 'bwd'.*got"):
             call()
     assert (len(point.fwd_hooks), len(point.bwd_hooks)) == (1, 1)
 
@@ -203,5 +204,5 @@ def test_add_caching_hooks_and_list_hooks(model: HookedTransformer) -> None:
     assert torch.equal(cache[RESID], reference[RESID])
     model.reset_hooks()
     assert not model.is_caching and model.list_hooks() == {}
-    with pytest.raises(ValueError, match="names_filter must be"):
+    with unchecked(), pytest.raises(ValueError, match="names_filter must be"):
         model.run_with_cache(tokens, names_filter=3)

@@ -10,6 +10,7 @@ import torch
 
 from lmscope import HookedTransformer
 from tests._tiny import TinyModel
+from tests._unchecked import unchecked
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def test_single_token_helpers_round_trip(gpt2: HookedTransformer) -> None:
     torch.testing.assert_close(
         gpt2.tokens_to_residual_directions("Hello"), gpt2.W_U[:, token], atol=0, rtol=0
     )
-    with pytest.raises(TypeError, match="int_token must be an int"):
+    with unchecked(), pytest.raises(TypeError, match="int_token must be an int"):
         gpt2.to_single_str_token("Hello")
 
 
@@ -35,9 +36,9 @@ def test_get_token_position_takes_one_sequence(gpt2: HookedTransformer) -> None:
     assert len(hits) == 2 and hits[0] == 1
     assert gpt2.get_token_position(hello, tokens) == hits[0]
     assert gpt2.get_token_position("Hello", tokens[0], mode="last") == hits[1]
-    with pytest.raises(ValueError, match=r"one sequence.*\[1, pos\]"):
+    with unchecked(), pytest.raises(ValueError, match=r"one sequence.*\[1, pos\]"):
         gpt2.get_token_position(hello, tokens.repeat(2, 1))
-    with pytest.raises(ValueError, match="mode must be 'first' or 'last'"):
+    with unchecked(), pytest.raises(ValueError, match="mode must be 'first' or 'last'"):
         gpt2.get_token_position(hello, tokens, mode="middle")
 
 

@@ -11,6 +11,7 @@ import torch
 
 from lmscope import utilities, utils
 from tests._tiny import fake_hub_cache
+from tests._unchecked import unchecked
 
 
 def test_matrix_predicates() -> None:
@@ -44,7 +45,7 @@ def test_to_numpy() -> None:
         == "float32"
     )
     assert utils.to_numpy([1, 2]).tolist() == [1, 2]
-    with pytest.raises(ValueError, match="to_numpy"):
+    with unchecked(), pytest.raises(ValueError, match="to_numpy"):
         utils.to_numpy(object())
 
 
@@ -89,9 +90,9 @@ def test_losses_with_masks() -> None:
     assert torch.allclose(
         utils.lm_cross_entropy_loss(logits, tokens, mask), torch.tensor(math.log(2))
     )
-    with pytest.raises(ValueError, match="no position"):
+    with unchecked(), pytest.raises(ValueError, match="no position"):
         utils.lm_cross_entropy_loss(logits, tokens, torch.tensor([[1, 0, 0]]))
-    with pytest.raises(ValueError, match="shape"):
+    with unchecked(), pytest.raises(ValueError, match="shape"):
         utils.lm_cross_entropy_loss(logits, tokens, torch.ones(1, 2, dtype=torch.long))
     assert utils.lm_accuracy(logits, tokens, per_token=True).tolist() == [[False, True]]
     assert utils.lm_accuracy(logits, tokens, attention_mask=mask).item() == 0.0
@@ -149,5 +150,5 @@ def test_get_dataset_refuses_unknown_names() -> None:
 
 def test_to_numpy_names_an_invalid_type() -> None:
     # TransformerLens's unit tests match "invalid type" in the message.
-    with pytest.raises(ValueError, match="invalid type dict"):
+    with unchecked(), pytest.raises(ValueError, match="invalid type dict"):
         utils.to_numpy({"a": 1})

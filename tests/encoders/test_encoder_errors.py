@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from lmscope import HookedEncoder, HookedEncoderDecoder, HookedTransformer
 from lmscope.errors import CheckpointError, MissingTensorError
 from tests._tiny import TinyModel
+from tests._unchecked import unchecked
 
 
 def _copy(tiny: TinyModel, tmp_path: Path, **config: object) -> Path:
@@ -71,16 +72,22 @@ def test_token_types_outside_the_vocab(encoder_models, encoder_inputs) -> None:
     tokens, mask = encoder_inputs
     ones = torch.ones_like(tokens)
     roberta = HookedEncoder.from_pretrained(encoder_models["roberta"].path)
-    with pytest.raises(ValueError, match="RoBERTa has no sentence B type"):
+    with unchecked(), pytest.raises(ValueError, match="RoBERTa has no sentence B type"):
         roberta(tokens, token_type_ids=ones, attention_mask=mask)
     distil = HookedEncoder.from_pretrained(encoder_models["distilbert"].path)
-    with pytest.raises(ValueError, match="no token type embeddings.*drop token_type_ids"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match="no token type embeddings.*drop token_type_ids"),
+    ):
         distil(tokens, token_type_ids=ones)
     distil(tokens, token_type_ids=torch.zeros_like(tokens))  # what a tokenizer gives: fine
     bert = HookedEncoder.from_pretrained(encoder_models["bert_mlm"].path)
-    with pytest.raises(ValueError, match="ids from 3 to 3.*type_vocab_size=3"):
+    with unchecked(), pytest.raises(ValueError, match="ids from 3 to 3.*type_vocab_size=3"):
         bert(tokens, token_type_ids=ones * 3)
-    with pytest.raises(ValueError, match="token_type_ids must be integer ids of the tokens' shape"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match="token_type_ids must be integer ids of the tokens' shape"),
+    ):
         bert(tokens, token_type_ids=ones[:, :4])
 
 
@@ -88,12 +95,15 @@ def test_heads_the_checkpoint_lacks(encoder_models, encoder_inputs) -> None:
     tokens, _ = encoder_inputs
     headless = HookedEncoder.from_pretrained(encoder_models["bert"].path)
     assert headless(tokens).shape == (3, 9, 30)  # default: the hidden states
-    with pytest.raises(ValueError, match="needs an MLM head.*return_type='embeddings'"):
+    with (
+        unchecked(),
+        pytest.raises(ValueError, match="needs an MLM head.*return_type='embeddings'"),
+    ):
         headless(tokens, return_type="logits")
     mlm = HookedEncoder.from_pretrained(encoder_models["bert_mlm"].path)
-    with pytest.raises(ValueError, match="needs a pooler"):
+    with unchecked(), pytest.raises(ValueError, match="needs a pooler"):
         mlm(tokens, return_type="pooled")
-    with pytest.raises(ValueError, match="attention_mask has shape"):
+    with unchecked(), pytest.raises(ValueError, match="attention_mask has shape"):
         mlm(tokens, attention_mask=torch.ones(3, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="n_ctx"):
+    with unchecked(), pytest.raises(ValueError, match="n_ctx"):
         mlm(torch.full((1, 30), 5))

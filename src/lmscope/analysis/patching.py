@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -310,10 +310,11 @@ def _compiled_sweep(
 
 
 # -- patch setters (TransformerLens names) --------------------------------------------------------
+# (any dtype: a compiled sweep runs them on boolean masks to learn the positions they copy)
 def layer_pos_patch_setter(
-    corrupted_activation: Float[Tensor, "batch pos ..."],
+    corrupted_activation: Shaped[Tensor, "batch pos ..."],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch pos ..."],
+    clean_activation: Shaped[Tensor, "batch pos ..."],
 ) -> Tensor:
     """Patch one position of a [batch, pos, ...] activation; index = (layer, pos).
 
@@ -326,9 +327,9 @@ def layer_pos_patch_setter(
 
 
 def layer_pos_head_vector_patch_setter(
-    corrupted_activation: Float[Tensor, "batch pos head d"],
+    corrupted_activation: Shaped[Tensor, "batch pos head d"],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch pos head d"],
+    clean_activation: Shaped[Tensor, "batch pos head d"],
 ) -> Tensor:
     """Patch one head at one position of a [batch, pos, head, d] activation; index =
     (layer, pos, head).
@@ -342,9 +343,9 @@ def layer_pos_head_vector_patch_setter(
 
 
 def layer_head_vector_patch_setter(
-    corrupted_activation: Float[Tensor, "batch pos head d"],
+    corrupted_activation: Shaped[Tensor, "batch pos head d"],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch pos head d"],
+    clean_activation: Shaped[Tensor, "batch pos head d"],
 ) -> Tensor:
     """Patch one head at every position of a [batch, pos, head, d] activation; index =
     (layer, head).
@@ -358,9 +359,9 @@ def layer_head_vector_patch_setter(
 
 
 def layer_head_pattern_patch_setter(
-    corrupted_activation: Float[Tensor, "batch head dest src"],
+    corrupted_activation: Shaped[Tensor, "batch head dest src"],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch head dest src"],
+    clean_activation: Shaped[Tensor, "batch head dest src"],
 ) -> Tensor:
     """Patch one head's whole attention pattern; index = (layer, head).
 
@@ -373,9 +374,9 @@ def layer_head_pattern_patch_setter(
 
 
 def layer_head_pos_pattern_patch_setter(
-    corrupted_activation: Float[Tensor, "batch head dest src"],
+    corrupted_activation: Shaped[Tensor, "batch head dest src"],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch head dest src"],
+    clean_activation: Shaped[Tensor, "batch head dest src"],
 ) -> Tensor:
     """Patch one head's attention row for one destination; index = (layer, head, dest_pos).
 
@@ -388,9 +389,9 @@ def layer_head_pos_pattern_patch_setter(
 
 
 def layer_head_dest_src_pos_pattern_patch_setter(
-    corrupted_activation: Float[Tensor, "batch head dest src"],
+    corrupted_activation: Shaped[Tensor, "batch head dest src"],
     index: Sequence[int],
-    clean_activation: Float[Tensor, "batch head dest src"],
+    clean_activation: Shaped[Tensor, "batch head dest src"],
 ) -> Tensor:
     """Patch one attention weight; index = (layer, head, dest_pos, src_pos).
 

@@ -29,7 +29,7 @@ from lmscope.components.norm import RMSNormPre
 from lmscope.components.precision import HALF_DTYPES
 from lmscope.components.qk_norm import make_qk_norm
 from lmscope.components.rotary import apply_rotary
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
@@ -70,9 +70,9 @@ class AttentionMask:
     `bias` is an additive [batch, head, q_pos, k_pos] term on the scores (ALiBi).
     """
 
-    mask: Bool[Tensor, "batch 1 q k"] | None
+    mask: Bool[Tensor, "batch 1 #q k"] | None  # one row for every query too
     is_causal: bool = True
-    bias: Float[Tensor, "batch head q k"] | None = None
+    bias: Float[Tensor, "#batch head #q k"] | None = None  # one for every row too
     _sdpa: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -191,7 +191,7 @@ class AttentionMask:
 
 
 def alibi_bias(
-    n_heads: int, key_positions: Float[Tensor, "batch k"], q_len: int
+    n_heads: int, key_positions: Int[Tensor, "batch k"], q_len: int
 ) -> Float[Tensor, "batch head q k"]:
     """ALiBi: head h adds slope_h * key_position to every score (BLOOM's form; a per-row constant
     away from slope_h * (k - q), which softmax ignores)."""
@@ -220,7 +220,7 @@ def _softmax(scores: Float[Tensor, "batch head q k"]) -> Float[Tensor, "batch he
 class Attention(nn.Module):
     """Causal self-attention with TransformerLens hooks and layout."""
 
-    def __init__(self, cfg: HookedTransformerConfig, layer_idx: int = 0) -> None:
+    def __init__(self, cfg: HookedTransformerConfig | LayerConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.layer_idx = layer_idx
@@ -394,9 +394,11 @@ class Attention(nn.Module):
     def forward(
         self,
         query_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
-        key_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos kv_head d_model"],
-        value_input: Float[Tensor, "batch pos d_model"]
-        | Float[Tensor, "batch pos kv_head d_model"],
+        # (cross-attention: the keys and values have their own length)
+        key_input: Float[Tensor, "batch k_pos d_model"]
+        | Float[Tensor, "batch k_pos kv_head d_model"],
+        value_input: Float[Tensor, "batch k_pos d_model"]
+        | Float[Tensor, "batch k_pos kv_head d_model"],
         mask: AttentionMask,
         rotary: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCacheEntry | None = None,
@@ -471,7 +473,7 @@ class Attention(nn.Module):
 
     def _forward_shared_kv(
         self,
-        x: Float[Tensor, "batch pos d_model"],
+        x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
         mask: AttentionMask,
         rotary: tuple[Tensor, Tensor] | None,
         cache_start: int,

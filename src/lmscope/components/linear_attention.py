@@ -33,9 +33,11 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from lmscope.components.attention import AttentionMask
@@ -49,11 +51,14 @@ from lmscope.kv_cache import RecurrentState  # noqa: F401 (the cache's entry, im
 CHUNK = 64  # positions per chunk of the delta rule
 
 
+@dataclass
 class RecurrentMask(AttentionMask):
     """The padding of a linear-attention layer's new positions: `mask` is [batch, pos] (True = a
     real token) or None when none is padding. Padded positions enter the layer as zeros, as
     transformers does, so they write nothing to the state and a left-padded row equals the row
     alone."""
+
+    mask: Bool[Tensor, "batch pos"] | Int[Tensor, "batch pos"] | None  # 0/1 masks too
 
 
 def _l2norm(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:

@@ -37,7 +37,7 @@ from lmscope.components.attention import Attention, AttentionMask
 from lmscope.components.linear import linear
 from lmscope.components.norm import RMSNorm
 from lmscope.components.rotary import apply_rotary
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 from lmscope.hooks import HookPoint
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 class LatentAttention(Attention):
     """Multi-head latent attention; shares the score, pattern and mixing code of `Attention`."""
 
-    def __init__(self, cfg: HookedTransformerConfig, layer_idx: int = 0) -> None:
+    def __init__(self, cfg: HookedTransformerConfig | LayerConfig, layer_idx: int = 0) -> None:
         nn.Module.__init__(self)
         self.cfg, self.layer_idx = cfg, layer_idx
         nh, dm, dt = cfg.n_heads, cfg.d_model, cfg.dtype
@@ -79,7 +79,7 @@ class LatentAttention(Attention):
         self.hook_pattern = HookPoint()
         self.hook_result = HookPoint()
 
-    def __getattr__(self, name: str) -> Tensor:
+    def __getattr__(self, name: str) -> Tensor | nn.Module:
         """nn.Module's lookup, except that a property raising AttributeError (W_K, ...) keeps its
         own message instead of nn.Module's generic one."""
         try:

@@ -71,7 +71,7 @@ class MLP(nn.Module):
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
         return self.out_weight.T
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "*tokens d_model"]) -> Float[Tensor, "*tokens d_model"]:
         h = linear(x, self.in_weight, self.in_bias)
         if self.gated:
             gate = linear(x, self.gate_weight, self.gate_bias)

@@ -28,13 +28,20 @@ from torch import Tensor, nn
 
 from lmscope.components.exact import HookValues, fused_value, needs_grad, untouched, version
 from lmscope.components.precision import HALF_DTYPES, upcast
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 from lmscope.hooks import HookPoint
 
 _compiling = torch.compiler.is_compiling
 
 # Devices where `_fused_rms_norm` has no kernel (the hooked RMSNorm then computes its statistics).
 _NO_FUSED_RMS: set[str] = set()
+
+# Whether F.rms_norm on the CPU is the composite that `_rms_stats` runs op for op (torch has no
+# CPU kernel of `_fused_rms_norm`): a hooked RMSNorm then weights the statistics it showed its
+# hooks, the same bits as running the norm again.
+_CPU_RMS_COMPOSITE = not torch._C._dispatch_has_kernel_for_dispatch_key(
+    "aten::_fused_rms_norm", "CPU"
+)
 
 
 def _hooked(
@@ -81,7 +88,10 @@ class LayerNorm(nn.Module):
     """LayerNorm: centre, scale to unit RMS, then `w`, `b`. hook_normalized is after `w`, `b`."""
 
     def __init__(
-        self, cfg: HookedTransformerConfig, length: int | None = None, weights: bool = True
+        self,
+        cfg: HookedTransformerConfig | LayerConfig,
+        length: int | None = None,
+        weights: bool = True,
     ) -> None:
         super().__init__()
         self.eps = cfg.eps
@@ -141,7 +151,9 @@ class LayerNorm(nn.Module):
 class LayerNormPre(LayerNorm):
     """LayerNorm without weights (they were folded into the following layer)."""
 
-    def __init__(self, cfg: HookedTransformerConfig, length: int | None = None) -> None:
+    def __init__(
+        self, cfg: HookedTransformerConfig | LayerConfig, length: int | None = None
+    ) -> None:
         super().__init__(cfg, length, weights=False)
 
 
@@ -149,7 +161,10 @@ class RMSNorm(nn.Module):
     """RMSNorm: scale to unit RMS, then `w`. As in TransformerLens, hook_normalized is before `w`."""
 
     def __init__(
-        self, cfg: HookedTransformerConfig, length: int | None = None, weights: bool = True
+        self,
+        cfg: HookedTransformerConfig | LayerConfig,
+        length: int | None = None,
+        weights: bool = True,
     ) -> None:
         super().__init__()
         self.eps = cfg.eps
@@ -192,7 +207,9 @@ class RMSNorm(nn.Module):
         self, x: Float[Tensor, "... d"], normalized: Tensor, rstd: Tensor
     ) -> Float[Tensor, "... d"]:
         """The fused output; the hooks see the fused kernel's normalised values and `1 / rstd`,
-        and a value they edit is used step by step."""
+        and a value they edit is used step by step. On the CPU (`_CPU_RMS_COMPOSITE`), without
+        autograd recording, the output is the shown values times `w`: F.rms_norm's own ops on
+        the same statistics, so the same bits without a second pass."""
         edited = False
         if self.hook_scale.fires():
             with HookValues(detached=True):
@@ -203,7 +220,9 @@ class RMSNorm(nn.Module):
         if self.hook_normalized.fires():
             normalized, edited_here = _hooked(self.hook_normalized, normalized, x.dtype)
             edited = edited or edited_here
-        return self._weighted(normalized) if edited else self._fused(x)
+        if edited or (_CPU_RMS_COMPOSITE and x.device.type == "cpu" and not needs_grad(x, self.w)):
+            return self._weighted(normalized)
+        return self._fused(x)
 
     def _traced(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """Step by step with the hooks in line, for torch.compile (no edit detection)."""
@@ -218,11 +237,15 @@ class RMSNorm(nn.Module):
 class RMSNormPre(RMSNorm):
     """RMSNorm without weights (folded into the following layer)."""
 
-    def __init__(self, cfg: HookedTransformerConfig, length: int | None = None) -> None:
+    def __init__(
+        self, cfg: HookedTransformerConfig | LayerConfig, length: int | None = None
+    ) -> None:
         super().__init__(cfg, length, weights=False)
 
 
-def make_norm(cfg: HookedTransformerConfig, length: int | None = None) -> nn.Module | None:
+def make_norm(
+    cfg: HookedTransformerConfig | LayerConfig, length: int | None = None
+) -> nn.Module | None:
     """The norm layer that `cfg.normalization_type` names (None for no normalisation)."""
     kinds = {"LN": LayerNorm, "LNPre": LayerNormPre, "RMS": RMSNorm, "RMSPre": RMSNormPre}
     kind = cfg.normalization_type

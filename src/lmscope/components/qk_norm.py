@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from lmscope.components.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 
 _NORMS: dict[str, type[nn.Module]] = {
     "LN": LayerNorm,
@@ -67,7 +67,7 @@ class HeadRMSNorm(_HeadWeights, RMSNormPre):
         return self._weigh(RMSNormPre.forward(self, x))
 
 
-def make_qk_norm(cfg: HookedTransformerConfig, n_heads: int) -> nn.Module:
+def make_qk_norm(cfg: HookedTransformerConfig | LayerConfig, n_heads: int) -> nn.Module:
     """The norm for queries (`n_heads` = cfg.n_heads) or keys (cfg.n_key_value_heads).
 
     Example:

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from lmscope.config import HookedTransformerConfig
+from lmscope.config import HookedTransformerConfig, LayerConfig
 
 # Types whose frequencies depend on the sequence length (transformers' `dynamic_rope_update`).
 _LENGTH_DEPENDENT = ("dynamic", "longrope")
@@ -42,10 +42,10 @@ class _RopeConfig:
 
 
 def rope_parameters(
-    cfg: HookedTransformerConfig,
+    cfg: HookedTransformerConfig | LayerConfig,
     base: float | None = None,
     scaling: bool = True,
-    seq_len: int | None = None,
+    seq_len: int | Int[Tensor, ""] | None = None,
 ) -> tuple[Float[Tensor, " half_rot"], float]:
     """Inverse frequencies for `cfg.rotary_dim` and the factor cos and sin are multiplied by,
     with the config's rope scaling (if `scaling`) at a sequence of `seq_len` positions (what
@@ -99,7 +99,10 @@ class Rotary(nn.Module):
     """
 
     def __init__(
-        self, cfg: HookedTransformerConfig, base: float | None = None, scaling: bool = True
+        self,
+        cfg: HookedTransformerConfig | LayerConfig,
+        base: float | None = None,
+        scaling: bool = True,
     ) -> None:
         super().__init__()
         self.cfg, self.base, self.scaling = cfg, base, scaling

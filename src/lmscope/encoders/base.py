@@ -4,11 +4,11 @@ random initialisation, ActivationCache results, and inputs checked as the decode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from lmscope.encoders.config import EncoderConfig
@@ -132,14 +132,16 @@ class EncoderModel(HookedRootModule):
     def _tokens(self, input: Any) -> Int[Tensor, "batch pos"]:
         return check_token_ids(input, self.cfg.d_vocab, self.W_E.device)
 
-    def _mask(self, mask: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor | None:
+    def _mask(
+        self, mask: Any, tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"]
+    ) -> Tensor | None:
         """The attention mask as a long tensor on the model's device (None when all ones)."""
         if mask is None:
             return None
         mask = check_attention_mask(mask, tuple(tokens.shape[:2]), self.W_E.device)
         return None if check_attention_mask_values(mask) else mask
 
-    def _stack(self, blocks: Sequence[nn.Module], get: Callable[[nn.Module], Tensor]) -> Tensor:
+    def _stack(self, blocks: Iterable[nn.Module], get: Callable[[nn.Module], Tensor]) -> Tensor:
         return torch.stack([get(block) for block in blocks], dim=0)
 
     @property

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -441,7 +442,7 @@ class HookedEncoder(EncoderModel):
 
     # -- loading and processing ------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_name: str, **kwargs: Any) -> HookedEncoder:
+    def from_pretrained(cls, model_name: str | os.PathLike, **kwargs: Any) -> HookedEncoder:
         """Load a BERT-family checkpoint: an alias ("all-minilm-l6-v2"), a local directory or a
         hub id, of BertModel, BertForMaskedLM, BertForPreTraining, RoBERTa (Model / ForMaskedLM)
         or DistilBERT (Model / ForMaskedLM), sentence-transformers layouts included (their

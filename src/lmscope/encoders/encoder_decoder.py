@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
@@ -367,7 +368,7 @@ class HookedEncoderDecoder(EncoderModel):
 
     # -- loading and processing ------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_name: str, **kwargs: Any) -> HookedEncoderDecoder:
+    def from_pretrained(cls, model_name: str | os.PathLike, **kwargs: Any) -> HookedEncoderDecoder:
         """Load a T5ForConditionalGeneration checkpoint (a local directory or a hub id; T5 1.0,
         1.1 and flan-T5 configs). Weights load unprocessed, as in TransformerLens;
         `process_weights_(fold_ln=True)` folds the RMSNorm weights into their readers. See

@@ -20,6 +20,7 @@ from torch import Tensor
 from lmscope.config import HookedTransformerConfig, check_dtype_runs, resolve_dtype
 from lmscope.devices import DeviceRequest, place
 from lmscope.errors import CheckpointError, CheckpointNotFoundError
+from lmscope.hooks import HookedRootModule
 from lmscope.loading import gguf_cache as _gguf_cache
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint, copy_into
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
@@ -203,7 +204,7 @@ def _adopt(param: Tensor, tensor: Tensor) -> bool:
 
 @torch.no_grad()
 def load_weights(
-    model: HookedTransformer,
+    model: HookedRootModule,  # a HookedTransformer or an encoder: it has named_weights()
     weight_map: dict[str, Any],
     checkpoint: Checkpoint,
     adopt: bool = True,
@@ -342,7 +343,7 @@ def _unit_params(unit: Unit) -> dict[str, Tensor]:
 
 
 def _load_params(
-    model: HookedTransformer,
+    model: HookedRootModule,
     weight_map: dict[str, Any],
     checkpoint: Checkpoint,
     adopt: bool,

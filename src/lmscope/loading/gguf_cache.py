@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -213,7 +214,9 @@ def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
     return None
 
 
-def progress_bar(total: int, desc: str, verbose: bool = True, file: IO[str] | None = None) -> tqdm:
+def progress_bar(
+    total: int, desc: str, verbose: bool = True, file: IO[str] | io.TextIOBase | None = None
+) -> tqdm:
     """A tqdm bar on `file` (stderr) that shows only when `verbose` and `file` is a terminal,
     and then only once the work has taken more than two seconds.
 
