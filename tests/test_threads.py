@@ -266,26 +266,29 @@ def test_fires_and_only_caches_follow_each_hooks_thread(llama: HookedTransformer
     `only_caches`) say what its handles say, for one thread's hooks, global ones and a mix."""
     point = llama.hook_dict["blocks.0.hook_resid_pre"]
 
-    def check(here: bool, there: bool, caches_here: bool, caches_there: bool) -> None:
+    def check(here: bool, there: bool, caches_here: bool, caches_there: bool, stores: bool) -> None:
         assert (point.fires(), point.has_hooks(), point.only_caches()) == (here, here, caches_here)
+        assert point.only_stores() == stores  # no hook or one plain CacheHook: nothing can edit
         got = _in_thread(lambda: (point.fires(), point.has_hooks(), point.only_caches()))
         assert got == (there, there, caches_there)
 
-    check(False, False, True, True)
+    check(False, False, True, True, True)
     [scoped] = llama.add_hook(point.name, CacheHook({}), thread_scoped=True)
-    check(True, False, True, True)
+    check(True, False, True, True, True)
     [dead] = _in_thread(
         lambda: llama.add_hook(point.name, lambda x, hook: None, thread_scoped=True)
     )
-    check(True, False, True, True)  # a mix of owners: the other thread's hook fires nowhere now
+    check(
+        True, False, True, True, False
+    )  # a mix of owners: the other thread's hook fires nowhere now
     [glob] = llama.add_hook(point.name, lambda x, hook: None)
-    check(True, True, False, False)
+    check(True, True, False, False, False)
     glob.remove()
     scoped.remove()
-    check(False, False, True, True)
+    check(False, False, True, True, False)
     dead.remove()
     [grad] = llama.add_hook(point.name, CacheHook({}), dir="bwd")
-    check(True, True, False, False)  # a backward hook sees gradients
+    check(True, True, False, False, False)  # a backward hook sees gradients
     grad.remove()
     assert point._who is None and point._store is None
 

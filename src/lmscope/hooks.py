@@ -402,6 +402,16 @@ class HookPoint(nn.Module):
             return False
         return all(type(h.fn) is CacheHook for h in self._fwd if h.owner is None or h.owner is me)
 
+    def only_stores(self) -> bool:
+        """Whether this point passes its input on untouched whatever it is: no hook, or one
+        plain `CacheHook` (a dict store). A component then need not guard the values it shows
+        here against edits (no edit detection, no autograd-free copies).
+
+        Example:
+            >>> model.blocks[0].ln1.hook_scale.only_stores()
+        """
+        return self._who is None or self._store is not None
+
     def fires(self) -> bool:
         """Whether a hook (forward or backward) fires here in the calling thread: what a component
         asks before it computes values only its hooks need (in a compiled run: whether the run's

@@ -631,6 +631,11 @@ class Attention(nn.Module):
         if _compiling():
             scores = self.hook_attn_scores(self._scores(q, k, mask))
             return self.hook_pattern(self._softmax(scores)), False
+        if not torch.is_grad_enabled() and (
+            self.hook_attn_scores.only_stores() and self.hook_pattern.only_stores()
+        ):  # stored as they are: no edit to look for
+            scores = self.hook_attn_scores(self._scores(q, k, mask))
+            return self.hook_pattern(self._softmax(scores)), False
         with HookValues(detached):
             scores = self._scores(q, k, mask)
         before = version(scores)

@@ -120,6 +120,9 @@ class LayerNorm(nn.Module):
         """The fused output, `hook_scale` shown `1 / rstd` of the same kernel call; step by step
         only when the hook edits the scale."""
         out, mean, rstd = torch.native_layer_norm(x, (self.length,), self.w, self.b, self.eps)
+        if not torch.is_grad_enabled() and self.hook_scale.only_stores():
+            self.hook_scale(rstd.reciprocal())  # stored as it is: no edit to look for
+            return out
         with HookValues(detached=True):
             scale = rstd.reciprocal()
         scale, edited = _hooked(self.hook_scale, scale, x.dtype)
@@ -179,6 +182,10 @@ class RMSNorm(nn.Module):
         if _compiling():
             return self._traced(x)
         if _by_kernels(x) and not _needs_step_by_step(self, x, self.w):
+            if not torch.is_grad_enabled() and (
+                self.hook_scale.only_stores() and self.hook_normalized.only_stores()
+            ):
+                return self._stored(x)
             with HookValues(detached=True):
                 stats = _rms_stats(x, self.length, self.eps)
             return self._by_kernels(x, *stats)
@@ -221,6 +228,17 @@ class RMSNorm(nn.Module):
             normalized, edited_here = _hooked(self.hook_normalized, normalized, x.dtype)
             edited = edited or edited_here
         if edited or (_CPU_RMS_COMPOSITE and x.device.type == "cpu" and not needs_grad(x, self.w)):
+            return self._weighted(normalized)
+        return self._fused(x)
+
+    def _stored(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """`_by_kernels` when the hooks only store what they see and nothing records gradients:
+        the same values, shown without edit detection."""
+        normalized, rstd = _rms_stats(x, self.length, self.eps)
+        if self.hook_scale.fires():
+            self.hook_scale(rstd.reciprocal())
+        self.hook_normalized(normalized)
+        if _CPU_RMS_COMPOSITE and x.device.type == "cpu":
             return self._weighted(normalized)
         return self._fused(x)
 
