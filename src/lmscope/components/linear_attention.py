@@ -26,6 +26,10 @@ d_model] ([q | k | v] rows), `gate_weight` [n_value d_value, d_model], `beta_wei
 [n_value], `o_weight` [d_model, n_value d_value], `norm.w` [d_value]. Prompts run chunk by chunk
 (64 positions: the delta rule's WY form, one triangular solve per chunk), single tokens in one step.
 
+Precision follows transformers: in a float16/bfloat16 model the log decay, the L2 norms and the
+delta rule run in float32 (so `hook_g` and `hook_state` are float32 there, as transformers keeps
+them) and the readout returns to the model's dtype; a float64 model runs all of it in float64.
+
 Example:
     >>> _, cache = model.run_with_cache(tokens)
     >>> cache["blocks.0.linear_attn.hook_state"].shape    # [batch, v_head, d_key, d_value]
@@ -44,6 +48,7 @@ from lmscope.components.attention import AttentionMask
 from lmscope.components.linear import linear
 from lmscope.components.mlp import ACTIVATIONS
 from lmscope.components.norm import RMSNorm
+from lmscope.components.precision import upcast
 from lmscope.config import HookedTransformerConfig
 from lmscope.hooks import HookPoint
 from lmscope.kv_cache import RecurrentState  # noqa: F401 (the cache's entry, importable here)
@@ -84,8 +89,7 @@ def delta_rule(
         >>> out, state = delta_rule(q, k, v, g, beta)     # a zero initial state
     """
     b, h, p, dk = k.shape
-    if state is None:
-        state = q.new_zeros(b, h, dk, v.shape[-1])
+    state = q.new_zeros(b, h, dk, v.shape[-1]) if state is None else state.to(q.dtype)
     outs = []
     for s in range(0, p, chunk):
         qc, kc, vc = q[:, :, s : s + chunk], k[:, :, s : s + chunk], v[:, :, s : s + chunk]
@@ -224,21 +228,23 @@ class LinearAttention(nn.Module):
         k = self.hook_k(k.reshape(b, p, -1, dk))
         v = self.hook_v(v.reshape(b, p, nv, dv))
         beta = self.hook_beta(torch.sigmoid(linear(x, self.beta_weight, None)))
-        alpha = linear(x, self.alpha_weight, None).float() + self.dt_bias
-        g = self.hook_g(-self.A_log.float().exp() * F.softplus(alpha))
+        # the recurrence runs in float32 for half-precision models (as transformers does: fp16's
+        # exp(A_log) can overflow) and in the model's dtype otherwise
+        alpha = upcast(linear(x, self.alpha_weight, None)) + upcast(self.dt_bias)
+        g = self.hook_g(-upcast(self.A_log).exp() * F.softplus(alpha))
 
         group = nv // q.shape[2]
-        qf, kf = (_l2norm(t.float()).repeat_interleave(group, dim=2) for t in (q, k))
+        qf, kf = (_l2norm(upcast(t)).repeat_interleave(group, dim=2) for t in (q, k))
         qf = qf * dk**-0.5
-        heads = [t.transpose(1, 2) for t in (qf, kf, v.float())]  # [b, head, p, d]
+        heads = [t.transpose(1, 2) for t in (qf, kf, upcast(v))]  # [b, head, p, d]
         out, state = delta_rule(
-            *heads, g.transpose(1, 2), beta.float().transpose(1, 2), saved[1] if saved else None
+            *heads, g.transpose(1, 2), upcast(beta).transpose(1, 2), saved[1] if saved else None
         )
         state = self.hook_state(state)
         if kv_cache is not None:
             kv_cache.write(cache_start, cache_start + p, seq[:, seq.shape[1] - width :], state)
         readout = self.hook_readout(out.transpose(1, 2).to(x.dtype))  # [b, p, v_head, d_value]
         gate = linear(x, self.gate_weight, None).view(b, p, nv, dv)
-        gate = self.hook_gate(F.silu(gate.float()).to(x.dtype))
-        z = self.hook_z((self.norm(readout).float() * gate.float()).to(x.dtype))
+        gate = self.hook_gate(F.silu(upcast(gate)).to(x.dtype))
+        z = self.hook_z((upcast(self.norm(readout)) * upcast(gate)).to(x.dtype))
         return linear(z.flatten(2), self.o_weight, self.b_O)
