@@ -110,9 +110,18 @@ def _flags(
         return (True if owner is None else owner), store, caching
     if not fwd and not bwd:
         return None, None, True
-    owners = {h.owner for h in fwd} | {h.owner for h in bwd}
-    who = (True if None in owners else owners.pop()) if len(owners) == 1 else False
-    caching = not bwd and all(h.fn.__class__ is CacheHook for h in fwd)
+    first = (fwd or bwd)[0].owner
+    who: threading.Thread | bool = True if first is None else first
+    caching = not bwd
+    for h in fwd:  # plain loops: this runs for each of incl_bwd's handles
+        if h.owner is not first:
+            who = False
+        if h.fn.__class__ is not CacheHook:
+            caching = False
+    for h in bwd:
+        if h.owner is not first:
+            who = False
+            break
     return who, None, caching
 
 
@@ -131,8 +140,14 @@ def _attach(handles: list[HookHandle], prepend: bool = False) -> None:
     with _EDIT_LOCK:
         for handle in handles:
             attrs, key = handle.hook_point.__dict__, "_fwd" if handle.dir == "fwd" else "_bwd"
-            if attrs.get("_who") is not None:  # hooks here already
-                _set_hooks(attrs, key, [handle, *attrs[key]] if prepend else [*attrs[key], handle])
+            who = attrs.get("_who")
+            if who is not None:  # hooks here already: the flags change by this one handle
+                attrs[key] = [handle, *attrs[key]] if prepend else [*attrs[key], handle]
+                if who is not (True if handle.owner is None else handle.owner):
+                    attrs["_who"] = False
+                attrs["_store"] = None  # a dict store only serves a lone hook
+                caching = key == "_fwd" and handle.fn.__class__ is CacheHook
+                attrs["_caching"] = attrs["_caching"] and caching
                 continue
             lists = ([handle], []) if key == "_fwd" else ([], [handle])
             memo = (handle.fn, handle.owner, key)
