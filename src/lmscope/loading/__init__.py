@@ -650,9 +650,10 @@ def from_pretrained(
         )
     checkpoint = language_model_view(checkpoint)  # a multimodal checkpoint: its text model
     family, cfg = _model_config(checkpoint, str(model_name), config_overrides, dtype)
-    left_out: frozenset[str] = frozenset()
+    left_out = family.left_unread(checkpoint.tensor_names(), checkpoint.hf_config)  # MTP heads
     if first_n_layers is not None:
-        cfg, left_out = first_layers(family, cfg, first_n_layers, checkpoint)
+        cfg, dropped = first_layers(family, cfg, first_n_layers, checkpoint)
+        left_out |= dropped
     if devices is not None:
         devices.check_layers(cfg.n_layers)
     _check_fits(cfg, checkpoint)

@@ -21,6 +21,7 @@ import importlib
 import importlib.metadata
 import json
 import pkgutil
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,11 @@ class Family:
     `config_keys` are the HF config keys the family acts on (its `read_config` and `weight_map`
     read them, or refuse the values they do not implement); `ignored_keys` are keys of its HF
     config class that change nothing lmscope computes (training-only settings, say). Every other
-    key of a config must hold its HF default (`check_config`).
+    key of a config must hold its HF default (`check_config`). `unread` names the checkpoint
+    tensors the family leaves unread on purpose, as transformers' `_keys_to_ignore_on_load_unexpected`
+    does (a multi-token-prediction head): regular expressions matched at the start of a tensor
+    name, each first formatted with the HF config (`{num_hidden_layers}`: the layer after the
+    last, where DeepSeek-V3 keeps its MTP layer). Any other unread tensor is still refused.
     """
 
     name: str
@@ -48,6 +53,19 @@ class Family:
     weight_map: Callable[[HookedTransformerConfig, dict[str, Any]], WeightMap]
     config_keys: frozenset[str] = frozenset()
     ignored_keys: frozenset[str] = frozenset()
+    unread: tuple[str, ...] = ()
+
+    def left_unread(self, names: list[str], hf: dict[str, Any]) -> frozenset[str]:
+        """The tensors of `names` that `unread` leaves unread on purpose.
+
+        Example:
+            >>> from lmscope.loading.families import family_for
+            >>> family = family_for({"architectures": ["Qwen3NextForCausalLM"]})
+            >>> sorted(family.left_unread(["mtp.fc.weight", "lm_head.weight"], {}))
+            ['mtp.fc.weight']
+        """
+        patterns = [re.compile(p.format(**hf)) for p in self.unread]
+        return frozenset(n for n in names if any(p.match(n) for p in patterns))
 
     def config_from_hf(self, hf: dict[str, Any]) -> dict[str, Any]:
         """HookedTransformerConfig fields for an HF config, once `check_config` has found

@@ -176,5 +176,7 @@ FAMILIES = [
         weight_map,
         _KEYS | {"rope_interleave"},
         frozenset({"num_nextn_predict_layers"}),
+        # the multi-token-prediction layer after the last (transformers: model.layers.61)
+        unread=(r"model\.layers\.{num_hidden_layers}\.",),
     ),
 ]

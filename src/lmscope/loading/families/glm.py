@@ -152,5 +152,7 @@ FAMILIES = [
             "use_qk_norm",
         },
         frozenset({"num_nextn_predict_layers"}),
+        # the multi-token-prediction layer after the last (transformers: layers 92 and 46)
+        unread=(r"model\.layers\.{num_hidden_layers}\.",),
     ),
 ]

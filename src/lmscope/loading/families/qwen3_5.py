@@ -165,13 +165,22 @@ HYBRID_MOE_KEYS = {
     "num_experts_per_tok",
     "shared_expert_intermediate_size",
 }
+MTP_HEAD = (r"mtp\.",)  # the multi-token-prediction head: transformers ignores it too
 FAMILIES = [
-    Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), config_from_hf, weight_map, HYBRID_KEYS),
+    Family(
+        "qwen3_5_text",
+        ("Qwen3_5ForCausalLM",),
+        config_from_hf,
+        weight_map,
+        HYBRID_KEYS,
+        unread=MTP_HEAD,
+    ),
     Family(
         "qwen3_5_moe_text",
         ("Qwen3_5MoeForCausalLM",),
         moe_config_from_hf,
         weight_map,
         HYBRID_KEYS | HYBRID_MOE_KEYS,
+        unread=MTP_HEAD,
     ),
 ]

@@ -14,9 +14,8 @@ What differs from Qwen3.5 (transformers' `modeling_qwen3_next` against `modeling
   `decoder_sparse_step` make dense (a gated MLP of `intermediate_size`, `cfg.mlp_types`).
 - Rotary is plain (no multimodal sections); the text model of Qwen3.5 computes the same.
 - The checkpoint's multi-token-prediction head (`mtp.*`) is not part of the causal LM
-  (transformers ignores it). The weight map does not read it, but the loader refuses a checkpoint
-  holding tensors nothing reads, so a checkpoint with `mtp.*` tensors is refused until the loader
-  learns to leave a family's named extras unread.
+  (transformers ignores it): the family leaves it unread on purpose (`Family.unread`); any other
+  tensor nothing reads is still refused.
 """
 
 from __future__ import annotations
@@ -88,4 +87,5 @@ FAMILY = Family(
     config_from_hf,
     partial(weight_map, linear=fused_linear_attention),
     HYBRID_KEYS | HYBRID_MOE_KEYS | {"decoder_sparse_step", "mlp_only_layers", "norm_topk_prob"},
+    unread=(r"mtp\.",),  # the multi-token-prediction head, which transformers ignores too
 )
