@@ -23,15 +23,16 @@ HALF = [torch.bfloat16, torch.float16]
 SLACK = 1.5
 LOGIT_ATOL = 1e-5  # lmscope's float32 tolerance against transformers (tests/loading)
 FLOAT32_HOOKS = ("linear_attn.hook_g", "linear_attn.hook_state")  # float32 in half precision
-# Measured gaps, left failing on purpose (strict xfail: they report when fixed). Qwen3.5's `1 + w`
-# norm weights are stored as one weight, rounded to bfloat16 (1.0654 -> 1.0625), where
-# transformers rounds `w` and adds 1 in float32; the linear layers' gated RMSNorm then amplifies
-# the difference in rows whose readout is small. Unprocessed qwen3_5 bfloat16: 0.0440 against a
-# budget of 0.0410 (0.0238 with the norms' float32 weights); processed qwen3_5_moe log-probs:
-# 0.0393 against 0.0264, from three positions after one amplified row.
-HALF_GAPS = {
-    ("qwen3_5", torch.bfloat16): "1 + w norm weights rounded to bfloat16 as one weight",
-    ("qwen3_5_moe", torch.bfloat16): "1 + w norm weights rounded to bfloat16 as one weight",
+# Measured gaps of processed models, left failing on purpose (strict xfail: they report when
+# fixed). fold_ln rounds `W * (1 + w)` to the model's dtype once, where transformers rounds `W` and
+# the norm's output; the difference is small but the gated delta-net amplifies it at a few
+# positions (per-position log-prob distance up to 0.115 in qwen3_5_moe bfloat16, where transformers
+# has 0.029; 0.027 against 0.017 at one position of qwen3_5 float16): processed qwen3_5_moe
+# bfloat16 0.0392 against a budget of 0.0264, qwen3_5 float16 0.0064 against 0.0060. The same
+# models unprocessed are within budget (0.0209 / 0.0264 and 0.0050 / 0.0060).
+PROCESSED_GAPS = {
+    ("qwen3_5_moe", torch.bfloat16): "fold_ln's rounding amplified by the gated delta-net",
+    ("qwen3_5", torch.float16): "fold_ln's rounding amplified by the gated delta-net",
 }
 
 
@@ -135,10 +136,8 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @torch.no_grad()
 def test_half_precision_is_as_close_to_float32_as_transformers(
-    tiny: TinyModel, dtype: torch.dtype, tokens: torch.Tensor, request: pytest.FixtureRequest
+    tiny: TinyModel, dtype: torch.dtype, tokens: torch.Tensor
 ) -> None:
-    if (tiny.name, dtype) in HALF_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=HALF_GAPS[tiny.name, dtype]))
     reference = tiny.hf_model(tokens).logits  # transformers, float32
     hf = _hf(tiny, dtype)(tokens).logits
     assert hf.dtype == dtype
@@ -157,12 +156,23 @@ def test_half_precision_is_as_close_to_float32_as_transformers(
     }
     assert {d for n, d in dtypes.items() if n.endswith(FLOAT32_HOOKS)} <= {torch.float32}
     distances = {"fast": _distance(fast, reference), "explicit": _distance(explicit, reference)}
+    assert max(distances.values()) <= budget, (distances, budget)
 
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@torch.no_grad()
+def test_processed_half_precision_is_as_close_to_float32_as_transformers(
+    tiny: TinyModel, dtype: torch.dtype, tokens: torch.Tensor, request: pytest.FixtureRequest
+) -> None:
+    """The processed model's log-probs (centring changes the logits by a constant per row)."""
+    if (tiny.name, dtype) in PROCESSED_GAPS:
+        reason = PROCESSED_GAPS[tiny.name, dtype]
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    reference = _log_probs(tiny.hf_model(tokens).logits)
+    lp_budget = SLACK * _distance(_log_probs(_hf(tiny, dtype)(tokens).logits), reference)
     processed = HookedTransformer.from_pretrained(tiny.path, dtype=dtype)
     assert {p.dtype for p in processed.parameters()} == {dtype}
-    lp_budget = SLACK * _distance(_log_probs(hf), _log_probs(reference))
-    lp_distance = _distance(_log_probs(processed(tokens)), _log_probs(reference))
-    assert max(distances.values()) <= budget, (distances, budget)
+    lp_distance = _distance(_log_probs(processed(tokens)), reference)
     assert lp_distance <= lp_budget, (lp_distance, lp_budget)
 
 

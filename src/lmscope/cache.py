@@ -802,7 +802,7 @@ class ActivationCache:
                 )
             directions = directions - wrong
         ln = getattr(self.model, "ln_final", None)
-        w = getattr(ln, "w", None) if ln is not None else None
+        w = ln.applied_weight() if getattr(ln, "w", None) is not None else None  # Gemma: 1 + w
         if w is not None:
             directions = directions * w.detach()
         scaled = self.apply_ln_to_stack(

@@ -85,6 +85,9 @@ class HookedTransformerConfig:
     act_fn: str | None = "gelu_new"
     normalization_type: str | None = "LN"
     eps: float = 1e-5
+    # RMSNorms multiply by `w + norm_weight_offset`, computed in float32 in half precision as
+    # transformers does (1.0: Gemma 1-3 and Qwen3.5 keep the checkpoint's `w` and apply `1 + w`)
+    norm_weight_offset: float = 0.0
     d_vocab_out: int = -1
     model_name: str = "custom"
     original_architecture: str | None = None
@@ -267,6 +270,11 @@ class HookedTransformerConfig:
                     f"rope_scaling rope_type {kind!r} is not supported by lmscope (it has no "
                     f"code for it); choose one of {ROPE_SCALING_TYPES}"
                 )
+        if self.norm_weight_offset and self.normalization_type not in ("RMS", "RMSPre"):
+            raise ValueError(
+                f"norm_weight_offset {self.norm_weight_offset} applies to RMSNorms only, but "
+                f"normalization_type is {self.normalization_type!r}; use 0.0 or an RMS norm"
+            )
         if self.qk_norm_type not in ("LN", "LNPre", "RMS", "RMSPre"):
             raise ValueError(
                 f"qk_norm_type {self.qk_norm_type!r} is not one of 'LN', 'LNPre', 'RMS', 'RMSPre'"

@@ -121,8 +121,9 @@ def _fold_norm(
     if not isinstance(norm, (LayerNorm, RMSNorm)) or norm.w is None:
         return  # no norm here (post-norm-only blocks), or already weightless
     is_ln = cfg.normalization_type == "LN"
+    weight = norm.applied_weight()  # Gemma's `1 + w` in float32, as the norm computes it
     for W, b in readers:
-        _fold_into(norm.w, getattr(norm, "b", None), W, b, center=is_ln)
+        _fold_into(weight, getattr(norm, "b", None), W, b, center=is_ln)
     setattr(owner, name, (LayerNormPre if is_ln else RMSNormPre)(cfg))
 
 

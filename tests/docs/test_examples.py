@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     "README.md",
     "docs/families/second_wave.md",
+    "docs/families/norm_variants.md",
     "docs/reliability.md",
     "docs/generation.md",
     "docs/devices.md",

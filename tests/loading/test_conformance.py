@@ -501,7 +501,10 @@ def test_post_norms_normalise_each_sublayer_output(model, tokens) -> None:
         for ln, out in (("ln1_post", "attn_out"), ("ln2_post", "mlp_out")):
             normalized = cache[f"blocks.{layer}.{ln}.hook_normalized"]
             torch.testing.assert_close(
-                normalized * getattr(block, ln).w, cache[out, layer], atol=1e-6, rtol=0
+                normalized * getattr(block, ln).applied_weight(),
+                cache[out, layer],
+                atol=1e-6,
+                rtol=0,
             )
             scale = cache[f"blocks.{layer}.{ln}.hook_scale"][..., 0]  # sqrt(mean(x^2) + eps)
             torch.testing.assert_close(

@@ -37,7 +37,7 @@ CASES: dict[str, tuple[Transform, tuple[int, ...]]] = {
     "a of a per-key-head fused ba": (FusedGroups(2, (2, 2), (1,)), (8, 6)),
     "llama.cpp q rows": (RotaryUnpermute(2), (2 * 8, 6)),
     "llama.cpp k bias": (RotaryUnpermute(2), (2 * 8,)),
-    "Gemma norm": (PlusOne(), (6,)),
+    "Nemotron norm": (PlusOne(), (6,)),
     "GGUF Gemma norm": (Offset(-1.0), (6,)),
     "Gemma embedding": (Scale(8.0**0.5), (10, 6)),
 }

@@ -93,7 +93,7 @@ class SVDInterpreter:
         if gate and not self.cfg.gated_mlp:
             raise ValueError("this model's MLP is not gated: use 'w_in'")
         W = (block.mlp.W_gate if gate else block.mlp.W_in).detach().T  # [d_mlp, d_model]
-        ln_w = getattr(block.ln2, "w", None)
+        ln_w = block.ln2.applied_weight() if getattr(block.ln2, "w", None) is not None else None
         return W * ln_w.detach() if ln_w is not None else W
 
     def _get_w_out_matrix(self, layer_index: int) -> Float[Tensor, "d_mlp d_model"]:

@@ -134,7 +134,7 @@ class LinearAttention(nn.Module):
         )
         self.A_log = nn.Parameter(torch.zeros(nv, dtype=dtype))
         self.dt_bias = nn.Parameter(torch.ones(nv, dtype=dtype))
-        self.norm = RMSNorm(cfg, dv)
+        self.norm = RMSNorm(cfg, dv, weight_offset=0.0)  # its weight as it is, even in Qwen3.5
         self.o_weight = nn.Parameter(torch.empty(dm, self.value_dim, dtype=dtype))
         self.b_O = nn.Parameter(torch.zeros(dm, dtype=dtype))
         self.act = ACTIVATIONS[cfg.act_fn]

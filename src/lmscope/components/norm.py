@@ -16,6 +16,11 @@ and the result rounded once to the model's dtype, as nn.LayerNorm, Gemma's and O
 and torch's fused kernels do (LlamaRMSNorm rounds before its weight too, so it is a little less
 exact). Both hooks see the model's dtype; after an edit the float32 values go on.
 
+An RMSNorm with `weight_offset` (`cfg.norm_weight_offset`, 1.0 for Gemma 1-3 and Qwen3.5) keeps
+the checkpoint's `w` in the model's dtype and multiplies by `w + weight_offset` computed in float32
+in half-precision models, as transformers' `1.0 + self.weight.float()` does (rounding `1 + w` to
+bfloat16 as one weight roughly doubles the error). `applied_weight()` is that multiplier.
+
 In a compiled run (`lmscope.compiled`) a hooked norm is traced step by step, hooks included.
 """
 
@@ -86,6 +91,15 @@ def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor]:
 
 class LayerNorm(nn.Module):
     """LayerNorm: centre, scale to unit RMS, then `w`, `b`. hook_normalized is after `w`, `b`."""
+
+    def applied_weight(self) -> Float[Tensor, " d"] | None:
+        """The weight the norm multiplies by: `w` (None when weightless).
+
+        Example:
+            >>> LayerNorm(cfg).applied_weight().shape == (cfg.d_model,)
+            True
+        """
+        return self.w
 
     def __init__(
         self,
@@ -161,18 +175,24 @@ class LayerNormPre(LayerNorm):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm: scale to unit RMS, then `w`. As in TransformerLens, hook_normalized is before `w`."""
+    """RMSNorm: scale to unit RMS, then `w + weight_offset` (`weight_offset`: `cfg.norm_weight_offset`
+    unless given; 0 for most models, 1 for Gemma's `1 + w`). As in TransformerLens,
+    hook_normalized is before the weight."""
 
     def __init__(
         self,
         cfg: HookedTransformerConfig | LayerConfig,
         length: int | None = None,
         weights: bool = True,
+        weight_offset: float | None = None,
     ) -> None:
         super().__init__()
         self.eps = cfg.eps
         self.length = length or cfg.d_model
-        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype)) if weights else None
+        offset = cfg.norm_weight_offset if weight_offset is None else weight_offset
+        self.weight_offset = float(offset)
+        identity = torch.full((self.length,), 1.0 - self.weight_offset, dtype=cfg.dtype)
+        self.w = nn.Parameter(identity) if weights else None
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
@@ -204,11 +224,29 @@ class RMSNorm(nn.Module):
         out = self._weighted(normalized).to(dtype)
         return out if edited else fused_value(lambda: self._fused(x), out)
 
+    def applied_weight(self) -> Float[Tensor, " d"] | None:
+        """The weight the norm multiplies by: `w + weight_offset` (in float32 when `w` is float16
+        or bfloat16, as transformers computes Gemma's `1 + w`), `w` itself without an offset,
+        None when weightless.
+
+        Example:
+            >>> norm = RMSNorm(cfg, weight_offset=1.0)   # Gemma: w starts at 0
+            >>> norm.applied_weight().unique().tolist()
+            [1.0]
+        """
+        if self.w is None or not self.weight_offset:
+            return self.w
+        return upcast(self.w) + self.weight_offset
+
     def _fused(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        return F.rms_norm(x, (self.length,), self.w, self.eps)
+        if self.w is None or not self.weight_offset:
+            return F.rms_norm(x, (self.length,), self.w, self.eps)
+        weight = self.applied_weight()
+        return F.rms_norm(upcast(x), (self.length,), weight, self.eps).to(x.dtype)
 
     def _weighted(self, normalized: Tensor) -> Tensor:
-        return normalized * self.w if self.w is not None else normalized
+        weight = self.applied_weight()
+        return normalized * weight if weight is not None else normalized
 
     def _by_kernels(
         self, x: Float[Tensor, "... d"], normalized: Tensor, rstd: Tensor

@@ -316,9 +316,13 @@ def _write_shared(
 
 
 def _folded_norm(ours: str, model: HookedTransformer) -> Tensor:
-    """The weights (ones) or bias (zeros) of a norm that fold_ln folded into its readers."""
+    """The weights or bias (zeros) of a norm that fold_ln folded into its readers: weights that
+    apply 1, so 0 where the norm adds 1 to its weight (Gemma's `1 + w`)."""
     size, dtype = model.cfg.d_model, model.cfg.dtype
-    return torch.ones(size, dtype=dtype) if ours.endswith(".w") else torch.zeros(size, dtype=dtype)
+    if not ours.endswith(".w"):
+        return torch.zeros(size, dtype=dtype)
+    offset = getattr(model.get_submodule(ours.rsplit(".", 1)[0]), "weight_offset", 0.0)
+    return torch.full((size,), 1.0 - offset, dtype=dtype)
 
 
 def _check_unmapped(

@@ -151,7 +151,7 @@ def embeddings(
 def norm(
     ours: str, theirs: str, *, bias: bool = False, transform: Transform | None = None
 ) -> WeightMap:
-    """A norm's `theirs.weight` (through `transform`: Gemma's `1 + w`) and, with `bias`, its
+    """A norm's `theirs.weight` (through `transform`: Nemotron's `1 + w`) and, with `bias`, its
     `theirs.bias` into our `ours.w` / `ours.b`.
 
     Example:
@@ -221,11 +221,10 @@ def llama_attention(
     qkv_bias: bool = False,
     o_bias: bool = False,
     qk_norm: bool = False,
-    norm_transform: Transform | None = None,
     o_proj: str = "o_proj",
 ) -> WeightMap:
     """Llama-style attention `theirs`: `q_proj`, `k_proj`, `v_proj` and `o_proj` (Phi: `dense`),
-    and with `qk_norm` its `q_norm` / `k_norm` weights (through `norm_transform`).
+    and with `qk_norm` its `q_norm` / `k_norm` weights.
 
     Example:
         >>> llama_attention("blocks.0.attn", "model.layers.0.self_attn")["blocks.0.attn.k_weight"]
@@ -239,8 +238,8 @@ def llama_attention(
         o_bias=o_bias,
     )
     if qk_norm:
-        m |= norm(f"{ours}.q_norm", f"{theirs}.q_norm", transform=norm_transform)
-        m |= norm(f"{ours}.k_norm", f"{theirs}.k_norm", transform=norm_transform)
+        m |= norm(f"{ours}.q_norm", f"{theirs}.q_norm")
+        m |= norm(f"{ours}.k_norm", f"{theirs}.k_norm")
     return m
 
 

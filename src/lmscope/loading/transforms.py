@@ -5,7 +5,7 @@ read backwards.
 lmscope stores weights as checkpoints store them (`nn.Linear` [out, in]), so most weight-map
 entries are a plain tensor name and need no transform. What remains is real: a slice of a fused
 projection (`Part`, `FusedHeads`, `FusedGroups`), a GPT-2 Conv1D stored [in, out] (`Transpose`),
-Gemma's `1 + w` norms (`PlusOne`) and scaled embedding (`Scale`), llama.cpp's rotary permutation
+Nemotron's `1 + w` norms (`PlusOne`), Gemma's scaled embedding (`Scale`), llama.cpp's rotary permutation
 of q/k rows (`RotaryUnpermute`, applied by the GGUF reader).
 
 A transform's call turns checkpoint tensors into one model parameter. Most are views (a slice, a
@@ -275,8 +275,9 @@ class Offset(Transform):
 
 @dataclass(frozen=True)
 class PlusOne(Offset):
-    """A norm weight applied as `1 + w` (Gemma) as an ordinary multiplicative weight, in float32
-    as transformers computes it."""
+    """A norm weight applied as `1 + w` as an ordinary multiplicative weight (Nemotron's
+    LayerNorm1P, whose `weight + 1` transformers rounds to the model's dtype as this does; Gemma's
+    RMSNorms instead keep `w` and add the 1 in float32: `cfg.norm_weight_offset`)."""
 
     delta: float = 1.0
 

@@ -4,11 +4,14 @@ soft-caps, pre+post norms around attention and MLP and alternating sliding-windo
 Gemma 3 adds per-head q/k RMSNorm, a separate rotary base for its sliding layers and rope scaling
 on its global layers.
 
-Two constants are folded into the weights at load, so the model is a plain pre-norm transformer:
-- the embedding scale: `W_E = embed_tokens.weight * sqrt(d_model)` (so `hook_embed` is the scaled
-  embedding, HF's `hidden_states[0]`); a tied `W_U` is the unscaled matrix;
-- Gemma's norm `x_hat * (1 + w)`: every norm weight (and the q/k norm weights) is stored as `1 + w`.
-Both are computed in float32 from the stored tensor, as transformers does.
+The embedding scale is folded into the weights at load: `W_E = embed_tokens.weight * sqrt(d_model)`
+(so `hook_embed` is the scaled embedding, HF's `hidden_states[0]`), computed in float32 from the
+stored tensor, as transformers does; a tied `W_U` is the unscaled matrix.
+
+Gemma's norm `x_hat * (1 + w)` keeps the checkpoint's `w` (every norm's `ln.w`, the q/k norms'
+too): `cfg.norm_weight_offset = 1.0`, and the RMSNorm computes `1 + w` in float32, as
+transformers does (`ln.applied_weight()`; TransformerLens stores `1 + w` in `ln.w` instead).
+fold_ln folds `1 + w`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,9 @@ from typing import Any
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import DECODER_KEYS, ROPE_KEYS, Family, WeightMap, rope_settings
 from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
-from lmscope.loading.transforms import PlusOne, Scale
+from lmscope.loading.transforms import Scale
 
 _ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
-
-
-plus_one = PlusOne()  # Gemma's norm weight `w` (applied as `1 + w`) as an ordinary weight
 
 
 def scaled_embedding(scale: float) -> Scale:
@@ -109,6 +109,7 @@ def _config(hf: dict[str, Any], version: int) -> dict[str, Any]:
         act_fn=_act_fn(hf, version),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
+        norm_weight_offset=1.0,  # x_hat * (1 + w)
         positional_embedding_type="rotary",
         rotary_dim=d_head,
         gated_mlp=True,
@@ -159,23 +160,19 @@ def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
-    """Llama's layout, with every norm (q/k norms too) through `1 + w`, the embedding scaled,
-    and Gemma 2/3's extra norms after attention and after the MLP."""
+    """Llama's layout (every norm's `w` as it is: the norms add the 1), the embedding scaled, and
+    Gemma 2/3's extra norms after attention and after the MLP."""
     post = cfg.norm_placement == "pre_and_post"  # Gemma 2 and 3
     embed = scaled_embedding(math.sqrt(cfg.d_model))
     m = embeddings(cfg, "model.embed_tokens.weight", scale=embed)
-    m |= norm("ln_final", "model.norm", transform=plus_one)
+    m |= norm("ln_final", "model.norm")
     for ours, h in layers(cfg, "model.layers"):
         if post:
-            m |= norms(
-                ours, f"{h}.input_layernorm", f"{h}.pre_feedforward_layernorm", transform=plus_one
-            )
-            m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm", transform=plus_one)
-            m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm", transform=plus_one)
+            m |= norms(ours, f"{h}.input_layernorm", f"{h}.pre_feedforward_layernorm")
+            m |= norm(f"{ours}.ln1_post", f"{h}.post_attention_layernorm")
+            m |= norm(f"{ours}.ln2_post", f"{h}.post_feedforward_layernorm")
         else:
-            m |= norms(
-                ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", transform=plus_one
-            )
+            m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
         bias = bool(hf.get("attention_bias"))
         m |= llama_attention(
             f"{ours}.attn",
@@ -183,7 +180,6 @@ def weight_map(cfg: HookedTransformerConfig, hf: dict[str, Any]) -> WeightMap:
             qkv_bias=bias,
             o_bias=bias,
             qk_norm=cfg.use_qk_norm,
-            norm_transform=plus_one,
         )
         m |= gated_mlp(f"{ours}.mlp", f"{h}.mlp")
     return m

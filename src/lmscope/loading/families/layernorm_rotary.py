@@ -5,7 +5,8 @@ language model.
   `use_bias`, a plain GELU-tanh MLP `c_fc` / `c_proj`, GQA, an optional sliding window on every
   layer.
 - Nemotron (`NemotronForCausalLM`, Nemotron-3/4, Minitron): LayerNorm1P, which applies
-  `1 + weight` (loaded as an ordinary weight, `PlusOne`) and a bias; partial rotary (half of each
+  `1 + weight` (loaded as an ordinary weight, `PlusOne`: transformers rounds `weight + 1` to the
+  model's dtype too) and a bias; partial rotary (half of each
   head by default); a plain squared-ReLU MLP `up_proj` / `down_proj`.
 - Persimmon (`PersimmonForCausalLM`): q, k and v fused per head in `query_key_value` (rows
   [head, (q|k|v), d_head], as GPT-NeoX), a LayerNorm with bias over each head's queries and keys
@@ -25,7 +26,6 @@ from lmscope.loading.families import (
     WeightMap,
     rope_settings,
 )
-from lmscope.loading.families.gemma import plus_one
 from lmscope.loading.pieces import (
     attention_out,
     embeddings,
@@ -36,6 +36,10 @@ from lmscope.loading.pieces import (
     norm,
     norms,
 )
+from lmscope.loading.transforms import PlusOne
+
+# LayerNorm1P's `1 + weight`, rounded to the model's dtype as transformers does
+plus_one = PlusOne()
 
 
 def _common(hf: dict[str, Any], fraction: float, eps_key: str) -> dict[str, Any]:

@@ -9,8 +9,9 @@ softmax attention.
   which is ordinary rotary), and an output gate: `q_proj` holds each head's query and gate rows
   ([head, (q | gate), d_head]), and z is multiplied by sigmoid(gate) before `o_proj`
   (`attn_output_gate`, `attn.hook_gate`).
-- Every RMSNorm outside the linear layers computes `x_hat * (1 + w)`: stored as `1 + w`
-  (`PlusOne`); the linear layers' gated norm uses its weight as it is.
+- Every RMSNorm outside the linear layers computes `x_hat * (1 + w)`: the checkpoint's `w` with
+  `cfg.norm_weight_offset = 1.0` (`1 + w` in float32, as transformers computes it); the linear
+  layers' gated norm uses its weight as it is.
 - The KV cache holds each linear layer's convolution inputs and recurrent state.
 - Qwen3.5-MoE (`Qwen3_5MoeForCausalLM`): the same layers with Qwen2-MoE's block on every layer
   (`lmscope.components.moe`): a softmax router over `num_experts`, the top `num_experts_per_tok`
@@ -25,7 +26,6 @@ from typing import Any
 
 from lmscope.config import HookedTransformerConfig
 from lmscope.loading.families import Family, WeightMap, rope_settings
-from lmscope.loading.families.gemma import plus_one
 from lmscope.loading.families.llama import LLAMA_LIKE_KEYS, llama_like_config
 from lmscope.loading.families.moe import qwen_experts
 from lmscope.loading.pieces import embeddings, gated_mlp, layers, norm, norms
@@ -57,6 +57,7 @@ def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         rotary_dim=int(fields["d_head"] * fraction),
         use_qk_norm=True,
         qk_norm_per_head=True,
+        norm_weight_offset=1.0,  # x_hat * (1 + w), except the linear layers' gated norm
         attn_output_gate=True,
         attn_types=_layer_types(hf),
         linear_n_key_heads=hf.get("linear_num_key_heads", 16),
@@ -118,8 +119,8 @@ def _gated_attention(cfg: HookedTransformerConfig, ours: str, theirs: str, bias:
     m[f"{ours}.o_weight"] = f"{theirs}.o_proj.weight"
     if bias:
         m[f"{ours}.b_O"] = f"{theirs}.o_proj.bias"
-    m |= norm(f"{ours}.q_norm", f"{theirs}.q_norm", transform=plus_one)
-    return m | norm(f"{ours}.k_norm", f"{theirs}.k_norm", transform=plus_one)
+    m |= norm(f"{ours}.q_norm", f"{theirs}.q_norm")
+    return m | norm(f"{ours}.k_norm", f"{theirs}.k_norm")
 
 
 LinearAttentionMap = Callable[[HookedTransformerConfig, str, str], WeightMap]
@@ -134,11 +135,9 @@ def weight_map(
     fused projections' map)."""
     bias = bool(hf.get("attention_bias"))
     m = embeddings(cfg, "model.embed_tokens.weight")
-    m |= norm("ln_final", "model.norm", transform=plus_one)
+    m |= norm("ln_final", "model.norm")
     for layer, (ours, h) in enumerate(layers(cfg, "model.layers")):
-        m |= norms(
-            ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm", transform=plus_one
-        )
+        m |= norms(ours, f"{h}.input_layernorm", f"{h}.post_attention_layernorm")
         if cfg.layer_types[layer] == "linear":
             m |= linear(cfg, f"{ours}.linear_attn", f"{h}.linear_attn")
         else:
