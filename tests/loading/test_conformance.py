@@ -12,7 +12,9 @@ at load) gets its own test in tests/loading/test_families_<group>.py through the
 fixture.
 
 Tolerances are the suite's: logits, hidden states, loss and cached decoding to 1e-5 in float32,
-the processed model's log-probabilities to 1e-4 (folding and centring reorder float sums).
+the processed model's log-probabilities to 1e-4 (folding and centring reorder float sums). A
+recurrent family's cached decoding is held to 1e-5 or 1.5 x transformers' own cached-vs-uncached
+gap, whichever is larger (tests/_tiny.py's `recurrent_cached_atol` says why).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
 from tests._families import CHECKS, FAMILY_SPECS, FamilySpec
-from tests._tiny import D_VOCAB, TinyModel
+from tests._tiny import D_VOCAB, TinyModel, recurrent_cached_atol
 
 LOGIT_ATOL = 1e-5
 LOGPROB_ATOL = 1e-4
@@ -584,7 +586,12 @@ def test_kv_cached_forward_matches_uncached(
         model(tokens[:, a:b], past_kv_cache=cache)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=LOGIT_ATOL, rtol=0)
+    atol, why = LOGIT_ATOL, "the suite's float32 tolerance"
+    if "linear" in model.cfg.layer_types:  # rounding amplified by the gated delta-net's norm
+        atol, why = recurrent_cached_atol(tiny.hf_model, tokens, bounds, LOGIT_ATOL)
+    torch.testing.assert_close(
+        torch.cat(parts, dim=1), full, atol=atol, rtol=0, msg=lambda m: f"{m}\natol: {why}"
+    )
 
 
 @pytest.mark.parametrize("batch", ["padded", "single"])

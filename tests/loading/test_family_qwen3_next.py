@@ -6,17 +6,17 @@ cached decode against transformers' own cached decode."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import DynamicCache
 
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
 from tests._families import QWEN3_5_SEQ
-from tests._tiny import D_VOCAB, TinyModel
+from tests._tiny import D_VOCAB, TinyModel, hf_chunked_logits, recurrent_cached_atol
 
 ATOL = 1e-5
 
@@ -79,14 +79,13 @@ def test_cached_decode_matches_transformers_cached_decode(
     tiny: TinyModel, model: HookedTransformer
 ) -> None:
     """A prompt chunk, single tokens, then a chunk through each library's cache: the same
-    logits. (The suite's cached-vs-uncached check is skipped for this checkpoint: transformers'
-    own cached and uncached logits differ by 1.6e-05 on it, see the spec.)"""
+    logits, to 1e-5 or 1.5 x transformers' own cached-vs-uncached gap on these tokens
+    (`recurrent_cached_atol`: the gated delta-net amplifies 1-ulp differences)."""
     p = QWEN3_5_SEQ  # past the delta rule's 64-position chunk
     tokens = torch.randint(3, D_VOCAB, (2, p), generator=torch.Generator().manual_seed(1))
     bounds = [0, 7, *range(8, 17), 30, p]
     cache = KVCache.init_cache(model.cfg, batch_size=2, capacity=p)
-    hf_cache = DynamicCache(config=tiny.hf_model.config)
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        ours = model(tokens[:, start:stop], past_kv_cache=cache)
-        theirs = tiny.hf_model(tokens[:, start:stop], cache=hf_cache, use_cache=True).logits
-        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+    ours = torch.cat([model(tokens[:, a:b], past_kv_cache=cache) for a, b in pairwise(bounds)], 1)
+    theirs = hf_chunked_logits(tiny.hf_model, tokens, bounds)
+    atol, why = recurrent_cached_atol(tiny.hf_model, tokens, bounds, ATOL)
+    torch.testing.assert_close(ours, theirs, atol=atol, rtol=0, msg=lambda m: f"{m}\natol: {why}")
