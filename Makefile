@@ -42,17 +42,24 @@ $(SAE_VENV)/.sae: $(VENV)/.dev requirements/sae-parity.txt
 	touch $@
 
 test: $(VENV)/.dev /usr/bin/chromium $(SAE_VENV)/.sae
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --families=all
 
-# The inner loop: everything but the real-model tests (marker `slow`) and the suites that start a
-# browser, Ray, a server, notebooks or benchmark scripts. `make test` (CI) still runs them all.
-FAST := -m "not slow" --ignore=tests/viz --ignore=tests/docs --ignore=tests/serve \
+# The inner loop (<= 2 minutes on 2 cores): every module but the suites that start a browser,
+# Ray, a server, notebooks or benchmark scripts; without the tests marked `slow` (real models,
+# subprocesses, seconds each); the per-family suites over tests/_families.py's FAST families only
+# (--families=fast; LMSCOPE_TEST_FAMILIES=fast for pytest run by hand). `make test` (CI) runs
+# them all, over every family (--families=all, whatever LMSCOPE_TEST_FAMILIES says).
+FAST := -m "not slow" --families=fast --ignore=tests/viz --ignore=tests/docs --ignore=tests/serve \
 	--ignore=tests/harvest --ignore=tests/benchmarks --ignore=tests/sae --ignore=tests/robustness \
 	--ignore=tests/test_notebooks.py --ignore=tests/test_real_model.py \
 	--ignore=tests/test_real_model_gemma3.py --ignore=tests/test_generation_real.py \
 	--ignore=tests/test_analysis_real_model.py
+# One torch thread unless OMP_NUM_THREADS says otherwise: the tiny models gain nothing from two,
+# and on a shared machine two threads spin-wait for each other (measured: the fast subset took
+# 416 s at load ~3 with torch's default of 2 threads, where one thread takes ~100 s).
+FAST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q $(FAST) tests
+	$(FAST_ENV) $(PY) -m pytest -q $(FAST) tests
 
 # The same subset with every jaxtyping annotation in src/ checked at run time (jaxtyping's pytest
 # hook, beartype as the checker): a shape or dtype that disagrees with its annotation fails.
@@ -60,7 +67,7 @@ test-fast: $(VENV)/.dev
 # forward would fall back to eager). Tests that pass bad input on purpose turn the checks off for
 # that call (tests/_unchecked.py), so lmscope's own error answers, as it does for its users.
 test-typed: $(VENV)/.dev
-	$(PY) -m pytest -q $(FAST) --ignore=tests/test_compiled.py \
+	$(FAST_ENV) $(PY) -m pytest -q $(FAST) --ignore=tests/test_compiled.py \
 		--jaxtyping-packages=lmscope,beartype.beartype tests
 
 # Executes every notebook under notebooks/ (jupytext py:percent sources) with nbclient in a .venv

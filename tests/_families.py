@@ -15,7 +15,7 @@ its own test in its tests/loading/test_families_*.py module, reading the checkpo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1144,6 +1144,62 @@ LLAMA_LIKE = list(_LLAMA_LIKE)
 NORM_VARIANTS = list(_NORM_VARIANTS)
 GEMMA4 = list(_GEMMA4)
 QWEN3_5 = list(_QWEN3_5)
+
+# The inner loop's families (`make test-fast`, `--families=fast`): one per distinct feature, so
+# the per-family suites (conformance, dtypes, export, half loads, devices) still meet each code
+# path; `make test` runs them over every family. A new family joins when it brings a feature
+# none of these has.
+FAST: dict[str, str] = {
+    "gpt2": "LayerNorm, learned positions, Conv1D weights",
+    "neox": "parallel attention + MLP, partial rotary",
+    "llama_gqa": "RMSNorm, rotary, grouped-query attention, untied embeddings",
+    "llama3": "rope scaling (llama3), tied embeddings, biases",
+    "bloom": "ALiBi",
+    "gemma2": "1 + w norms, soft-capping, alternating sliding window, post-norms",
+    "gemma3": "q/k norms, a local rotary base",
+    "qwen2_moe": "mixture of experts with a gated shared expert",
+    "deepseek_v3": "multi-head latent attention",
+    "gpt_oss": "attention sinks, YaRN, clamped SwiGLU experts with a router bias",
+    "gemma4": "per-layer head sizes, values = keys, KV shared across layers, per-layer inputs",
+    "qwen3_5": "recurrent (gated delta-net) layers",
+}
+assert FAST.keys() <= FAMILY_SPECS.keys(), set(FAST) - set(FAMILY_SPECS)
+
+FAMILIES_ENV = "LMSCOPE_TEST_FAMILIES"  # the default of pytest's --families option
+
+
+def family_params(names: Iterable[str] | Mapping[str, str]) -> list[Any]:
+    """pytest params for a per-family suite: each marked `family(<spec name>)`, so `--families`
+    (tests/conftest.py) can leave out the families it does not select. `names` are FAMILY_SPECS
+    names, or a mapping of a suite's own ids to them.
+
+    >>> [p.id for p in family_params({"llama": "llama_gqa"})]
+    ['llama']
+    """
+    pairs = names.items() if isinstance(names, Mapping) else ((name, name) for name in names)
+    return [pytest.param(key, id=key, marks=pytest.mark.family(spec)) for key, spec in pairs]
+
+
+def selected_families(choice: str) -> set[str] | None:
+    """The FAMILY_SPECS names `--families=<choice>` keeps: None for "all" (or ""), FAST's for
+    "fast", else the comma-separated names (which may include "fast").
+
+    >>> sorted(selected_families("fast,olmo2")) == sorted({*FAST, "olmo2"})
+    True
+    """
+    if choice in ("", "all"):
+        return None
+    names = {name.strip() for name in choice.split(",") if name.strip()}
+    if "fast" in names:
+        names = (names - {"fast"}) | FAST.keys()
+    unknown = sorted(names - FAMILY_SPECS.keys())
+    if unknown:
+        raise pytest.UsageError(
+            f"--families / {FAMILIES_ENV}: unknown families {unknown}; use 'all', 'fast' or "
+            f"names of tests/_families.py's FAMILY_SPECS (e.g. 'fast,olmo2')"
+        )
+    return names
+
 
 _BUILT: dict[str, TinyModel] = {}
 

@@ -8,6 +8,7 @@ import them as `from tests._tiny import ...` (never from this file).
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from tests._families import FAMILIES_ENV, selected_families
 from tests._families import tiny_family as _tiny_family
 from tests._tiny import (
     D_VOCAB,
@@ -27,6 +29,31 @@ from tests._tiny import (
     gpt2_config,
     train_tokenizer,
 )
+
+
+# -- which families the per-family suites run over (`make test-fast` passes --families=fast) -----
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--families",
+        default=os.environ.get(FAMILIES_ENV, "all"),
+        help="per-family suites run over: 'all' (default), 'fast' (tests/_families.py's FAST: "
+        f"one family per feature) or comma-separated FAMILY_SPECS names; default ${FAMILIES_ENV}",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselects the tests of a `family(name)` param (tests._families.family_params) whose family
+    `--families` leaves out."""
+    keep = selected_families(config.getoption("--families"))
+    if keep is None:
+        return
+    chosen, dropped = [], []
+    for item in items:
+        names = {mark.args[0] for mark in item.iter_markers("family")}
+        (chosen if names <= keep else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = chosen
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,16 @@ def _assert_one_error_line(stderr: str, *phrases: str) -> None:
     ("args", "phrases"),
     [
         (("--model", "nosuchmodel"), ("unknown model 'nosuchmodel'", "MODEL_ALIASES")),
-        (("--prompt", ""), ("--prompt is empty", "pass some text")),
+        # each a CLI subprocess (~3 s on 2 cores): test-fast runs the first only
+        pytest.param(
+            ("--prompt", ""), ("--prompt is empty", "pass some text"), marks=pytest.mark.slow
+        ),
         # an uncached hub id while offline, with an empty cache: fails at once, no network wait
-        (("--model", "lmscope-test/no-such-repo"), ("not in the local cache", "Connect to the")),
+        pytest.param(
+            ("--model", "lmscope-test/no-such-repo"),
+            ("not in the local cache", "Connect to the"),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_dtypes import FAMILIES, SLACK, _distance, _log_probs
+from test_dtypes import FAMILIES, FAMILY_PARAMS, SLACK, _distance, _log_probs
 from transformers import AutoModelForCausalLM
 
 from lmscope import HookedTransformer
@@ -22,7 +22,7 @@ GPU = torch.device("cuda", 0)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(params=FAMILY_PARAMS)
 def tiny(request: pytest.FixtureRequest) -> TinyModel:
     return FAMILIES[request.param](request)
 

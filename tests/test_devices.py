@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_dtypes import FAMILIES
+from test_dtypes import FAMILIES, FAMILY_PARAMS
 
 import lmscope.devices as devices
 import lmscope.loading as loading
@@ -178,7 +178,7 @@ def _expected_device(hook_name: str, plan: dict[str, torch.device]) -> torch.dev
     return plan["embed" if embed else "unembed"]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_every_tensor_crossing_a_block_boundary_is_moved(
     family: str,
     request: pytest.FixtureRequest,

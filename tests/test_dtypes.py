@@ -8,7 +8,7 @@ tolerances. The tiny checkpoints are tests/_families.py's FAMILY_SPECS, built on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
+from tests._families import family_params
 from tests._tiny import TinyModel
 from tests._unchecked import unchecked
 
@@ -36,14 +37,18 @@ PROCESSED_GAPS = {
 }
 
 
-def _spec(name: str) -> Callable[[pytest.FixtureRequest], TinyModel]:
+def _tiny(name: str, request: pytest.FixtureRequest) -> TinyModel:
     """The session's tiny checkpoint of tests/_families.py's FAMILY_SPECS[name]."""
-    return lambda request: request.getfixturevalue("tiny_family")(name)
+    return request.getfixturevalue("tiny_family")(name)
+
+
+def _spec(name: str) -> partial[TinyModel]:
+    return partial(_tiny, name)
 
 
 # One checkpoint per family adapter, plus the variants whose features touch precision
 # (soft-caps, q/k norms, local rotary bases, rope scaling, routers, ALiBi, partial rotary).
-FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
+FAMILIES: dict[str, partial[TinyModel]] = {
     "gpt2": _spec("gpt2"),
     "neox": _spec("neox"),
     "llama": _spec("llama_gqa"),
@@ -103,9 +108,11 @@ FAMILIES: dict[str, Callable[[pytest.FixtureRequest], TinyModel]] = {
     "qwen3_5_moe": _spec("qwen3_5_moe"),
     "qwen3_next": _spec("qwen3_next"),
 }
+# The params of every suite over FAMILIES, each marked with its FAMILY_SPECS name (--families).
+FAMILY_PARAMS = family_params({key: get.args[0] for key, get in FAMILIES.items()})
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(params=FAMILY_PARAMS)
 def tiny(request: pytest.FixtureRequest) -> TinyModel:
     return FAMILIES[request.param](request)
 

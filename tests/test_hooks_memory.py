@@ -29,6 +29,7 @@ def model() -> HookedTransformer:
     return HookedTransformer(cfg)
 
 
+@pytest.mark.slow  # a thousand runs (~5-15 s on 2 cores)
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 def test_a_thousand_patching_runs_keep_rss_flat(model: HookedTransformer) -> None:
     gen = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@ import pytest
 import lmscope.memory
 
 
+@pytest.mark.slow  # two Python subprocesses importing torch (~6 s on 2 cores)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_tuned_on_the_first_cached_run_not_on_import_and_off_by_env() -> None:
     assert lmscope.memory.tune_malloc() is True

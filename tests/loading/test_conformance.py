@@ -28,15 +28,13 @@ import torch
 
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
-from tests._families import CHECKS, FAMILY_SPECS, FamilySpec
+from tests._families import CHECKS, FAMILY_SPECS, FamilySpec, family_params
 from tests._tiny import D_VOCAB, TinyModel, recurrent_cached_atol
 
 LOGIT_ATOL = 1e-5
 LOGPROB_ATOL = 1e-4
 NEW_TOKENS = 6
 PAD_ID = 7
-
-FAMILIES = list(FAMILY_SPECS)
 
 
 def _applies(check: str, spec: FamilySpec) -> None:
@@ -45,7 +43,7 @@ def _applies(check: str, spec: FamilySpec) -> None:
         pytest.skip(spec.skip[check])
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=family_params(list(FAMILY_SPECS)))
 def family(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from test_dtypes import FAMILIES
+from test_dtypes import FAMILIES, FAMILY_PARAMS
 from transformers import AutoModelForCausalLM
 
 from lmscope import HookedTransformer, HookedTransformerConfig
@@ -31,7 +31,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(params=FAMILY_PARAMS)
 def family(request: pytest.FixtureRequest) -> TinyModel:
     return FAMILIES[request.param](request)
 

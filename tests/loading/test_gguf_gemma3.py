@@ -202,6 +202,7 @@ def test_embedded_gemma3_missing_package_says_how_to_install(monkeypatch) -> Non
         embedded_model_path(ALIAS)
 
 
+@pytest.mark.slow  # opens the 240 MB embedded GGUF (~10-20 s on 2 cores)
 def test_embedded_gemma3_metadata() -> None:
     ck = open_checkpoint("Gemma-3-270M-GGUF")  # aliases ignore case
     assert isinstance(ck, GGUFCheckpoint)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_dtypes import FAMILIES
+from test_dtypes import FAMILIES, FAMILY_PARAMS
 
 from lmscope import HookedTransformer
 from lmscope.loading import checkpoint as checkpoint_module
@@ -53,7 +53,7 @@ def _assert_same_weights(
     assert got.cfg.normalization_type == expected.cfg.normalization_type
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(params=FAMILY_PARAMS)
 def tiny(request: pytest.FixtureRequest) -> TinyModel:
     return FAMILIES[request.param](request)
 

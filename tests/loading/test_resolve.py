@@ -66,6 +66,7 @@ def test_uncached_hub_id_offline_says_what_to_do(tmp_path, offline):
         open_checkpoint("someorg/not-downloaded", cache_dir=tmp_path)
 
 
+@pytest.mark.slow  # opens the embedded SmolLM2 GGUF twice (~4 s on 2 cores)
 def test_local_directory_and_gguf_file(tiny_llama_dir):
     path, _ = tiny_llama_dir
     assert isinstance(open_checkpoint(path), DirectoryCheckpoint)
