@@ -109,7 +109,9 @@ def test_grouped_sigmoid_router_matches_hf(build, tokens) -> None:
 
 
 # -- family specifics ---------------------------------------------------------------------------------
-def test_gemma_folds_embedding_scale_and_unit_offset_at_load(build) -> None:
+def test_gemma_folds_embedding_scale_and_keeps_the_unit_offset_in_the_norm(build) -> None:
+    """The embedding scale is folded into W_E at load; a (1 + w) norm keeps transformers' `w` as
+    its weight and applies 1 + w (cfg.norm_weight_offset), as transformers computes it."""
     tiny = build("gemma3")
     model = HookedTransformer.from_pretrained_no_processing(tiny.path)
     hf = tiny.hf_model
@@ -118,13 +120,15 @@ def test_gemma_folds_embedding_scale_and_unit_offset_at_load(build) -> None:
     torch.testing.assert_close(model.W_U, embed.T, atol=0, rtol=0)  # tied: the unscaled matrix
     layer = hf.model.layers[0]
     block = model.blocks[0]
-    torch.testing.assert_close(block.ln1.w, 1 + layer.input_layernorm.weight, atol=0, rtol=0)
-    torch.testing.assert_close(
-        block.ln1_post.w, 1 + layer.post_attention_layernorm.weight, atol=0, rtol=0
-    )
-    torch.testing.assert_close(
-        block.attn.q_norm.w, 1 + layer.self_attn.q_norm.weight, atol=0, rtol=0
-    )
+    assert model.cfg.norm_weight_offset == 1.0
+    pairs = [
+        (block.ln1, layer.input_layernorm),
+        (block.ln1_post, layer.post_attention_layernorm),
+        (block.attn.q_norm, layer.self_attn.q_norm),
+    ]
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours.w, theirs.weight, atol=0, rtol=0)
+        torch.testing.assert_close(ours.applied_weight(), 1 + theirs.weight, atol=0, rtol=0)
     cfg = model.cfg
     assert (cfg.d_head, cfg.attn_scale) == (24, math.sqrt(20))
     assert cfg.attn_types == ["local", "global"] and cfg.window_size == 4
