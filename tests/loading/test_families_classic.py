@@ -287,5 +287,3 @@ def test_split_qkv_input_with_multi_query(bigcode_mqa: TinyModel, tokens) -> Non
     )
     assert shapes["k"] == (*tokens.shape, 1, model.cfg.d_model)
     torch.testing.assert_close(logits, expected, atol=LOGIT_ATOL, rtol=0)
-
-
