@@ -95,7 +95,7 @@ docs: $(VENV)/.docs /usr/bin/chromium
 lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
-	$(VENV)/bin/pyright   # src/, basic mode: [tool.pyright] in pyproject.toml
+	$(VENV)/bin/pyright -p pyproject.toml   # src/, basic mode: [tool.pyright]; -p: never a pyrightconfig.json found above the checkout
 
 $(BENCH_VENV)/.bench: requirements/bench.txt requirements/runtime.txt pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
