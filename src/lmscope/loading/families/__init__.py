@@ -103,6 +103,28 @@ transpose = TRANSPOSE  # a Conv1D [in, out] -> [out, in]; nn.Linear [out, in] ->
 
 
 # -- shared config readers ---------------------------------------------------------------------------
+def size_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """The sizes a decoder config states in transformers' common names (`hidden_size`,
+    `num_attention_heads`, `head_dim` or hidden_size // heads, `num_key_value_heads` or the
+    heads, `intermediate_size`, `vocab_size`), as HookedTransformerConfig fields.
+
+    Example:
+        >>> size_fields(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        ...                  intermediate_size=96, vocab_size=100))["d_head"]
+        16
+    """
+    n_heads = hf["num_attention_heads"]
+    return dict(
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=n_heads,
+        d_head=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
+        d_mlp=hf["intermediate_size"],
+        d_vocab=hf["vocab_size"],
+    )
+
+
 def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
     """rotary_base, rope_scaling and the rotary fraction from either transformers 5
     `rope_parameters` or the older top-level keys (rope_theta, rope_scaling, rotary_pct, ...).

@@ -16,30 +16,30 @@ from __future__ import annotations
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import DECODER_KEYS, ROPE_KEYS, Family, WeightMap, rope_settings
+from lmscope.loading.families import (
+    DECODER_KEYS,
+    ROPE_KEYS,
+    Family,
+    WeightMap,
+    rope_settings,
+    size_fields,
+)
 from lmscope.loading.families.llama import sliding_window_fields
 from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
 from lmscope.loading.transforms import Scale
 
 
 def _common(hf: dict[str, Any]) -> dict[str, Any]:
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    sizes = size_fields(hf)
     rope = rope_settings(hf)
     fields: dict[str, Any] = dict(
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        d_head=d_head,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
+        **sizes,
         n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "silu"),
         normalization_type="LN",
         eps=hf.get("layer_norm_eps", 1e-5),
         positional_embedding_type="rotary",
-        rotary_dim=d_head,
+        rotary_dim=sizes["d_head"],
         rotary_base=rope["rotary_base"],
         rope_scaling=rope["rope_scaling"],
         rotary_adjacent_pairs=True,

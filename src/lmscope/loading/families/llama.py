@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmscope.config import HookedTransformerConfig
-from lmscope.loading.families import DECODER_KEYS, ROPE_KEYS, Family, WeightMap, rope_settings
+from lmscope.loading.families import (
+    DECODER_KEYS,
+    ROPE_KEYS,
+    Family,
+    WeightMap,
+    rope_settings,
+    size_fields,
+)
 from lmscope.loading.pieces import embeddings, gated_mlp, layers, llama_attention, norm, norms
 
 
@@ -33,25 +40,18 @@ def sliding_window_fields(
 
 def llama_like_config(hf: dict[str, Any]) -> dict[str, Any]:
     """Config fields every Llama-shaped family shares (no sliding window, no MoE, no q/k norm)."""
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    sizes = size_fields(hf)
     rope = rope_settings(hf)
     scaling = rope["rope_scaling"]
     return dict(
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        d_head=d_head,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
+        **sizes,
         n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "silu"),
         normalization_type="RMS",
         eps=hf.get("rms_norm_eps", 1e-6),
         positional_embedding_type="rotary",
         # transformers' Llama-shaped models rotate the whole head whatever partial_rotary_factor says
-        rotary_dim=d_head,
+        rotary_dim=sizes["d_head"],
         rotary_base=rope["rotary_base"],
         rope_scaling=scaling,
         gated_mlp=True,

@@ -25,6 +25,7 @@ from lmscope.loading.families import (
     Family,
     WeightMap,
     rope_settings,
+    size_fields,
 )
 from lmscope.loading.families.llama import sliding_window_fields
 from lmscope.loading.pieces import (
@@ -39,21 +40,14 @@ from lmscope.loading.pieces import (
 
 
 def _common(hf: dict[str, Any]) -> dict[str, Any]:
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    sizes = size_fields(hf)
     rope = rope_settings(hf)
     return dict(
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        d_head=d_head,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
+        **sizes,
         n_ctx=rope["n_ctx"],
         act_fn=hf.get("hidden_act", "silu"),
         positional_embedding_type="rotary",
-        rotary_dim=d_head,  # transformers' OLMo rotates the whole head
+        rotary_dim=sizes["d_head"],  # transformers' OLMo rotates the whole head
         rotary_base=rope["rotary_base"],
         rope_scaling=rope["rope_scaling"],
         gated_mlp=True,

@@ -21,6 +21,7 @@ from lmscope.loading.families import (
     Family,
     WeightMap,
     rope_settings,
+    size_fields,
 )
 from lmscope.loading.pieces import (
     MLP,
@@ -36,23 +37,16 @@ from lmscope.loading.transforms import Part
 
 
 def _common(hf: dict[str, Any], default_fraction: float) -> dict[str, Any]:
-    n_heads = hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
+    sizes = size_fields(hf)
     rope = rope_settings(hf)
     fraction = (hf.get("rope_parameters") or {}).get(
         "partial_rotary_factor", hf.get("partial_rotary_factor", default_fraction)
     )
     return dict(
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        d_head=d_head,
-        n_key_value_heads=hf.get("num_key_value_heads") or n_heads,
-        d_mlp=hf["intermediate_size"],
-        d_vocab=hf["vocab_size"],
+        **sizes,
         n_ctx=rope["n_ctx"],
         positional_embedding_type="rotary",
-        rotary_dim=int(d_head * fraction),
+        rotary_dim=int(sizes["d_head"] * fraction),
         rotary_base=rope["rotary_base"],
         rope_scaling=rope["rope_scaling"],
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
