@@ -40,6 +40,7 @@ if (
 ):  # `python benchmarks/big_load.py`: import the package
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # from the root, not benchmarks/
 
+from benchmarks.checkpoints import with_bytecode  # noqa: E402
 from benchmarks.orchestrate import load_results  # noqa: E402
 from benchmarks.probes import (  # noqa: E402
     machine_info,
@@ -216,7 +217,8 @@ def run_worker(
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_worker", kind, "--_path", str(path)]
     cmd += ["--dtypes", dtype_name, "--threads", str(threads), "--device", device]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = with_bytecode(dict(os.environ), BENCH_DIR / ".cache")
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
