@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmscope import HookedTransformer, HookPoint
-from lmscope.hooks import CacheHook, HookedRootModule
+from lmscope.hooks import CacheHook, HookedRootModule, silenced
 from lmscope.utils import Slice
 from tests._tiny import TinyModel
 from tests._unchecked import unchecked
@@ -584,3 +584,96 @@ def test_cache_hooks_store_what_run_with_cache_stores(gpt2: HookedTransformer, t
     _, want = gpt2.run_with_cache(tokens, names_filter=name)
     assert torch.equal(cache[name], want[name]) and not cache[name].requires_grad
     assert torch.equal(sliced[name + "_last"], want[name][:, -1])
+
+
+# -- run_with_cache() of every point: stored without hooks attached (hooks._StoreAll) -----------
+
+
+def _cache_by_hooks(model: HookedTransformer, tokens: torch.Tensor) -> tuple:
+    """run_with_cache of every enabled point through attached CacheHooks (a filter that passes
+    every name takes the attaching path)."""
+    return model.run_with_cache(tokens, names_filter=lambda name: True)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
+def test_caching_every_point_equals_the_attached_hooks_path(
+    llama: HookedTransformer, tokens, grad: bool
+) -> None:
+    with torch.set_grad_enabled(grad):
+        want_logits, want = _cache_by_hooks(llama, tokens)
+        logits, cache = llama.run_with_cache(tokens)
+    assert torch.equal(logits, want_logits)
+    assert list(cache.keys()) == list(want.keys())  # the same names, in the same order
+    for name in want.keys():
+        assert torch.equal(cache[name], want[name]), name
+        assert not cache[name].requires_grad
+    assert _no_hooks(llama) and not llama.is_caching and llama.context_level == 0
+
+
+def test_caching_every_point_attaches_nothing_yet_the_points_fire(
+    llama: HookedTransformer, tokens
+) -> None:
+    """Inside the run the points have no handles, yet they fire and report hooks (of the run's
+    context level) in the running thread, and another model run inside it stores nothing."""
+    other = HookedTransformer(llama.cfg)
+    seen: dict[str, object] = {}
+
+    def look(x, hook):
+        point = llama.blocks[1].attn.hook_pattern
+        seen["handles"] = len(point.fwd_hooks)
+        seen["fires"], seen["only_stores"] = point.fires(), point.only_stores()
+        seen["has"] = point.has_hooks(level=llama.context_level)
+        seen["bwd"] = point.has_hooks(dir="bwd")
+        seen["level"] = llama.context_level
+        other(tokens[:, :3])  # another model's points are not this run's
+
+    llama.add_hook("blocks.0.hook_resid_post", look)
+    _, cache = llama.run_with_cache(tokens)
+    assert seen == {
+        "handles": 0, "fires": True, "only_stores": True, "has": True, "bwd": False, "level": 1
+    }  # fmt: skip
+    _, want = _cache_by_hooks(llama, tokens)
+    llama.reset_hooks()
+    assert list(cache.keys()) == list(want.keys())
+    assert all(torch.equal(cache[n], want[n]) for n in want.keys())
+    assert not llama.blocks[1].attn.hook_pattern.fires()  # after the run
+
+
+def test_caching_every_point_follows_hook_flags_and_other_hooks(
+    llama: HookedTransformer, tokens
+) -> None:
+    """A flag turned on adds its points; a hook already attached runs first and the cache holds
+    what it returned, as with attached caching hooks."""
+    llama.set_use_attn_result(True)
+    llama.add_hook("blocks.0.hook_resid_post", lambda x, hook: x * 2, is_permanent=True)
+    _, cache = llama.run_with_cache(tokens)
+    _, want = _cache_by_hooks(llama, tokens)
+    assert "blocks.0.attn.hook_result" in cache.keys()
+    assert list(cache.keys()) == list(want.keys())
+    assert all(torch.equal(cache[n], want[n]) for n in want.keys())
+    llama.reset_hooks(including_permanent=True)
+    llama.set_use_attn_result(False)
+    _, cache = llama.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" not in cache.keys()
+
+
+def test_caching_every_point_skips_silenced_points_and_ends_on_errors(
+    llama: HookedTransformer, tokens
+) -> None:
+    from lmscope import hooks
+
+    quiet = [llama.blocks[0].hook_resid_post, llama.blocks[0].ln1.hook_scale]
+    with silenced(quiet):
+        _, cache = llama.run_with_cache(tokens)
+    assert {"blocks.0.hook_resid_post", "blocks.0.ln1.hook_scale"}.isdisjoint(cache.keys())
+    assert "blocks.1.hook_resid_post" in cache.keys()
+
+    def explode(x, hook):
+        raise RuntimeError("boom")
+
+    llama.add_hook("blocks.1.hook_resid_pre", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        llama.run_with_cache(tokens)
+    llama.reset_hooks()
+    assert hooks._ALL is None and not llama.is_caching and llama.context_level == 0
+    assert not llama.blocks[1].hook_resid_post.fires()

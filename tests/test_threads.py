@@ -152,6 +152,35 @@ def test_concurrent_hooked_runs_each_see_only_their_own_hooks(llama: HookedTrans
     assert all(not hp._fwd and not hp._bwd for hp in llama.hook_dict.values())
 
 
+def _cache_all(model: HookedTransformer, i: int) -> dict[str, torch.Tensor]:
+    """run_with_cache() of every point: one thread at a time stores without attaching hooks
+    (`hooks._StoreAll`), the others attach caching hooks meanwhile."""
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(_tokens(i))
+    return {"logits": logits, **cache.cache_dict}
+
+
+def test_concurrent_runs_caching_every_point_store_only_their_own(
+    llama: HookedTransformer,
+) -> None:
+    workers = {
+        "all_a": lambda i: _cache_all(llama, i),
+        "all_b": lambda i: _cache_all(llama, i + 50),
+        "steer": lambda i: _steer(llama, i, []),
+        "cache": lambda i: _cache(llama, i),
+        "plain": lambda i: _plain(llama, i),
+    }
+    reference = {name: [work(i) for i in range(N_ITER)] for name, work in workers.items()}
+    results = _run_concurrently(workers)
+    wrong = {
+        name: sum(not _same(g, w) for g, w in zip(results[name], reference[name], strict=True))
+        for name in workers
+    }
+    assert wrong == dict.fromkeys(workers, 0)
+    assert not any(hp.has_hooks() for hp in llama.hook_dict.values())
+    assert all(not hp._fwd and not hp._bwd for hp in llama.hook_dict.values())
+
+
 def _in_thread(fn: Callable[[], Any]) -> Any:
     """Run `fn` in a new thread and return its result (re-raising its error)."""
     out: list = []

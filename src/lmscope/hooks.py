@@ -50,7 +50,28 @@ class _ThreadState(threading.local):
 _LOCAL = _ThreadState()
 _SILENCING = [0]  # how many `silenced()` blocks run, in all threads: while any, no fast path
 _current_thread = threading.current_thread
+_get_ident = threading.get_ident
 _compiling = torch.compiler.is_compiling
+
+
+class _StoreAll:
+    """A `run_with_cache()` of every enabled hook point in progress (`_ALL`): the hook points
+    that carry its `mark` store into `cache` in thread `ident`, without a hook attached to
+    them (see `HookedRootModule._store_all`)."""
+
+    __slots__ = ("cache", "ident", "mark", "level")
+
+    def __init__(self, cache: dict[str, Tensor], ident: int, mark: object, level: int) -> None:
+        self.cache, self.ident, self.mark, self.level = cache, ident, mark, level
+
+
+# The store-all run in progress, if any (one at a time in a process; another thread's
+# run_with_cache meanwhile attaches its hooks as usual). A hook point reads it only when it has
+# no hooks: one global load beside the `_who` check.
+_ALL: _StoreAll | None = None
+# Bumped whenever hook points lose the mark a model gave them (`setup()`, or another model
+# marking them: an SAE's points are also its host model's), so each model re-marks its points.
+_MARKS = [0]
 
 # What a hook point's plan holds, in a compiled run, where a caching hook stores the activation: the
 # compiled graph returns it, and the run's CacheHook stores it afterwards (see `lmscope.compiled`).
@@ -311,6 +332,8 @@ class HookPoint(nn.Module):
     _who: threading.Thread | bool | None = None
     _store: tuple[dict[str, Tensor], threading.Thread | None] | None = None
     _caching: bool = True
+    # the mark of the model whose store-all runs store here (None: no store-all run does)
+    _mark: object | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -323,14 +346,22 @@ class HookPoint(nn.Module):
         # model has a thousand hook points). The flags say: no hooks yet.
         self.__dict__.update(
             name=None, _fwd=[], _bwd=[], _captured=[], ctx={}, _who=None, _store=None,
-            _caching=True,
+            _caching=True, _mark=None,
         )  # fmt: skip
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._who is None:  # no hooks
+            run = _ALL
+            if run is None or run.mark is not self._mark:
+                return x
+            # a run_with_cache() of every point: a dict store in its thread
+            if run.ident == _get_ident() and not _compiling():
+                if _SILENCING[0]:
+                    return self._run_hooks(x)
+                run.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
             return x
         store = self._store
-        if store is not None and not _SILENCING[0] and not _compiling():
+        if store is not None and _ALL is None and not _SILENCING[0] and not _compiling():
             # The one hook is a plain CacheHook (what run_with_cache attaches): a dict store.
             cache, owner = store
             if owner is None or owner is _current_thread():
@@ -369,6 +400,9 @@ class HookPoint(nn.Module):
                 fn.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
                 continue
             x = self._call(fn, x)
+        run = _ALL
+        if run is not None and run.mark is self._mark and run.ident == _get_ident():
+            run.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
         bwd = [h for h in self._bwd if h.owner is None or h.owner is me] if self._bwd else ()
         if bwd and x.requires_grad:
             # A fresh view gives the hook a node of its own, so two hook points that see the
@@ -442,14 +476,27 @@ class HookPoint(nn.Module):
         """
         who = self._who
         if who is None:
-            return False
+            run = _ALL
+            return run is not None and run.mark is self._mark and self._stored_by(run)
         if _compiling():
             return bool(self._plan)
         if _SILENCING[0] and self in _LOCAL.silenced:
             return False
         if who is True:
             return True
-        return self.has_hooks() if who is False else who is _current_thread()
+        if who is False and self.has_hooks():
+            return True
+        if who is _current_thread():
+            return True
+        run = _ALL
+        return run is not None and run.mark is self._mark and run.ident == _get_ident()
+
+    def _stored_by(self, run: _StoreAll) -> bool:
+        """Whether store-all run `run` (whose mark this point carries) stores here in the
+        calling thread."""
+        if run.ident != _get_ident() or _compiling():
+            return False
+        return not (_SILENCING[0] and self in _LOCAL.silenced)
 
     def _edit(self, dir: Direction, change: Callable[[list[HookHandle]], list[HookHandle]]) -> None:
         """Replace the `dir` hook list by `change(old)`, atomically across threads."""
@@ -533,6 +580,15 @@ class HookPoint(nn.Module):
         unless `including_permanent=False`; with `level`, only hooks of that context level)."""
         if dir != "both":
             _check_dir(dir, "dir", ("fwd", "bwd", "both"))
+        run = _ALL
+        if (
+            run is not None
+            and run.mark is self._mark
+            and dir != "bwd"
+            and (level is None or level == run.level)
+            and self._stored_by(run)
+        ):  # a run_with_cache() of every point stores here (a forward hook of its level)
+            return True
         who = self._who
         if who is None:
             return False
@@ -698,9 +754,11 @@ class HookedRootModule(nn.Module):
             if name:
                 self.mod_dict[name] = module
             if isinstance(module, HookPoint):
-                module.__dict__["name"] = name  # a plain attribute (see HookPoint.__init__)
+                # plain attributes (see HookPoint.__init__); `_store_all` marks the points again
+                module.__dict__.update(name=name, _mark=None)
                 self.hook_dict[name] = module
         self.__dict__.pop("_enabled_names_memo", None)
+        _MARKS[0] += 1
 
     def _hook_gate_key(self) -> Any:
         """What `_disabled_reason` depends on (e.g. config flags), so the enabled hook names are
@@ -720,6 +778,52 @@ class HookedRootModule(nn.Module):
         if key is not None:
             self.__dict__["_enabled_names_memo"] = (key, self.hook_dict, names)
         return names
+
+    def _marked(self) -> object:
+        """The mark this model's enabled hook points carry for its store-all runs (`_ALL`),
+        marking them first when the enabled names changed or points lost their mark (`_MARKS`);
+        flag-gated points whose flag is off, and points outside `hook_dict`, carry none."""
+        names = self._enabled_names()
+        attrs = self.__dict__
+        mark = attrs.get("_store_mark")
+        if mark is None:
+            mark = attrs["_store_mark"] = object()
+        marked = attrs.get("_marked_for")
+        if marked is None or marked[0] is not names or marked[1] != _MARKS[0]:
+            enabled = set(names)
+            for name, point in self.hook_dict.items():
+                old = point.__dict__.get("_mark")
+                if old is not None and old is not mark:  # another model's mark: it re-marks
+                    _MARKS[0] += 1
+                point.__dict__["_mark"] = mark if name in enabled else None
+            attrs["_marked_for"] = (names, _MARKS[0])
+        return mark
+
+    def _store_all(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        clear_contexts: bool,
+    ) -> tuple[Any, dict[str, Tensor]] | None:
+        """`run_with_cache()` of every enabled hook point without attaching a hook: while the
+        forward runs, `_ALL` makes the points of this model store into a fresh cache in the
+        calling thread (each a dict store; none of 200+ handles made, attached and detached).
+        Returns (output, cache), or None when another thread's store-all run holds `_ALL`
+        (the caller then attaches hooks as usual)."""
+        global _ALL
+        level = self.context_level + 1
+        with _EDIT_LOCK:  # (marking under the lock: no two threads mark at once)
+            if _ALL is not None:
+                return None
+            run = _ALL = _StoreAll({}, _get_ident(), self._marked(), level)
+        self.__dict__["is_caching"] = True
+        self.context_level = level
+        try:
+            out = self(*args, **kwargs)
+        finally:
+            _ALL = None
+            self._exit_level([], level, True, clear_contexts)
+        return out, run.cache
 
     @property
     def context_level(self) -> int:
@@ -1132,6 +1236,18 @@ class HookedRootModule(nn.Module):
             >>> cache["resid_post", 3].shape
         """
         tune_malloc()  # once: freed caches are kept for the next run (lmscope.memory)
+        if (
+            names_filter is None
+            and reset_hooks_end
+            and not (incl_bwd or compile or remove_batch_dim)
+            and device is None
+            and pos_slice is None
+            and cache_dtype is None
+        ):  # every point, stored as it is: no hooks attached (`_store_all`)
+            done = self._store_all(model_args, model_kwargs, clear_contexts)
+            if done is not None:
+                out, cache = done
+                return (out, self._make_cache(cache)) if return_cache_object else (out, cache)
         offload = device is not None and torch.device(device).type == "cpu"
         gpus = {p.device for p in self.parameters() if p.is_cuda} if offload else set()
         cache, fwd, bwd = self.get_caching_hooks(
