@@ -45,6 +45,7 @@ _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5
 # every forward: a batch of short sequences would otherwise spend ops rebuilding one per call.
 _CAUSAL_BIAS: dict[tuple[torch.device, torch.dtype, int, int], Tensor] = {}
 _SHARED_BIAS_BITS = 8 * 2**20 * 4  # 4 MiB
+_MISSING = object()
 
 
 def _causal_bias(
@@ -160,12 +161,13 @@ class AttentionMask:
         heads folded into the rows ([groups * q_len, q_len]): made once per process when small
         (`_causal_bias`), else once per forward."""
         key = (device, dtype, groups, q_len)
+        bias = _CAUSAL_BIAS.get(key)
+        if bias is not None:
+            return bias
         if groups * q_len * q_len * torch.finfo(dtype).bits <= _SHARED_BIAS_BITS:
-            bias = _CAUSAL_BIAS.get(key)
-            if bias is None:
-                if len(_CAUSAL_BIAS) >= 64:
-                    _CAUSAL_BIAS.clear()
-                bias = _CAUSAL_BIAS[key] = _causal_bias(*key)
+            if len(_CAUSAL_BIAS) >= 64:
+                _CAUSAL_BIAS.clear()
+            bias = _CAUSAL_BIAS[key] = _causal_bias(*key)
             return bias
         if key not in self._sdpa:
             self._sdpa[key] = _causal_bias(*key)
@@ -266,6 +268,13 @@ class Attention(nn.Module):
             self.v_norm = RMSNormPre(cfg, dh)
 
     def __getattr__(self, name: str) -> Any:
+        # submodules and parameters first, without nn.Module.__getattr__'s frame (a forward reads
+        # a dozen hook points and weights per layer); names never repeat across the two dicts
+        found = self._modules.get(name, _MISSING)
+        if found is _MISSING:
+            found = self._parameters.get(name, _MISSING)
+        if found is not _MISSING:
+            return found
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -518,10 +527,11 @@ class Attention(nn.Module):
         through the path the hooks and switches call for, and the output projection (per head
         as `hook_result` with `use_attn_result`)."""
         cfg = self.cfg
+        scores_hook, pattern_hook = self.hook_attn_scores, self.hook_pattern
         if cfg.attn_scores_soft_cap > 0 or cfg.attn_sinks:
             z = self._explicit_attention(q, k, v, mask)
-        elif self.hook_attn_scores.fires() or self.hook_pattern.fires():
-            z = self._hooked_attention(q, k, v, mask)
+        elif scores_hook.fires() or pattern_hook.fires():
+            z = self._hooked_attention(q, k, v, mask, scores_hook, pattern_hook)
         else:
             z = self._fast_attention(q, k, v, mask)
         z = z.transpose(1, 2)
@@ -585,15 +595,26 @@ class Attention(nn.Module):
         return z
 
     def _hooked_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: AttentionMask,
+        scores_hook: HookPoint,
+        pattern_hook: HookPoint,
     ) -> Float[Tensor, "batch head pos d_head"]:
         """Scores and pattern made for their hooks, while z stays SDPA's (the unhooked numbers,
         see `lmscope.components.exact`) unless a hook edited the scores or the pattern. When autograd
         records, gradients run through the explicit pattern (so hooks and `autograd.grad` on it
         see them), unless caching hooks alone fire there (they store the values detached).
         Traced by torch.compile (`lmscope.compiled`), z is pattern @ v."""
+        if not torch.is_grad_enabled() and scores_hook.only_stores() and pattern_hook.only_stores():
+            if not _compiling():  # stored as they are: no edit to look for, nothing recorded
+                # (no attention sinks here: those layers take `_explicit_attention`)
+                pattern_hook(_softmax(scores_hook(self._scores(q, k, mask))))
+                return self._fast_attention(q, k, v, mask)
         grad = needs_grad(q, k, v) and not (
-            self.hook_attn_scores.only_caches() and self.hook_pattern.only_caches()
+            scores_hook.only_caches() and pattern_hook.only_caches()
         )
         pattern, edited = self._pattern(q, k, mask, detached=not grad)
         if edited or _compiling():
