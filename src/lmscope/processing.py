@@ -124,7 +124,8 @@ def _fold_norm(
     weight = norm.applied_weight()  # Gemma's `1 + w` in float32, as the norm computes it
     for W, b in readers:
         _fold_into(weight, getattr(norm, "b", None), W, b, center=is_ln)
-    setattr(owner, name, (LayerNormPre if is_ln else RMSNormPre)(cfg))
+    weightless = (LayerNormPre if is_ln else RMSNormPre)(cfg)
+    setattr(owner, name, weightless.to(readers[0][0].device) if readers else weightless)
 
 
 def _center(writers: list[Tensor]) -> None:
@@ -196,13 +197,12 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
 
 
 def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
-    """After every unit: the config names the weightless norms, new modules join the model's
-    device and hook registry, and `cfg.processing` records the steps."""
+    """After every unit: the config names the weightless norms (`_fold_norm` put them on their
+    readers' devices), their hook points join the hook registry, and `cfg.processing` records
+    the steps."""
     cfg = model.cfg
     if _folds(cfg, steps):
         cfg.normalization_type = "LNPre" if cfg.normalization_type == "LN" else "RMSPre"
-        if model._placement is None:  # a model spread over devices keeps its placement
-            model.to(model.W_E.device)
         model.setup()
     cfg.processing.update(steps)
 
@@ -238,7 +238,11 @@ class StagedParams:
 
 @contextmanager
 def staged_params(
-    modules: tuple[nn.Module, ...], staging: Staging, fill: bool = True, every: bool = False
+    modules: tuple[nn.Module, ...],
+    staging: Staging,
+    fill: bool = True,
+    every: bool = False,
+    filled: frozenset[int] = frozenset(),
 ) -> Iterator[StagedParams]:
     """Give the half-precision parameters of `modules` (with `every`, all their parameters)
     working memory in float32 (float64 for float64 ones) for the body, then write them back in
@@ -246,7 +250,8 @@ def staged_params(
     the next unit of the same shapes, so processing a half-precision model holds one unit in
     float32, never the model. With `fill=False` only vectors (biases, norm weights) start from
     their values and matrices start uninitialised, for the body to fill (a checkpoint load reads
-    every matrix).
+    every matrix). Parameters whose `id` is in `filled` hold their values already: they keep
+    their own memory if it is in the working dtype, else their working buffer starts from them.
 
     Example:
         >>> with staged_params((model.blocks[0],), {}):
@@ -256,15 +261,15 @@ def staged_params(
     params = {id(p): p for m in modules for p in m.parameters()}
     seen: dict[tuple[int, ...], int] = {}
     for param in params.values():
-        if not (every or param.dtype in (torch.float16, torch.bfloat16)):
-            continue
         shape, dtype = tuple(param.shape), _staging_dtype(param.dtype)
+        if not (every or param.dtype != dtype) or (id(param) in filled and param.dtype == dtype):
+            continue
         key = (shape, seen.setdefault(shape, 0), dtype)
         seen[shape] += 1
         buffer = staging.get(key)
         if buffer is None or buffer.device != param.device:
             buffer = staging[key] = torch.empty(shape, dtype=dtype, device=param.device)
-        if fill or param.ndim <= 1:
+        if fill or param.ndim <= 1 or id(param) in filled:
             buffer.copy_(param.data)
         staged.params.append((param, param.data))
         param.data = buffer

@@ -283,16 +283,18 @@ def _load_processed(
     units = processing_units(model)
     blocks = [u for u in units if isinstance(u.key, int)]
     # Float32 weights get working buffers only to find those processing leaves alone: none with
-    # centring (it rewrites every writer, folding every reader), else until a block shows none.
+    # centring (it rewrites every writer, folding every reader), else in the first block of each
+    # layout; the next blocks of that layout adopt those straight away (`_load_unit`).
     stage_all = not steps.get("center_writing_weights")
+    kept: dict[frozenset[str], frozenset[str]] = {}  # a block layout: the names it kept
     for group in ([u for u in units if u not in blocks], blocks):
         staging: Staging = {}  # the embeddings' big buffers go before the blocks fill the model
         for unit in group:
             block = unit in blocks
-            kept = _load_unit(
-                model, unit, weight_map, checkpoint, steps, staging, block and stage_all
-            )
-            stage_all = kept if block else stage_all
+            _load_unit(
+                model, unit, weight_map, checkpoint, steps, staging, block and stage_all,
+                kept if block else None,
+            )  # fmt: skip
         del staging
         release_freed_memory()  # tune_malloc would keep them
     rest = {n for n in weight_map if not any(u.owns(n) for u in units)}
@@ -308,18 +310,38 @@ def _load_unit(
     steps: dict[str, bool],
     staging: Staging,
     every: bool,
-) -> bool:
+    kept: dict[frozenset[str], frozenset[str]] | None = None,
+) -> None:
     """Load one unit into working buffers from `staging`, process it, and write it back (see
     `_load_processed`); a unit that processing leaves alone loads as an unprocessed load does.
     Half-precision parameters always get working buffers, the others only with `every` (else
-    they are processed in their own memory). Returns whether processing left any weight with
-    a working buffer as it was (and so it was adopted, or read, from the checkpoint again)."""
-    modules = unit.modules
+    they are processed in their own memory). The weights processing leaves alone are adopted,
+    or read, from the checkpoint again; `kept` remembers them per unit layout (the names
+    within the unit), and a later unit of that layout adopts them before processing, with no
+    working buffer and, for float32 weights, none for the others either."""
+    params = _unit_params(unit)
     if not unit_has_work(model, unit, steps):
-        _load_params(model, weight_map, checkpoint, True, unit.owns, _unit_params(unit))
-        return True
-    with staged_params(modules, staging, fill=False, every=every) as staged:
-        owners = _load_params(model, weight_map, checkpoint, False, unit.owns, _unit_params(unit))
+        _load_params(model, weight_map, checkpoint, True, unit.owns, params)
+        return
+    relative = _relative_names(unit, params)
+    layout = frozenset(relative.values())
+    known = None if kept is None else kept.get(layout)
+    first: set[str] = set()
+    if known and checkpoint.reads_into:
+        # Adopted first, where the checkpoint's dtype allows (their values are then the file's
+        # exactly): processing writes none of them (were one written, a private map copies the
+        # page), but it may read them (value-bias folding reads W_O), from a working buffer in
+        # half precision.
+        candidates = {name for name in weight_map if relative.get(name) in known}
+        first = set(
+            _load_params(model, weight_map, checkpoint, True, candidates.__contains__, params, True)
+        )
+    filled = frozenset(id(params[name]) for name in first if name in params)
+    every = every and known is None
+    with staged_params(unit.modules, staging, fill=False, every=every, filled=filled) as staged:
+        owners = _load_params(
+            model, weight_map, checkpoint, False, lambda n: unit.owns(n) and n not in first, params
+        )
         staged.mark()
         process_unit(model, unit, steps)
         unwritten = {id(p) for p in staged.unwritten()} if checkpoint.reads_into else set()
@@ -328,7 +350,18 @@ def _load_unit(
     again = {name for name, param in owners.items() if id(param) in unwritten}
     if again:
         _load_params(model, weight_map, checkpoint, True, again.__contains__, params)
-    return bool(again)
+    if kept is not None:
+        kept.setdefault(layout, frozenset(relative[n] for n in first | again if n in relative))
+
+
+def _relative_names(unit: Unit, params: dict[str, Tensor]) -> dict[str, str]:
+    """{parameter name: its name within `unit`} for `params` (`_unit_params`): blocks of one
+    layout share them (`blocks.3.attn.W_O` and `blocks.4.attn.W_O`: `0:attn.W_O`)."""
+    relative = {}
+    for name in params:
+        i = next(i for i, prefix in enumerate(unit.prefixes) if name.startswith(prefix))
+        relative[name] = f"{i}:{name[len(unit.prefixes[i]) :]}"
+    return relative
 
 
 def _unit_params(unit: Unit) -> dict[str, Tensor]:
@@ -349,10 +382,12 @@ def _load_params(
     adopt: bool,
     owns: Callable[[str], bool] = lambda name: True,
     params: dict[str, Tensor] | None = None,
+    adopt_only: bool = False,
 ) -> dict[str, Tensor]:
     """Load the mapped weights whose names `owns` accepts (see `load_weights`), into `params`
     (default: all the model's parameters; a unit's own, when it loads one unit). Returns {name:
-    the parameter that holds it}."""
+    the parameter that holds it}. With `adopt_only`, only the weights that can be adopted are
+    loaded (and returned)."""
     params = dict(model.named_parameters()) if params is None else params
     views: dict[str, Tensor] | None = None
     loaded: dict[str, Tensor] = {}
@@ -362,6 +397,8 @@ def _load_params(
         transform, *names = (None, source) if isinstance(source, str) else source
         param = params.get(name)
         try:
+            if param is None and adopt_only:
+                continue
             if param is None:  # a weight view (`named_weights`): copied into it
                 views = model.named_weights() if views is None else views
                 view = views[name]
@@ -377,6 +414,9 @@ def _load_params(
                 continue
             tensor = _read(transform, names, param, checkpoint, keep=adopt)
             if adopt and _adopt(param, tensor):
+                continue
+            if adopt_only:
+                del loaded[name]
                 continue
             if transform is None and checkpoint.reads_into:
                 checkpoint.get(names[0], out=param)  # another dtype: read and cast in chunks
