@@ -15,7 +15,7 @@ from lmscope.loading import MODEL_ALIASES, open_checkpoint
 from lmscope.loading import registry as reg
 from lmscope.loading.embedded import EMBEDDED_MODELS
 from lmscope.loading.encoder_families import supported_architectures as encoder_architectures
-from lmscope.loading.families import supported_architectures
+from lmscope.loading.families import _families, family_for, supported_architectures
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_model_table.py"
@@ -325,3 +325,13 @@ def test_each_embedded_model_is_declared_once() -> None:
     declared = {e.alias: e.package for e in reg.ENTRIES if e.package is not None}
     assert EMBEDDED_MODELS == declared
     assert isinstance(EMBEDDED_MODELS["smollm2-135m"], reg.PackagedFile)
+
+
+def test_each_architecture_belongs_to_one_family() -> None:
+    """`family_for` tries the module named after the config's model_type first, which is only
+    the same answer as searching every family when no architecture is claimed twice."""
+    archs = [a for fam in _families() for a in fam.architectures]
+    assert len(archs) == len(set(archs)), sorted(a for a in set(archs) if archs.count(a) > 1)
+    llama = family_for({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
+    assert llama is family_for({"architectures": ["LlamaForCausalLM"], "model_type": "no such"})
+    assert "LlamaForCausalLM" in llama.architectures

@@ -19,6 +19,7 @@ import difflib
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import pkgutil
 import re
@@ -175,11 +176,7 @@ def rope_settings(hf: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def _families() -> list[Family]:
     """Every module in this package that defines `FAMILY` (or `FAMILIES`), found at first use."""
-    found: list[Family] = []
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        found += getattr(module, "FAMILIES", [getattr(module, "FAMILY", None)])
-    return [fam for fam in found if fam is not None]
+    return [fam for info in pkgutil.iter_modules(__path__) for fam in _module_families(info.name)]
 
 
 def supported_architectures() -> list[str]:
@@ -187,9 +184,22 @@ def supported_architectures() -> list[str]:
     return sorted(arch for fam in _families() for arch in fam.architectures)
 
 
+def _module_families(name: str) -> list[Family]:
+    """The families the module `name` of this package defines ([] when there is none)."""
+    if not name.isidentifier() or importlib.util.find_spec(f"{__name__}.{name}") is None:
+        return []
+    module = importlib.import_module(f"{__name__}.{name}")
+    return [f for f in getattr(module, "FAMILIES", [getattr(module, "FAMILY", None)]) if f]
+
+
 def family_for(hf_config: dict[str, Any]) -> Family:
     """The family that reads a checkpoint with this config.json (clear error if none)."""
     archs = hf_config.get("architectures") or []
+    # The module named after the model type first (most are: llama, gpt2, ...), so a load imports
+    # one module, not all thirty (5 ms); an architecture belongs to one family only.
+    for fam in _module_families(str(hf_config.get("model_type"))):
+        if any(arch in fam.architectures for arch in archs):
+            return fam
     for fam in _families():
         if any(arch in fam.architectures for arch in archs):
             return fam
