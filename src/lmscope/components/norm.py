@@ -78,9 +78,10 @@ def _needs_step_by_step(norm: nn.Module, *tensors: Tensor | None) -> bool:
 
 
 def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor]:
-    """(x / rms, 1 / rms): one fused kernel on accelerators (`_fused_rms_norm`); on the CPU,
-    where that op is a composite of several anyway, the statistics in four ops."""
-    if x.device.type != "cpu" and x.device.type not in _NO_FUSED_RMS:
+    """(x / rms, 1 / rms) by `_fused_rms_norm`: one fused kernel on accelerators, and on the CPU
+    the composite F.rms_norm runs there (the same ops in one call from Python: ~1 us less than
+    calling them one by one); the statistics in four ops where the op is missing."""
+    if x.device.type not in _NO_FUSED_RMS:
         try:
             return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
         except (AttributeError, NotImplementedError, RuntimeError):
@@ -202,13 +203,14 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         scale, normalized = self.hook_scale, self.hook_normalized  # (read once, see LayerNorm)
-        if not (scale.fires() or normalized.fires()):
+        scale_fires = scale.fires()
+        if not (scale_fires or normalized.fires()):
             return self._fused(x)
         if _compiling():
             return self._traced(x)
         if x.dtype not in HALF_DTYPES and not torch.is_grad_enabled():
             if scale.only_stores() and normalized.only_stores():
-                return self._stored(x, scale, normalized)
+                return self._stored(x, scale if scale_fires else None, normalized)
         if _by_kernels(x) and not _needs_step_by_step(self, x, self.w):
             with HookValues(detached=True):
                 stats = _rms_stats(x, self.length, self.eps)
@@ -274,16 +276,22 @@ class RMSNorm(nn.Module):
         return self._fused(x)
 
     def _stored(
-        self, x: Float[Tensor, "... d"], scale_hook: HookPoint, normalized_hook: HookPoint
+        self,
+        x: Float[Tensor, "... d"],
+        scale_hook: HookPoint | None,
+        normalized_hook: HookPoint,
     ) -> Float[Tensor, "... d"]:
         """`_by_kernels` when the hooks only store what they see and nothing records gradients:
-        the same values, shown without edit detection."""
+        the same values, shown without edit detection (`scale_hook` None: it does not fire)."""
         normalized, rstd = _rms_stats(x, self.length, self.eps)
-        if scale_hook.fires():
+        if scale_hook is not None:
             scale_hook(rstd.reciprocal())
         normalized_hook(normalized)
         if _CPU_RMS_COMPOSITE and x.device.type == "cpu":
-            return self._weighted(normalized)
+            w = self.w
+            if w is None:
+                return normalized
+            return normalized * (self.applied_weight() if self.weight_offset else w)
         return self._fused(x)
 
     def _traced(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
