@@ -230,14 +230,15 @@ def load_weights(
         >>> load_weights(model, family.weight_map(model.cfg, checkpoint.hf_config), checkpoint)
     """
     params = dict(model.named_parameters())
-    views = model.named_weights()
+    # (weight views only when the map names some: building them walks the model)
+    views = model.named_weights() if any(n not in params for n in weight_map) else {}
     unknown = sorted(set(weight_map) - set(params) - set(views))
     if unknown:
         raise KeyError(f"the family adapter maps weights this model does not have: {unknown[:5]}")
     _check_matrices_mapped(weight_map, params, views)
     check_sources(weight_map, checkpoint, unread)
     if process is None:
-        _load_params(model, weight_map, checkpoint, adopt)
+        _load_params(model, weight_map, checkpoint, adopt, params=params)
     else:
         _load_processed(model, weight_map, checkpoint, process)
 
