@@ -174,3 +174,23 @@ def test_with_cuda_graphs_the_cache_is_one_copy_out_of_the_graph(
     torch.testing.assert_close(got, logits, atol=1e-5, rtol=1e-5)
     storages = {t.untyped_storage().data_ptr() for t in graphed.values()}
     assert len(storages) == 1
+
+
+def test_a_model_compiled_in_place_is_traced_without_breaks_by_a_cache_of_every_point(
+    tiny_gpt2: TinyModel,
+) -> None:
+    """run_with_cache() of every point stores without hooks (hooks._StoreAll); torch.compile of
+    the model itself must not trace that store (it breaks the graph at the thread check): its
+    hook points see `is_compiling()` first and leave it, as with attached caching hooks."""
+    model = HookedTransformer.from_pretrained_no_processing(tiny_gpt2.path)
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 6), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        want = model(tokens)
+        model.compile(backend="eager")
+        for _ in range(2):
+            logits, _ = model.run_with_cache(tokens)
+            assert torch.equal(logits, want)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    torch._dynamo.reset()

@@ -354,8 +354,9 @@ class HookPoint(nn.Module):
             run = _ALL
             if run is None or run.mark is not self._mark:
                 return x
-            # a run_with_cache() of every point: a dict store in its thread
-            if run.ident == _get_ident() and not _compiling():
+            # a run_with_cache() of every point: a dict store in its thread (torch.compile
+            # traces none: it sees `_compiling()` first, which it knows, not `_get_ident()`)
+            if not _compiling() and run.ident == _get_ident():
                 if _SILENCING[0]:
                     return self._run_hooks(x)
                 run.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
@@ -494,7 +495,7 @@ class HookPoint(nn.Module):
     def _stored_by(self, run: _StoreAll) -> bool:
         """Whether store-all run `run` (whose mark this point carries) stores here in the
         calling thread."""
-        if run.ident != _get_ident() or _compiling():
+        if _compiling() or run.ident != _get_ident():
             return False
         return not (_SILENCING[0] and self in _LOCAL.silenced)
 

@@ -5,8 +5,8 @@ the next layer. The output is always the fused kernel's (`F.layer_norm` / `F.rms
 hooking or caching a norm never changes a bit downstream. With a hook in use the hooks' values
 come from the same kernels where they can: LayerNorm's `hook_normalized` is the fused output, its
 scale is `1 / rstd` of the same `native_layer_norm` call, and RMSNorm's normalised values and
-scale come from one `_fused_rms_norm` call (on the CPU, where that op is a composite, from four
-ops). A value a hook edits or replaces is then used step by step (see
+scale come from one `_fused_rms_norm` call (on the CPU that op is the composite F.rms_norm runs,
+and the output is its normalised values times `w`, F.rms_norm's own last op). A value a hook edits or replaces is then used step by step (see
 `lmscope.components.exact`). When autograd records and a hook other than a cache's could see
 gradients (or in float16/bfloat16), the hooks' values are computed step by step, so gradients
 reach them.
@@ -41,9 +41,9 @@ _compiling = torch.compiler.is_compiling
 # Devices where `_fused_rms_norm` has no kernel (the hooked RMSNorm then computes its statistics).
 _NO_FUSED_RMS: set[str] = set()
 
-# Whether F.rms_norm on the CPU is the composite that `_rms_stats` runs op for op (torch has no
-# CPU kernel of `_fused_rms_norm`): a hooked RMSNorm then weights the statistics it showed its
-# hooks, the same bits as running the norm again.
+# Whether F.rms_norm on the CPU is the composite that `_rms_stats` runs (torch has no CPU kernel
+# of `_fused_rms_norm`): a hooked RMSNorm then weights the statistics it showed its hooks, the
+# same bits as running the norm again.
 _CPU_RMS_COMPOSITE = not torch._C._dispatch_has_kernel_for_dispatch_key(
     "aten::_fused_rms_norm", "CPU"
 )
