@@ -210,8 +210,14 @@ def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
 Staging = dict[tuple[tuple[int, ...], int, torch.dtype], Tensor]
 
 
-def _staging_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half precision and float32, float64 for float64."""
+def staging_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype weights of `dtype` are processed in: float32 for half precision and float32,
+    float64 for float64.
+
+    Example:
+        >>> staging_dtype(torch.bfloat16)
+        torch.float32
+    """
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -242,7 +248,7 @@ def staged_params(
     staging: Staging,
     fill: bool = True,
     every: bool = False,
-    filled: frozenset[int] = frozenset(),
+    skip: frozenset[int] = frozenset(),
 ) -> Iterator[StagedParams]:
     """Give the half-precision parameters of `modules` (with `every`, all their parameters)
     working memory in float32 (float64 for float64 ones) for the body, then write them back in
@@ -250,8 +256,7 @@ def staged_params(
     the next unit of the same shapes, so processing a half-precision model holds one unit in
     float32, never the model. With `fill=False` only vectors (biases, norm weights) start from
     their values and matrices start uninitialised, for the body to fill (a checkpoint load reads
-    every matrix). Parameters whose `id` is in `filled` hold their values already: they keep
-    their own memory if it is in the working dtype, else their working buffer starts from them.
+    every matrix). Parameters whose `id` is in `skip` keep their own memory.
 
     Example:
         >>> with staged_params((model.blocks[0],), {}):
@@ -261,15 +266,15 @@ def staged_params(
     params = {id(p): p for m in modules for p in m.parameters()}
     seen: dict[tuple[int, ...], int] = {}
     for param in params.values():
-        shape, dtype = tuple(param.shape), _staging_dtype(param.dtype)
-        if not (every or param.dtype != dtype) or (id(param) in filled and param.dtype == dtype):
+        shape, dtype = tuple(param.shape), staging_dtype(param.dtype)
+        if id(param) in skip or not (every or param.dtype != dtype):
             continue
         key = (shape, seen.setdefault(shape, 0), dtype)
         seen[shape] += 1
         buffer = staging.get(key)
         if buffer is None or buffer.device != param.device:
             buffer = staging[key] = torch.empty(shape, dtype=dtype, device=param.device)
-        if fill or param.ndim <= 1 or id(param) in filled:
+        if fill or param.ndim <= 1:
             buffer.copy_(param.data)
         staged.params.append((param, param.data))
         param.data = buffer
