@@ -52,6 +52,7 @@ _SILENCING = [0]  # how many `silenced()` blocks run, in all threads: while any,
 _current_thread = threading.current_thread
 _get_ident = threading.get_ident
 _compiling = torch.compiler.is_compiling
+_dynamo_compiling = torch.compiler.is_dynamo_compiling  # one call, not two: for the store path
 
 
 class _StoreAll:
@@ -59,10 +60,12 @@ class _StoreAll:
     that carry its `mark` store into `cache` in thread `ident`, without a hook attached to
     them (see `HookedRootModule._store_all`)."""
 
-    __slots__ = ("cache", "ident", "mark", "level")
+    __slots__ = ("cache", "ident", "mark", "level", "grad")
 
     def __init__(self, cache: dict[str, Tensor], ident: int, mark: object, level: int) -> None:
         self.cache, self.ident, self.mark, self.level = cache, ident, mark, level
+        # whether an activation may require grad (else none is detached, nor asked)
+        self.grad = not torch.is_inference_mode_enabled()
 
 
 # The store-all run in progress, if any (one at a time in a process; another thread's
@@ -355,11 +358,13 @@ class HookPoint(nn.Module):
             if run is None or run.mark is not self._mark:
                 return x
             # a run_with_cache() of every point: a dict store in its thread (torch.compile
-            # traces none: it sees `_compiling()` first, which it knows, not `_get_ident()`)
-            if not _compiling() and run.ident == _get_ident():
+            # traces none: it sees `_dynamo_compiling()` first, which it knows, not
+            # `_get_ident()`; a store-all run never runs under another tracer)
+            if not _dynamo_compiling() and run.ident == _get_ident():
                 if _SILENCING[0]:
                     return self._run_hooks(x)
-                run.cache[self.name] = x.detach() if x.requires_grad else x  # type: ignore[index]
+                stored = x.detach() if run.grad and x.requires_grad else x
+                run.cache[self.name] = stored  # type: ignore[index]
             return x
         store = self._store
         if store is not None and _ALL is None and not _SILENCING[0] and not _compiling():

@@ -608,11 +608,18 @@ class Attention(nn.Module):
         records, gradients run through the explicit pattern (so hooks and `autograd.grad` on it
         see them), unless caching hooks alone fire there (they store the values detached).
         Traced by torch.compile (`lmscope.compiled`), z is pattern @ v."""
-        if not torch.is_grad_enabled() and scores_hook.only_stores() and pattern_hook.only_stores():
-            if not _compiling():  # stored as they are: no edit to look for, nothing recorded
-                # (no attention sinks here: those layers take `_explicit_attention`)
+        if scores_hook.only_stores() and pattern_hook.only_stores() and not _compiling():
+            # stored as they are: no edit to look for, no gradient to see, nothing recorded (no
+            # attention sinks here: those layers take `_explicit_attention`)
+            grad = torch.is_grad_enabled()
+            if grad:
+                torch._C._set_grad_enabled(False)
+            try:
                 pattern_hook(_softmax(scores_hook(self._scores(q, k, mask))))
-                return self._fast_attention(q, k, v, mask)
+            finally:
+                if grad:
+                    torch._C._set_grad_enabled(True)
+            return self._fast_attention(q, k, v, mask)
         grad = needs_grad(q, k, v) and not (
             scores_hook.only_caches() and pattern_hook.only_caches()
         )

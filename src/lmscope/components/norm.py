@@ -81,7 +81,7 @@ def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor]:
     """(x / rms, 1 / rms) by `_fused_rms_norm`: one fused kernel on accelerators, and on the CPU
     the composite F.rms_norm runs there (the same ops in one call from Python: ~1 us less than
     calling them one by one); the statistics in four ops where the op is missing."""
-    if x.device.type not in _NO_FUSED_RMS:
+    if not _NO_FUSED_RMS or x.device.type not in _NO_FUSED_RMS:
         try:
             return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
         except (AttributeError, NotImplementedError, RuntimeError):
@@ -123,10 +123,11 @@ class LayerNorm(nn.Module):
         if _compiling():
             return self.hook_normalized(self._traced(x))
         if x.dtype not in HALF_DTYPES:
-            if not torch.is_grad_enabled() and scale.only_stores():
-                # stored as they are (no edit to look for): the kernel's output and 1 / rstd
+            if scale.only_stores():
+                # stored as it is (no edit to look for, no gradient to see): 1 / rstd of the
+                # kernel whose output goes on (autograd records that output as usual)
                 out, _, rstd = torch.native_layer_norm(x, (self.length,), self.w, self.b, self.eps)
-                scale(rstd.reciprocal())
+                scale((rstd.detach() if rstd.requires_grad else rstd).reciprocal())
                 return self.hook_normalized(out)
             if not _needs_step_by_step(self, x, self.w, self.b):
                 return self.hook_normalized(self._scale_by_kernel(x))
@@ -208,9 +209,16 @@ class RMSNorm(nn.Module):
             return self._fused(x)
         if _compiling():
             return self._traced(x)
-        if x.dtype not in HALF_DTYPES and not torch.is_grad_enabled():
-            if scale.only_stores() and normalized.only_stores():
+        if x.dtype not in HALF_DTYPES and scale.only_stores() and normalized.only_stores():
+            # stored as they are: no edit to look for, no gradient to see
+            if not torch.is_grad_enabled():
                 return self._stored(x, scale if scale_fires else None, normalized)
+            torch._C._set_grad_enabled(False)  # the stored values: not recorded
+            try:
+                self._show(x, scale if scale_fires else None, normalized)
+            finally:
+                torch._C._set_grad_enabled(True)
+            return self._fused(x)
         if _by_kernels(x) and not _needs_step_by_step(self, x, self.w):
             with HookValues(detached=True):
                 stats = _rms_stats(x, self.length, self.eps)
@@ -283,16 +291,27 @@ class RMSNorm(nn.Module):
     ) -> Float[Tensor, "... d"]:
         """`_by_kernels` when the hooks only store what they see and nothing records gradients:
         the same values, shown without edit detection (`scale_hook` None: it does not fire)."""
-        normalized, rstd = _rms_stats(x, self.length, self.eps)
-        if scale_hook is not None:
-            scale_hook(rstd.reciprocal())
-        normalized_hook(normalized)
-        if _CPU_RMS_COMPOSITE and x.device.type == "cpu":
+        normalized = self._show(x, scale_hook, normalized_hook)
+        if _CPU_RMS_COMPOSITE and x.is_cpu:
             w = self.w
             if w is None:
                 return normalized
             return normalized * (self.applied_weight() if self.weight_offset else w)
         return self._fused(x)
+
+    def _show(
+        self,
+        x: Float[Tensor, "... d"],
+        scale_hook: HookPoint | None,
+        normalized_hook: HookPoint,
+    ) -> Float[Tensor, "... d"]:
+        """Show hooks that only store the fused kernel's `1 / rstd` and normalised values;
+        returns the normalised values."""
+        normalized, rstd = _rms_stats(x, self.length, self.eps)
+        if scale_hook is not None:
+            scale_hook(rstd.reciprocal())
+        normalized_hook(normalized)
+        return normalized
 
     def _traced(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """Step by step with the hooks in line, for torch.compile (no edit detection)."""
