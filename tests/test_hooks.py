@@ -610,6 +610,18 @@ def test_caching_every_point_equals_the_attached_hooks_path(
     assert _no_hooks(llama) and not llama.is_caching and llama.context_level == 0
 
 
+def test_caching_every_point_leaves_the_gradients_of_the_forward(
+    llama: HookedTransformer, tokens
+) -> None:
+    grads = []
+    for run in (lambda: llama(tokens, return_type="loss"),
+                lambda: llama.run_with_cache(tokens, return_type="loss")[0]):  # fmt: skip
+        llama.zero_grad(set_to_none=True)
+        run().backward()
+        grads.append({n: p.grad.clone() for n, p in llama.named_parameters()})
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 def test_caching_every_point_attaches_nothing_yet_the_points_fire(
     llama: HookedTransformer, tokens
 ) -> None:
