@@ -500,7 +500,7 @@ class HookPoint(nn.Module):
     def _stored_by(self, run: _StoreAll) -> bool:
         """Whether store-all run `run` (whose mark this point carries) stores here in the
         calling thread."""
-        if _compiling() or run.ident != _get_ident():
+        if _dynamo_compiling() or run.ident != _get_ident():  # (as `__call__` checks)
             return False
         return not (_SILENCING[0] and self in _LOCAL.silenced)
 
