@@ -822,9 +822,9 @@ class HookedRootModule(nn.Module):
             if _ALL is not None:
                 return None
             run = _ALL = _StoreAll({}, _get_ident(), self._marked(), level)
-        self.__dict__["is_caching"] = True
-        self.context_level = level
         try:
+            self.__dict__["is_caching"] = True
+            self.context_level = level
             out = self(*args, **kwargs)
         finally:
             _ALL = None
