@@ -1235,7 +1235,9 @@ class HookedRootModule(nn.Module):
         `cache_dtype` (e.g. `torch.bfloat16`) stores the cache in a smaller dtype. `pos_slice`
         keeps only some positions (`pos_slice=-1`: the last), as TransformerLens. `compile=True`
         runs the forward under `torch.compile`, the cached activations returned by its graph
-        (see `run_with_hooks` and `lmscope.compiled`).
+        (see `run_with_hooks` and `lmscope.compiled`). Caching every point as it is (none of
+        those options) attaches no hooks: the points store while the forward runs in this
+        thread (`_store_all`), so `list_hooks()` inside the run shows no caching hooks.
 
         Example:
             >>> logits, cache = model.run_with_cache("Hello", names_filter=lambda n: "resid" in n)
