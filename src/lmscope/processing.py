@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import einops
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from lmscope.components.norm import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
@@ -192,8 +193,18 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
     if steps.get("fold_value_biases"):
         groups = cfg.n_groups
         b_V = attn._b_V.repeat_interleave(groups, dim=0) if groups > 1 else attn._b_V
-        attn.b_O += einops.einsum(b_V, attn.W_O, "h dh, h dh dm -> dm")
+        attn.b_O += _value_bias_output(b_V, attn.W_O)
         attn._b_V.zero_()
+
+
+def _value_bias_output(
+    b_V: Float[Tensor, "head d_head"], W_O: Float[Tensor, "head d_head d_model"]
+) -> Float[Tensor, " d_model"]:
+    """sum_h b_V[h] @ W_O[h], as a product summed over the heads rather than a matrix product:
+    its rounding does not depend on where W_O lies in memory (BLAS's does, and a loaded W_O may
+    be a map of the checkpoint at any offset), so a model processes to the same bits however its
+    file is laid out."""
+    return (b_V[..., None] * W_O).sum(dim=(0, 1))
 
 
 def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
@@ -370,7 +381,7 @@ def refactor_factored_attn_matrices(model: HookedTransformer) -> None:
         attn._W_K.copy_(K_new[:, :-1])
         attn._b_K.copy_(K_new[:, -1])
 
-        attn.b_O += einops.einsum(attn._b_V, attn.W_O, "h dh, h dh dm -> dm")
+        attn.b_O += _value_bias_output(attn._b_V, attn.W_O)
         attn._b_V.zero_()
         U, S, V = FactoredMatrix(attn._W_V.clone(), attn.W_O.clone()).svd()
         root = S.sqrt()[:, None, :]
