@@ -180,7 +180,8 @@ def worker(
     elif kind == "copy":  # the floor of any load that writes every weight to fresh memory
         from safetensors.torch import load_file
 
-        model = load_file(Path(path) / "model.safetensors", device=device)
+        # pread: into fresh memory (safetensors' default backend maps the file, as HF does)
+        model = load_file(Path(path) / "model.safetensors", device=device, backend="pread")
     elif kind == "lmscope":
         model = HookedTransformer.from_pretrained(path, dtype=dtype, device=device)
     else:

@@ -149,7 +149,7 @@ BIG_LOAD_LABELS = {
     "hf": "HF `AutoModelForCausalLM.from_pretrained(dir, dtype=...)`",
     "lmscope": "lmscope `HookedTransformer.from_pretrained(dir, dtype=...)` (fold_ln, centring)",
     "lmscope_no_processing": "lmscope `from_pretrained_no_processing(dir, dtype=...)`",
-    "copy": "floor: `safetensors.torch.load_file` (every weight copied to fresh memory, no processing)",
+    "copy": 'floor: `safetensors.torch.load_file(..., backend="pread")` (every weight copied to fresh memory, no processing)',
 }
 # lmscope kind -> (most load + read time over HF's, most peak RSS growth over the loaded weights)
 BIG_LOAD_TARGETS = {"lmscope": (1.0, 1.15), "lmscope_no_processing": (0.6, 1.05)}
