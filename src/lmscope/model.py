@@ -674,7 +674,9 @@ class HookedTransformer(HookedRootModule):
         if placement is not None:
             spread = placement.spread(masks, rotaries, layers)
         extra = self._gemma4_inputs(resid, tokens, start_at_layer)
-        for layer, block in zip(layers, self.blocks[start_at_layer:stop_at_layer], strict=True):
+        blocks = self.blocks  # indexed, not sliced: a ModuleList slice builds a new ModuleList
+        for layer in layers:
+            block = blocks[layer]
             entry = past_kv_cache.entries[layer] if past_kv_cache is not None else None
             if placement is not None:
                 resid, dev = placement.enter(layer, resid, entry)
