@@ -125,8 +125,7 @@ def _fold_norm(
     weight = norm.applied_weight()  # Gemma's `1 + w` in float32, as the norm computes it
     for W, b in readers:
         _fold_into(weight, getattr(norm, "b", None), W, b, center=is_ln)
-    weightless = (LayerNormPre if is_ln else RMSNormPre)(cfg)
-    setattr(owner, name, weightless.to(readers[0][0].device) if readers else weightless)
+    setattr(owner, name, (LayerNormPre if is_ln else RMSNormPre)(cfg))  # (no tensors to place)
 
 
 def _center(writers: list[Tensor]) -> None:
@@ -208,9 +207,9 @@ def _value_bias_output(
 
 
 def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
-    """After every unit: the config names the weightless norms (`_fold_norm` put them on their
-    readers' devices), their hook points join the hook registry, and `cfg.processing` records
-    the steps."""
+    """After every unit: the config names the weightless norms (they hold no tensors, so no
+    device), their hook points join the hook registry, and `cfg.processing` records the
+    steps."""
     cfg = model.cfg
     if _folds(cfg, steps):
         cfg.normalization_type = "LNPre" if cfg.normalization_type == "LN" else "RMSPre"
@@ -259,7 +258,6 @@ def staged_params(
     staging: Staging,
     fill: bool = True,
     every: bool = False,
-    skip: frozenset[int] = frozenset(),
 ) -> Iterator[StagedParams]:
     """Give the half-precision parameters of `modules` (with `every`, all their parameters)
     working memory in float32 (float64 for float64 ones) for the body, then write them back in
@@ -267,7 +265,7 @@ def staged_params(
     the next unit of the same shapes, so processing a half-precision model holds one unit in
     float32, never the model. With `fill=False` only vectors (biases, norm weights) start from
     their values and matrices start uninitialised, for the body to fill (a checkpoint load reads
-    every matrix). Parameters whose `id` is in `skip` keep their own memory.
+    every matrix).
 
     Example:
         >>> with staged_params((model.blocks[0],), {}):
@@ -278,7 +276,7 @@ def staged_params(
     seen: dict[tuple[int, ...], int] = {}
     for param in params.values():
         shape, dtype = tuple(param.shape), staging_dtype(param.dtype)
-        if id(param) in skip or not (every or param.dtype != dtype):
+        if not (every or param.dtype != dtype):
             continue
         key = (shape, seen.setdefault(shape, 0), dtype)
         seen[shape] += 1

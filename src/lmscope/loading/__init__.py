@@ -331,7 +331,8 @@ def _load_unit(
     first: set[str] = set()
     if known and checkpoint.reads_into:
         # Adopted first where the checkpoint's dtype allows: processing writes none of them
-        # (were one written, a private map copies the page). Not in half precision, where
+        # (were one written, a private map copies the page), and, being in the working dtype,
+        # they get no working buffer (`every` is off below). Not in half precision, where
         # processing reads them (value-bias folding reads W_O) from float32 working buffers that
         # would map the file's pages into RSS during the load (peak RSS 1.02x -> 1.07x the
         # weights, 2 GB bfloat16 checkpoint); those are read into their buffers as before.
@@ -344,9 +345,8 @@ def _load_unit(
         first = set(
             _load_params(model, weight_map, checkpoint, True, candidates.__contains__, params, True)
         )
-    adopted = frozenset(id(params[name]) for name in first)
     every = every and known is None
-    with staged_params(unit.modules, staging, fill=False, every=every, skip=adopted) as staged:
+    with staged_params(unit.modules, staging, fill=False, every=every) as staged:
         owners = _load_params(
             model, weight_map, checkpoint, False, lambda n: unit.owns(n) and n not in first, params
         )
