@@ -10,9 +10,9 @@ kernel zeroes and maps a fresh page on its first write, on this VM at several ti
 writing the same page again. Each row runs in a fresh interpreter (as loads do; benchmarks/loads.py
 measures the same loads in benchmarks/run.py), `--repeats` times interleaved; figures are medians:
 
-- HF and lmscope: load + one read of every weight, after the imports (as benchmarks/loads.py
-  times them), and the anonymous memory (RssAnon) the loaded model holds: for lmscope, the bytes
-  processing wrote.
+- HF and lmscope: load + one read of every weight, after the imports, and the anonymous memory
+  (RssAnon) the loaded model holds (`benchmarks.loads.load_worker`, as benchmarks/run.py's
+  loads): for lmscope, the bytes processing wrote.
 - first write: a fresh process fills that many bytes of new memory once (`torch.empty(...).fill_`)
   and then again; the first fill is the page faults plus the write, the second the write alone.
 
@@ -41,15 +41,6 @@ from benchmarks.probes import loadavg  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-def anon_rss_bytes() -> int:
-    """This process's anonymous resident memory (RssAnon: not file pages)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no RssAnon in /proc/self/status (Linux >= 4.5 needed)")
-
-
 def worker(kind: str, model: str, path: str, nbytes: int) -> dict[str, Any]:
     """One measurement in this (fresh) interpreter: a load kind, or the first-write probe."""
     import torch
@@ -63,24 +54,9 @@ def worker(kind: str, model: str, path: str, nbytes: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         block.fill_(2)
         return {"first_s": first, "again_s": time.perf_counter() - t0}
-    from benchmarks.adapters import adapter_for_load
-    from benchmarks.probes import warm_lazy_imports
-    from benchmarks.spec import MODELS
+    from benchmarks.loads import load_worker
 
-    adapter = adapter_for_load(kind)
-    adapter.import_library(MODELS[model])
-    warm_lazy_imports(path)
-    before = anon_rss_bytes()
-    t0 = time.perf_counter()
-    obj, params = adapter.load_checkpoint(kind, MODELS[model], path, "cpu")
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        sum(float(p.sum()) for p in params())
-    touch_s = time.perf_counter() - t0
-    anon_growth = anon_rss_bytes() - before  # (the model is alive: its own memory)
-    del obj
-    return {"load_s": load_s, "touch_s": touch_s, "anon_growth": anon_growth}
+    return load_worker(kind, model, path, 1, "cpu")
 
 
 def run(kind: str, model: str, path: Path, nbytes: int = 0) -> dict[str, Any]:

@@ -20,7 +20,13 @@ from typing import Any
 
 from benchmarks.adapters import adapter_for_load
 from benchmarks.checkpoints import weights_bytes, worker_env
-from benchmarks.probes import peak_rss_bytes, reset_peak_rss, rss_bytes, warm_lazy_imports
+from benchmarks.probes import (
+    anon_rss_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    warm_lazy_imports,
+)
 from benchmarks.spec import LOAD_KINDS, MODELS, RUN_PY, Settings
 from benchmarks.timing import sync
 
@@ -29,7 +35,8 @@ def load_worker(kind: str, model: str, path: str, threads: int, device: str) -> 
     """Runs in a fresh interpreter: import, then load once. Load time is measured after the
     imports (import time is reported apart); peak RSS growth is VmHWM (reset after the imports)
     minus the RSS after imports. After loading, every parameter is read once ("touch"): HF maps
-    the safetensors file and may read a page only when it is first used."""
+    the safetensors file and may read a page only when it is first used. `anon_growth` is the
+    anonymous memory the loaded model holds then (the bytes the load wrote, not file pages)."""
     spec = MODELS[model]
     adapter = adapter_for_load(kind)
     t0 = time.perf_counter()
@@ -42,7 +49,7 @@ def load_worker(kind: str, model: str, path: str, threads: int, device: str) -> 
     t0 = time.perf_counter()
     warm_lazy_imports(path)
     t_lazy = time.perf_counter() - t0
-    rss_after_import = rss_bytes()
+    rss_after_import, anon_after_import = rss_bytes(), anon_rss_bytes()
     reset_peak_rss()
     t1 = time.perf_counter()
     obj, params = adapter.load_checkpoint(kind, spec, path, device)
@@ -54,6 +61,7 @@ def load_worker(kind: str, model: str, path: str, threads: int, device: str) -> 
         checksum = sum(float(p.sum()) for p in params())
     sync(device)
     t_touch = time.perf_counter() - t2
+    anon_growth = anon_rss_bytes() - anon_after_import  # (the model is alive)
     return {
         "kind": kind,
         "import_s": t_import,
@@ -63,6 +71,7 @@ def load_worker(kind: str, model: str, path: str, threads: int, device: str) -> 
         "rss_after_import": rss_after_import,
         "peak_rss": peak,
         "peak_rss_touch": peak_rss_bytes(),
+        "anon_growth": anon_growth,
         "n_params": sum(p.numel() for p in params()),
         "checksum": checksum,
     }

@@ -26,6 +26,15 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def anon_rss_bytes() -> int:
+    """This process's anonymous resident memory (RssAnon: memory it wrote, not file pages)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no RssAnon in /proc/self/status (Linux >= 4.5 needed)")
+
+
 def reset_peak_rss() -> None:
     """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
     try:

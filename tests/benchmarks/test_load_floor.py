@@ -1,5 +1,6 @@
-"""The load-floor benchmark (benchmarks/load_floor.py): its anonymous-memory probe counts memory a
-process writes (and not a file it maps), and its first-write probe times a fill of fresh memory."""
+"""The load-floor benchmark (benchmarks/load_floor.py): the anonymous-memory probe it reads
+through the load worker (benchmarks.probes) counts memory a process writes, not a file it maps,
+and its first-write probe times a fill of fresh memory."""
 
 from __future__ import annotations
 
@@ -8,22 +9,22 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import load_floor
+from benchmarks import load_floor, probes
 
 
 def test_anon_rss_counts_written_memory_not_mapped_files(tmp_path: Path) -> None:
     block = mmap.mmap(-1, 64 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # fresh pages
-    before = load_floor.anon_rss_bytes()
+    before = probes.anon_rss_bytes()
     torch.frombuffer(block, dtype=torch.uint8).fill_(1)
-    written = load_floor.anon_rss_bytes() - before
+    written = probes.anon_rss_bytes() - before
     assert written >= 60 * 2**20, written
 
     file = tmp_path / "x.bin"
     file.write_bytes(b"\1" * (32 * 2**20))
-    before = load_floor.anon_rss_bytes()
+    before = probes.anon_rss_bytes()
     mapped = torch.from_file(str(file), shared=True, size=32 * 2**20, dtype=torch.uint8)
     assert int(mapped.sum()) == 32 * 2**20  # every page read
-    assert load_floor.anon_rss_bytes() - before < 8 * 2**20
+    assert probes.anon_rss_bytes() - before < 8 * 2**20
 
 
 def test_first_write_probe_times_both_fills() -> None:
