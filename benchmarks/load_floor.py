@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,9 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # `python benchmarks/load_floor.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.checkpoints import prepare_checkpoint, with_bytecode  # noqa: E402
+from benchmarks.checkpoints import prepare_checkpoint, worker_env  # noqa: E402
 from benchmarks.probes import loadavg  # noqa: E402
-
-BENCH_DIR = Path(__file__).resolve().parent
+from benchmarks.spec import Settings  # noqa: E402
 
 
 def worker(kind: str, model: str, path: str, nbytes: int) -> dict[str, Any]:
@@ -62,8 +60,7 @@ def worker(kind: str, model: str, path: str, nbytes: int) -> dict[str, Any]:
 def run(kind: str, model: str, path: Path, nbytes: int = 0) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_worker", kind, "--models", model, "--_path", str(path)]
     cmd += ["--_bytes", str(nbytes)]
-    env = with_bytecode(dict(os.environ), BENCH_DIR / ".cache")
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = worker_env(model, Settings(model=model, threads=1))  # as benchmarks/run.py's loads
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
