@@ -1,6 +1,5 @@
-"""The load-floor benchmark (benchmarks/load_floor.py): the anonymous-memory probe it reads
-through the load worker (benchmarks.probes) counts memory a process writes, not a file it maps,
-and its first-write probe times a fill of fresh memory."""
+"""benchmarks.probes' anonymous-memory probe, which benchmarks/load_floor.py reads through the
+load worker: it counts memory a process writes, not a file it maps."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import load_floor, probes
+from benchmarks import probes
 
 
 def test_anon_rss_counts_written_memory_not_mapped_files(tmp_path: Path) -> None:
@@ -25,9 +24,3 @@ def test_anon_rss_counts_written_memory_not_mapped_files(tmp_path: Path) -> None
     mapped = torch.from_file(str(file), shared=True, size=32 * 2**20, dtype=torch.uint8)
     assert int(mapped.sum()) == 32 * 2**20  # every page read
     assert probes.anon_rss_bytes() - before < 8 * 2**20
-
-
-def test_first_write_probe_times_both_fills() -> None:
-    result = load_floor.worker("first_write", "gpt2-random", "", 8 * 2**20)
-    assert set(result) == {"first_s", "again_s"}
-    assert result["first_s"] > 0 and result["again_s"] > 0
