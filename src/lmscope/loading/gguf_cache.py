@@ -31,10 +31,8 @@ import json
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
-import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -45,6 +43,16 @@ import torch
 from tqdm.auto import tqdm
 
 from lmscope.errors import CheckpointError
+from lmscope.loading.cache_entries import (
+    entry_files_intact,
+    move_into_place,
+    remove_stale_temps,
+    safetensors_header,
+    stat_key,
+    switched_on,
+    write_manifest,
+    write_tensor,
+)
 from lmscope.loading.checkpoint import (
     DirectoryCheckpoint,
     copy_checked,
@@ -72,7 +80,6 @@ FORMAT = 1
 MANIFEST = "lmscope-gguf.json"
 WEIGHTS = "model.safetensors"
 _HASHES = "sources.json"
-_STALE_TEMP_S = 24 * 3600  # a temporary entry this old belongs to a load that was killed
 _PROGRESS_DELAY_S = 2.0  # loads shorter than this show no progress bar
 
 
@@ -84,20 +91,11 @@ def cache_enabled(flag: bool | None = None) -> bool:
         >>> cache_enabled(False)
         False
     """
-    if flag is not None:
-        return bool(flag)
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(flag, ENV)
 
 
 def _root() -> Path:
     return cache_dir() / "gguf"
-
-
-def _stat_key(path: Path) -> list[int]:
-    """What must stay equal for a remembered hash of `path` to hold: size, mtime, ctime (which
-    no one can set back) and inode."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _read_hashes() -> dict[str, Any]:
@@ -113,7 +111,7 @@ def _is_sha256(value: object) -> bool:
 
 
 def source_sha256(path: Path) -> str:
-    """SHA-256 of the file at `path`, remembered in the cache by path and :func:`_stat_key`.
+    """SHA-256 of the file at `path`, remembered in the cache by path and :func:`stat_key`.
 
     Example:
         >>> from lmscope.loading.embedded import embedded_model_path
@@ -121,7 +119,7 @@ def source_sha256(path: Path) -> str:
         64
     """
     path = Path(path).resolve()
-    key = _stat_key(path)
+    key = stat_key(path)
     known = _read_hashes()
     record = known.get(str(path))
     if isinstance(record, dict) and record.get("stat") == key and _is_sha256(record["sha256"]):
@@ -148,19 +146,6 @@ def _remember(known: dict[str, Any], path: Path, key: list[int], sha: str) -> No
         write_json_atomic(_root() / _HASHES, known)
     except OSError:
         pass  # a read-only cache only costs hashing again
-
-
-def _entry_files_intact(entry: Path) -> bool:
-    """Whether `entry` is a complete entry of this format: its manifest names every file with
-    the size it was written with."""
-    try:
-        manifest = json.loads((entry / MANIFEST).read_text())
-        files = manifest["files"]
-        return manifest.get("format") == FORMAT and all(
-            (entry / name).stat().st_size == size for name, size in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
 
 
 class CachedGGUFCheckpoint(DirectoryCheckpoint):
@@ -205,7 +190,7 @@ def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
     entry = _root() / sha256
     if not entry.exists():
         return None
-    if _entry_files_intact(entry):
+    if entry_files_intact(entry, MANIFEST, FORMAT):
         try:
             return CachedGGUFCheckpoint(entry)
         except CheckpointError:
@@ -232,37 +217,6 @@ def progress_bar(
     )
 
 
-def _safetensors_header(shapes: dict[str, tuple[int, ...]]) -> tuple[bytes, dict[str, int]]:
-    """The header of a float32 safetensors file holding tensors of `shapes` in that order
-    (8-byte length, JSON padded to 8 bytes) and each tensor's byte offset in the file."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in shapes.items():
-        size = 4 * int(torch.Size(shape).numel())
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    start = 8 + len(text)
-    where = {name: start + header[name]["data_offsets"][0] for name in shapes}
-    return struct.pack("<Q", len(text)) + text, where
-
-
-def _remove_stale_temps(root: Path) -> None:
-    """Remove temporary entries left by loads that were killed long ago."""
-    now = time.time()
-    for stale in root.glob(".tmp-*"):
-        try:
-            if now - stale.stat().st_mtime > _STALE_TEMP_S:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            pass
-
-
 class CachingGGUFCheckpoint:
     """A :class:`GGUFCheckpoint` that writes each tensor it hands out into a new cache entry.
 
@@ -277,10 +231,11 @@ class CachingGGUFCheckpoint:
         self._error: OSError | None = None  # a failed write (full disk): the load goes on
         self._bar: tqdm | None = None
         names = source.tensor_names()
-        header, self._offsets = _safetensors_header({n: source.tensor_shape(n) for n in names})
+        shapes = {n: (source.tensor_shape(n), torch.float32) for n in names}
+        header, self._offsets = safetensors_header(shapes)
         root = _root()
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(root)
+        remove_stale_temps(root)
         self._tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{sha256[:16]}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
         self._file = open(self._tmp / WEIGHTS, "wb")  # noqa: SIM115 (closed by commit)
@@ -306,10 +261,7 @@ class CachingGGUFCheckpoint:
     def _write(self, name: str, tensor: torch.Tensor) -> None:
         if self._bar is None:
             self._bar = progress_bar(len(self._offsets) + 1, "reading GGUF", self._verbose)
-        data = memoryview(tensor.detach().to(torch.float32).contiguous().numpy()).cast("B")
-        done = 0
-        while done < len(data):
-            done += os.pwrite(self._file.fileno(), data[done:], self._offsets[name] + done)
+        write_tensor(self._file.fileno(), tensor.to(torch.float32), self._offsets[name])
         self._written.add(name)
         self._bar.update()
 
@@ -330,16 +282,17 @@ class CachingGGUFCheckpoint:
             load_tokenizer = self.source.tokenizer_loader()
             if load_tokenizer is not None and not _save_tokenizer(load_tokenizer, self._tmp):
                 return self.source
-            files = {p.name: p.stat().st_size for p in self._tmp.iterdir()}
-            manifest = {
-                "format": FORMAT,
-                "source": str(self.source.path),
-                "source_size": self.source.path.stat().st_size,
-                "source_sha256": self.sha256,
-                "files": files,
-            }
-            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            return _move_into_place(self._tmp, _root() / self.sha256)
+            write_manifest(
+                self._tmp,
+                MANIFEST,
+                FORMAT,
+                source=str(self.source.path),
+                source_size=self.source.path.stat().st_size,
+                source_sha256=self.sha256,
+            )
+            entry = _root() / self.sha256
+            move_into_place(self._tmp, entry, MANIFEST, FORMAT)
+            return CachedGGUFCheckpoint(entry)
         except (OSError, CheckpointError) as err:
             warnings.warn(
                 f"lmscope could not keep the dequantised {self.source.path} in its cache "
@@ -366,17 +319,6 @@ def _save_tokenizer(load: Callable[[], PreTrainedTokenizerBase], folder: Path) -
         return False
     tokenizer.save_pretrained(folder)
     return True
-
-
-def _move_into_place(tmp: Path, entry: Path) -> CachedGGUFCheckpoint:
-    """Rename the finished `tmp` to `entry` (another process may have done so first: its entry
-    is as good) and open it."""
-    try:
-        os.rename(tmp, entry)
-    except OSError:
-        if not _entry_files_intact(entry):
-            raise
-    return CachedGGUFCheckpoint(entry)
 
 
 def commit(checkpoint: Any) -> Any:
