@@ -30,6 +30,23 @@ from tests._tiny import (
     train_tokenizer,
 )
 
+# The suite checks processing itself: a processed load processes every time unless a test turns
+# the processed-weights cache on in a directory of its own (`processed_cache_dir`), which also
+# keeps the real models' entries out of the user's cache.
+os.environ.setdefault("LMSCOPE_PROCESSED_CACHE", "0")
+
+
+@pytest.fixture
+def processed_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The processed-weights cache, on, in a temporary directory, for models of any size."""
+    from lmscope.loading import processed_cache
+
+    root = tmp_path / "processed"
+    monkeypatch.setenv("LMSCOPE_PROCESSED_CACHE", "1")
+    monkeypatch.setattr(processed_cache, "cache_root", lambda: root)
+    monkeypatch.setattr(processed_cache, "MIN_BYTES", 0)
+    return root
+
 
 # -- which families the per-family suites run over (`make test-fast` passes --families=fast) -----
 def pytest_addoption(parser: pytest.Parser) -> None:

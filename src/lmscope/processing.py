@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -119,13 +119,35 @@ def _fold_norm(
 ) -> None:
     """Fold the norm `owner.<name>` into its `readers` and replace it by its weightless form."""
     norm = getattr(owner, name)
-    if not isinstance(norm, (LayerNorm, RMSNorm)) or norm.w is None:
+    if not _has_weights(norm):
         return  # no norm here (post-norm-only blocks), or already weightless
     is_ln = cfg.normalization_type == "LN"
     weight = norm.applied_weight()  # Gemma's `1 + w` in float32, as the norm computes it
     for W, b in readers:
         _fold_into(weight, getattr(norm, "b", None), W, b, center=is_ln)
-    setattr(owner, name, (LayerNormPre if is_ln else RMSNormPre)(cfg))  # (no tensors to place)
+    _make_weightless(cfg, owner, name)
+
+
+def _has_weights(norm: nn.Module) -> bool:
+    return isinstance(norm, (LayerNorm, RMSNorm)) and norm.w is not None
+
+
+def _make_weightless(cfg: HookedTransformerConfig, owner: nn.Module, name: str) -> None:
+    """Replace the norm `owner.<name>` by its weightless form (it holds no tensors to place)."""
+    setattr(owner, name, (LayerNormPre if cfg.normalization_type == "LN" else RMSNormPre)(cfg))
+
+
+def _block_norms(
+    cfg: HookedTransformerConfig, block: nn.Module
+) -> list[tuple[str, Callable[[], list[tuple[Tensor, Tensor | None]]]]]:
+    """The norms fold_ln folds in `block`, each with its readers' weights (W, b) to fold into."""
+    _, attn = block.mixer()  # attention, or a linear-attention layer
+    norms = [("ln1", attn.input_weights)]
+    if not cfg.attn_only:
+        norms.append(("ln2", block.mlp.input_weights))
+    if hasattr(block, "moe"):  # experts beside the MLP read their own pre-norm (Gemma 4)
+        norms.append(("ln2_moe", block.moe.input_weights))
+    return norms
 
 
 def _center(writers: list[Tensor]) -> None:
@@ -181,11 +203,8 @@ def _process_block(cfg: HookedTransformerConfig, block: nn.Module, steps: dict[s
     """fold_ln, centring and value-bias folding of one block."""
     _, attn = block.mixer()  # attention, or a linear-attention layer
     if _folds(cfg, steps):
-        _fold_norm(cfg, block, "ln1", attn.input_weights())
-        if not cfg.attn_only:
-            _fold_norm(cfg, block, "ln2", block.mlp.input_weights())
-        if hasattr(block, "moe"):  # experts beside the MLP read their own pre-norm (Gemma 4)
-            _fold_norm(cfg, block, "ln2_moe", block.moe.input_weights())
+        for name, readers in _block_norms(cfg, block):
+            _fold_norm(cfg, block, name, readers())
     if steps.get("center_writing_weights"):
         mlp = [] if cfg.attn_only else block.mlp.output_weights()
         _center([attn.W_O, attn.b_O, *mlp])
@@ -215,6 +234,28 @@ def finish_processing(model: HookedTransformer, steps: dict[str, bool]) -> None:
         cfg.normalization_type = "LNPre" if cfg.normalization_type == "LN" else "RMSPre"
         model.setup()
     cfg.processing.update(steps)
+
+
+def processed_structure(model: HookedTransformer, steps: dict[str, bool]) -> None:
+    """Make `model` look as processing with `steps` leaves it, without touching a weight: the
+    norms fold_ln folds become weightless, then `finish_processing`. For loading weights that
+    were processed before (`lmscope.loading.processed_cache`): the model's parameters are then
+    exactly those of a model processed with `steps`.
+
+    Example:
+        >>> processed_structure(model, plan_steps(model.cfg, fold_ln=True))
+        >>> model.cfg.normalization_type
+        'RMSPre'
+    """
+    cfg = model.cfg
+    if _folds(cfg, steps):
+        if hasattr(model, "ln_final") and _has_weights(model.ln_final):
+            _make_weightless(cfg, model, "ln_final")
+        for block in model.blocks:
+            for name, _ in _block_norms(cfg, block):
+                if _has_weights(getattr(block, name)):
+                    _make_weightless(cfg, block, name)
+    finish_processing(model, steps)
 
 
 Staging = dict[tuple[tuple[int, ...], int, torch.dtype], Tensor]

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import torch
 
+import lmscope.loading
 from lmscope import HookedTransformer
 from lmscope.generation import KVCache
 from tests._families import CHECKS, FAMILY_SPECS, FamilySpec, family_params
@@ -226,6 +227,29 @@ def test_processed_model_log_probs_match_hf(spec: FamilySpec, tiny: TinyModel, t
     expected = tiny.hf_model(tokens).logits.log_softmax(-1)
     got = processed(tokens).log_softmax(-1)
     torch.testing.assert_close(got, expected, atol=LOGPROB_ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_processed_cache_gives_the_processed_model(
+    spec: FamilySpec, tiny: TinyModel, tokens, processed_cache_dir, monkeypatch
+) -> None:
+    """A processed load kept in the processed-weights cache and mapped back by the next load is
+    the processed model bit for bit: parameters, config and logits."""
+    _applies("processed", spec)
+    processed = HookedTransformer.from_pretrained(tiny.path, processed_cache=False)
+    HookedTransformer.from_pretrained(tiny.path)  # processes, and keeps the weights
+    assert len(list(processed_cache_dir.iterdir())) == 1
+    monkeypatch.setattr(lmscope.loading, "process_unit", _no_processing)
+    kept = HookedTransformer.from_pretrained(tiny.path)  # maps them
+    assert repr(kept.cfg) == repr(processed.cfg)
+    want, got = processed.state_dict(), kept.state_dict()
+    assert list(got) == list(want)
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    assert torch.equal(kept(tokens), processed(tokens))
+
+
+def _no_processing(*args: Any) -> None:
+    raise AssertionError("a load from the processed-weights cache processed weights")
 
 
 # -- padding --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lmscope.devices import DeviceRequest, place
 from lmscope.errors import CheckpointError, CheckpointNotFoundError
 from lmscope.hooks import HookedRootModule
 from lmscope.loading import gguf_cache as _gguf_cache
+from lmscope.loading import processed_cache as _processed_cache
 from lmscope.loading.checkpoint import Checkpoint, DirectoryCheckpoint, copy_into
 from lmscope.loading.embedded import EMBEDDED_MODELS, embedded_model_path
 from lmscope.loading.families import family_for, supported_architectures
@@ -44,6 +45,7 @@ from lmscope.processing import (
     finish_processing,
     plan_steps,
     process_unit,
+    processed_structure,
     processing_units,
     staged_params,
     staging_dtype,
@@ -643,6 +645,7 @@ def from_pretrained(
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
     gguf_cache: bool | None = None,
+    processed_cache: bool | None = None,
     verbose: bool = True,
     **config_overrides: Any,
 ) -> HookedTransformer:
@@ -664,8 +667,11 @@ def from_pretrained(
     `device_map` ("auto" or a dict naming each part's device) or `n_devices` (blocks split
     evenly over cuda:0 ... cuda:N-1) spread the model over several devices (docs/devices.md).
     A GGUF file is dequantised once and kept in lmscope's cache (docs/gguf-cache.md);
-    `gguf_cache=False` (or `LMSCOPE_GGUF_CACHE=0`) reads it directly every time. `verbose=False`
-    hides the progress bar a slow first read shows on a terminal.
+    `gguf_cache=False` (or `LMSCOPE_GGUF_CACHE=0`) reads it directly every time. A processed
+    load keeps its processed weights in lmscope's cache, so that the next processed load of the
+    same files maps them instead of processing again (docs/loading.md);
+    `processed_cache=False` (or `LMSCOPE_PROCESSED_CACHE=0`) processes every time.
+    `verbose=False` hides the progress bar a slow first read shows on a terminal.
 
     Example:
         >>> model = from_pretrained("smollm2-135m", device="cpu")
@@ -717,7 +723,9 @@ def from_pretrained(
         center_unembed=center_unembed,
         fold_value_biases=fold_value_biases,
     )
-    load_weights(model, weight_map, checkpoint, process=steps or None, unread=left_out)
+    _load_processed_or_kept(
+        model, weight_map, checkpoint, steps, left_out, processed_cache, verbose
+    )
     if refactor_factored_attn_matrices:
         refactor_attn(model)
     checkpoint = _gguf_cache.commit(checkpoint)  # a GGUF file read for the first time
@@ -735,6 +743,31 @@ def from_pretrained(
     if devices is None and device is not None:
         cfg.device = str(device)
     return model
+
+
+def _load_processed_or_kept(
+    model: HookedTransformer,
+    weight_map: dict[str, Any],
+    checkpoint: Checkpoint,
+    steps: dict[str, bool],
+    unread: frozenset[str] | set[str],
+    cache: bool | None,
+    verbose: bool,
+) -> None:
+    """Load the weights, processed with `steps`: from the processed-weights cache when an earlier
+    load kept them (mapped as an unprocessed load maps a checkpoint), else from the checkpoint,
+    processing them, and then keep them (`lmscope.loading.processed_cache`)."""
+    key = None
+    if steps and _processed_cache.cache_enabled(cache):
+        key = _processed_cache.entry_key(checkpoint, model, steps, unread)
+    kept = _processed_cache.lookup(key) if key is not None else None
+    if kept is not None:
+        processed_structure(model, steps)
+        load_weights(model, kept.weight_map(model), kept.checkpoint, unread=kept.padding)
+        return
+    load_weights(model, weight_map, checkpoint, process=steps or None, unread=unread)
+    if key is not None:
+        _processed_cache.store(key, model, verbose)
 
 
 def _empty_model(

@@ -364,6 +364,10 @@ class DirectoryCheckpoint:
     def tensor_names(self) -> list[str]:
         return list(self._files)
 
+    def weight_files(self) -> list[Path]:
+        """The files the tensors are read from, in name order."""
+        return sorted(set(self._files.values()))
+
     def resolve(self, name: str) -> str:
         """The stored key for `name`; checkpoints differ on the base-model prefix ("transformer.")."""
         return resolve_key(name, self._files, f"checkpoint {self.path}")

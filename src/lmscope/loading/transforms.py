@@ -73,6 +73,24 @@ class Transpose(Transform):
 
 
 @dataclass(frozen=True)
+class Permute(Transform):
+    """A tensor stored with its dimensions in memory order -> the parameter, whose dimensions
+    `dims` picks from them (a view: the parameter keeps the stored tensor's memory order, as a
+    transposed weight does). lmscope's processed-weights cache stores weights this way."""
+
+    dims: tuple[int, ...]
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return w.permute(self.dims)
+
+    def source_shapes(self, shape: Shape) -> list[Shape]:
+        source = [0] * len(self.dims)
+        for i, d in enumerate(self.dims):
+            source[d] = shape[i]
+        return [tuple(source)]
+
+
+@dataclass(frozen=True)
 class Part(Transform):
     """Elements `start:stop` along `dim` of a fused tensor `size` long there (one of q/k/v in a
     fused projection, gate or up in a fused MLP, the used rows of a position table): a view."""
