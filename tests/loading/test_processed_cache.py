@@ -1,11 +1,12 @@
-"""The processed-weights cache: a processed load keeps its processed weights, and the next
-processed load of the same files with the same settings maps them instead of processing again,
-giving the same model bit for bit. (Every family: tests/loading/test_conformance.py's
-`test_processed_cache_gives_the_processed_model`.)"""
+"""The processed-weights cache: the second processed load of the same files with the same
+settings keeps its processed weights (the first only notes the key), and every later one maps
+them instead of processing again, giving the same model bit for bit. (Every family:
+tests/loading/test_conformance.py's `test_processed_cache_gives_the_processed_model`.)"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,12 @@ def _same_model(got: HookedTransformer, want: HookedTransformer) -> None:
         assert torch.equal(g[name], w[name]), name
     with torch.no_grad():
         assert torch.equal(got(TOKENS), want(TOKENS))
+
+
+def _keep(path: Path | str, **settings: object) -> HookedTransformer:
+    """Load twice: the second load keeps the processed weights. Returns the second model."""
+    HookedTransformer.from_pretrained(path, **settings)
+    return HookedTransformer.from_pretrained(path, **settings)
 
 
 def _copy(tiny: TinyModel, tmp_path: Path) -> Path:
@@ -82,8 +89,11 @@ def test_kept_load_is_the_processed_model(
     tiny = tiny_family(family)
     want = HookedTransformer.from_pretrained(tiny.path, processed_cache=False, **settings)
     first = HookedTransformer.from_pretrained(tiny.path, **settings)
+    assert _entries(processed_cache_dir) == []  # a model loaded once is not kept
+    second = HookedTransformer.from_pretrained(tiny.path, **settings)
     assert len(_entries(processed_cache_dir)) == 1
     _same_model(first, want)
+    _same_model(second, want)
     forbid_processing()
     _same_model(HookedTransformer.from_pretrained(tiny.path, **settings), want)
 
@@ -91,9 +101,22 @@ def test_kept_load_is_the_processed_model(
 def test_each_setting_is_its_own_entry(tiny_family, processed_cache_dir) -> None:
     path = tiny_family("llama_gqa").path
     for settings in ({}, {"dtype": torch.bfloat16}, {"first_n_layers": 1}, {"fold_ln": False}):
-        HookedTransformer.from_pretrained(path, **settings)
-        HookedTransformer.from_pretrained(path, **settings)
+        _keep(path, **settings)
     assert len(_entries(processed_cache_dir)) == 4
+
+
+def test_markers_of_first_loads_are_dropped_when_kept_or_old(tiny_family, processed_cache_dir):
+    path = tiny_family("llama_gqa").path
+    HookedTransformer.from_pretrained(path)
+    (marker,) = (processed_cache_dir / ".seen").iterdir()
+    HookedTransformer.from_pretrained(path)  # keeps: the marker goes
+    assert not marker.exists()
+    HookedTransformer.from_pretrained(path, fold_ln=False)
+    (old,) = (processed_cache_dir / ".seen").iterdir()
+    month_ago = old.stat().st_mtime - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    HookedTransformer.from_pretrained(path, dtype=torch.bfloat16)  # a new marker, the old goes
+    assert len(list((processed_cache_dir / ".seen").iterdir())) == 1 and not old.exists()
 
 
 def test_unprocessed_and_uncached_loads_keep_nothing(tiny_family, processed_cache_dir, monkeypatch):
@@ -102,36 +125,37 @@ def test_unprocessed_and_uncached_loads_keep_nothing(tiny_family, processed_cach
     HookedTransformer.from_pretrained(tiny.path, processed_cache=False)
     HookedTransformer.from_pretrained(tiny.path, hf_model=tiny.hf_model)  # no file to key on
     monkeypatch.setenv(processed_cache.ENV, "0")
-    HookedTransformer.from_pretrained(tiny.path)
+    _keep(tiny.path)
     assert _entries(processed_cache_dir) == []
-    HookedTransformer.from_pretrained(tiny.path, processed_cache=True)  # the argument wins
+    _keep(tiny.path, processed_cache=True)  # the argument wins
     assert len(_entries(processed_cache_dir)) == 1
 
 
 def test_small_models_are_not_kept(tiny_family, processed_cache_dir, monkeypatch) -> None:
     monkeypatch.setattr(processed_cache, "MIN_BYTES", 16 << 20)  # the default
-    HookedTransformer.from_pretrained(tiny_family("gpt2").path)
+    _keep(tiny_family("gpt2").path)
     assert _entries(processed_cache_dir) == []
 
 
 def test_a_changed_checkpoint_is_processed_again(tiny_family, processed_cache_dir, tmp_path):
     path = _copy(tiny_family("gpt2"), tmp_path)
-    old = HookedTransformer.from_pretrained(path)
+    old = _keep(path)
     weights = load_file(path / "model.safetensors")
     weights = {name: w * 1.5 if w.ndim == 2 else w for name, w in weights.items()}
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     want = HookedTransformer.from_pretrained(path, processed_cache=False)
-    got = HookedTransformer.from_pretrained(path)
+    got = _keep(path)
     _same_model(got, want)
+    _same_model(HookedTransformer.from_pretrained(path), want)
     assert not torch.equal(got.W_E, old.W_E)
     assert len(_entries(processed_cache_dir)) == 2
 
 
 def test_a_new_lmscope_is_a_new_entry(tiny_family, processed_cache_dir, monkeypatch) -> None:
     path = tiny_family("gpt2").path
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     monkeypatch.setattr(processed_cache, "_code_digest", lambda: "edited source")
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     assert len(_entries(processed_cache_dir)) == 2
 
 
@@ -139,7 +163,7 @@ def test_a_new_lmscope_is_a_new_entry(tiny_family, processed_cache_dir, monkeypa
 def test_a_damaged_entry_is_rebuilt(tiny_family, processed_cache_dir, damage) -> None:
     path = tiny_family("llama_gqa").path
     want = HookedTransformer.from_pretrained(path, processed_cache=False)
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     (entry,) = _entries(processed_cache_dir)
     weights = entry / "model.safetensors"
     data = weights.read_bytes()
@@ -152,13 +176,13 @@ def test_a_damaged_entry_is_rebuilt(tiny_family, processed_cache_dir, damage) ->
     else:  # same size, a header safetensors refuses
         weights.write_bytes(data[:8] + b"[" + data[9:])
     _same_model(HookedTransformer.from_pretrained(path), want)
-    assert _entries(processed_cache_dir) == [entry]  # rebuilt in place
+    assert _entries(processed_cache_dir) == [entry]  # rebuilt by the same load
     _same_model(HookedTransformer.from_pretrained(path), want)
 
 
 def test_an_entry_with_other_tensors_is_refused_and_removed(tiny_family, processed_cache_dir):
     path = tiny_family("llama_gqa").path
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     (entry,) = _entries(processed_cache_dir)
     manifest = json.loads((entry / processed_cache.MANIFEST).read_text())
     manifest["padding"].append("embed.W_E")  # a weight the entry would no longer hand out
@@ -166,7 +190,7 @@ def test_an_entry_with_other_tensors_is_refused_and_removed(tiny_family, process
     with pytest.raises(CheckpointError, match="damaged and is now removed: load the model again"):
         HookedTransformer.from_pretrained(path)
     assert not entry.exists()
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     assert _entries(processed_cache_dir) == [entry]
 
 
@@ -174,18 +198,18 @@ def test_least_recently_used_entries_go_beyond_the_limit(
     tiny_family, processed_cache_dir, monkeypatch
 ) -> None:
     path = tiny_family("llama_gqa").path
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     (first,) = _entries(processed_cache_dir)
     size = sum(f.stat().st_size for f in first.iterdir())
     monkeypatch.setenv(processed_cache.SIZE_ENV, str(2.5 * size / 2**30))  # room for two
-    HookedTransformer.from_pretrained(path, fold_ln=False)  # a little larger (norm weights)
+    _keep(path, fold_ln=False)  # a little larger (norm weights)
     (second,) = set(_entries(processed_cache_dir)) - {first}
     HookedTransformer.from_pretrained(path)  # uses the first again: now the second is oldest
-    HookedTransformer.from_pretrained(path, dtype=torch.bfloat16)  # half the size: 2.5+ in all
+    _keep(path, dtype=torch.bfloat16)  # half the size: 2.5+ in all
     left = _entries(processed_cache_dir)
     assert first in left and second not in left and len(left) == 2
     monkeypatch.setenv(processed_cache.SIZE_ENV, str(0.5 * size / 2**30))
-    HookedTransformer.from_pretrained(path, center_unembed=False)  # larger than the limit
+    _keep(path, center_unembed=False)  # larger than the limit
     assert len(_entries(processed_cache_dir)) == 2
 
 
@@ -203,7 +227,7 @@ def test_an_unwritable_cache_warns_and_loads(tiny_family, processed_cache_dir, m
     path = tiny_family("gpt2").path
     want = HookedTransformer.from_pretrained(path, processed_cache=False)
     with pytest.warns(UserWarning, match="could not keep the processed weights"):
-        got = HookedTransformer.from_pretrained(path)
+        got = HookedTransformer.from_pretrained(path)  # (even noting a first load fails)
     _same_model(got, want)
 
 
@@ -212,7 +236,7 @@ def test_weights_keep_their_memory_order(tiny_family, processed_cache_dir) -> No
     it the rounding of every product it takes part in)."""
     path = tiny_family("llama4").path
     want = HookedTransformer.from_pretrained(path, processed_cache=False)
-    HookedTransformer.from_pretrained(path)
+    _keep(path)
     got = HookedTransformer.from_pretrained(path)
     strides = {n: p.stride() for n, p in want.named_parameters()}
     assert any(not p.is_contiguous() for p in want.parameters())
@@ -222,7 +246,7 @@ def test_weights_keep_their_memory_order(tiny_family, processed_cache_dir) -> No
 
 def test_the_embedded_model_is_kept(processed_cache_dir, forbid_processing) -> None:
     want = HookedTransformer.from_pretrained("smollm2-135m", processed_cache=False)
-    HookedTransformer.from_pretrained("smollm2-135m")
+    _keep("smollm2-135m")
     forbid_processing()
     got = HookedTransformer.from_pretrained("smollm2-135m")
     _same_model(got, want)
@@ -238,3 +262,12 @@ def test_permute_is_a_view_with_its_inverse() -> None:
     out = torch.empty(4, 3, 2)
     transform.inverse(view, out)
     assert torch.equal(out, stored)
+
+
+def test_the_directory_follows_its_variable(tiny_family, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(processed_cache.ENV, "1")
+    monkeypatch.setenv(processed_cache.DIR_ENV, str(tmp_path / "kept"))
+    monkeypatch.setattr(processed_cache, "MIN_BYTES", 0)
+    assert processed_cache.cache_root() == tmp_path / "kept"
+    _keep(tiny_family("gpt2").path)
+    assert len(_entries(tmp_path / "kept")) == 1

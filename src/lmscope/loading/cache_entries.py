@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -95,8 +96,15 @@ def safetensors_header(
 
 def write_tensor(fd: int, tensor: torch.Tensor, offset: int) -> None:
     """Write `tensor`'s bytes (any dtype, any device, any layout) at `offset` of the open file
-    `fd`."""
+    `fd`.
+
+    The tensor's pages are read in first, one byte each: a tensor that maps a file (a weight
+    adopted from its checkpoint) faults its pages in while the kernel copies them, which splits
+    the copy, and the written file then lies in small page-cache blocks that a later map of it
+    faults in 1.5-2x slower (measured on the kept weights of a 2 GB checkpoint)."""
     data = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
+    if data.size:
+        int(data[:: mmap.PAGESIZE].sum())  # (every page read once: see above)
     view = memoryview(data).cast("B")
     done = 0
     while done < len(view):

@@ -3,12 +3,13 @@ one does.
 
 Processing (fold_ln, centring, value-bias folding) rewrites most weights, and a rewritten weight
 needs fresh memory: a processed load can never just map the checkpoint as HF's load does, and on
-a CPU it takes 2-6x HF's time (docs/performance.md, "Loading"). So the first processed load of a
-checkpoint also writes the processed weights to ``<cache_dir()>/processed/<key>/`` (or under
-``$LMSCOPE_PROCESSED_CACHE_DIR``)
-(``model.safetensors``, ``config.json``, ``lmscope-processed.json``), and a later load with the
-same key maps that file instead, as an unprocessed load maps a checkpoint: its weights are
-adopted without a copy and the model equals the processed one bit for bit.
+a CPU it takes 2-6x HF's time (docs/performance.md, "Loading"). So the second processed load of
+a checkpoint with the same settings also writes the processed weights to
+``<cache_dir()>/processed/<key>/`` (or under ``$LMSCOPE_PROCESSED_CACHE_DIR``:
+``model.safetensors``, ``config.json``, ``lmscope-processed.json``), and every later load with
+that key maps the file instead, as an unprocessed load maps a checkpoint: its weights are adopted
+without a copy and the model equals the processed one bit for bit. The first load only notes the
+key (``.seen/<key>``): a model loaded once costs no write and no disk.
 
 The key is a SHA-256 over everything the processed weights depend on: the source files (path,
 size, mtime, ctime and inode: a changed file is a new key), the model's config (dtype, layers
@@ -26,12 +27,13 @@ GiB; a model larger than that is not kept. ``LMSCOPE_PROCESSED_CACHE=0`` or
 
 Example:
     >>> key = entry_key(checkpoint, model, steps, unread=frozenset())
-    >>> lookup(key) is None   # the first load: process, then `store(key, model)`
+    >>> lookup(key) is None   # not kept yet: process, then `store(key, model)`
     True
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -79,6 +81,7 @@ FORMAT = 1
 MANIFEST = "lmscope-processed.json"
 WEIGHTS = "model.safetensors"
 _FREE_MARGIN = 1 << 30  # disk left free after writing an entry
+_SEEN_DAYS = 30  # a first load's marker waits this long for a second load
 _ALIGN = 64  # BLAS may round differently at another address modulo this (or another layout)
 
 
@@ -219,13 +222,17 @@ def lookup(key: str) -> Kept | None:
             _mark_used(entry)
             return kept
     shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):  # (an unusable cache: `store` says so)
+        _note_seen(cache_root(), key)  # this load writes it again
     return None
 
 
 def store(key: str, model: HookedTransformer, verbose: bool = True) -> None:
-    """Write the processed `model`'s parameters as the entry of `key`, then remove the entries
-    used least recently beyond the size limit. A model over the limit is not kept; a write that
-    fails (a full or read-only disk) only warns: the next load processes again."""
+    """After processing `model`: on the first load of `key`, note the key; on the second, write
+    the processed parameters as its entry, then remove the entries used least recently beyond
+    the size limit. (A model loaded once costs no write and no disk.) A model over the limit is
+    not kept; a write that fails (a full or read-only disk) only warns: the next load processes
+    again."""
     size = _weights_bytes(model)
     limit = _limit_bytes()
     if size > limit:
@@ -233,7 +240,8 @@ def store(key: str, model: HookedTransformer, verbose: bool = True) -> None:
     root = cache_root()
     tmp: Path | None = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        if not _seen_before(root, key):
+            return
         if shutil.disk_usage(root).free < size + _FREE_MARGIN:
             raise OSError(f"less than {(size + _FREE_MARGIN) / 2**30:.1f} GiB free")
         remove_stale_temps(root)
@@ -253,6 +261,30 @@ def store(key: str, model: HookedTransformer, verbose: bool = True) -> None:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _evict(root, limit, keep=key)
+
+
+def _seen_before(root: Path, key: str) -> bool:
+    """Whether a processed load of `key` ran before (a marker `<root>/.seen/<key>`); notes this
+    one when not. Markers unused for `_SEEN_DAYS` days are removed."""
+    marker = root / ".seen" / key
+    if marker.exists():
+        marker.unlink(missing_ok=True)  # the entry takes over from here
+        return True
+    _note_seen(root, key)
+    old = time.time() - _SEEN_DAYS * 86400
+    for other in marker.parent.iterdir():
+        try:
+            if other.stat().st_mtime < old:
+                other.unlink()
+        except OSError:
+            pass
+    return False
+
+
+def _note_seen(root: Path, key: str) -> None:
+    """Note a processed load of `key`: the next one keeps its weights."""
+    (root / ".seen").mkdir(parents=True, exist_ok=True)
+    (root / ".seen" / key).touch()
 
 
 def _mark_used(entry: Path) -> None:
