@@ -61,6 +61,7 @@ def run(kind: str, model: str, path: Path, nbytes: int = 0) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--_worker", kind, "--models", model, "--_path", str(path)]
     cmd += ["--_bytes", str(nbytes)]
     env = worker_env(model, Settings(model=model, threads=1))  # as benchmarks/run.py's loads
+    env["LMSCOPE_PROCESSED_CACHE"] = "0"  # the processing itself, never weights kept before
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -4,7 +4,7 @@ HF's and keeps the medians.
 
     >>> from benchmarks.loads import load_kinds
     >>> load_kinds("lmscope", quick=False)
-    ('hf', 'lmscope', 'lmscope_no_processing')
+    ('hf', 'lmscope_first', 'lmscope_keeps', 'lmscope', 'lmscope_no_processing')
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from benchmarks.probes import (
     rss_bytes,
     warm_lazy_imports,
 )
-from benchmarks.spec import LOAD_KINDS, MODELS, RUN_PY, Settings
+from benchmarks.spec import LOAD_KINDS, MODELS, PROCESSED_CACHE_ENV, RUN_PY, Settings
 from benchmarks.timing import sync
 
 
@@ -77,15 +78,19 @@ def load_worker(kind: str, model: str, path: str, threads: int, device: str) -> 
     }
 
 
-def run_load_subprocess(kind: str, settings: Settings, path: Path) -> dict[str, Any]:
-    """One load of `kind` in a fresh interpreter (this one's), its result or error line."""
+def run_load_subprocess(
+    kind: str, settings: Settings, path: Path, kept: Path | None = None
+) -> dict[str, Any]:
+    """One load of `kind` in a fresh interpreter (this one's), its result or error line. `kept`:
+    the directory of lmscope's processed-weights cache (default: the user's)."""
     cmd = [sys.executable, str(RUN_PY), "--_load-worker", kind]
     cmd += ["--models", settings.model, "--_path", str(path), "--threads", str(settings.threads)]
     cmd += ["--device", settings.device, "--cache-dir", str(settings.cache_dir)]
+    env = worker_env(settings.model, settings)
+    if kept is not None:
+        env[PROCESSED_CACHE_ENV] = str(kept)
     start = time.perf_counter()
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, env=worker_env(settings.model, settings)
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"kind": kind, "error": proc.stderr.strip().splitlines()[-1][:300]}
@@ -107,9 +112,12 @@ def bench_load(tool: str, settings: Settings, path: Path) -> dict[str, Any]:
         run_load_subprocess("hf", settings, path)  # untimed: warms the page cache and .pyc files
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for _ in range(settings.load_repeats):
-        for kind in kinds:
-            print(f"  load {kind} ...", file=sys.stderr, flush=True)
-            runs[kind].append(run_load_subprocess(kind, settings, path))
+        # each round's processed-weights cache starts empty: lmscope's first processed load
+        # notes the checkpoint, the second keeps its processed weights, the third maps them
+        with tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="kept-") as kept:
+            for kind in kinds:
+                print(f"  load {kind} ...", file=sys.stderr, flush=True)
+                runs[kind].append(run_load_subprocess(kind, settings, path, Path(kept)))
     out: dict[str, Any] = {"weights_bytes": weights_bytes(path), "kinds": {}}
     for kind, rs in runs.items():
         ok = [r for r in rs if "error" not in r]

@@ -31,7 +31,7 @@ class LmscopeAdapter(Adapter):
         from lmscope import HookedTransformer
 
         dev = None if device == "cpu" else device
-        if kind == "lmscope":
+        if kind in ("lmscope", "lmscope_first", "lmscope_keeps"):  # (see LOAD_KINDS)
             obj = HookedTransformer.from_pretrained(path, device=dev)
         else:
             obj = HookedTransformer.from_pretrained_no_processing(path, device=dev)
