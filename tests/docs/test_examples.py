@@ -24,6 +24,7 @@ PAGES = [
     "docs/export.md",
     "docs/loading.md",
     "docs/gguf-cache.md",
+    "docs/processed-cache.md",
     "docs/hooks.md",
     "docs/performance.md",
     "docs/migration.md",
