@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 __all__ = [
-    "entry_files_intact",
+    "intact_manifest",
     "move_into_place",
     "remove_stale_temps",
     "safetensors_header",
@@ -119,17 +119,18 @@ def write_manifest(folder: Path, manifest_name: str, fmt: int, **fields: Any) ->
     (folder / manifest_name).write_text(json.dumps(manifest, indent=2))
 
 
-def entry_files_intact(entry: Path, manifest_name: str, fmt: int) -> bool:
-    """Whether `entry` is a complete entry of format `fmt`: its manifest names every file with
-    the size it was written with."""
+def intact_manifest(entry: Path, manifest_name: str, fmt: int) -> dict[str, Any] | None:
+    """The manifest of `entry` when it is a complete entry of format `fmt` (the manifest names
+    every file with the size it was written with), else None."""
     try:
         manifest = json.loads((entry / manifest_name).read_text())
         files = manifest["files"]
-        return manifest.get("format") == fmt and all(
+        intact = manifest.get("format") == fmt and all(
             (entry / name).stat().st_size == size for name, size in files.items()
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        return None
+    return manifest if intact else None
 
 
 def move_into_place(tmp: Path, entry: Path, manifest_name: str, fmt: int) -> None:
@@ -139,7 +140,7 @@ def move_into_place(tmp: Path, entry: Path, manifest_name: str, fmt: int) -> Non
         os.rename(tmp, entry)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not entry_files_intact(entry, manifest_name, fmt):
+        if intact_manifest(entry, manifest_name, fmt) is None:
             raise
 
 

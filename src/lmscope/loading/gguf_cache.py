@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from lmscope.errors import CheckpointError
 from lmscope.loading.cache_entries import (
-    entry_files_intact,
+    intact_manifest,
     move_into_place,
     remove_stale_temps,
     safetensors_header,
@@ -190,7 +190,7 @@ def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
     entry = _root() / sha256
     if not entry.exists():
         return None
-    if entry_files_intact(entry, MANIFEST, FORMAT):
+    if intact_manifest(entry, MANIFEST, FORMAT) is not None:
         try:
             return CachedGGUFCheckpoint(entry)
         except CheckpointError:

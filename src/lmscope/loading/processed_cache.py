@@ -51,7 +51,7 @@ from torch import Tensor
 
 from lmscope.errors import CheckpointError
 from lmscope.loading.cache_entries import (
-    entry_files_intact,
+    intact_manifest,
     move_into_place,
     remove_stale_temps,
     safetensors_header,
@@ -158,7 +158,7 @@ def entry_key(
     if files is None or not steps or _weights_bytes(model) < MIN_BYTES:
         return None
     try:
-        sources = [[str(f.resolve()), *stat_key(f.resolve())] for f in files]
+        sources = [[str(f), *stat_key(f)] for f in (file.resolve() for file in files)]
     except OSError:
         return None
     parts = {
@@ -210,9 +210,9 @@ def lookup(key: str) -> Kept | None:
     entry = cache_root() / key
     if not entry.exists():
         return None
-    if entry_files_intact(entry, MANIFEST, FORMAT):
+    manifest = intact_manifest(entry, MANIFEST, FORMAT)
+    if manifest is not None:
         try:
-            manifest = json.loads((entry / MANIFEST).read_text())
             layout = {name: tuple(dims) for name, dims in manifest["layout"].items()}
             padding = frozenset(manifest["padding"])
             kept = Kept(DirectoryCheckpoint(entry), layout, padding)
