@@ -6,10 +6,10 @@ hooking or caching a norm never changes a bit downstream. With a hook in use the
 come from the same kernels where they can: LayerNorm's `hook_normalized` is the fused output, its
 scale is `1 / rstd` of the same `native_layer_norm` call, and RMSNorm's normalised values and
 scale come from one `_fused_rms_norm` call (on the CPU that op is the composite F.rms_norm runs,
-and the output is its normalised values times `w`, F.rms_norm's own last op). A value a hook edits or replaces is then used step by step (see
-`lmscope.components.exact`). When autograd records and a hook other than a cache's could see
-gradients (or in float16/bfloat16), the hooks' values are computed step by step, so gradients
-reach them.
+and the output is its normalised values times `w`, F.rms_norm's own last op). A value a hook
+edits or replaces is then used step by step (see `lmscope.components.exact`). When autograd
+records and a hook other than a cache's could see gradients (or in float16/bfloat16), the hooks'
+values are computed step by step, so gradients reach them.
 
 In float16/bfloat16 models the statistics, the division and the weights are computed in float32
 and the result rounded once to the model's dtype, as nn.LayerNorm, Gemma's and OLMo 2's RMSNorm
@@ -81,7 +81,7 @@ def _rms_stats(x: Tensor, length: int, eps: float) -> tuple[Tensor, Tensor]:
     """(x / rms, 1 / rms) by `_fused_rms_norm`: one fused kernel on accelerators, and on the CPU
     the composite F.rms_norm runs there (the same ops in one call from Python: ~1 us less than
     calling them one by one); the statistics in four ops where the op is missing."""
-    if not _NO_FUSED_RMS or x.device.type not in _NO_FUSED_RMS:
+    if x.device.type not in _NO_FUSED_RMS:
         try:
             return torch._fused_rms_norm(x, [length], None, eps)  # type: ignore[attr-defined]
         except (AttributeError, NotImplementedError, RuntimeError):
@@ -293,10 +293,7 @@ class RMSNorm(nn.Module):
         the same values, shown without edit detection (`scale_hook` None: it does not fire)."""
         normalized = self._show(x, scale_hook, normalized_hook)
         if _CPU_RMS_COMPOSITE and x.is_cpu:
-            w = self.w
-            if w is None:
-                return normalized
-            return normalized * (self.applied_weight() if self.weight_offset else w)
+            return self._weighted(normalized)
         return self._fused(x)
 
     def _show(
