@@ -184,9 +184,7 @@ def load_label(kind: str, kinds: dict[str, Any]) -> str:
     """The label of a load kind in results whose kinds are `kinds`: results written before the
     processed-weights cache have an "lmscope" load that processed (no first/second rows)."""
     if kind == "lmscope" and "lmscope_keeps" not in kinds:
-        return LOAD_LABELS["lmscope_first"].replace(
-            "first load: processes", "processes (a run from before the processed-weights cache)"
-        )
+        return LOAD_LABELS["lmscope_before_cache"]
     return LOAD_LABELS[kind]
 
 

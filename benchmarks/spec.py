@@ -141,6 +141,8 @@ LOAD_LABELS = {
     "lmscope_first": "lmscope `HookedTransformer.from_pretrained(dir)` (fold_ln, centring), first load: processes",
     "lmscope_keeps": "lmscope `HookedTransformer.from_pretrained(dir)` (fold_ln, centring), second load: processes and keeps the result",
     "lmscope": "lmscope `HookedTransformer.from_pretrained(dir)` (fold_ln, centring), later loads: map the kept weights",
+    # results written before the processed-weights cache: their "lmscope" load processed
+    "lmscope_before_cache": "lmscope `HookedTransformer.from_pretrained(dir)` (fold_ln, centring), processes (a run from before the processed-weights cache)",
     "lmscope_no_processing": "lmscope `from_pretrained_no_processing(dir)`",
     "tl3": "TL 3.9 `HookedTransformer.from_pretrained(repo_id)` (fold_ln, centring)",
     "tl3_no_processing": "TL 3.9 `from_pretrained_no_processing(repo_id)`",
