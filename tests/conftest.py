@@ -42,8 +42,8 @@ def processed_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     from lmscope.loading import processed_cache
 
     root = tmp_path / "processed"
-    monkeypatch.setenv("LMSCOPE_PROCESSED_CACHE", "1")
-    monkeypatch.setattr(processed_cache, "cache_root", lambda: root)
+    monkeypatch.setenv(processed_cache.ENV, "1")
+    monkeypatch.setenv(processed_cache.DIR_ENV, str(root))
     monkeypatch.setattr(processed_cache, "MIN_BYTES", 0)
     return root
 

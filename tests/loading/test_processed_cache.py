@@ -223,7 +223,7 @@ def test_an_unwritable_cache_warns_and_loads(tiny_family, processed_cache_dir, m
     processed_cache_dir.parent.mkdir(parents=True, exist_ok=True)
     blocker = processed_cache_dir.parent / "a file"
     blocker.write_text("")
-    monkeypatch.setattr(processed_cache, "cache_root", lambda: blocker / "processed")
+    monkeypatch.setenv(processed_cache.DIR_ENV, str(blocker / "processed"))
     path = tiny_family("gpt2").path
     want = HookedTransformer.from_pretrained(path, processed_cache=False)
     with pytest.warns(UserWarning, match="could not keep the processed weights"):
@@ -264,10 +264,11 @@ def test_permute_is_a_view_with_its_inverse() -> None:
     assert torch.equal(out, stored)
 
 
-def test_the_directory_follows_its_variable(tiny_family, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(processed_cache.ENV, "1")
-    monkeypatch.setenv(processed_cache.DIR_ENV, str(tmp_path / "kept"))
-    monkeypatch.setattr(processed_cache, "MIN_BYTES", 0)
-    assert processed_cache.cache_root() == tmp_path / "kept"
-    _keep(tiny_family("gpt2").path)
-    assert len(_entries(tmp_path / "kept")) == 1
+def test_the_directory_defaults_to_lmscope_cache(tmp_path, monkeypatch) -> None:
+    """Without LMSCOPE_PROCESSED_CACHE_DIR (which `processed_cache_dir` sets for every other
+    test here), entries go under lmscope's cache directory."""
+    monkeypatch.delenv(processed_cache.DIR_ENV, raising=False)
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "lmscope"))
+    assert processed_cache.cache_root() == tmp_path / "lmscope" / "processed"
+    monkeypatch.setenv(processed_cache.DIR_ENV, "  ")
+    assert processed_cache.cache_root() == tmp_path / "lmscope" / "processed"
