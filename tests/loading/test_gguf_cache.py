@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmscope import HookedTransformer
+from lmscope import HookedTransformer, progress
 from lmscope.errors import CheckpointError
 from lmscope.loading import gguf_cache, open_checkpoint
 from lmscope.loading.embedded import embedded_model_path
@@ -205,10 +205,10 @@ def test_unwritable_cache_warns_and_loads_from_the_gguf(cache, tiny, monkeypatch
 
 
 def test_progress_bar_only_on_a_terminal_and_when_verbose(cache, tiny, monkeypatch) -> None:
-    monkeypatch.setattr(gguf_cache, "_PROGRESS_DELAY_S", 0.0)
-    assert gguf_cache.progress_bar(3, "x", file=FakeTTY()).disable is False
-    assert gguf_cache.progress_bar(3, "x", verbose=False, file=FakeTTY()).disable is True
-    assert gguf_cache.progress_bar(3, "x", file=io.StringIO()).disable is True
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    assert progress.progress_bar(3, "x", file=FakeTTY()).disable is False
+    assert progress.progress_bar(3, "x", verbose=False, file=FakeTTY()).disable is True
+    assert progress.progress_bar(3, "x", file=io.StringIO()).disable is True
     quiet, shown = FakeTTY(), FakeTTY()
     monkeypatch.setattr("sys.stderr", quiet)
     HookedTransformer.from_pretrained(tiny, verbose=False)

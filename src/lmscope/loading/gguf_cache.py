@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -61,6 +59,7 @@ from lmscope.loading.checkpoint import (
 )
 from lmscope.loading.embedded import cache_dir, write_json_atomic
 from lmscope.loading.gguf import GGUFCheckpoint
+from lmscope.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -80,7 +79,6 @@ FORMAT = 1
 MANIFEST = "lmscope-gguf.json"
 WEIGHTS = "model.safetensors"
 _HASHES = "sources.json"
-_PROGRESS_DELAY_S = 2.0  # loads shorter than this show no progress bar
 
 
 def cache_enabled(flag: bool | None = None) -> bool:
@@ -199,24 +197,6 @@ def lookup(sha256: str) -> CachedGGUFCheckpoint | None:
     return None
 
 
-def progress_bar(
-    total: int, desc: str, verbose: bool = True, file: IO[str] | io.TextIOBase | None = None
-) -> tqdm:
-    """A tqdm bar on `file` (stderr) that shows only when `verbose` and `file` is a terminal,
-    and then only once the work has taken more than two seconds.
-
-    Example:
-        >>> bar = progress_bar(3, "reading", verbose=False)
-        >>> bar.disable
-        True
-    """
-    file = sys.stderr if file is None else file
-    shown = verbose and hasattr(file, "isatty") and file.isatty()
-    return tqdm(
-        total=total, desc=desc, unit="tensor", file=file, disable=not shown, delay=_PROGRESS_DELAY_S
-    )
-
-
 class CachingGGUFCheckpoint:
     """A :class:`GGUFCheckpoint` that writes each tensor it hands out into a new cache entry.
 
@@ -260,7 +240,9 @@ class CachingGGUFCheckpoint:
 
     def _write(self, name: str, tensor: torch.Tensor) -> None:
         if self._bar is None:
-            self._bar = progress_bar(len(self._offsets) + 1, "reading GGUF", self._verbose)
+            self._bar = progress_bar(
+                len(self._offsets) + 1, "reading GGUF", self._verbose, "tensor"
+            )
         write_tensor(self._file.fileno(), tensor.to(torch.float32), self._offsets[name])
         self._written.add(name)
         self._bar.update()
@@ -270,7 +252,7 @@ class CachingGGUFCheckpoint:
         the GGUF checkpoint itself when the entry cannot be completed (a tensor never read, a
         tokenizer transformers cannot build, a full disk: the load goes on without a cache)."""
         missing = set(self._offsets) - self._written
-        bar = self._bar or progress_bar(1, "reading GGUF", self._verbose)
+        bar = self._bar or progress_bar(1, "reading GGUF", self._verbose, "tensor")
         try:
             if self._error is not None:
                 raise self._error
