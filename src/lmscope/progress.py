@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import sys
 from typing import IO
 
@@ -23,7 +24,7 @@ def progress_bar(
     verbose: bool = True,
     unit: str = "it",
     initial: int = 0,
-    file: IO[str] | None = None,
+    file: IO[str] | io.TextIOBase | None = None,
 ) -> tqdm:
     """A tqdm bar on `file` (default stderr), shown only when `verbose` and `file` is a terminal,
     after two seconds of work.
